@@ -1,0 +1,44 @@
+# Quick start: `make demo` and `make test` install what they need (Debian packages through
+# apt-get when missing, a virtualenv with the Python packages) and are quick once set up.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# Debian 12 packages: build headers for PyGObject, dbus-python, libvirt-python and
+# systemd-python; umockdev and FUSE for the emulated host; dbus-daemon for private buses.
+DEB_PACKAGES = pkg-config gcc python3-dev libgirepository1.0-dev libcairo2-dev \
+	libdbus-1-dev libglib2.0-dev libvirt-dev libsystemd-dev \
+	umockdev gir1.2-umockdev-1.0 fuse3 dbus-daemon libxml2-utils systemd
+
+.PHONY: all setup deps test demo bench clean
+all: test
+
+$(VENV)/.debs:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "Installing Debian packages: $$missing"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@mkdir -p $(VENV) && touch $@
+
+$(VENV)/.installed: $(VENV)/.debs pyproject.toml
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) -m gvtd.sim.demo
+
+bench: setup
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
