@@ -1,0 +1,238 @@
+"""The D-Bus objects: Manager at the root, one Parent per mdev parent, one VGPU per vGPU.
+
+They hold no state of their own: they show what gvtd.host.Host knows and turn GvtdErrors into
+named D-Bus errors. Changes reach listeners through the standard ObjectManager and
+PropertiesChanged signals (dbus-fast emits InterfacesAdded/Removed on export/unexport).
+"""
+# No `from __future__ import annotations`: dbus-fast reads the D-Bus signatures from them.
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from dbus_fast import DBusError, PropertyAccess, Variant
+from dbus_fast.service import ServiceInterface, dbus_property, method
+
+from gvtd import __version__, names
+from gvtd.errors import Failed, GvtdError, InvalidArgument
+from gvtd.mdev import Parent
+from gvtd.reconcile import VgpuView
+
+log = logging.getLogger(__name__)
+
+# Define's a{sv}: the definition's TOML fields plus the name, with their variant types.
+DEFINE_KEYS = {
+    "name": "s", "uuid": "s", "parent": "s", "type": "s", "min_resolution": "s",
+    "start": "s", "domain": "s", "attrs": "a(ss)",
+}
+
+
+def dbus_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Every method answers with a named gvtd error, never a Python exception text."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except GvtdError as e:
+            raise DBusError(e.dbus_name, e.message) from e
+        except DBusError:
+            raise
+        except Exception as e:  # a bug: say so plainly, keep the daemon running
+            log.exception("Internal error in %s", fn.__name__)
+            raise DBusError(Failed("").dbus_name,
+                            f"Internal error in gvtd ({type(e).__name__}); the journal has "
+                            "the details (journalctl -u gvtd).") from e
+
+    return wrapper
+
+
+def unpack_define(options: dict[str, Variant]) -> tuple[str, dict[str, object]]:
+    data: dict[str, object] = {}
+    for key, variant in options.items():
+        sig = DEFINE_KEYS.get(key)
+        if sig is None:
+            raise InvalidArgument(f"Unknown key {key[:60]!r}; Define accepts "
+                                  f"{', '.join(DEFINE_KEYS)}.")
+        if variant.signature != sig:
+            raise InvalidArgument(f"Key {key!r} must be of D-Bus type {sig!r}, "
+                                  f"not {variant.signature!r}.")
+        value = variant.value
+        data[key] = [tuple(pair) for pair in value] if sig == "a(ss)" else value
+    name = data.pop("name", None)
+    if not isinstance(name, str):
+        raise InvalidArgument("Define needs a 'name' (a string).")
+    return name, data
+
+
+class _Mirror(ServiceInterface):
+    """An interface whose properties mirror a snapshot; update() signals what changed."""
+
+    def __init__(self, iface: str) -> None:
+        super().__init__(iface)
+        self._props: dict[str, Any] = {}
+
+    def _compute(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def refresh(self, emit: bool = True) -> None:
+        new = self._compute()
+        changed = {k: v for k, v in new.items() if self._props.get(k) != v}
+        self._props = new
+        if changed and emit:
+            self.emit_properties_changed(changed)
+
+
+
+class ManagerInterface(_Mirror):
+    def __init__(self, daemon: Any) -> None:
+        super().__init__(names.MANAGER_IFACE)
+        self.daemon = daemon
+        self.host = daemon.host
+        self.refresh(emit=False)
+
+    def _compute(self) -> dict[str, Any]:
+        return {"Version": __version__, "State": self.daemon.state,
+                "Problems": [list(p) for p in self.host.problems()]}
+
+    @method()
+    @dbus_errors
+    def Define(self, options: "a{sv}") -> "o":  # noqa: F821
+        name, data = unpack_define(options)
+        return names.vgpu_path(self.host.define(name, data))
+
+    @method()
+    @dbus_errors
+    def Undefine(self, name: "s") -> None:  # noqa: F821
+        self.host.undefine(name)
+
+    @method()
+    @dbus_errors
+    def CreateVGPU(self, name: "s") -> "o":  # noqa: F821
+        return names.vgpu_path(self.host.create(name))
+
+    @method()
+    @dbus_errors
+    def RemoveVGPU(self, name: "s") -> None:  # noqa: F821
+        self.host.remove(name)
+
+    @method()
+    @dbus_errors
+    def Reload(self) -> None:
+        self.host.reload()
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Version(self) -> "s":  # noqa: F821
+        return self._props["Version"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def State(self) -> "s":  # noqa: F821
+        return self._props["State"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Problems(self) -> "a(ssss)":  # noqa: F821
+        return self._props["Problems"]
+
+
+def _type_details(t: Any) -> dict[str, Variant]:
+    out = {"device_api": Variant("s", t.device_api)}
+    if t.description is not None:
+        out["description"] = Variant("s", t.description)
+    if t.gvt is not None:
+        out.update(low_gm_mb=Variant("u", t.gvt.low_gm_mb), high_gm_mb=Variant("u", t.gvt.high_gm_mb),
+                   fence=Variant("u", t.gvt.fence), resolution=Variant("s", t.gvt.resolution_text),
+                   weight=Variant("u", t.gvt.weight))
+    return out
+
+
+class ParentInterface(_Mirror):
+    def __init__(self, parent: Parent) -> None:
+        super().__init__(names.PARENT_IFACE)
+        self.parent = parent
+        self.refresh(emit=False)
+
+    def _compute(self) -> dict[str, Any]:
+        p = self.parent
+        model = f"{p.vendor:04x}:{p.device:04x}" if p.vendor is not None and p.device is not None else ""
+        return {
+            "Address": p.name,
+            "Driver": p.driver,
+            "Model": model,
+            "Platform": p.platform[0],
+            "Registered": p.registered,
+            "Types": [[t.id, t.name, t.available, _type_details(t)] for t in p.types],
+        }
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Address(self) -> "s":  # noqa: F821
+        return self._props["Address"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Driver(self) -> "s":  # noqa: F821
+        return self._props["Driver"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Model(self) -> "s":  # noqa: F821
+        return self._props["Model"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Platform(self) -> "s":  # noqa: F821
+        return self._props["Platform"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Registered(self) -> "b":  # noqa: F821
+        return self._props["Registered"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Types(self) -> "a(ssua{sv})":  # noqa: F821
+        return self._props["Types"]
+
+
+class VgpuInterface(_Mirror):
+    def __init__(self, view: VgpuView) -> None:
+        super().__init__(names.VGPU_IFACE)
+        self.view = view
+        self.refresh(emit=False)
+
+    def _compute(self) -> dict[str, Any]:
+        v = self.view
+        return {"Name": v.name, "UUID": v.uuid, "Parent": v.parent, "Type": v.type_id,
+                "State": v.state, "Start": v.start, "Domain": v.domain, "Managed": v.managed,
+                "LastError": v.last_error}
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Name(self) -> "s":  # noqa: F821
+        return self._props["Name"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def UUID(self) -> "s":  # noqa: F821
+        return self._props["UUID"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Parent(self) -> "s":  # noqa: F821
+        return self._props["Parent"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Type(self) -> "s":  # noqa: F821
+        return self._props["Type"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def State(self) -> "s":  # noqa: F821
+        return self._props["State"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Start(self) -> "s":  # noqa: F821
+        return self._props["Start"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Domain(self) -> "s":  # noqa: F821
+        return self._props["Domain"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Managed(self) -> "b":  # noqa: F821
+        return self._props["Managed"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LastError(self) -> "s":  # noqa: F821
+        return self._props["LastError"]

@@ -1,0 +1,303 @@
+"""Configuration: /etc/gvtd/gvtd.toml and one vGPU definition per /etc/gvtd/vgpus.d/NAME.toml.
+
+Pydantic models validate every value at the edge (a file or a D-Bus request), so the rest of
+the daemon only ever sees well-formed definitions. Every write is atomic: a crash leaves
+either the old file or the new one, never a partial one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import tomli_w
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
+
+from gvtd.errors import Failed, InvalidArgument
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_DIR = Path("/etc/gvtd")
+SETTINGS_FILE = "gvtd.toml"
+DEFINITIONS_DIR = "vgpus.d"
+MAX_FILE_SIZE = 64 * 1024
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]{0,63}")
+PARENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9:_-]*(\.[A-Za-z0-9:_-]+)*")
+RESOLUTION_RE = re.compile(r"([1-9][0-9]{2,4})x([1-9][0-9]{2,4})")
+ATTR_NAME_RE = re.compile(r"[A-Za-z0-9_]{1,64}")
+DOMAIN_RE = re.compile(r"[^\x00-\x1f\x7f/]{1,100}")
+
+
+def _matching(pattern: re.Pattern[str], what: str, hint: str):
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            shown = value if len(value) <= 60 else value[:57] + "..."
+            raise ValueError(f"{shown!r} is not a valid {what}: {hint}")
+        return value
+
+    return AfterValidator(check)
+
+
+def validate_name(name: str) -> str:
+    """A definition name is also its file name, so it must be safe as one."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        shown = name if isinstance(name, str) and len(name) <= 60 else f"{str(name)[:57]}..."
+        raise InvalidArgument(
+            f"{shown!r} is not a valid vGPU name: use 1 to 64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit (it becomes the file name vgpus.d/NAME.toml)."
+        )
+    return name
+
+
+Uuid = Annotated[
+    StrictStr,
+    _matching(UUID_RE, "UUID", "use the lower-case 8-4-4-4-12 form that uuidgen prints"),
+]
+TypeId = Annotated[
+    StrictStr,
+    _matching(TYPE_RE, "mdev type id", "it names a directory of mdev_supported_types, "
+              "such as i915-GVTg_V5_4 (see `gvt-client types`)"),
+]
+ParentName = Annotated[
+    StrictStr,
+    _matching(PARENT_RE, "parent", "use `auto` or a device name from `gvt-client parents`, "
+              "such as 0000:00:02.0"),
+    Field(max_length=64),
+]
+Resolution = Annotated[
+    StrictStr,
+    _matching(RESOLUTION_RE, "resolution", "write WIDTHxHEIGHT, such as 1920x1200"),
+]
+AttrName = Annotated[StrictStr, _matching(ATTR_NAME_RE, "attribute name", "use a sysfs file name")]
+DomainName = Annotated[
+    StrictStr,
+    _matching(DOMAIN_RE, "libvirt domain name", "use the name `virsh list --all` shows"),
+]
+Start = Literal["auto", "on-demand", "manual"]
+
+
+class Definition(BaseModel):
+    """One persistent vGPU: the contents of vgpus.d/NAME.toml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    uuid: Uuid
+    parent: ParentName = "auto"
+    type: TypeId | None = None
+    min_resolution: Resolution | None = None
+    start: Start = "auto"
+    domain: DomainName | None = None
+    attrs: list[tuple[AttrName, Annotated[StrictStr, Field(max_length=4096)]]] = []
+
+    @model_validator(mode="after")
+    def _type_or_resolution(self) -> "Definition":
+        if (self.type is None) == (self.min_resolution is None):
+            raise ValueError("give exactly one of `type` and `min_resolution`")
+        return self
+
+    def resolution(self) -> tuple[int, int] | None:
+        if self.min_resolution is None:
+            return None
+        w, h = self.min_resolution.split("x")
+        return int(w), int(h)
+
+    def to_toml(self) -> str:
+        data = self.model_dump(exclude_none=True, exclude_defaults=False)
+        if not data["attrs"]:
+            del data["attrs"]
+        else:
+            data["attrs"] = [list(pair) for pair in data["attrs"]]
+        return (
+            "# A gvtd vGPU definition. Edit it by hand if you like, then run `gvt-client reload`.\n"
+            + tomli_w.dumps(data)
+        )
+
+
+class Settings(BaseModel):
+    """Daemon settings from gvtd.toml; every field has a working default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    libvirt_uri: StrictStr = "qemu:///system"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    suspend: Literal["teardown-idle", "block-while-running", "ignore"] = "teardown-idle"
+    restore_removed: StrictBool = True
+    sysfs_root: StrictStr = "/sys"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A configuration file that could not be used, with where and why."""
+
+    file: str
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.field}" if self.field else self.file
+        return f"{where}: {self.reason}"
+
+
+def _problems_from(file: Path, error: ValidationError) -> list[Problem]:
+    out = []
+    for item in error.errors():
+        field = ".".join(str(p) for p in item["loc"]) or ""
+        msg = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        out.append(Problem(str(file), field, msg))
+    return out
+
+
+def request_error(error: ValidationError) -> InvalidArgument:
+    """Turn a validation failure of a D-Bus request into one readable sentence."""
+    parts = []
+    for item in error.errors():
+        field = ".".join(str(p) for p in item["loc"])
+        msg = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            msg = f"unknown key; valid keys are name, {', '.join(Definition.model_fields)}"
+        parts.append(f"{field}: {msg}" if field else msg)
+    return InvalidArgument("; ".join(parts) + ".")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        raw = f.read(MAX_FILE_SIZE + 1)
+    if len(raw) > MAX_FILE_SIZE:
+        raise ValueError(f"file is larger than {MAX_FILE_SIZE // 1024} KiB")
+    return tomllib.loads(raw.decode("utf-8"))
+
+
+def _load_one(path: Path, model: type[BaseModel]) -> tuple[BaseModel | None, list[Problem]]:
+    try:
+        data = _read_toml(path)
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        return None, [Problem(str(path), "", f"cannot be read: {reason}")]
+    try:
+        return model.model_validate(data), []
+    except ValidationError as e:
+        return None, _problems_from(path, e)
+
+
+class ConfigDir:
+    """The configuration directory: settings plus the vgpus.d definitions."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.definitions_dir = path / DEFINITIONS_DIR
+
+    def load_settings(self) -> tuple[Settings, list[Problem]]:
+        try:
+            settings, problems = _load_one(self.path / SETTINGS_FILE, Settings)
+        except FileNotFoundError:
+            return Settings(), []
+        return (settings or Settings()), problems  # type: ignore[return-value]
+
+    def load_definitions(self) -> tuple[dict[str, Definition], list[Problem]]:
+        """Read every NAME.toml; a bad file is a Problem and the others still load."""
+        defs: dict[str, Definition] = {}
+        problems: list[Problem] = []
+        try:
+            entries = sorted(os.listdir(self.definitions_dir))
+        except FileNotFoundError:
+            return defs, problems
+        except OSError as e:
+            return defs, [Problem(str(self.definitions_dir), "", f"cannot be read: {e.strerror}")]
+        by_uuid: dict[str, str] = {}
+        for entry in entries:
+            if entry.startswith(".") or not entry.endswith(".toml"):
+                continue  # editor backups and our own temporary files
+            path = self.definitions_dir / entry
+            name = entry.removesuffix(".toml")
+            if not NAME_RE.fullmatch(name):
+                problems.append(Problem(str(path), "", "file name is not a valid vGPU name"))
+                continue
+            try:
+                definition, errs = _load_one(path, Definition)
+            except FileNotFoundError:
+                continue  # removed while we listed
+            problems += errs
+            if definition is None:
+                continue
+            assert isinstance(definition, Definition)
+            if definition.uuid in by_uuid:
+                problems.append(Problem(str(path), "uuid",
+                                        f"already used by {by_uuid[definition.uuid]}"))
+                continue
+            by_uuid[definition.uuid] = name
+            defs[name] = definition
+        return defs, problems
+
+    def definition_path(self, name: str) -> Path:
+        return self.definitions_dir / f"{validate_name(name)}.toml"
+
+    def save_definition(self, name: str, definition: Definition) -> None:
+        path = self.definition_path(name)
+        try:
+            self.definitions_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, definition.to_toml())
+        except OSError as e:
+            raise Failed(f"Could not write {path}: {e.strerror}. Nothing was changed; "
+                         "check that the disk has room and the directory is writable.") from e
+
+    def delete_definition(self, name: str) -> None:
+        path = self.definition_path(name)
+        try:
+            path.unlink()
+            fsync_dir(path.parent)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise Failed(f"Could not remove {path}: {e.strerror}.") from e
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write a file so that a crash at any point leaves the old or the new content.
+
+    Temporary file in the same directory, fsync, rename over the target, fsync the directory.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(path.parent)

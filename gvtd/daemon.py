@@ -1,0 +1,181 @@
+"""gvtd: wiring, command line, logging, sd_notify, signals and the one event loop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from dbus_fast import BusType
+from dbus_fast.aio import MessageBus
+from dbus_fast.constants import NameFlag, RequestNameReply
+from systemd import daemon as sd_daemon
+
+from gvtd import __version__, names
+from gvtd.config import DEFAULT_CONFIG_DIR, ConfigDir
+from gvtd.host import Host
+from gvtd.mdev import Sysfs
+from gvtd.state import Ownership
+
+log = logging.getLogger("gvtd")
+
+DESCRIPTION = """\
+Keeps Intel GVT-g virtual GPUs (mdevs) as defined in /etc/gvtd/vgpus.d, recreates them at
+boot and whenever their parent registers, and offers everything on D-Bus as io.github.gvtd1.
+Control it with gvt-client.
+"""
+
+EPILOG = """\
+environment:
+  GVTD_CONFIG_DIR    configuration directory (default /etc/gvtd)
+  STATE_DIRECTORY    where gvtd remembers which mdevs it created (default /var/lib/gvtd;
+                     systemd sets it from StateDirectory=)
+  RUNTIME_DIRECTORY  runtime files (default /run/gvtd; systemd sets it from RuntimeDirectory=)
+
+simulation:
+  gvtd --simulate runs this same daemon over an emulated Kaby Lake host (an emulated kernel
+  under a fake /sys, and a libvirt test driver with a `win10` domain) on the session bus,
+  so you can try the API without the hardware:
+    gvtd --simulate &  gvt-client --session list
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="gvtd", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"gvtd {__version__}")
+    p.add_argument("--config-dir", type=Path,
+                   default=Path(os.environ.get("GVTD_CONFIG_DIR", DEFAULT_CONFIG_DIR)),
+                   help="configuration directory with gvtd.toml and vgpus.d/ "
+                        "(default: $GVTD_CONFIG_DIR or /etc/gvtd)")
+    p.add_argument("--state-dir", type=Path,
+                   default=Path(os.environ.get("STATE_DIRECTORY", "/var/lib/gvtd").split(":")[0]),
+                   help="state directory (default: $STATE_DIRECTORY or /var/lib/gvtd)")
+    p.add_argument("--runtime-dir", type=Path,
+                   default=Path(os.environ.get("RUNTIME_DIRECTORY", "/run/gvtd").split(":")[0]),
+                   help="runtime directory (default: $RUNTIME_DIRECTORY or /run/gvtd)")
+    bus = p.add_mutually_exclusive_group()
+    bus.add_argument("--system", dest="bus", action="store_const", const="system",
+                     help="serve on the system bus (the default; with --simulate: the bus "
+                          "named by DBUS_SYSTEM_BUS_ADDRESS)")
+    bus.add_argument("--session", dest="bus", action="store_const", const="session",
+                     help="serve on the session bus (the default with --simulate)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="log level (default: log_level from gvtd.toml, else info)")
+    p.add_argument("--simulate", action="store_true",
+                   help="run over an emulated GVT-g host instead of the real one (see below)")
+    p.add_argument("--simulate-profile", default="default", metavar="NAME",
+                   help="emulated host to use with --simulate (default: a Kaby Lake laptop; "
+                        "`--simulate-profile help` lists them)")
+    args = p.parse_args(argv)
+    if args.bus is None:
+        args.bus = "session" if args.simulate else "system"
+    return args
+
+
+def _journal_attached() -> bool:
+    """True when stderr is the journal stream systemd connected us to (JOURNAL_STREAM)."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(x) for x in stream.split(":"))
+        st = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError):
+        return False
+    return st.st_dev == dev and st.st_ino == ino
+
+
+def setup_logging(level: str) -> None:
+    root = logging.getLogger()
+    root.handlers.clear()
+    if _journal_attached():
+        from systemd.journal import JournalHandler
+
+        handler: logging.Handler = JournalHandler(SYSLOG_IDENTIFIER="gvtd")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("gvtd: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+class Daemon:
+    """Owns the loop's lifetime: start, READY=1, serve, stop on a signal or a lost bus."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.config = ConfigDir(args.config_dir)
+        self.settings, self.settings_problems = self.config.load_settings()
+        self.host = Host(self.config, Sysfs(Path(self.settings.sysfs_root)),
+                         Ownership(args.state_dir))
+        self.state = "starting"
+        self.stopping = asyncio.Event()
+
+    def _notify(self, text: str) -> None:
+        sd_daemon.notify(text)
+
+    def _status(self) -> None:
+        self.state = "degraded" if self.host.problems() else "running"
+        self._notify(f"STATUS={self.host.summary()}")
+
+    async def run(self) -> int:
+        from gvtd.bus.service import ObjectTree
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        bus_type = BusType.SESSION if self.args.bus == "session" else BusType.SYSTEM
+        try:
+            bus = await MessageBus(bus_type=bus_type).connect()
+        except Exception as e:
+            log.error("Cannot connect to the %s bus: %s", self.args.bus, e)
+            return 1
+        for p in self.settings_problems:
+            log.error("Invalid setting, using the default: %s", p)
+        self.host.load(self.settings_problems)
+        tree = ObjectTree(bus, self)
+        self.host.listeners.append(self._status)
+        self.host.reconcile()
+        reply = await bus.request_name(names.BUS_NAME, NameFlag.DO_NOT_QUEUE)
+        if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+            log.error("Cannot own %s on the %s bus: another gvtd is running, or the bus policy "
+                      "does not allow it (is io.github.gvtd1.conf installed?)",
+                      names.BUS_NAME, self.args.bus)
+            return 1
+        self._status()
+        tree.manager.refresh()
+        self._notify(f"READY=1\nSTATUS={self.host.summary()}")
+        log.info("Ready: %s", self.host.summary())
+        disconnected = asyncio.ensure_future(bus.wait_for_disconnect())
+        stop = asyncio.ensure_future(self.stopping.wait())
+        done, _ = await asyncio.wait({disconnected, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if disconnected in done:
+            log.error("Lost the connection to the D-Bus daemon; exiting so that systemd "
+                      "restarts gvtd")
+            return 1
+        self._notify("STOPPING=1")
+        log.info("Stopping; vGPUs stay in place for the VMs that use them")
+        bus.disconnect()
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.simulate:
+        from gvtd.sim.supervisor import main as simulate
+
+        return simulate(args)
+    config = ConfigDir(args.config_dir)
+    settings, _ = config.load_settings()
+    setup_logging(args.log_level or settings.log_level)
+    try:
+        return asyncio.run(Daemon(args).run())
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

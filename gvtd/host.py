@@ -1,0 +1,245 @@
+"""The daemon's model of the host: definitions, what sysfs shows, what gvtd created.
+
+Every change — a method call, a reload, later a uevent — goes through here: it updates the
+desired or observed state, asks reconcile what to do, writes through mdev.py, and tells its
+listeners (the D-Bus objects) once at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid as uuidlib
+from collections.abc import Callable
+
+from gvtd import reconcile
+from gvtd.config import ConfigDir, Definition, Problem, validate_name
+from gvtd.errors import GvtdError, InvalidArgument, NotFound, ParentMissing
+from gvtd.mdev import Mdev, Parent, Sysfs
+from gvtd.reconcile import VgpuView
+from gvtd.state import Ownership
+
+log = logging.getLogger(__name__)
+
+
+def _fields(name: str = "", uuid: str = "", parent: str = "") -> dict[str, str]:
+    """Structured journal fields, so `journalctl VGPU_NAME=win10` finds every line."""
+    out = {}
+    if name:
+        out["VGPU_NAME"] = name
+    if uuid:
+        out["VGPU_UUID"] = uuid
+    if parent:
+        out["PARENT"] = parent
+    return out
+
+
+class Host:
+    def __init__(self, config: ConfigDir, sysfs: Sysfs, ownership: Ownership) -> None:
+        self.config = config
+        self.sysfs = sysfs
+        self.ownership = ownership
+        self.definitions: dict[str, Definition] = {}
+        self.config_problems: list[Problem] = []
+        self.errors: dict[str, str] = {}
+        self.parents: dict[str, Parent] = {}
+        self.mdevs: dict[str, Mdev] = {}
+        self.views: dict[str, VgpuView] = {}
+        self.listeners: list[Callable[[], None]] = []
+
+    # -- state --------------------------------------------------------------------------
+
+    def load(self, settings_problems: list[Problem] | None = None) -> None:
+        self.ownership.load()
+        self.definitions, problems = self.config.load_definitions()
+        self.config_problems = list(settings_problems or []) + problems
+        for p in problems:
+            log.error("Ignoring invalid definition %s", p, extra={"CONFIG_FILE": p.file})
+
+    def refresh(self) -> None:
+        """Re-read parents and mdevs. A parent seen before stays known, unregistered."""
+        seen = {p.name: p for p in self.sysfs.parents()}
+        for name, old in self.parents.items():
+            if name not in seen:
+                seen[name] = dataclasses.replace(old, registered=False, types=())
+        self.parents = dict(sorted(seen.items()))
+        self.mdevs = self.sysfs.mdevs()
+
+    def _publish(self) -> None:
+        owned = dict(self.ownership.items())
+        self.views = reconcile.views(self.definitions, list(self.parents.values()), self.mdevs,
+                                     owned, self.errors)
+        for listener in self.listeners:
+            listener()
+
+    def reconcile(self) -> None:
+        """Create every `auto` vGPU that should exist and does not; adopt those that do."""
+        self.refresh()
+        for name, d in self.definitions.items():
+            mdev = self.mdevs.get(d.uuid)
+            if mdev is not None and (d.type is None or mdev.type_id == d.type):
+                if d.uuid not in self.ownership:
+                    log.info("Adopting existing mdev %s for %s", d.uuid, name,
+                             extra=_fields(name, d.uuid, mdev.parent))
+                self.ownership.add(d.uuid, name)
+        for name, target in reconcile.to_create(self.definitions, list(self.parents.values()),
+                                                self.mdevs):
+            try:
+                self._create(name, target)
+            except GvtdError:
+                pass  # recorded in self.errors and shown as LastError
+        self.refresh()
+        self._publish()
+
+    def _create(self, name: str, target: reconcile.Target) -> None:
+        d = self.definitions[name]
+        fields = _fields(name, d.uuid, target.parent.name)
+        self.ownership.add(d.uuid, name)  # before the write: see state.py
+        try:
+            self.sysfs.create(target.parent.name, target.type_id, d.uuid)
+            for attr, value in d.attrs:
+                self.sysfs.write_attr(d.uuid, attr, value)
+        except GvtdError as e:
+            self.errors[name] = e.message
+            if d.uuid not in self.sysfs.mdevs():
+                self.ownership.discard(d.uuid)
+            log.error("Could not create vGPU %s: %s", name, e.message, extra=fields)
+            raise
+        self.errors.pop(name, None)
+        log.info("Created vGPU %s (%s, %s on %s)", name, d.uuid, target.type_id,
+                 target.parent.name, extra=fields)
+
+    # -- what the bus shows ---------------------------------------------------------------
+
+    def problems(self) -> list[tuple[str, str, str, str]]:
+        """(id, severity, message, fix) for Manager.Problems."""
+        out = [(f"config:{p.file}", "error", str(p),
+                "Fix or remove the file, then run `gvt-client reload`.")
+               for p in self.config_problems]
+        for v in self.views.values():
+            if v.state == "failed":
+                out.append((f"vgpu:{v.name or v.uuid}", "error",
+                            f"vGPU {v.name or v.uuid}: {v.last_error}",
+                            "See `gvt-client status` and the journal (journalctl -u gvtd)."))
+        return out
+
+    def summary(self) -> str:
+        active = [v for v in self.views.values() if v.state == "active"]
+        parents = {v.parent for v in active}
+        failed = sum(v.state == "failed" for v in self.views.values())
+        text = (f"{len(active)} vGPU{'s' if len(active) != 1 else ''} active on "
+                f"{len(parents)} parent{'s' if len(parents) != 1 else ''}")
+        if failed:
+            text += f", {failed} failed"
+        files = len({p.file for p in self.config_problems})
+        if files:
+            text += f", {files} invalid config file{'s' if files != 1 else ''}"
+        return text
+
+    # -- operations (D-Bus methods) -----------------------------------------------------------
+
+    def find(self, key: str) -> VgpuView:
+        """A vGPU by definition name or UUID."""
+        if key in self.definitions:
+            return self.views[self.definitions[key].uuid]
+        if key in self.views:
+            return self.views[key]
+        raise NotFound(f"There is no vGPU named {key[:100]!r}; `gvt-client list` shows them.")
+
+    def define(self, name: str, data: dict[str, object]) -> str:
+        """Validate, check it can work, then write vgpus.d/NAME.toml and reconcile."""
+        validate_name(name)
+        if name in self.definitions:
+            raise InvalidArgument(f"A vGPU named {name!r} is already defined; undefine it first "
+                                  "or choose another name.")
+        data = dict(data)
+        data.setdefault("uuid", str(uuidlib.uuid4()))
+        definition = Definition.model_validate(data)
+        for other, d in self.definitions.items():
+            if d.uuid == definition.uuid:
+                raise InvalidArgument(f"UUID {definition.uuid} is already used by {other!r}.")
+        self.refresh()
+        foreign = self.mdevs.get(definition.uuid)
+        if foreign is not None and definition.uuid not in self.ownership and definition.type \
+                and foreign.type_id != definition.type:
+            raise InvalidArgument(f"An mdev {definition.uuid} of type {foreign.type_id} already "
+                                  "exists; choose another UUID.")
+        try:
+            target = reconcile.resolve(definition, list(self.parents.values()))
+        except ParentMissing:
+            target = None  # allowed: created when the parent registers
+        if target is not None and definition.start == "auto" and foreign is None:
+            reconcile.check_capacity(target, self.sysfs.no_capacity_message(
+                target.parent.name, target.type_id))
+        self.config.save_definition(name, definition)
+        self.definitions[name] = definition
+        log.info("Defined vGPU %s (%s)", name, definition.uuid,
+                 extra=_fields(name, definition.uuid))
+        self.reconcile()
+        return definition.uuid
+
+    def undefine(self, name: str) -> None:
+        validate_name(name)
+        d = self.definitions.get(name)
+        if d is None:
+            raise NotFound(f"There is no vGPU definition named {name!r}.")
+        self.refresh()
+        if d.uuid in self.mdevs and d.uuid in self.ownership:
+            self._remove(d.uuid, name)
+        self.config.delete_definition(name)
+        del self.definitions[name]
+        self.errors.pop(name, None)
+        self.ownership.discard(d.uuid)
+        log.info("Undefined vGPU %s", name, extra=_fields(name, d.uuid))
+        self.refresh()
+        self._publish()
+
+    def create(self, key: str) -> str:
+        view = self.find(key)
+        if not view.name or view.name not in self.definitions:
+            raise InvalidArgument(f"{key!r} has no definition; define it first.")
+        self.refresh()
+        if view.uuid not in self.mdevs:
+            d = self.definitions[view.name]
+            try:
+                target = reconcile.resolve(d, list(self.parents.values()))
+                reconcile.check_capacity(target, self.sysfs.no_capacity_message(
+                    target.parent.name, target.type_id))
+                self._create(view.name, target)
+            except GvtdError as e:
+                self.errors[view.name] = e.message
+                raise
+            finally:
+                self.refresh()
+                self._publish()
+        return view.uuid
+
+    def remove(self, key: str) -> None:
+        view = self.find(key)
+        self.refresh()
+        if view.uuid not in self.mdevs:
+            return
+        if view.uuid not in self.ownership:
+            raise InvalidArgument(
+                f"The mdev {view.uuid} was not created by gvtd, and gvtd never removes what it "
+                f"did not create. To remove it yourself: echo 1 > "
+                f"/sys/bus/mdev/devices/{view.uuid}/remove")
+        self._remove(view.uuid, view.name)
+        if view.name not in self.definitions:
+            self.ownership.discard(view.uuid)
+        self.refresh()
+        self._publish()
+
+    def _remove(self, uuid: str, name: str) -> None:
+        try:
+            self.sysfs.remove(uuid)
+        except NotFound:
+            pass
+        log.info("Removed vGPU %s (%s)", name, uuid, extra=_fields(name, uuid))
+
+    def reload(self) -> None:
+        """Re-read the configuration directory (after a hand edit) and reconcile."""
+        _, settings_problems = self.config.load_settings()
+        self.load(settings_problems)
+        self.errors = {k: v for k, v in self.errors.items() if k in self.definitions}
+        self.reconcile()

@@ -1,0 +1,270 @@
+"""The kernel's mdev sysfs ABI, for any mdev parent: the only module that touches /sys.
+
+Parents are the entries of /sys/class/mdev_bus; their types are directories of
+`<parent>/mdev_supported_types`; mdevs are the entries of /sys/bus/mdev/devices. Every path
+written is built from names read back from those listings, never from caller input alone,
+and only `create`, `remove` and an mdev's own attributes are ever written.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gvtd import gvt
+from gvtd.config import ATTR_NAME_RE, UUID_RE
+from gvtd.errors import Busy, Failed, GvtdError, InvalidArgument, NoCapacity, NotFound, ParentMissing
+
+PCI_DISPLAY_CLASS = 0x03
+
+
+@dataclass(frozen=True)
+class MdevType:
+    id: str
+    name: str
+    description: str | None
+    device_api: str
+    available: int
+    gvt: gvt.GvtTypeInfo | None = None
+
+
+@dataclass(frozen=True)
+class Parent:
+    """A device that can host mdevs. `registered` is false for an Intel GPU whose GVT-g
+    half (kvmgt) has not registered it yet; such a parent has no types."""
+
+    name: str
+    syspath: str
+    driver: str
+    vendor: int | None
+    device: int | None
+    registered: bool
+    types: tuple[MdevType, ...] = ()
+
+    def type(self, type_id: str) -> MdevType | None:
+        return next((t for t in self.types if t.id == type_id), None)
+
+    @property
+    def platform(self) -> tuple[str, bool]:
+        return gvt.platform(self.vendor, self.device)
+
+    @property
+    def is_gvt(self) -> bool:
+        return any(t.gvt for t in self.types) or self.driver == "i915"
+
+
+@dataclass(frozen=True)
+class Mdev:
+    uuid: str
+    parent: str
+    type_id: str
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return None
+
+
+def _read_int(path: Path, base: int = 0) -> int | None:
+    text = _read(path)
+    try:
+        return int(text.strip(), base) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _listdir(path: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
+
+
+def _link_name(path: Path) -> str:
+    try:
+        return os.path.basename(os.readlink(path))
+    except OSError:
+        return ""
+
+
+@dataclass
+class Sysfs:
+    """Reads and writes the mdev ABI below `root` (normally /sys)."""
+
+    root: Path = field(default_factory=lambda: Path("/sys"))
+
+    @property
+    def _bus(self) -> Path:
+        return self.root / "class" / "mdev_bus"
+
+    @property
+    def _mdevs(self) -> Path:
+        return self.root / "bus" / "mdev" / "devices"
+
+    # -- reading --------------------------------------------------------------------------
+
+    def parents(self) -> list[Parent]:
+        """Registered parents, plus Intel display devices that could be but are not."""
+        found = {name: self._parent(name, self._bus / name, True) for name in _listdir(self._bus)}
+        pci = self.root / "bus" / "pci" / "devices"
+        for name in _listdir(pci):
+            if name in found:
+                continue
+            vendor = _read_int(pci / name / "vendor", 16)
+            cls = _read_int(pci / name / "class", 16)
+            if vendor == gvt.INTEL_VENDOR and cls is not None and cls >> 16 == PCI_DISPLAY_CLASS:
+                found[name] = self._parent(name, pci / name, False)
+        return sorted(found.values(), key=lambda p: p.name)
+
+    def parent(self, name: str) -> Parent | None:
+        return next((p for p in self.parents() if p.name == name), None)
+
+    def _parent(self, name: str, link: Path, registered: bool) -> Parent:
+        syspath = os.path.realpath(link)
+        path = Path(syspath)
+        types = tuple(self._types(path)) if registered else ()
+        return Parent(
+            name=name,
+            syspath=syspath,
+            driver=_link_name(path / "driver"),
+            vendor=_read_int(path / "vendor", 16),
+            device=_read_int(path / "device", 16),
+            registered=registered,
+            types=types,
+        )
+
+    def _types(self, parent: Path) -> list[MdevType]:
+        base = parent / "mdev_supported_types"
+        out = []
+        for type_id in _listdir(base):
+            d = base / type_id
+            description = _read(d / "description")
+            out.append(MdevType(
+                id=type_id,
+                name=(_read(d / "name") or type_id).strip(),
+                description=description,
+                device_api=(_read(d / "device_api") or "").strip(),
+                available=_read_int(d / "available_instances") or 0,
+                gvt=gvt.parse_description(description),
+            ))
+        return out
+
+    def mdevs(self) -> dict[str, Mdev]:
+        """Every mdev the kernel has, on any parent. The type comes from the `mdev_type`
+        link (uevents carry no type)."""
+        out = {}
+        for uuid in _listdir(self._mdevs):
+            dev = self._mdevs / uuid
+            type_link = dev / "mdev_type"
+            type_id = _link_name(type_link)
+            try:
+                parent_dir = os.path.dirname(os.path.realpath(dev))
+            except OSError:
+                continue
+            if type_id:
+                out[uuid] = Mdev(uuid=uuid, parent=os.path.basename(parent_dir), type_id=type_id)
+        return out
+
+    # -- writing --------------------------------------------------------------------------
+
+    def create(self, parent_name: str, type_id: str, uuid: str) -> None:
+        """Create an mdev. The kernel does it synchronously: when this returns, it exists."""
+        _check_uuid(uuid)
+        parent = self.parent(parent_name)
+        if parent is None or not parent.registered:
+            raise ParentMissing(
+                f"The mdev parent {parent_name} is not registered: for GVT-g, check that "
+                "i915.enable_gvt=1 is on the kernel command line and the kvmgt module is "
+                "loaded (`gvt-client doctor` checks both)."
+            )
+        mtype = parent.type(type_id)
+        if mtype is None:
+            listed = ", ".join(t.id for t in parent.types) or "none"
+            raise InvalidArgument(f"{parent_name} has no mdev type {type_id!r}; it offers: {listed}.")
+        path = Path(parent.syspath) / "mdev_supported_types" / mtype.id / "create"
+        try:
+            self._write(path, uuid)
+        except OSError as e:
+            raise self._create_error(e, parent, mtype, uuid) from e
+
+    def remove(self, uuid: str) -> None:
+        _check_uuid(uuid)
+        if uuid not in _listdir(self._mdevs):
+            raise NotFound(f"There is no mdev {uuid}.")
+        try:
+            self._write(self._mdevs / uuid / "remove", "1")
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENODEV):
+                raise NotFound(f"The mdev {uuid} was already gone.") from e
+            if e.errno == errno.EBUSY:
+                raise Busy(f"The mdev {uuid} is in use (a VM has it open); stop the VM first.") from e
+            raise Failed(f"Removing mdev {uuid} failed: {e.strerror}.") from e
+
+    def write_attr(self, uuid: str, name: str, value: str) -> None:
+        """Write one of an mdev's own attributes (the definition's `attrs`)."""
+        _check_uuid(uuid)
+        dev = self._mdevs / uuid
+        if not ATTR_NAME_RE.fullmatch(name) or name not in _listdir(dev) or name == "remove":
+            raise InvalidArgument(f"The mdev {uuid} has no attribute {name!r}.")
+        try:
+            self._write(dev / name, value)
+        except OSError as e:
+            raise Failed(f"Writing {value!r} to attribute {name} of {uuid} failed: {e.strerror}.") from e
+
+    @staticmethod
+    def _write(path: Path, text: str) -> None:
+        # One write(2) of the whole value, as `echo ... > file` does; sysfs rejects partial ones.
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+
+    def _create_error(self, e: OSError, parent: Parent, mtype: MdevType, uuid: str) -> GvtdError:
+        code = e.errno
+        if code in (errno.ENOSPC, errno.EUSERS):
+            return NoCapacity(self.no_capacity_message(parent.name, mtype.id))
+        if code == errno.EEXIST:
+            return Busy(f"An mdev with UUID {uuid} already exists (the kernel compares UUIDs on "
+                        "every parent and ignores case): remove it, or define the vGPU with "
+                        "another UUID.")
+        if code == errno.EINVAL:
+            return InvalidArgument(f"The kernel rejected UUID {uuid} for {mtype.id} on "
+                                   f"{parent.name} (invalid argument).")
+        if code == errno.ENODEV:
+            return ParentMissing(f"{parent.name} went away while creating the vGPU (its driver "
+                                 "is unloading); it is recreated when the parent registers again.")
+        if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return Failed(f"gvtd may not write {mtype.id}/create on {parent.name} "
+                          f"({e.strerror}); it must run as root with /sys writable.")
+        return Failed(f"Creating a {mtype.id} vGPU on {parent.name} failed: {e.strerror}.")
+
+    def no_capacity_message(self, parent_name: str, type_id: str) -> str:
+        """Why a type does not fit, what it needs, and what still fits (re-read from sysfs)."""
+        parent = self.parent(parent_name)
+        mtype = parent.type(type_id) if parent else None
+        if parent is None or mtype is None:
+            return f"{parent_name} has no room for another {type_id}."
+        fitting = [t for t in parent.types if t.available > 0]
+        if mtype.gvt:
+            fitting.sort(key=lambda t: gvt.size_key(t.gvt) if t.gvt else (0, 0, 0), reverse=True)
+            need = gvt.describe_need(mtype.id, mtype.gvt)
+            still = (f"{fitting[0].id} ({fitting[0].gvt.resolution_text if fitting[0].gvt else ''}) "
+                     "still fits" if fitting else "no GVT-g type fits any more")
+            return (f"No room for another {mtype.id} on {parent.name}: {need}, and what is left "
+                    f"is not enough ({still}). Remove a vGPU you do not need, choose a smaller "
+                    "type, or give the GPU more memory in the firmware setup (DVMT pre-allocated "
+                    "/ aperture size).")
+        still = f"{fitting[0].id} still fits" if fitting else "no type of it fits any more"
+        return (f"No room for another {mtype.id} on {parent.name} ({still}). Remove a vGPU of "
+                "that parent or choose another type.")
+
+
+def _check_uuid(uuid: str) -> None:
+    if not isinstance(uuid, str) or not UUID_RE.fullmatch(uuid):
+        raise InvalidArgument(f"{str(uuid)[:60]!r} is not a valid vGPU UUID: use the lower-case "
+                              "8-4-4-4-12 form that uuidgen prints.")

@@ -1,0 +1,143 @@
+"""Desired against actual: the one place that decides what gvtd creates and what it shows.
+
+Pure functions over snapshots (definitions, parents and mdevs as read from sysfs, the set of
+mdevs gvtd created), so every decision can be tested without a kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from gvtd import gvt
+from gvtd.config import Definition
+from gvtd.errors import GvtdError, InvalidArgument, NoCapacity, ParentMissing
+from gvtd.mdev import Mdev, Parent
+
+VgpuState = Literal["inactive", "active", "parent-missing", "failed"]
+
+
+@dataclass(frozen=True)
+class Target:
+    parent: Parent
+    type_id: str
+
+
+@dataclass(frozen=True)
+class VgpuView:
+    """What the VGPU D-Bus object shows, for a definition or for a foreign mdev."""
+
+    uuid: str
+    name: str
+    parent: str
+    type_id: str
+    state: VgpuState
+    start: str
+    domain: str
+    managed: bool
+    last_error: str
+
+
+def choose_type(parent: Parent, want: tuple[int, int]) -> str:
+    """The smallest GVT-g type of `parent` whose resolution is at least `want`.
+
+    Smallest by share of the GPU, so that more vGPUs fit; ties go to the one with instances
+    still available.
+    """
+    candidates = [t for t in parent.types if t.gvt and gvt.fits(t.gvt, want)]
+    if not candidates:
+        have = ", ".join(f"{t.id} ({t.gvt.resolution_text})" for t in parent.types if t.gvt)
+        raise InvalidArgument(
+            f"No mdev type of {parent.name} reaches {want[0]}x{want[1]}"
+            + (f"; its types are {have}." if have else
+               " (it is not a GVT-g parent: name a type with --type).")
+        )
+    candidates.sort(key=lambda t: (gvt.size_key(t.gvt), t.available == 0))  # type: ignore[arg-type]
+    return candidates[0].id
+
+
+def resolve(definition: Definition, parents: list[Parent]) -> Target:
+    """Where and as what a definition's vGPU is created, given the parents sysfs shows."""
+    registered = [p for p in parents if p.registered]
+    if definition.parent == "auto":
+        if definition.type is not None:
+            pool = [p for p in registered if p.type(definition.type)]
+        else:
+            pool = [p for p in registered if any(t.gvt for t in p.types)]
+        if not pool:
+            what = definition.type or f"GVT-g at {definition.min_resolution}"
+            raise ParentMissing(f"No registered mdev parent offers {what} (yet): it is created "
+                                "as soon as one registers.")
+        parent = pool[0]
+    else:
+        found = next((p for p in parents if p.name == definition.parent), None)
+        if found is None or not found.registered:
+            state = "is not registered" if found else "does not exist"
+            raise ParentMissing(f"The parent {definition.parent} {state}; the vGPU is created "
+                                "when it registers (for GVT-g: when kvmgt loads).")
+        parent = found
+    want = definition.resolution()
+    if want is not None:
+        return Target(parent, choose_type(parent, want))
+    assert definition.type is not None
+    if parent.type(definition.type) is None:
+        listed = ", ".join(t.id for t in parent.types) or "none"
+        raise InvalidArgument(f"{parent.name} has no mdev type {definition.type!r}; "
+                              f"it offers: {listed}.")
+    return Target(parent, definition.type)
+
+
+def check_capacity(target: Target, sysfs_message: str) -> None:
+    """Refuse before writing when the kernel already says no instance is left."""
+    mtype = target.parent.type(target.type_id)
+    if mtype is not None and mtype.available <= 0:
+        raise NoCapacity(sysfs_message)
+
+
+def to_create(definitions: dict[str, Definition], parents: list[Parent],
+              mdevs: dict[str, Mdev]) -> list[tuple[str, Target]]:
+    """The `auto` definitions that should exist and do not, with where to create them."""
+    out = []
+    for name, definition in sorted(definitions.items()):
+        if definition.start != "auto" or definition.uuid in mdevs:
+            continue
+        try:
+            out.append((name, resolve(definition, parents)))
+        except GvtdError:
+            continue  # shown as parent-missing or failed by views()
+    return out
+
+
+def views(definitions: dict[str, Definition], parents: list[Parent], mdevs: dict[str, Mdev],
+          owned: dict[str, str], errors: dict[str, str]) -> dict[str, VgpuView]:
+    """Every vGPU gvtd shows, keyed by UUID: one per definition, one per other mdev."""
+    out: dict[str, VgpuView] = {}
+    for name, d in definitions.items():
+        mdev = mdevs.get(d.uuid)
+        error = errors.get(name, "")
+        parent, type_id = d.parent, d.type or ""
+        try:
+            target = resolve(d, parents)
+            parent, type_id = target.parent.name, target.type_id
+            state: VgpuState = "failed" if error else "inactive"
+        except ParentMissing as e:
+            state, error = "parent-missing", error or e.message
+        except GvtdError as e:
+            state, error = "failed", e.message
+        if mdev is not None:
+            parent = mdev.parent
+            if d.type is not None and mdev.type_id != d.type:
+                state = "failed"
+                error = (f"An mdev with this UUID exists as {mdev.type_id}, not {d.type}; "
+                         "gvtd leaves it alone. Remove it or change the definition's type.")
+            else:
+                state, error, type_id = "active", "", mdev.type_id
+        out[d.uuid] = VgpuView(d.uuid, name, parent, type_id, state, d.start, d.domain or "",
+                               True, error)
+    for uuid, mdev in mdevs.items():
+        if uuid in out:
+            continue
+        name = owned.get(uuid, "")
+        out[uuid] = VgpuView(uuid, name, mdev.parent, mdev.type_id, "active",
+                             "manual", "", uuid in owned, "")
+    return out

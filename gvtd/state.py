@@ -1,0 +1,62 @@
+"""What gvtd must remember across restarts: which mdevs it created (STATE_DIRECTORY).
+
+A UUID is recorded *before* its create is written, so a crash between the two never leaves
+an mdev gvtd made but does not know is its own; a stale record of an mdev that was never
+made is harmless (its UUID belongs to a definition anyway).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from gvtd.config import UUID_RE, atomic_write
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "created.json"
+
+
+class Ownership:
+    """The set of mdev UUIDs this daemon created, with the name each was created for."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / STATE_FILE
+        self._created: dict[str, str] = {}
+
+    def load(self) -> None:
+        try:
+            data = json.loads(self.path.read_text())
+            created = data.get("created", {})
+            self._created = {u: str(n) for u, n in created.items() if UUID_RE.fullmatch(u)}
+        except FileNotFoundError:
+            self._created = {}
+        except (OSError, ValueError, AttributeError) as e:
+            # Without the record gvtd only loses the right to remove what it made; it never
+            # removes an mdev it does not know, so starting empty is the safe side.
+            log.warning("Ignoring unreadable state file %s: %s", self.path, e)
+            self._created = {}
+
+    def __contains__(self, uuid: str) -> bool:
+        return uuid in self._created
+
+    def name(self, uuid: str) -> str | None:
+        return self._created.get(uuid)
+
+    def items(self) -> list[tuple[str, str]]:
+        return sorted(self._created.items())
+
+    def add(self, uuid: str, name: str) -> None:
+        if self._created.get(uuid) != name:
+            self._created[uuid] = name
+            self._save()
+
+    def discard(self, uuid: str) -> None:
+        if self._created.pop(uuid, None) is not None:
+            self._save()
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.path, json.dumps({"version": 1, "created": self._created},
+                                           indent=1, sort_keys=True) + "\n", mode=0o600)
