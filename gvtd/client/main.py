@@ -1,0 +1,280 @@
+"""gvt-client: a thin command line over gvtd's D-Bus API.
+
+Exit status: 0 success, 1 the call failed (the message says why), 2 usage error.
+It imports nothing of the daemon but the shared names, so it starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from dbus_fast import BusType, Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+
+from gvtd import __version__, names
+
+EPILOG = """\
+examples:
+  gvt-client types                          what this GPU can be split into
+  gvt-client define win10 --min-resolution 1920x1200 --domain win10
+  gvt-client list                           defined and present vGPUs
+  gvt-client --session list                 a simulated daemon (gvtd --simulate)
+
+Every read command takes --json for scripts. Mutating commands are authorized by polkit.
+"""
+
+
+class ClientError(Exception):
+    """A failure to report as one line on stderr, exit status 1."""
+
+
+def _plain(value: Any) -> Any:
+    """Variants and nested containers to plain JSON-able values."""
+    if isinstance(value, Variant):
+        return _plain(value.value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class Client:
+    def __init__(self, bus: MessageBus) -> None:
+        self.bus = bus
+
+    async def call(self, member: str, signature: str = "", body: list[Any] | None = None,
+                   path: str = names.ROOT_PATH, interface: str = names.MANAGER_IFACE) -> list[Any]:
+        reply = await self.bus.call(Message(
+            destination=names.BUS_NAME, path=path, interface=interface, member=member,
+            signature=signature, body=body or []))
+        assert reply is not None
+        if reply.message_type == MessageType.ERROR:
+            text = reply.body[0] if reply.body else reply.error_name
+            if reply.error_name in ("org.freedesktop.DBus.Error.ServiceUnknown",
+                                    "org.freedesktop.DBus.Error.NameHasNoOwner"):
+                raise ClientError("gvtd is not running on this bus. Start it with "
+                                  "`systemctl start gvtd` (or use --session for `gvtd --simulate`).")
+            if reply.error_name == names.ACCESS_DENIED:
+                raise ClientError(f"Not authorized: {text}")
+            raise ClientError(str(text))
+        return reply.body
+
+    async def objects(self) -> dict[str, dict[str, dict[str, Any]]]:
+        (objs,) = await self.call("GetManagedObjects", interface=names.OBJECT_MANAGER_IFACE)
+        return {path: {iface: _plain(props) for iface, props in ifaces.items()}
+                for path, ifaces in objs.items()}
+
+    async def manager(self) -> dict[str, Any]:
+        (props,) = await self.call("GetAll", "s", [names.MANAGER_IFACE],
+                                   interface=names.PROPERTIES_IFACE)
+        return _plain(props)
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    if not rows:
+        return ""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
+             for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+def _vgpus(objs: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for props in objs.values():
+        v = props.get(names.VGPU_IFACE)
+        if v is not None:
+            out.append({"name": v["Name"], "uuid": v["UUID"], "parent": v["Parent"],
+                        "type": v["Type"], "state": v["State"], "start": v["Start"],
+                        "domain": v["Domain"], "managed": v["Managed"],
+                        "last_error": v["LastError"]})
+    return sorted(out, key=lambda v: (v["name"] == "", v["name"], v["uuid"]))
+
+
+def _parents(objs: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for props in objs.values():
+        p = props.get(names.PARENT_IFACE)
+        if p is not None:
+            types = [{"id": t[0], "name": t[1], "available": t[2], **t[3]} for t in p["Types"]]
+            out.append({"address": p["Address"], "driver": p["Driver"], "model": p["Model"],
+                        "platform": p["Platform"], "registered": p["Registered"],
+                        "types": types})
+    return sorted(out, key=lambda p: p["address"])
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2))
+    elif text:
+        print(text)
+
+
+async def cmd_list(c: Client, args: argparse.Namespace) -> None:
+    vgpus = _vgpus(await c.objects())
+    rows = [[v["name"] or "-", v["uuid"], v["type"] or "-", v["parent"], v["state"], v["start"],
+             v["domain"] or "-", "" if v["managed"] else "foreign"] for v in vgpus]
+    text = _table(rows, ["NAME", "UUID", "TYPE", "PARENT", "STATE", "START", "DOMAIN", ""]) \
+        or "No vGPUs defined. Define one with `gvt-client define NAME --type TYPE`."
+    errors = [f"{v['name'] or v['uuid']}: {v['last_error']}" for v in vgpus if v["last_error"]]
+    _emit(args, vgpus, "\n".join([text, *errors]))
+
+
+async def cmd_types(c: Client, args: argparse.Namespace) -> None:
+    parents = _parents(await c.objects())
+    rows = []
+    for p in parents:
+        for t in p["types"]:
+            aperture = f"{t['low_gm_mb']}/{t['high_gm_mb']} MB" if "low_gm_mb" in t else "-"
+            rows.append([p["address"], t["id"], t.get("resolution", "-"), aperture,
+                         str(t.get("fence", "-")), str(t.get("weight", "-")), str(t["available"])])
+    text = _table(rows, ["PARENT", "TYPE", "RESOLUTION", "APERTURE LOW/HIGH", "FENCE",
+                         "WEIGHT", "AVAILABLE"]) or (
+        "No mdev types: no parent is registered. For GVT-g, check i915.enable_gvt=1 and that "
+        "kvmgt is loaded.")
+    _emit(args, [{"parent": p["address"], **t} for p in parents for t in p["types"]], text)
+
+
+async def cmd_parents(c: Client, args: argparse.Namespace) -> None:
+    parents = _parents(await c.objects())
+    rows = [[p["address"], p["driver"] or "-", p["model"] or "-", p["platform"] or "-",
+             "yes" if p["registered"] else "no", str(len(p["types"]))] for p in parents]
+    text = _table(rows, ["PARENT", "DRIVER", "MODEL", "PLATFORM", "REGISTERED", "TYPES"]) \
+        or "No mdev parents found."
+    _emit(args, parents, text)
+
+
+async def cmd_status(c: Client, args: argparse.Namespace) -> None:
+    m = await c.manager()
+    vgpus = _vgpus(await c.objects())
+    problems = [{"id": p[0], "severity": p[1], "message": p[2], "fix": p[3]}
+                for p in m["Problems"]]
+    active = sum(v["state"] == "active" for v in vgpus)
+    lines = [f"gvtd {m['Version']}: {m['State']}, {active} of {len(vgpus)} vGPUs active"]
+    for v in vgpus:
+        lines.append(f"  {v['name'] or v['uuid']}: {v['state']}"
+                     + (f" ({v['last_error']})" if v["last_error"] else ""))
+    for p in problems:
+        lines.append(f"{p['severity']}: {p['message']}\n  fix: {p['fix']}")
+    _emit(args, {"version": m["Version"], "state": m["State"], "vgpus": vgpus,
+                 "problems": problems}, "\n".join(lines))
+
+
+async def cmd_define(c: Client, args: argparse.Namespace) -> None:
+    opts: dict[str, Variant] = {"name": Variant("s", args.name)}
+    for key in ("type", "min_resolution", "parent", "uuid", "start", "domain"):
+        value = getattr(args, key)
+        if value is not None:
+            opts[key] = Variant("s", value)
+    if args.attr:
+        opts["attrs"] = Variant("a(ss)", [list(a) for a in args.attr])
+    (path,) = await c.call("Define", "a{sv}", [opts])
+    print(f"Defined {args.name} ({path})")
+
+
+async def cmd_simple(c: Client, args: argparse.Namespace) -> None:
+    member, done = {"undefine": ("Undefine", "Undefined"), "create": ("CreateVGPU", "Created"),
+                    "remove": ("RemoveVGPU", "Removed")}[args.command]
+    await c.call(member, "s", [args.name])
+    print(f"{done} {args.name}")
+
+
+async def cmd_reload(c: Client, args: argparse.Namespace) -> None:
+    await c.call("Reload")
+    print("Reloaded the configuration")
+
+
+def _attr(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    return name, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    bus = common.add_mutually_exclusive_group()
+    bus.add_argument("--system", dest="bus", action="store_const", const="system",
+                     default=argparse.SUPPRESS, help="talk to gvtd on the system bus (default)")
+    bus.add_argument("--session", dest="bus", action="store_const", const="session",
+                     default=argparse.SUPPRESS,
+                     help="talk to a gvtd on the session bus (gvtd --simulate)")
+    reads = argparse.ArgumentParser(add_help=False)
+    reads.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                       help="print JSON for scripts")
+
+    p = argparse.ArgumentParser(
+        prog="gvt-client", parents=[common, reads], epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Control gvtd, the Intel GVT-g vGPU daemon.")
+    p.add_argument("--version", action="version", version=f"gvt-client {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help: str, func: Any, read: bool = False) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help, description=help,
+                           parents=[common, reads] if read else [common])
+        s.set_defaults(func=func)
+        return s
+
+    add("status", "show the daemon's state, vGPUs and problems", cmd_status, read=True)
+    add("list", "list defined and present vGPUs", cmd_list, read=True)
+    add("types", "list the mdev types of every parent, with what still fits", cmd_types, read=True)
+    add("parents", "list the mdev parents (GPUs)", cmd_parents, read=True)
+    d = add("define", "define a persistent vGPU", cmd_define)
+    d.add_argument("name", help="a name for it, e.g. the VM's name")
+    kind = d.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--type", help="an mdev type id, e.g. i915-GVTg_V5_4 (see `types`)")
+    kind.add_argument("--min-resolution", metavar="WxH",
+                      help="let gvtd pick the smallest GVT-g type with at least this resolution")
+    d.add_argument("--parent", help="parent device (default: auto)")
+    d.add_argument("--uuid", help="UUID to use (default: a new one)")
+    d.add_argument("--start", choices=["auto", "on-demand", "manual"],
+                   help="auto: exist whenever the parent does (default); on-demand: only while "
+                        "its domain runs; manual: only on `create`")
+    d.add_argument("--domain", help="libvirt domain that uses it")
+    d.add_argument("--attr", type=_attr, action="append", metavar="NAME=VALUE",
+                   help="sysfs attribute to write after creation (repeatable, in order)")
+    for name, help in (("undefine", "delete a definition (and the vGPU gvtd created for it)"),
+                       ("create", "create a defined vGPU now"),
+                       ("remove", "remove a vGPU gvtd created (its definition stays)")):
+        s = add(name, help, cmd_simple)
+        s.add_argument("name", help="vGPU name or UUID")
+    add("reload", "re-read /etc/gvtd after editing it by hand", cmd_reload)
+    return p
+
+
+async def run(args: argparse.Namespace) -> None:
+    bus_type = BusType.SESSION if getattr(args, "bus", "system") == "session" else BusType.SYSTEM
+    try:
+        bus = await MessageBus(bus_type=bus_type).connect()
+    except Exception as e:
+        which = "session" if bus_type == BusType.SESSION else "system"
+        raise ClientError(f"Cannot connect to the D-Bus {which} bus: {e}") from e
+    try:
+        await args.func(Client(bus), args)
+    finally:
+        bus.disconnect()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.json = getattr(args, "json", False)
+    try:
+        asyncio.run(run(args))
+    except ClientError as e:
+        print(f"gvt-client: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
