@@ -49,14 +49,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"gvtd {__version__}")
     p.add_argument("--config-dir", type=Path,
-                   default=Path(os.environ.get("GVTD_CONFIG_DIR", DEFAULT_CONFIG_DIR)),
                    help="configuration directory with gvtd.toml and vgpus.d/ "
                         "(default: $GVTD_CONFIG_DIR or /etc/gvtd)")
     p.add_argument("--state-dir", type=Path,
-                   default=Path(os.environ.get("STATE_DIRECTORY", "/var/lib/gvtd").split(":")[0]),
                    help="state directory (default: $STATE_DIRECTORY or /var/lib/gvtd)")
     p.add_argument("--runtime-dir", type=Path,
-                   default=Path(os.environ.get("RUNTIME_DIRECTORY", "/run/gvtd").split(":")[0]),
                    help="runtime directory (default: $RUNTIME_DIRECTORY or /run/gvtd)")
     bus = p.add_mutually_exclusive_group()
     bus.add_argument("--system", dest="bus", action="store_const", const="system",
@@ -74,7 +71,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.bus is None:
         args.bus = "session" if args.simulate else "system"
+    if not args.simulate:  # the simulation picks its own directories unless given
+        args.config_dir = args.config_dir or Path(os.environ.get("GVTD_CONFIG_DIR",
+                                                                 DEFAULT_CONFIG_DIR))
+        args.state_dir = args.state_dir or _env_dir("STATE_DIRECTORY", "/var/lib/gvtd")
+        args.runtime_dir = args.runtime_dir or _env_dir("RUNTIME_DIRECTORY", "/run/gvtd")
     return args
+
+
+def _env_dir(variable: str, default: str) -> Path:
+    """systemd may pass several colon-separated directories; the first is ours."""
+    return Path(os.environ.get(variable, default).split(":")[0])
 
 
 def _journal_attached() -> bool:

@@ -1,0 +1,293 @@
+"""In-memory model of the kernel's mdev core and its parent drivers (no I/O).
+
+The emulated sysfs (:mod:`gvtd.sim.sysfs`) renders this model and turns writes into the
+calls below; keeping the model pure lets the errno rules be tested without FUSE or umockdev.
+Behaviour follows Linux 6.1 (``drivers/vfio/mdev/``, ``drivers/gpu/drm/i915/gvt/``, the
+``samples/vfio-mdev`` drivers):
+
+* ``create`` accepts 36 characters plus at most one more (the newline ``echo`` adds), parsed
+  case-insensitively; the device is named in lower case.
+* A UUID already used on *any* parent is EEXIST.
+* Capacity is counted either by the mdev core (mdpy: EUSERS, nothing is created) or by the
+  driver's probe (GVT-g, mtty, mbochs: ENOSPC, after the core already added the device, so
+  the kernel emits ``add`` then ``remove`` for it; see :attr:`CreateError.probed`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
+
+# GVT-g host reservations (drivers/gpu/drm/i915/gvt/gvt.h HOST_LOW_GM_SIZE, HOST_HIGH_GM_SIZE,
+# HOST_FENCE). Upstream reserves 128 MB of low gm; the emulated default keeps 64 MB so that a
+# 256 MB aperture offers three GVTg_V5_8 instances. Profiles may override all three.
+HOST_LOW_GM_MB = 64
+HOST_HIGH_GM_MB = 384
+HOST_FENCE = 4
+
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def _oserror(code: int, what: str) -> OSError:
+    """An OSError carrying a kernel errno, as a failed sysfs write reports it."""
+    return OSError(code, os.strerror(code), what)
+
+
+class CreateError(OSError):
+    """A failed create; ``probed`` is true when the core had already added the device."""
+
+    probed: bool = False
+
+
+@dataclass
+class MdevType:
+    """One ``mdev_supported_types/<id>`` directory."""
+
+    id: str
+    name: str
+    cost: dict[str, int]
+    description: str | None = None
+    device_api: str = "vfio-pci"
+
+
+@dataclass
+class Parent:
+    """An mdev parent device and the driver behind it."""
+
+    name: str  # kernel device name: PCI address or e.g. "mtty"
+    devpath: str  # under /sys, e.g. "/devices/pci0000:00/0000:00:02.0"
+    kind: str  # "gvt" or "sample"
+    subsystem: str  # /sys-relative target of the "subsystem" link
+    driver: str | None  # /sys-relative target of the "driver" link
+    mdev_driver: str  # the mdev bus driver its mdevs bind to (DRIVER= of "bind")
+    types: dict[str, MdevType]
+    capacity: dict[str, int]  # resources left for guests once the host took its share
+    full_errno: int = errno.ENOSPC  # ENOSPC: driver counts; EUSERS: mdev core counts
+    attrs: dict[str, str] = field(default_factory=dict)  # read-only files: vendor, device...
+    uevent: dict[str, str] = field(default_factory=dict)
+    registered: bool = True
+    extra_uevent: dict[str, str] = field(default_factory=dict)  # only while sending
+
+
+@dataclass
+class Mdev:
+    """A created mediated device; the flags follow the probe and teardown steps so that the
+    emulated sysfs shows what the real one shows while each uevent goes out."""
+
+    uuid: str
+    parent: str
+    type_id: str
+    vfio: int  # N of vfio-dev/vfioN, unique for the kernel's lifetime
+    bound: bool = False
+    vfio_present: bool = False
+    removing: bool = False
+
+
+class WriteRecord(NamedTuple):
+    """One write attempt through the emulated sysfs."""
+
+    path: str
+    data: str
+    result: str  # "ok" or an errno name such as "ENOSPC"
+
+
+class Kernel:
+    """The mdev core plus drivers: parents, types, mdevs, capacity and errnos."""
+
+    def __init__(self, parents: list[Parent]) -> None:
+        self.parents: dict[str, Parent] = {p.name: p for p in parents}
+        self.mdevs: dict[str, Mdev] = {}
+        self.writes: list[WriteRecord] = []
+        self._next_vfio = 0
+
+    # -- queries -----------------------------------------------------------------------
+    def parent(self, name: str) -> Parent:
+        """The parent called ``name`` (KeyError if unknown)."""
+        return self.parents[name]
+
+    def mdevs_of(self, parent: str) -> list[Mdev]:
+        """mdevs on ``parent`` in creation order."""
+        return [m for m in self.mdevs.values() if m.parent == parent]
+
+    def free(self, parent: str) -> dict[str, int]:
+        """Resources still free on ``parent``; a device being torn down already gave its back."""
+        p = self.parents[parent]
+        left = dict(p.capacity)
+        for m in self.mdevs_of(parent):
+            if m.removing:
+                continue
+            for res, n in p.types[m.type_id].cost.items():
+                left[res] -= n
+        return left
+
+    def available(self, parent: str, type_id: str) -> int:
+        """``available_instances``: min over resources of free // cost."""
+        left = self.free(parent)
+        cost = self.parents[parent].types[type_id].cost
+        return max(0, min(left[r] // n for r, n in cost.items()))
+
+    # -- mutations -----------------------------------------------------------------------
+    def create(self, parent: str, type_id: str, text: str) -> str:
+        """``echo UUID > create``: the new mdev's lower-case UUID, or OSError with the errno."""
+        raw = text[:36]
+        if len(text) not in (36, 37) or not _UUID_RE.match(raw):
+            raise _oserror(errno.EINVAL, text)
+        uuid = raw.lower()
+        p = self.parents[parent]
+        if not p.registered:
+            raise _oserror(errno.ENODEV, parent)
+        if uuid in self.mdevs:
+            raise _oserror(errno.EEXIST, uuid)
+        if self.available(parent, type_id) < 1:
+            err = CreateError(p.full_errno, os.strerror(p.full_errno), uuid)
+            err.probed = p.full_errno == errno.ENOSPC
+            raise err
+        self.mdevs[uuid] = Mdev(uuid, parent, type_id, self._next_vfio)
+        self._next_vfio += 1
+        return uuid
+
+    def remove(self, uuid: str) -> Mdev:
+        """Start tearing ``uuid`` down (ENOENT if gone); :meth:`drop` finishes it."""
+        m = self.mdevs.get(uuid)
+        if m is None or m.removing:
+            raise _oserror(errno.ENOENT, uuid)
+        m.removing = True
+        return m
+
+    def drop(self, uuid: str) -> None:
+        """Forget ``uuid`` once its remove events are out."""
+        self.mdevs.pop(uuid, None)
+
+    def forget(self) -> None:
+        """A reboot: every mdev is gone."""
+        self.mdevs.clear()
+
+    def log_write(self, path: str, data: str, result: str) -> None:
+        """Record a write attempt for :meth:`EmulatedHost.write_log`."""
+        self.writes.append(WriteRecord(path, data, result))
+
+
+# -- profiles -------------------------------------------------------------------------------
+
+GVT_TYPES: list[tuple[str, int, int, str, int]] = [
+    # name, low gm MB, high gm MB, resolution, weight (fence is 4 for each)
+    ("GVTg_V5_8", 64, 384, "1024x768", 2),
+    ("GVTg_V5_4", 128, 512, "1920x1200", 4),
+    ("GVTg_V5_2", 256, 1024, "1920x1200", 8),
+    ("GVTg_V5_1", 512, 2048, "1920x1200", 16),
+]
+
+
+def gvt_parent(
+    address: str = "0000:00:02.0",
+    device_id: int = 0x5917,
+    aperture_mb: int = 256,
+    total_gm_mb: int = 4096,
+    fences: int = 32,
+    host_low_mb: int = HOST_LOW_GM_MB,
+    host_high_mb: int = HOST_HIGH_GM_MB,
+    host_fence: int = HOST_FENCE,
+    registered: bool = True,
+    subsys: tuple[int, int] = (0x17AA, 0x2279),
+) -> Parent:
+    """An i915 PCI function with GVT-g (kvmgt) and its four V5 types."""
+    types = {}
+    for name, low, high, res, weight in GVT_TYPES:
+        desc = f"low_gm_size: {low}MB\nhigh_gm_size: {high}MB\nfence: 4\nresolution: {res}\nweight: {weight}\n"
+        types[f"i915-{name}"] = MdevType(f"i915-{name}", name, {"low": low, "high": high, "fence": 4}, desc)
+    slot = address
+    pci_id = f"8086:{device_id:04X}"
+    return Parent(
+        name=address,
+        devpath=f"/devices/pci{address[:7]}/{address}",
+        kind="gvt",
+        subsystem="/bus/pci",
+        driver="/bus/pci/drivers/i915",
+        mdev_driver="intel_vgpu_mdev",
+        types=types,
+        capacity={
+            "low": aperture_mb - host_low_mb,
+            "high": total_gm_mb - aperture_mb - host_high_mb,
+            "fence": fences - host_fence,
+        },
+        attrs={
+            "vendor": "0x8086\n",
+            "device": f"0x{device_id:04x}\n",
+            "class": "0x030000\n",
+            "subsystem_vendor": f"0x{subsys[0]:04x}\n",
+            "subsystem_device": f"0x{subsys[1]:04x}\n",
+        },
+        uevent={
+            "DRIVER": "i915",
+            "PCI_CLASS": "30000",
+            "PCI_ID": pci_id,
+            "PCI_SUBSYS_ID": f"{subsys[0]:04X}:{subsys[1]:04X}",
+            "PCI_SLOT_NAME": slot,
+            "MODALIAS": f"pci:v00008086d0000{device_id:04X}sv0000{subsys[0]:04X}sd0000{subsys[1]:04X}bc03sc00i00",
+        },
+        registered=registered,
+    )
+
+
+def mtty_parent(name: str = "mtty", ports: int = 4, major: int = 508) -> Parent:
+    """The mtty sample driver: a virtual parent, ports counted by its probe, no description."""
+    return Parent(
+        name=name,
+        devpath=f"/devices/virtual/mtty/{name}",
+        kind="sample",
+        subsystem="/class/mtty",
+        driver=None,
+        mdev_driver="mtty",
+        types={
+            "mtty-1": MdevType("mtty-1", "Single port serial", {"ports": 1}),
+            "mtty-2": MdevType("mtty-2", "Dual port serial", {"ports": 2}),
+        },
+        capacity={"ports": ports},
+        uevent={"MAJOR": str(major), "MINOR": "0", "DEVNAME": name},
+    )
+
+
+def mdpy_parent(max_instances: int = 4) -> Parent:
+    """The mdpy sample driver: instances counted by the mdev core, so a full parent is EUSERS."""
+    modes = [("mdpy-vga", "vga", "640x480"), ("mdpy-xga", "xga", "1024x768"), ("mdpy-hd", "hd", "1920x1080")]
+    return Parent(
+        name="mdpy",
+        devpath="/devices/virtual/mdpy/mdpy",
+        kind="sample",
+        subsystem="/class/mdpy",
+        driver=None,
+        mdev_driver="mdpy",
+        types={i: MdevType(i, n, {"instances": 1}, f"virtual display, {r}, 32 bpp\n") for i, n, r in modes},
+        capacity={"instances": max_instances},
+        full_errno=errno.EUSERS,
+        uevent={"MAJOR": "507", "MINOR": "0", "DEVNAME": "mdpy"},
+    )
+
+
+def _multi(n: int = 8, ports: int = 4) -> list[Parent]:
+    return [gvt_parent()] + [mtty_parent(f"mtty{i}", ports, 400 + i) for i in range(n)]
+
+
+PROFILES: dict[str, Callable[..., list[Parent]]] = {
+    # Kaby Lake laptop: HD Graphics 620 at 0000:00:02.0 with kvmgt loaded.
+    "default": lambda: [gvt_parent()],
+    "big-aperture": lambda: [gvt_parent(aperture_mb=512)],
+    # i915 bound but kvmgt not loaded: no mdev_supported_types until RegisterParent.
+    "unregistered": lambda: [gvt_parent(registered=False)],
+    "mtty": lambda: [gvt_parent(), mtty_parent()],
+    "mdpy": lambda: [gvt_parent(), mdpy_parent()],
+    # The i915 parent plus N mtty-like parents (mtty0..mttyN-1) for scale tests.
+    "multi": _multi,
+}
+
+
+def make_kernel(profile: str = "default", **params: int) -> Kernel:
+    """A fresh kernel for ``profile``; ``params`` go to the profile (e.g. ``n=50`` for multi)."""
+    try:
+        factory = PROFILES[profile]
+    except KeyError:
+        raise ValueError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}") from None
+    return Kernel(factory(**params))

@@ -1,0 +1,268 @@
+"""`gvtd --simulate`: the production daemon over an emulated host.
+
+This process owns the emulated kernel (a umockdev testbed with a FUSE sysfs, see host.py)
+and exports io.github.gvtd1.Simulator; the daemon runs as a child process that sees the
+testbed as /sys through umockdev's preload, exactly as it would see the real one. Killing or
+restarting the daemon therefore never resets the kernel's state, and Reboot() is what a real
+reboot is: the kernel forgets every mdev and gvtd starts again.
+"""
+# No `from __future__ import annotations`: dbus-fast reads the D-Bus signatures from them.
+
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from dbus_fast import BusType, DBusError, PropertyAccess
+from dbus_fast.aio import MessageBus
+from dbus_fast.constants import NameFlag, RequestNameReply
+from dbus_fast.service import ServiceInterface, dbus_property, method
+from systemd import daemon as sd_daemon
+
+from gvtd import names
+
+log = logging.getLogger("gvtd.sim")
+
+PRELOAD = "libumockdev-preload"
+
+LIBVIRT_TEST_NODE = """\
+<node>
+  <domain type='test'>
+    <name>win10</name>
+    <uuid>4dea22b3-1d52-d8f3-2516-782e98ab3fa0</uuid>
+    <memory unit='GiB'>4</memory>
+    <vcpu>4</vcpu>
+    <os><type arch='x86_64' machine='q35'>hvm</type></os>
+    <devices>
+      <graphics type='spice'><listen type='none'/></graphics>
+      <video><model type='qxl'/></video>
+    </devices>
+  </domain>
+</node>
+"""
+
+
+def _sim_error(e: Exception) -> DBusError:
+    name = "InvalidArgument" if isinstance(e, (KeyError, ValueError)) else "Failed"
+    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    return DBusError(names.ERROR_PREFIX + name, str(text))
+
+
+class SimulatorInterface(ServiceInterface):
+    """The kernel's (and the machine's) part, played on request."""
+
+    def __init__(self, sup: "Supervisor") -> None:
+        super().__init__(names.SIMULATOR_IFACE)
+        self.sup = sup
+
+    def _do(self, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as e:
+            raise _sim_error(e) from e
+
+    @method()
+    def UnregisterParent(self, parent: "s") -> None:  # noqa: F821
+        self._do(self.sup.host.unregister_parent, parent)
+
+    @method()
+    def RegisterParent(self, parent: "s") -> None:  # noqa: F821
+        self._do(self.sup.host.register_parent, parent)
+
+    @method()
+    def RemoveMdev(self, uuid: "s") -> None:  # noqa: F821
+        self._do(self.sup.host.remove_mdev, uuid)
+
+    @method()
+    def AddForeignMdev(self, parent: "s", type_id: "s") -> "s":  # noqa: F821
+        return self._do(self.sup.host.add_foreign_mdev, parent, type_id)
+
+    @method()
+    async def Reboot(self) -> None:
+        await self.sup.reboot()
+
+    @method()
+    def WriteLog(self) -> "a(sss)":  # noqa: F821
+        return [list(entry) for entry in self.sup.host.write_log()]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Root(self) -> "s":  # noqa: F821
+        return str(self.sup.host.root)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ConfigDir(self) -> "s":  # noqa: F821
+        return str(self.sup.config_dir)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def StateDir(self) -> "s":  # noqa: F821
+        return str(self.sup.state_dir)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def DaemonPid(self) -> "u":  # noqa: F821
+        return self.sup.child.pid if self.sup.child else 0
+
+    @dbus_property(access=PropertyAccess.READ)
+    def StartupMs(self) -> "d":  # noqa: F821
+        return self.sup.startup_ms
+
+
+class Supervisor:
+    def __init__(self, args: argparse.Namespace) -> None:
+        from gvtd.sim.host import EmulatedHost
+
+        self.args = args
+        self.own_workdir = args.config_dir is None
+        self.workdir = Path(tempfile.mkdtemp(prefix="gvtd-sim-"))
+        self.config_dir: Path = args.config_dir or self.workdir / "etc"
+        self.state_dir: Path = args.state_dir or self.workdir / "state"
+        self.runtime_dir: Path = args.runtime_dir or self.workdir / "run"
+        self.host = EmulatedHost(args.simulate_profile)
+        self.child: asyncio.subprocess.Process | None = None
+        self.startup_ms = 0.0
+        self.stopping = asyncio.Event()
+        self.restarting = False
+        self._watcher: asyncio.Future[None] | None = None
+        self._ready: asyncio.Future[None] | None = None
+        self.notify_path = self.workdir / "notify"
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.notify.bind(str(self.notify_path))
+        self.notify.setblocking(False)
+
+    def _write_config(self) -> None:
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        settings = self.config_dir / "gvtd.toml"
+        if not settings.exists():
+            node = self.workdir / "libvirt-test-node.xml"
+            node.write_text(LIBVIRT_TEST_NODE)
+            settings.write_text("# Written by gvtd --simulate.\n"
+                                f'libvirt_uri = "test://{node}"\n')
+
+    def _on_notify(self) -> None:
+        try:
+            data = self.notify.recv(4096).decode(errors="replace")
+        except BlockingIOError:
+            return
+        for line in data.splitlines():
+            if line == "READY=1" and self._ready is not None and not self._ready.done():
+                self._ready.set_result(None)
+            elif line.startswith("STATUS="):
+                sd_daemon.notify(line)
+
+    async def start_daemon(self) -> None:
+        """Start gvtd as a child on the emulated host and wait for its READY=1."""
+        env = dict(os.environ, UMOCKDEV_DIR=str(self.host.root),
+                   NOTIFY_SOCKET=str(self.notify_path))
+        env.pop("JOURNAL_STREAM", None)
+        cmd = [sys.executable, "-m", "gvtd.daemon", f"--{self.args.bus}",
+               "--config-dir", str(self.config_dir), "--state-dir", str(self.state_dir),
+               "--runtime-dir", str(self.runtime_dir)]
+        if self.args.log_level:
+            cmd += ["--log-level", self.args.log_level]
+        self._ready = asyncio.get_running_loop().create_future()
+        started = time.monotonic()
+        self.child = await asyncio.create_subprocess_exec(*cmd, env=env)
+        exited = asyncio.ensure_future(self.child.wait())
+        done, _ = await asyncio.wait({self._ready, exited}, return_when=asyncio.FIRST_COMPLETED)
+        if self._ready not in done:
+            raise RuntimeError(f"gvtd exited with status {self.child.returncode} before it "
+                               "was ready")
+        exited.cancel()
+        self._watcher = asyncio.ensure_future(self._watch(self.child))
+        self.startup_ms = (time.monotonic() - started) * 1000
+        log.info("gvtd (pid %d) ready in %.0f ms", self.child.pid, self.startup_ms)
+
+    async def stop_daemon(self) -> None:
+        if self.child is not None and self.child.returncode is None:
+            self.child.send_signal(signal.SIGTERM)
+            await self.child.wait()
+
+    async def reboot(self) -> None:
+        """What a reboot does: gvtd stops, the kernel forgets every mdev, gvtd starts."""
+        self.restarting = True
+        try:
+            await self.stop_daemon()
+            self.host.forget_mdevs()
+            log.info("Rebooted the emulated host: every mdev is gone")
+            await self.start_daemon()
+        finally:
+            self.restarting = False
+
+    async def _watch(self, child: asyncio.subprocess.Process) -> None:
+        """Restart gvtd when it dies on its own, as systemd's Restart=on-failure would."""
+        code = await child.wait()
+        if self.stopping.is_set() or self.restarting or child is not self.child:
+            return
+        log.warning("gvtd exited with status %s; restarting it", code)
+        try:
+            await self.start_daemon()
+        except RuntimeError as e:
+            log.error("%s; giving up", e)
+            self.stopping.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_reader(self.notify.fileno(), self._on_notify)
+        self._write_config()
+        self.host.start()
+        try:
+            bus_type = BusType.SESSION if self.args.bus == "session" else BusType.SYSTEM
+            bus = await MessageBus(bus_type=bus_type).connect()
+            bus.export(names.SIMULATOR_PATH, SimulatorInterface(self))
+            reply = await bus.request_name(names.SIMULATOR_BUS_NAME, NameFlag.DO_NOT_QUEUE)
+            if reply != RequestNameReply.PRIMARY_OWNER:
+                log.error("Another simulation already owns %s on this bus",
+                          names.SIMULATOR_BUS_NAME)
+                return 1
+            await self.start_daemon()
+            sd_daemon.notify("READY=1")
+            log.info("Emulated host (%s) at %s; gvtd serves %s on the %s bus",
+                     self.args.simulate_profile, self.host.root, names.BUS_NAME, self.args.bus)
+            await self.stopping.wait()
+            await self.stop_daemon()
+            bus.disconnect()
+            return 0
+        finally:
+            self.host.close()
+            self.notify.close()
+            if self.own_workdir:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            else:
+                shutil.rmtree(self.workdir / "notify", ignore_errors=True)
+
+
+def _preloaded() -> bool:
+    return PRELOAD in os.environ.get("LD_PRELOAD", "")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry for `gvtd --simulate`: re-executes itself under umockdev-wrapper if needed, since
+    the preload must be in place before the interpreter starts."""
+    from gvtd.sim import profiles
+
+    if args.simulate_profile == "help":
+        for name, text in profiles.describe().items():
+            print(f"{name:16} {text}")
+        return 0
+    if args.simulate_profile not in profiles.describe():
+        print(f"gvtd: unknown simulation profile {args.simulate_profile!r}; "
+              "`gvtd --simulate --simulate-profile help` lists them", file=sys.stderr)
+        return 2
+    if not _preloaded():
+        wrapper = shutil.which("umockdev-wrapper")
+        if wrapper is None:
+            print("gvtd: --simulate needs umockdev-wrapper (Debian package umockdev)",
+                  file=sys.stderr)
+            return 1
+        os.execv(wrapper, [wrapper, sys.executable, "-m", "gvtd.daemon", *sys.argv[1:]])
+    logging.basicConfig(level=(args.log_level or "info").upper(), format="%(name)s: %(message)s")
+    return asyncio.run(Supervisor(args).run())

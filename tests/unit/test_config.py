@@ -1,0 +1,113 @@
+"""Configuration models, file loading and atomic writes."""
+
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from gvtd.config import ConfigDir, Definition, Settings, atomic_write, request_error, validate_name
+from gvtd.errors import Failed, InvalidArgument
+
+UUID = "fff6f017-3417-4ad3-b05e-17ae3e1a4615"
+
+
+def test_definition_round_trips_through_toml(tmp_path: Path) -> None:
+    cfg = ConfigDir(tmp_path)
+    d = Definition(uuid=UUID, type="i915-GVTg_V5_4", domain="win10", start="on-demand",
+                   attrs=[("a", "1"), ("b", "2")])
+    cfg.save_definition("win10", d)
+    defs, problems = cfg.load_definitions()
+    assert problems == []
+    assert defs == {"win10": d}
+    assert defs["win10"].attrs == [("a", "1"), ("b", "2")]  # order kept
+
+
+@pytest.mark.parametrize("data, field", [
+    ({"uuid": UUID.upper(), "type": "i915-GVTg_V5_4"}, "uuid"),
+    ({"uuid": "not-a-uuid", "type": "i915-GVTg_V5_4"}, "uuid"),
+    ({"uuid": UUID, "type": "../../x"}, "type"),
+    ({"uuid": UUID, "type": "i915/GVTg"}, "type"),
+    ({"uuid": UUID, "type": "a" * 100_000}, "type"),
+    ({"uuid": UUID, "type": 4}, "type"),
+    ({"uuid": UUID, "min_resolution": "big"}, "min_resolution"),
+    ({"uuid": UUID, "type": "x", "start": "always"}, "start"),
+    ({"uuid": UUID, "type": "x", "parent": "../.."}, "parent"),
+    ({"uuid": UUID, "type": "x", "colour": "red"}, "colour"),
+])
+def test_bad_definitions_name_the_field(data: dict, field: str) -> None:
+    with pytest.raises(ValidationError) as e:
+        Definition.model_validate(data)
+    err = request_error(e.value)
+    assert isinstance(err, InvalidArgument)
+    assert err.message.startswith(field)
+    assert len(err.message) < 400  # a 100 kB value is not echoed back
+
+
+def test_type_or_resolution_exactly_one() -> None:
+    with pytest.raises(ValidationError, match="exactly one"):
+        Definition(uuid=UUID)
+    with pytest.raises(ValidationError, match="exactly one"):
+        Definition(uuid=UUID, type="x", min_resolution="1920x1080")
+
+
+@pytest.mark.parametrize("name", ["a b", "", "../x", ".hidden", "x/y", "a" * 65, "é"])
+def test_bad_names(name: str) -> None:
+    with pytest.raises(InvalidArgument, match="not a valid vGPU name"):
+        validate_name(name)
+
+
+def test_invalid_file_is_reported_and_others_load(tmp_path: Path) -> None:
+    d = tmp_path / "vgpus.d"
+    d.mkdir()
+    (d / "good.toml").write_text(f'uuid = "{UUID}"\ntype = "i915-GVTg_V5_4"\n')
+    (d / "wrongtype.toml").write_text('uuid = "11111111-2222-3333-4444-555555555555"\ntype = 5\n')
+    (d / "broken.toml").write_text("uuid = \n")
+    (d / "empty.toml").write_text("")
+    (d / ".good.toml.abc.tmp").write_text("partial")  # a leftover temporary file
+    defs, problems = ConfigDir(tmp_path).load_definitions()
+    assert list(defs) == ["good"]
+    by_file = {Path(p.file).name: p for p in problems}
+    assert set(by_file) == {"wrongtype.toml", "broken.toml", "empty.toml"}
+    assert by_file["wrongtype.toml"].field == "type"
+    assert "not valid TOML" in by_file["broken.toml"].reason or "cannot be read" in by_file["broken.toml"].reason
+
+
+def test_duplicate_uuid_across_files(tmp_path: Path) -> None:
+    d = tmp_path / "vgpus.d"
+    d.mkdir()
+    for n in ("a", "b"):
+        (d / f"{n}.toml").write_text(f'uuid = "{UUID}"\ntype = "t"\n')
+    defs, problems = ConfigDir(tmp_path).load_definitions()
+    assert list(defs) == ["a"]
+    assert problems[0].field == "uuid" and "already used by a" in problems[0].reason
+
+
+def test_settings_defaults_and_bad_value(tmp_path: Path) -> None:
+    settings, problems = ConfigDir(tmp_path).load_settings()
+    assert settings == Settings() and problems == []
+    (tmp_path / "gvtd.toml").write_text('log_level = "loud"\n')
+    settings, problems = ConfigDir(tmp_path).load_settings()
+    assert settings == Settings()
+    assert problems[0].field == "log_level"
+
+
+def test_atomic_write_keeps_old_content_when_write_fails(tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / "x.toml"
+    target.write_text("old")
+
+    def boom(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError):
+        atomic_write(target, "new")
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["x.toml"]  # no temporary file left behind
+
+
+def test_save_into_unwritable_dir_is_a_named_error(tmp_path: Path) -> None:
+    cfg = ConfigDir(tmp_path / "file-not-dir")
+    (tmp_path / "file-not-dir").write_text("")
+    with pytest.raises(Failed, match="Nothing was changed"):
+        cfg.save_definition("x", Definition(uuid=UUID, type="t"))
