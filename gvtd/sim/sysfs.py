@@ -1,0 +1,305 @@
+"""The kernel model rendered as Linux 6.1's sysfs, served by FUSE over ``<root>/sys/devices``.
+
+Only ``/sys/devices`` is served: it is the part whose content the kernel computes (capacity,
+``create``, ``remove``). Links elsewhere in ``/sys`` (bus, class, driver directories) are real
+symlinks that :mod:`gvtd.sim.host` keeps in step. The tree is rebuilt level by level on every
+lookup from the model, so there is no second copy of the state to fall out of date.
+
+Concurrency: reads take the model lock briefly. Writes to ``create``/``remove`` go to the
+host's handlers, which send uevents *before* the write returns; umockdev reads the device's
+``uevent`` file through this same mount while sending, so a write must never hold the model
+lock across a send (the handlers serialise themselves with their own lock).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Union
+
+import mfusepy
+
+from .kernel import Kernel, Mdev, Parent
+
+Node = Union["File", "Link", "Dir"]
+
+
+@dataclass
+class File:
+    """A sysfs attribute: ``read`` renders it, ``write`` (if any) acts on it."""
+
+    read: Callable[[], str] | None
+    write: Callable[[str], None] | None = None
+
+    @property
+    def mode(self) -> int:
+        return (0o444 if self.read else 0) | (0o200 if self.write else 0)
+
+
+@dataclass
+class Link:
+    """A symlink; ``target`` is /sys-relative (``/bus/pci``) and rendered relative to its dir."""
+
+    target: str
+
+
+@dataclass
+class Dir:
+    """A directory whose entries are computed when asked."""
+
+    entries: Callable[[], dict[str, Node]] = field(default=lambda: {})
+
+
+@dataclass
+class Handlers:
+    """What the tree calls for writes that change the kernel (implemented by the host)."""
+
+    create: Callable[[str, str, str], None]  # parent, type id, written text
+    remove: Callable[[str, str], None]  # uuid, written text
+    uevent: Callable[[str, str], None]  # devpath, written text (a synthetic uevent)
+
+
+def _kv(props: dict[str, str]) -> str:
+    return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+class Tree:
+    """Maps /sys-relative paths under ``/devices`` to nodes rendered from the kernel."""
+
+    def __init__(self, kernel: Kernel, handlers: Handlers) -> None:
+        self.k = kernel
+        self.h = handlers
+
+    def lookup(self, path: str) -> Node | None:
+        """The node at ``path`` (e.g. ``/devices/pci0000:00``), or None."""
+        node: Node = self.root()
+        for part in [p for p in path.split("/") if p][1:]:
+            if not isinstance(node, Dir):
+                return None
+            found = node.entries().get(part)
+            if found is None:
+                return None
+            node = found
+        return node
+
+    def root(self) -> Dir:
+        return self._prefix_dir("/devices")
+
+    def _prefix_dir(self, path: str) -> Dir:
+        """A directory on the way to some parents' devpaths (``pci0000:00``, ``virtual/mtty``)."""
+
+        def entries() -> dict[str, Node]:
+            out: dict[str, Node] = {}
+            if path.count("/") == 2 and os.path.basename(path).startswith("pci"):
+                out["uevent"] = File(lambda: "", self._trigger(path))  # the PCI root bridge
+            for p in self.k.parents.values():
+                if p.devpath.startswith(path + "/"):
+                    name = p.devpath[len(path) + 1 :].split("/")[0]
+                    sub = f"{path}/{name}"
+                    out[name] = self._parent_dir(p) if sub == p.devpath else self._prefix_dir(sub)
+            return out
+
+        return Dir(entries)
+
+    def _trigger(self, devpath: str) -> Callable[[str], None]:
+        return lambda text: self.h.uevent(devpath, text)
+
+    def _links(self, at: str, links: dict[str, str]) -> dict[str, Node]:
+        return {name: Link(os.path.relpath(target, at)) for name, target in links.items()}
+
+    def _parent_dir(self, p: Parent) -> Dir:
+        def entries() -> dict[str, Node]:
+            out: dict[str, Node] = {n: File(lambda v=v: v) for n, v in p.attrs.items()}
+            out["uevent"] = File(lambda: _kv({**p.uevent, **p.extra_uevent}), self._trigger(p.devpath))
+            links = {"subsystem": p.subsystem}
+            if p.driver:
+                links["driver"] = p.driver
+            out.update(self._links(p.devpath, links))
+            if p.registered:
+                out["mdev_supported_types"] = Dir(
+                    lambda: {t: self._type_dir(p, t) for t in p.types}
+                )
+            for m in self.k.mdevs_of(p.name):
+                out[m.uuid] = self._mdev_dir(p, m)
+            return out
+
+        return Dir(entries)
+
+    def _type_dir(self, p: Parent, type_id: str) -> Dir:
+        t = p.types[type_id]
+        at = f"{p.devpath}/mdev_supported_types/{type_id}/devices"
+
+        def entries() -> dict[str, Node]:
+            out: dict[str, Node] = {
+                "create": File(None, lambda text: self.h.create(p.name, type_id, text)),
+                "available_instances": File(lambda: f"{self.k.available(p.name, type_id)}\n"),
+                "device_api": File(lambda: f"{t.device_api}\n"),
+                "name": File(lambda: f"{t.name}\n"),
+                "devices": Dir(
+                    lambda: self._links(
+                        at,
+                        {
+                            m.uuid: f"{p.devpath}/{m.uuid}"
+                            for m in self.k.mdevs_of(p.name)
+                            if m.type_id == type_id and not m.removing
+                        },
+                    )
+                ),
+            }
+            if t.description is not None:
+                out["description"] = File(lambda: t.description or "")
+            return out
+
+        return Dir(entries)
+
+    def _mdev_dir(self, p: Parent, m: Mdev) -> Dir:
+        at = f"{p.devpath}/{m.uuid}"
+
+        def entries() -> dict[str, Node]:
+            out: dict[str, Node] = {
+                "uevent": File(
+                    lambda: _kv({"DRIVER": p.mdev_driver} if m.bound else {}), self._trigger(at)
+                ),
+                "remove": File(None, lambda text: self.h.remove(m.uuid, text)),
+            }
+            links = {"mdev_type": f"{p.devpath}/mdev_supported_types/{m.type_id}", "subsystem": "/bus/mdev"}
+            if m.bound:
+                links["driver"] = f"/bus/mdev/drivers/{p.mdev_driver}"
+            out.update(self._links(at, links))
+            if m.vfio_present:
+                vat = f"{at}/vfio-dev/vfio{m.vfio}"
+                vfio = Dir(
+                    lambda: {
+                        "uevent": File(lambda: "", self._trigger(vat)),
+                        **self._links(vat, {"subsystem": "/class/vfio-dev", "device": at}),
+                    }
+                )
+                out["vfio-dev"] = Dir(lambda: {f"vfio{m.vfio}": vfio})
+            return out
+
+        return Dir(entries)
+
+
+class SysfsOps(mfusepy.Operations):
+    """FUSE operations over a :class:`Tree`; paths arrive relative to ``/sys/devices``."""
+
+    use_ns = True
+
+    def __init__(self, tree: Tree, lock: threading.Lock, log: Callable[[str, str, str], None]) -> None:
+        self.tree = tree
+        self._mlock = lock
+        self.log = log
+        self.ready = threading.Event()
+        self.stamp = time.time_ns()
+        self.uid, self.gid = os.getuid(), os.getgid()
+
+    def init_with_config(self, conn_info: Any, config_3: Any) -> None:
+        """No kernel caching: the tree changes under the reader, as sysfs does."""
+        if config_3 is not None:
+            cfg = getattr(config_3, "contents", config_3)
+            cfg.entry_timeout = cfg.attr_timeout = cfg.negative_timeout = 0.0
+            cfg.direct_io = 1  # reads return the real content although st_size says 4096
+            cfg.use_ino = 0
+        self.ready.set()
+
+    def _node(self, path: str) -> Node:
+        with self._mlock:
+            node = self.tree.lookup("/devices" + path.rstrip("/"))
+        if node is None:
+            raise mfusepy.FuseOSError(errno.ENOENT)
+        return node
+
+    def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
+        node = self._node(path)
+        t = self.stamp
+        base = {"st_uid": self.uid, "st_gid": self.gid, "st_atime": t, "st_mtime": t, "st_ctime": t}
+        if isinstance(node, Dir):
+            return {**base, "st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2, "st_size": 0}
+        if isinstance(node, Link):
+            return {**base, "st_mode": stat.S_IFLNK | 0o777, "st_nlink": 1, "st_size": len(node.target)}
+        return {**base, "st_mode": stat.S_IFREG | node.mode, "st_nlink": 1, "st_size": 4096}
+
+    def readdir(self, path: str, fh: int) -> list[str]:
+        node = self._node(path)
+        if not isinstance(node, Dir):
+            raise mfusepy.FuseOSError(errno.ENOTDIR)
+        with self._mlock:
+            return [".", "..", *node.entries()]
+
+    def readlink(self, path: str) -> str:
+        node = self._node(path)
+        if not isinstance(node, Link):
+            raise mfusepy.FuseOSError(errno.EINVAL)
+        return node.target
+
+    def open(self, path: str, flags: int) -> int:
+        """kernfs refuses at open a direction the attribute lacks, even to root: EACCES."""
+        node = self._node(path)
+        if not isinstance(node, File):
+            raise mfusepy.FuseOSError(errno.EISDIR)
+        acc = flags & os.O_ACCMODE
+        if (acc != os.O_WRONLY and node.read is None) or (acc != os.O_RDONLY and node.write is None):
+            raise mfusepy.FuseOSError(errno.EACCES)
+        return 0
+
+    def truncate(self, path: str, length: int, fh: Any = None) -> int:
+        """``echo x > attr`` truncates first; sysfs ignores that."""
+        node = self._node(path)
+        if not isinstance(node, File) or node.write is None:
+            raise mfusepy.FuseOSError(errno.EACCES)
+        return 0
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        node = self._node(path)
+        if not isinstance(node, File) or node.read is None:
+            raise mfusepy.FuseOSError(errno.EACCES)
+        with self._mlock:
+            data = node.read().encode()
+        return data[offset : offset + size]
+
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        """Synchronous like kernfs: the handler's work (and uevents) is done when this returns."""
+        text = data.decode(errors="replace")
+        full = "/sys/devices" + path
+        try:
+            with self._mlock:
+                node = self.tree.lookup("/devices" + path)
+            if node is None:  # an open file whose device went away: kernfs says ENODEV
+                raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
+            if not isinstance(node, File) or node.write is None:
+                raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+            node.write(text)
+        except OSError as e:
+            code = e.errno or errno.EIO
+            self.log(full, text, errno.errorcode.get(code, str(code)))
+            raise mfusepy.FuseOSError(code) from None
+        self.log(full, text, "ok")
+        return len(data)
+
+    def statfs(self, path: str) -> dict[str, int]:
+        return {"f_bsize": 4096, "f_namemax": 255}
+
+
+def serve(ops: SysfsOps, mountpoint: str) -> threading.Thread:
+    """Mount ``ops`` at ``mountpoint`` in a daemon thread; returns once the mount answers."""
+    opts: dict[str, Any] = {"fsname": "sysfs", "default_permissions": True}
+    if os.geteuid() == 0:
+        opts["allow_other"] = True
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            mfusepy.FUSE(ops, mountpoint, foreground=True, **opts)
+        except BaseException as e:  # reported to start()
+            errors.append(e)
+            ops.ready.set()
+
+    thread = threading.Thread(target=run, name="gvtd-sim-sysfs", daemon=True)
+    thread.start()
+    if not ops.ready.wait(30) or errors:
+        raise RuntimeError(f"FUSE mount at {mountpoint} failed: {errors[0] if errors else 'timeout'}")
+    return thread
