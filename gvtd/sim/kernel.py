@@ -164,6 +164,7 @@ class Kernel:
     def forget(self) -> None:
         """A reboot: every mdev is gone."""
         self.mdevs.clear()
+        self._next_vfio = 0
 
     def log_write(self, path: str, data: str, result: str) -> None:
         """Record a write attempt for :meth:`EmulatedHost.write_log`."""

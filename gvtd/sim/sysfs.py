@@ -286,7 +286,7 @@ class SysfsOps(mfusepy.Operations):
 
 def serve(ops: SysfsOps, mountpoint: str) -> threading.Thread:
     """Mount ``ops`` at ``mountpoint`` in a daemon thread; returns once the mount answers."""
-    opts: dict[str, Any] = {"fsname": "sysfs", "default_permissions": True}
+    opts: dict[str, Any] = {"fsname": "sysfs", "default_permissions": True, "max_threads": 32}
     if os.geteuid() == 0:
         opts["allow_other"] = True
     errors: list[BaseException] = []
