@@ -28,6 +28,7 @@ parent with ``MDEV_STATE=registered``/``unregistered`` (unregistering removes md
 
 from __future__ import annotations
 
+import atexit
 import errno
 import os
 import re
@@ -83,7 +84,12 @@ class EmulatedHost:
             self._parent_links(p)
         handlers = Handlers(self._on_create, self._on_remove, self._on_uevent)
         self._ops = SysfsOps(Tree(self.kernel, handlers), self._lock, self._log)
-        self._thread = serve(self._ops, tb.real("/sys/devices"))
+        try:
+            self._thread = serve(self._ops, tb.real("/sys/devices"))
+        except BaseException:
+            self.close()
+            raise
+        atexit.register(self.close)  # a mount left behind would outlive the process
         return self
 
     def close(self) -> None:
@@ -91,6 +97,7 @@ class EmulatedHost:
         tb, self._tb = self._tb, None
         if tb is None:
             return
+        atexit.unregister(self.close)
         mnt = tb.real("/sys/devices")
         # Without the preload: under it fusermount3 sees the mount at /sys and refuses.
         env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "UMOCKDEV_DIR")}

@@ -184,6 +184,10 @@ class Tree:
         return Dir(entries)
 
 
+def _kind(node: Node) -> int:
+    return stat.S_IFDIR if isinstance(node, Dir) else stat.S_IFLNK if isinstance(node, Link) else stat.S_IFREG
+
+
 class SysfsOps(mfusepy.Operations):
     """FUSE operations over a :class:`Tree`; paths arrive relative to ``/sys/devices``."""
 
@@ -214,6 +218,7 @@ class SysfsOps(mfusepy.Operations):
         return node
 
     def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
+        """Files claim 4096 bytes like sysfs; direct_io makes reads stop at the real end."""
         node = self._node(path)
         t = self.stamp
         base = {"st_uid": self.uid, "st_gid": self.gid, "st_atime": t, "st_mtime": t, "st_ctime": t}
@@ -223,12 +228,15 @@ class SysfsOps(mfusepy.Operations):
             return {**base, "st_mode": stat.S_IFLNK | 0o777, "st_nlink": 1, "st_size": len(node.target)}
         return {**base, "st_mode": stat.S_IFREG | node.mode, "st_nlink": 1, "st_size": 4096}
 
-    def readdir(self, path: str, fh: int) -> list[str]:
+    def readdir(self, path: str, fh: int) -> list[tuple[str, int, int]]:
+        """Entries with their type, so that walkers need no stat per entry (d_type)."""
         node = self._node(path)
         if not isinstance(node, Dir):
             raise mfusepy.FuseOSError(errno.ENOTDIR)
         with self._mlock:
-            return [".", "..", *node.entries()]
+            entries = node.entries()
+        out = [(".", stat.S_IFDIR, 0), ("..", stat.S_IFDIR, 0)]
+        return out + [(name, _kind(n), 0) for name, n in entries.items()]
 
     def readlink(self, path: str) -> str:
         node = self._node(path)
@@ -242,7 +250,10 @@ class SysfsOps(mfusepy.Operations):
         if not isinstance(node, File):
             raise mfusepy.FuseOSError(errno.EISDIR)
         acc = flags & os.O_ACCMODE
-        if (acc != os.O_WRONLY and node.read is None) or (acc != os.O_RDONLY and node.write is None):
+        if acc != os.O_RDONLY and node.write is None:
+            self.log("/sys/devices" + path, "", "EACCES")  # a write attempt, refused at open
+            raise mfusepy.FuseOSError(errno.EACCES)
+        if acc != os.O_WRONLY and node.read is None:
             raise mfusepy.FuseOSError(errno.EACCES)
         return 0
 

@@ -138,12 +138,13 @@ def test_write_log(host: HostProc) -> None:
     assert write(host.sys(create), U1 + "\n") == "EEXIST"
     assert write(host.sys(create), "x") == "EINVAL"
     assert write(host.sys(f"{GPU}/{U1}/remove"), "1\n") == "ok"
-    assert write(host.sys(f"{GPU}/class"), "0\n") == "EACCES"  # refused at open: not a write
+    assert write(host.sys(f"{GPU}/class"), "0\n") == "EACCES"  # refused at open: no data seen
     assert host.call("write_log") == [
         [create, U1 + "\n", "ok"],
         [create, U1 + "\n", "EEXIST"],
         [create, "x", "EINVAL"],
         [f"/sys{GPU}/{U1}/remove", "1\n", "ok"],
+        [f"/sys{GPU}/class", "", "EACCES"],
     ]
 
 
