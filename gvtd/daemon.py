@@ -118,14 +118,19 @@ class Daemon:
         self.settings, self.settings_problems = self.config.load_settings()
         self.host = Host(self.config, Sysfs(Path(self.settings.sysfs_root)),
                          Ownership(args.state_dir))
-        self.state = "starting"
+        self.ready = False
         self.stopping = asyncio.Event()
 
     def _notify(self, text: str) -> None:
         sd_daemon.notify(text)
 
+    @property
+    def state(self) -> str:
+        if not self.ready:
+            return "starting"
+        return "degraded" if self.host.problems() else "running"
+
     def _status(self) -> None:
-        self.state = "degraded" if self.host.problems() else "running"
         self._notify(f"STATUS={self.host.summary()}")
 
     async def run(self) -> int:
@@ -152,7 +157,7 @@ class Daemon:
                       "does not allow it (is io.github.gvtd1.conf installed?)",
                       names.BUS_NAME, self.args.bus)
             return 1
-        self._status()
+        self.ready = True
         tree.manager.refresh()
         self._notify(f"READY=1\nSTATUS={self.host.summary()}")
         log.info("Ready: %s", self.host.summary())

@@ -13,7 +13,9 @@ import uuid as uuidlib
 from collections.abc import Callable
 
 from gvtd import reconcile
-from gvtd.config import ConfigDir, Definition, Problem, validate_name
+from pydantic import ValidationError
+
+from gvtd.config import ConfigDir, Definition, Problem, request_error, validate_name
 from gvtd.errors import GvtdError, InvalidArgument, NotFound, ParentMissing
 from gvtd.mdev import Mdev, Parent, Sysfs
 from gvtd.reconcile import VgpuView
@@ -154,7 +156,10 @@ class Host:
                                   "or choose another name.")
         data = dict(data)
         data.setdefault("uuid", str(uuidlib.uuid4()))
-        definition = Definition.model_validate(data)
+        try:
+            definition = Definition.model_validate(data)
+        except ValidationError as e:
+            raise request_error(e) from None
         for other, d in self.definitions.items():
             if d.uuid == definition.uuid:
                 raise InvalidArgument(f"UUID {definition.uuid} is already used by {other!r}.")

@@ -64,6 +64,11 @@ def resolve(definition: Definition, parents: list[Parent]) -> Target:
             pool = [p for p in registered if p.type(definition.type)]
         else:
             pool = [p for p in registered if any(t.gvt for t in p.types)]
+        if not pool and definition.type is not None and registered and \
+                all(p.registered for p in parents):
+            offered = sorted({t.id for p in registered for t in p.types})
+            raise InvalidArgument(f"No mdev parent offers type {definition.type!r}; the types "
+                                  f"offered are: {', '.join(offered)}.")
         if not pool:
             what = definition.type or f"GVT-g at {definition.min_resolution}"
             raise ParentMissing(f"No registered mdev parent offers {what} (yet): it is created "

@@ -90,6 +90,11 @@ class SimulatorInterface(ServiceInterface):
         await self.sup.reboot()
 
     @method()
+    async def RestartDaemon(self) -> None:
+        """`systemctl restart gvtd`: the kernel keeps its mdevs."""
+        await self.sup.restart()
+
+    @method()
     def WriteLog(self) -> "a(sss)":  # noqa: F821
         return [list(entry) for entry in self.sup.host.write_log()]
 
@@ -184,16 +189,20 @@ class Supervisor:
             self.child.send_signal(signal.SIGTERM)
             await self.child.wait()
 
-    async def reboot(self) -> None:
-        """What a reboot does: gvtd stops, the kernel forgets every mdev, gvtd starts."""
+    async def restart(self, reboot: bool = False) -> None:
         self.restarting = True
         try:
             await self.stop_daemon()
-            self.host.forget_mdevs()
-            log.info("Rebooted the emulated host: every mdev is gone")
+            if reboot:
+                self.host.forget_mdevs()
+                log.info("Rebooted the emulated host: every mdev is gone")
             await self.start_daemon()
         finally:
             self.restarting = False
+
+    async def reboot(self) -> None:
+        """What a reboot does: gvtd stops, the kernel forgets every mdev, gvtd starts."""
+        await self.restart(reboot=True)
 
     async def _watch(self, child: asyncio.subprocess.Process) -> None:
         """Restart gvtd when it dies on its own, as systemd's Restart=on-failure would."""
@@ -227,7 +236,10 @@ class Supervisor:
             sd_daemon.notify("READY=1")
             log.info("Emulated host (%s) at %s; gvtd serves %s on the %s bus",
                      self.args.simulate_profile, self.host.root, names.BUS_NAME, self.args.bus)
-            await self.stopping.wait()
+            lost = asyncio.ensure_future(bus.wait_for_disconnect())
+            stop = asyncio.ensure_future(self.stopping.wait())
+            await asyncio.wait({lost, stop}, return_when=asyncio.FIRST_COMPLETED)
+            self.stopping.set()
             await self.stop_daemon()
             bus.disconnect()
             return 0
@@ -247,13 +259,13 @@ def _preloaded() -> bool:
 def main(args: argparse.Namespace) -> int:
     """Entry for `gvtd --simulate`: re-executes itself under umockdev-wrapper if needed, since
     the preload must be in place before the interpreter starts."""
-    from gvtd.sim import profiles
+    from gvtd.sim import kernel
 
     if args.simulate_profile == "help":
-        for name, text in profiles.describe().items():
+        for name, text in kernel.describe().items():
             print(f"{name:16} {text}")
         return 0
-    if args.simulate_profile not in profiles.describe():
+    if args.simulate_profile not in kernel.PROFILES:
         print(f"gvtd: unknown simulation profile {args.simulate_profile!r}; "
               "`gvtd --simulate --simulate-profile help` lists them", file=sys.stderr)
         return 2

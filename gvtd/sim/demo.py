@@ -1,0 +1,91 @@
+"""`make demo`: gvtd on an emulated Kaby Lake laptop, driven the way a person would.
+
+Starts a private D-Bus bus and `gvtd --simulate` on it, then runs real gvt-client and busctl
+commands and prints each with its output, like a terminal session. Cleans up after itself.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+
+from gvtd import names
+from gvtd.sim.session import DBusDaemon, SimulatedHost
+
+BOLD = "\033[1m" if sys.stdout.isatty() else ""
+DIM = "\033[2m" if sys.stdout.isatty() else ""
+RESET = "\033[0m" if sys.stdout.isatty() else ""
+
+
+def say(text: str) -> None:
+    print(f"\n{BOLD}# {text}{RESET}", flush=True)
+
+
+def run(env: dict[str, str], *argv: str, expect_fail: bool = False) -> subprocess.CompletedProcess[str]:
+    shown = [a for a in argv]
+    if shown[:3] == [sys.executable, "-m", "gvtd.client.main"]:
+        shown = ["gvt-client", *shown[3:]]
+    print(f"{DIM}${RESET} {shlex.join(shown)}", flush=True)
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    out = (proc.stdout + proc.stderr).rstrip()
+    if out:
+        print(out, flush=True)
+    if (proc.returncode != 0) != expect_fail:
+        raise SystemExit(f"demo: unexpected exit status {proc.returncode} of {shlex.join(shown)}")
+    if expect_fail:
+        print(f"{DIM}(exit status {proc.returncode}){RESET}")
+    return proc
+
+
+def client(env: dict[str, str], *args: str, expect_fail: bool = False) -> None:
+    run(env, sys.executable, "-m", "gvtd.client.main", "--session", *args,
+        expect_fail=expect_fail)
+
+
+def simulator(env: dict[str, str], method: str, *args: str) -> None:
+    busctl = shutil.which("busctl")
+    assert busctl, "busctl (systemd) is needed for the demo"
+    run(env, busctl, "--user", "call", names.SIMULATOR_BUS_NAME, names.SIMULATOR_PATH,
+        names.SIMULATOR_IFACE, method, *args)
+
+
+def main() -> int:
+    bus = DBusDaemon()
+    host = None
+    try:
+        say("A private D-Bus bus, and `gvtd --simulate`: the real daemon over an emulated "
+            "Kaby Lake laptop (i915 at 0000:00:02.0, 256 MB aperture)")
+        host = SimulatedHost(bus.address, stderr=subprocess.DEVNULL)
+        env = dict(host.env)
+        env["DBUS_SESSION_BUS_ADDRESS"] = bus.address
+        say("The GPU and what it can be split into")
+        client(env, "parents")
+        client(env, "types")
+        say("Define a persistent vGPU for the win10 VM: gvtd picks the smallest type that "
+            "gives 1920x1200, writes /etc/gvtd/vgpus.d/win10.toml and creates it")
+        client(env, "define", "win10", "--min-resolution", "1920x1200", "--domain", "win10")
+        client(env, "list")
+        client(env, "types")
+        say("Reboot the emulated host: the kernel forgets every mdev, gvtd starts again "
+            "and recreates win10 before it reports READY")
+        simulator(env, "Reboot")
+        client(env, "list")
+        client(env, "status")
+        say("A second 1920x1200 vGPU does not fit in a 256 MB aperture: gvtd says why and "
+            "what to do, and writes nothing")
+        client(env, "define", "second", "--type", "i915-GVTg_V5_4", expect_fail=True)
+        say("The same API for scripts: JSON")
+        client(env, "list", "--json")
+        say("Done; cleaning up")
+        return 0
+    finally:
+        if host is not None:
+            host.stop()
+        bus.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""A private D-Bus bus with `gvtd --simulate` on it: shared by `make demo`, the tests and
+the benchmarks, so that all of them start the simulation the same way."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TIMEOUT = 30.0
+
+
+class DBusDaemon:
+    """A private session-type dbus-daemon."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            ["dbus-daemon", "--session", "--nofork", "--nopidfile", "--print-address=1"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert self.proc.stdout is not None
+        self.address = self.proc.stdout.readline().strip()
+        if not self.address:
+            raise RuntimeError("dbus-daemon did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(TIMEOUT)
+
+
+class NotifySocket:
+    """The receiving end of sd_notify, as systemd holds it."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = str(directory / "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.messages: list[str] = []
+
+    def wait(self, prefix: str, timeout: float = TIMEOUT) -> str:
+        """The next notification line starting with prefix (READY=1, STATUS=, ...)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for m in self.messages:
+                if m.startswith(prefix):
+                    self.messages.remove(m)
+                    return m
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self.sock], [], [], remaining)[0]:
+                raise TimeoutError(f"no {prefix} notification within {timeout:.0f} s")
+            self.messages += self.sock.recv(4096).decode().splitlines()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class SimulatedHost:
+    """`gvtd --simulate` on a bus; ready when its READY=1 arrives."""
+
+    def __init__(self, bus_address: str, profile: str = "default",
+                 extra_args: list[str] | None = None, stderr: int | None = None) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="gvtd-sim-run-"))
+        self.notify = NotifySocket(self.tmp)
+        self.env = dict(os.environ, DBUS_SESSION_BUS_ADDRESS=bus_address,
+                        NOTIFY_SOCKET=self.notify.path)
+        self.env.pop("JOURNAL_STREAM", None)
+        cmd = [sys.executable, "-m", "gvtd.daemon", "--simulate", "--simulate-profile", profile,
+               *(extra_args or [])]
+        self.proc = subprocess.Popen(cmd, env=self.env, stderr=stderr)
+        try:
+            self.notify.wait("READY=1")
+        except TimeoutError:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(TIMEOUT)
+        self.notify.close()
+        for f in self.tmp.iterdir():
+            f.unlink()
+        self.tmp.rmdir()
