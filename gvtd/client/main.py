@@ -129,7 +129,8 @@ async def cmd_types(c: Client, args: argparse.Namespace) -> None:
     parents = _parents(await c.objects())
     rows = []
     for p in parents:
-        for t in p["types"]:
+        # smallest share of the GPU first, as `define --min-resolution` chooses
+        for t in sorted(p["types"], key=lambda t: (t.get("low_gm_mb", 0), t["id"])):
             aperture = f"{t['low_gm_mb']}/{t['high_gm_mb']} MB" if "low_gm_mb" in t else "-"
             rows.append([p["address"], t["id"], t.get("resolution", "-"), aperture,
                          str(t.get("fence", "-")), str(t.get("weight", "-")), str(t["available"])])

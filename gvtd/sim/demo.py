@@ -25,9 +25,10 @@ def say(text: str) -> None:
 
 
 def run(env: dict[str, str], *argv: str, expect_fail: bool = False) -> subprocess.CompletedProcess[str]:
-    shown = [a for a in argv]
+    shown = list(argv)
     if shown[:3] == [sys.executable, "-m", "gvtd.client.main"]:
         shown = ["gvt-client", *shown[3:]]
+    shown[0] = os.path.basename(shown[0])
     print(f"{DIM}${RESET} {shlex.join(shown)}", flush=True)
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     out = (proc.stdout + proc.stderr).rstrip()
@@ -65,8 +66,13 @@ def main() -> int:
         client(env, "parents")
         client(env, "types")
         say("Define a persistent vGPU for the win10 VM: gvtd picks the smallest type that "
-            "gives 1920x1200, writes /etc/gvtd/vgpus.d/win10.toml and creates it")
+            "gives 1920x1200, writes vgpus.d/win10.toml atomically and creates it")
         client(env, "define", "win10", "--min-resolution", "1920x1200", "--domain", "win10")
+        config = subprocess.run(
+            ["busctl", "--user", "get-property", names.SIMULATOR_BUS_NAME, names.SIMULATOR_PATH,
+             names.SIMULATOR_IFACE, "ConfigDir"], env=env, capture_output=True, text=True,
+            check=True).stdout.split('"')[1]
+        run(env, "cat", os.path.join(config, "vgpus.d", "win10.toml"))
         client(env, "list")
         client(env, "types")
         say("Reboot the emulated host: the kernel forgets every mdev, gvtd starts again "
