@@ -89,7 +89,7 @@ def test_journal_gets_structured_fields(monkeypatch: pytest.MonkeyPatch,
         handler = logging.getLogger().handlers[0]
         assert isinstance(handler, journal.JournalHandler)
         # the journal socket is the one thing not here: capture what would be sent to it
-        handler.send = lambda msg, **kw: sent.append({"MESSAGE": msg, **kw})
+        handler.send = lambda MESSAGE, **kw: sent.append({"MESSAGE": MESSAGE, **kw})
         logging.getLogger("gvtd.host").info("Created vGPU %s", "win10",
                                             extra={"VGPU_NAME": "win10", "VGPU_UUID": "u",
                                                    "PARENT": "0000:00:02.0"})
