@@ -119,6 +119,7 @@ class Daemon:
         self.host = Host(self.config, Sysfs(Path(self.settings.sysfs_root)),
                          Ownership(args.state_dir))
         self.ready = False
+        self._last_status = ""
         self.stopping = asyncio.Event()
 
     def _notify(self, text: str) -> None:
@@ -131,7 +132,10 @@ class Daemon:
         return "degraded" if self.host.problems() else "running"
 
     def _status(self) -> None:
-        self._notify(f"STATUS={self.host.summary()}")
+        summary = self.host.summary()
+        if summary != self._last_status:
+            self._last_status = summary
+            self._notify(f"STATUS={summary}")
 
     async def run(self) -> int:
         from gvtd.bus.service import ObjectTree
@@ -159,7 +163,8 @@ class Daemon:
             return 1
         self.ready = True
         tree.manager.refresh()
-        self._notify(f"READY=1\nSTATUS={self.host.summary()}")
+        self._last_status = self.host.summary()
+        self._notify(f"READY=1\nSTATUS={self._last_status}")
         log.info("Ready: %s", self.host.summary())
         disconnected = asyncio.ensure_future(bus.wait_for_disconnect())
         stop = asyncio.ensure_future(self.stopping.wait())

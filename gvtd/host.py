@@ -98,7 +98,7 @@ class Host:
         fields = _fields(name, d.uuid, target.parent.name)
         self.ownership.add(d.uuid, name)  # before the write: see state.py
         try:
-            self.sysfs.create(target.parent.name, target.type_id, d.uuid)
+            self.sysfs.create(target.parent, target.type_id, d.uuid)
             for attr, value in d.attrs:
                 self.sysfs.write_attr(d.uuid, attr, value)
         except GvtdError as e:

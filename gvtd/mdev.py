@@ -8,6 +8,7 @@ and only `create`, `remove` and an mdev's own attributes are ever written.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 from dataclasses import dataclass, field
@@ -96,6 +97,10 @@ class Sysfs:
     """Reads and writes the mdev ABI below `root` (normally /sys)."""
 
     root: Path = field(default_factory=lambda: Path("/sys"))
+    # What a registered parent's driver fixed when it registered (ids, driver, each type's
+    # name, description and device_api) is read once per registration; only
+    # available_instances and the type list are read every time.
+    _static: dict[str, tuple[Parent, dict[str, MdevType]]] = field(default_factory=dict)
 
     @property
     def _bus(self) -> Path:
@@ -109,7 +114,10 @@ class Sysfs:
 
     def parents(self) -> list[Parent]:
         """Registered parents, plus Intel display devices that could be but are not."""
-        found = {name: self._parent(name, self._bus / name, True) for name in _listdir(self._bus)}
+        registered = _listdir(self._bus)
+        for gone in set(self._static) - set(registered):
+            del self._static[gone]  # unregistered: its driver may come back different
+        found = {name: self._parent(name, self._bus / name, True) for name in registered}
         pci = self.root / "bus" / "pci" / "devices"
         for name in _listdir(pci):
             if name in found:
@@ -121,36 +129,46 @@ class Sysfs:
         return sorted(found.values(), key=lambda p: p.name)
 
     def parent(self, name: str) -> Parent | None:
+        """One parent, reading only its own files."""
+        if name in _listdir(self._bus):
+            return self._parent(name, self._bus / name, True)
         return next((p for p in self.parents() if p.name == name), None)
 
     def _parent(self, name: str, link: Path, registered: bool) -> Parent:
-        syspath = os.path.realpath(link)
-        path = Path(syspath)
-        types = tuple(self._types(path)) if registered else ()
-        return Parent(
-            name=name,
-            syspath=syspath,
-            driver=_link_name(path / "driver"),
-            vendor=_read_int(path / "vendor", 16),
-            device=_read_int(path / "device", 16),
-            registered=registered,
-            types=types,
-        )
+        cached = self._static.get(name) if registered else None
+        if cached is None:
+            syspath = os.path.realpath(link)
+            path = Path(syspath)
+            base = Parent(name=name, syspath=syspath, driver=_link_name(path / "driver"),
+                          vendor=_read_int(path / "vendor", 16),
+                          device=_read_int(path / "device", 16), registered=registered)
+            cached = (base, {})
+            if registered:
+                self._static[name] = cached
+        base, types = cached
+        if not registered:
+            return base
+        return dataclasses.replace(base, types=tuple(self._types(Path(base.syspath), types)))
 
-    def _types(self, parent: Path) -> list[MdevType]:
+    @staticmethod
+    def _types(parent: Path, known: dict[str, MdevType]) -> list[MdevType]:
         base = parent / "mdev_supported_types"
         out = []
         for type_id in _listdir(base):
             d = base / type_id
-            description = _read(d / "description")
-            out.append(MdevType(
-                id=type_id,
-                name=(_read(d / "name") or type_id).strip(),
-                description=description,
-                device_api=(_read(d / "device_api") or "").strip(),
-                available=_read_int(d / "available_instances") or 0,
-                gvt=gvt.parse_description(description),
-            ))
+            static = known.get(type_id)
+            if static is None:
+                description = _read(d / "description")
+                known[type_id] = static = MdevType(
+                    id=type_id,
+                    name=(_read(d / "name") or type_id).strip(),
+                    description=description,
+                    device_api=(_read(d / "device_api") or "").strip(),
+                    available=0,
+                    gvt=gvt.parse_description(description),
+                )
+            available = _read_int(d / "available_instances") or 0
+            out.append(dataclasses.replace(static, available=available))
         return out
 
     def mdevs(self) -> dict[str, Mdev]:
@@ -171,25 +189,25 @@ class Sysfs:
 
     # -- writing --------------------------------------------------------------------------
 
-    def create(self, parent_name: str, type_id: str, uuid: str) -> None:
-        """Create an mdev. The kernel does it synchronously: when this returns, it exists."""
+    def create(self, parent: Parent, type_id: str, uuid: str) -> None:
+        """Create an mdev of a parent read before. The kernel does it synchronously: when
+        this returns, the mdev exists."""
         _check_uuid(uuid)
-        parent = self.parent(parent_name)
-        if parent is None or not parent.registered:
+        types_dir = Path(parent.syspath) / "mdev_supported_types"
+        listed = _listdir(types_dir)  # what the kernel lists now, not what we saw before
+        if not listed:
             raise ParentMissing(
-                f"The mdev parent {parent_name} is not registered: for GVT-g, check that "
+                f"The mdev parent {parent.name} is not registered: for GVT-g, check that "
                 "i915.enable_gvt=1 is on the kernel command line and the kvmgt module is "
                 "loaded (`gvt-client doctor` checks both)."
             )
-        mtype = parent.type(type_id)
-        if mtype is None:
-            listed = ", ".join(t.id for t in parent.types) or "none"
-            raise InvalidArgument(f"{parent_name} has no mdev type {type_id!r}; it offers: {listed}.")
-        path = Path(parent.syspath) / "mdev_supported_types" / mtype.id / "create"
+        if type_id not in listed:
+            raise InvalidArgument(f"{parent.name} has no mdev type {type_id!r}; it offers: "
+                                  f"{', '.join(listed)}.")
         try:
-            self._write(path, uuid)
+            self._write(types_dir / type_id / "create", uuid)
         except OSError as e:
-            raise self._create_error(e, parent, mtype, uuid) from e
+            raise self._create_error(e, parent, type_id, uuid) from e
 
     def remove(self, uuid: str) -> None:
         _check_uuid(uuid)
@@ -224,24 +242,24 @@ class Sysfs:
         finally:
             os.close(fd)
 
-    def _create_error(self, e: OSError, parent: Parent, mtype: MdevType, uuid: str) -> GvtdError:
+    def _create_error(self, e: OSError, parent: Parent, type_id: str, uuid: str) -> GvtdError:
         code = e.errno
         if code in (errno.ENOSPC, errno.EUSERS):
-            return NoCapacity(self.no_capacity_message(parent.name, mtype.id))
+            return NoCapacity(self.no_capacity_message(parent.name, type_id))
         if code == errno.EEXIST:
             return Busy(f"An mdev with UUID {uuid} already exists (the kernel compares UUIDs on "
                         "every parent and ignores case): remove it, or define the vGPU with "
                         "another UUID.")
         if code == errno.EINVAL:
-            return InvalidArgument(f"The kernel rejected UUID {uuid} for {mtype.id} on "
+            return InvalidArgument(f"The kernel rejected UUID {uuid} for {type_id} on "
                                    f"{parent.name} (invalid argument).")
         if code == errno.ENODEV:
             return ParentMissing(f"{parent.name} went away while creating the vGPU (its driver "
                                  "is unloading); it is recreated when the parent registers again.")
         if code in (errno.EACCES, errno.EPERM, errno.EROFS):
-            return Failed(f"gvtd may not write {mtype.id}/create on {parent.name} "
+            return Failed(f"gvtd may not write {type_id}/create on {parent.name} "
                           f"({e.strerror}); it must run as root with /sys writable.")
-        return Failed(f"Creating a {mtype.id} vGPU on {parent.name} failed: {e.strerror}.")
+        return Failed(f"Creating a {type_id} vGPU on {parent.name} failed: {e.strerror}.")
 
     def no_capacity_message(self, parent_name: str, type_id: str) -> str:
         """Why a type does not fit, what it needs, and what still fits (re-read from sysfs)."""

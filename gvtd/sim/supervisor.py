@@ -155,11 +155,10 @@ class Supervisor:
             data = self.notify.recv(4096).decode(errors="replace")
         except BlockingIOError:
             return
-        for line in data.splitlines():
-            if line == "READY=1" and self._ready is not None and not self._ready.done():
-                self._ready.set_result(None)
-            elif line.startswith("STATUS="):
-                sd_daemon.notify(line)
+        # Only READY matters here: the supervisor reports its own READY=1 once, and never
+        # blocks its loop forwarding the daemon's STATUS lines to a reader that may be gone.
+        if "READY=1" in data.splitlines() and self._ready is not None and not self._ready.done():
+            self._ready.set_result(None)
 
     async def start_daemon(self) -> None:
         """Start gvtd as a child on the emulated host and wait for its READY=1."""

@@ -86,6 +86,6 @@ class _Sysfs(Sysfs):
 def test_errno_mapping(code: int, error: type, text: str) -> None:
     p = kbl()
     e = _Sysfs(Path("/nonexistent"))._create_error(OSError(code, __import__("os").strerror(code)),
-                                                   p, p.type("i915-GVTg_V5_4"), "u")
+                                                   p, "i915-GVTg_V5_4", "u")
     assert isinstance(e, error)
     assert text in e.message
