@@ -20,6 +20,7 @@ from gvtd.config import DEFAULT_CONFIG_DIR, ConfigDir
 from gvtd.host import Host
 from gvtd.mdev import Sysfs
 from gvtd.state import Ownership
+from gvtd.udev import UdevWatcher
 
 log = logging.getLogger("gvtd")
 
@@ -117,7 +118,7 @@ class Daemon:
         self.config = ConfigDir(args.config_dir)
         self.settings, self.settings_problems = self.config.load_settings()
         self.host = Host(self.config, Sysfs(Path(self.settings.sysfs_root)),
-                         Ownership(args.state_dir))
+                         Ownership(args.state_dir), self.settings.restore_removed)
         self.ready = False
         self._last_status = ""
         self.stopping = asyncio.Event()
@@ -137,6 +138,24 @@ class Daemon:
             self._last_status = summary
             self._notify(f"STATUS={summary}")
 
+    def _start_watchdog(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Ping systemd's watchdog from the event loop itself, so that a stuck loop (and
+        only that) gets gvtd restarted. The only timer gvtd runs."""
+        try:
+            usec = int(os.environ.get("WATCHDOG_USEC", "0"))
+            pid = int(os.environ.get("WATCHDOG_PID", str(os.getpid())))
+        except ValueError:
+            return
+        if usec <= 0 or pid != os.getpid():
+            return
+        interval = usec / 2 / 1_000_000
+
+        def ping() -> None:
+            self._notify("WATCHDOG=1")
+            loop.call_later(interval, ping)
+
+        ping()
+
     async def run(self) -> int:
         from gvtd.bus.service import ObjectTree
 
@@ -154,6 +173,10 @@ class Daemon:
         self.host.load(self.settings_problems)
         tree = ObjectTree(bus, self)
         self.host.listeners.append(self._status)
+        # Subscribe to uevents before the first read of sysfs: a parent that registers
+        # in between is then seen either by the read or by its event.
+        watcher = UdevWatcher(self.host.on_uevents)
+        watcher.start(loop)
         self.host.reconcile()
         reply = await bus.request_name(names.BUS_NAME, NameFlag.DO_NOT_QUEUE)
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
@@ -166,6 +189,7 @@ class Daemon:
         self._last_status = self.host.summary()
         self._notify(f"READY=1\nSTATUS={self._last_status}")
         log.info("Ready: %s", self.host.summary())
+        self._start_watchdog(loop)
         disconnected = asyncio.ensure_future(bus.wait_for_disconnect())
         stop = asyncio.ensure_future(self.stopping.wait())
         done, _ = await asyncio.wait({disconnected, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -173,6 +197,7 @@ class Daemon:
             log.error("Lost the connection to the D-Bus daemon; exiting so that systemd "
                       "restarts gvtd")
             return 1
+        watcher.stop()
         self._notify("STOPPING=1")
         log.info("Stopping; vGPUs stay in place for the VMs that use them")
         bus.disconnect()

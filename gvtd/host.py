@@ -16,10 +16,11 @@ from gvtd import reconcile
 from pydantic import ValidationError
 
 from gvtd.config import ConfigDir, Definition, Problem, request_error, validate_name
-from gvtd.errors import GvtdError, InvalidArgument, NotFound, ParentMissing
+from gvtd.errors import GvtdError, InvalidArgument, NoCapacity, NotFound, ParentMissing
 from gvtd.mdev import Mdev, Parent, Sysfs
 from gvtd.reconcile import VgpuView
 from gvtd.state import Ownership
+from gvtd.udev import Uevent
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,17 @@ def _fields(name: str = "", uuid: str = "", parent: str = "") -> dict[str, str]:
 
 
 class Host:
-    def __init__(self, config: ConfigDir, sysfs: Sysfs, ownership: Ownership) -> None:
+    def __init__(self, config: ConfigDir, sysfs: Sysfs, ownership: Ownership,
+                 restore_removed: bool = True) -> None:
         self.config = config
         self.sysfs = sysfs
         self.ownership = ownership
+        self.restore_removed = restore_removed
+        # UUIDs not to create on their own: removed on request (until CreateVGPU or the next
+        # start), or whose create failed (value: the type's available instances then, so a
+        # retry waits until room appears; None: until CreateVGPU or Reload).
+        self.held: set[str] = set()
+        self.blocked: dict[str, int | None] = {}
         self.definitions: dict[str, Definition] = {}
         self.config_problems: list[Problem] = []
         self.errors: dict[str, str] = {}
@@ -48,6 +56,7 @@ class Host:
         self.mdevs: dict[str, Mdev] = {}
         self.views: dict[str, VgpuView] = {}
         self.listeners: list[Callable[[], None]] = []
+        self._last_parent: dict[str, str] = {}
 
     # -- state --------------------------------------------------------------------------
 
@@ -68,6 +77,7 @@ class Host:
         self.mdevs = self.sysfs.mdevs()
 
     def _publish(self) -> None:
+        self._last_parent = {u: m.parent for u, m in self.mdevs.items()}
         owned = dict(self.ownership.items())
         self.views = reconcile.views(self.definitions, list(self.parents.values()), self.mdevs,
                                      owned, self.errors)
@@ -75,8 +85,71 @@ class Host:
             listener()
 
     def reconcile(self) -> None:
-        """Create every `auto` vGPU that should exist and does not; adopt those that do."""
+        """Re-read everything, then converge."""
         self.refresh()
+        self._converge()
+
+    def _reread(self, parents: set[str], mdevs: set[str]) -> None:
+        """Re-read only what events named: the cheap path of refresh()."""
+        for name in parents:
+            parent = self.sysfs.parent(name)
+            if parent is not None and parent.registered:
+                self.parents[name] = parent
+            elif name in self.parents:
+                self.parents[name] = dataclasses.replace(self.parents[name], registered=False,
+                                                         types=())
+            elif parent is not None:
+                self.parents[name] = parent
+        self.parents = dict(sorted(self.parents.items()))
+        for uuid in mdevs:
+            mdev = self.sysfs.mdev(uuid)
+            if mdev is None:
+                self.mdevs.pop(uuid, None)
+            else:
+                self.mdevs[uuid] = mdev
+
+    def on_uevents(self, events: list[Uevent]) -> None:
+        """Follow the kernel: re-read what changed, show it, then converge."""
+        before_mdevs = set(self.mdevs)
+        before_reg = {n for n, p in self.parents.items() if p.registered}
+        if any(not e.parents and e.mdev is None for e in events):
+            self.refresh()
+        else:
+            self._reread({p for e in events for p in e.parents},
+                         {e.mdev for e in events if e.mdev})
+        now_reg = {n for n, p in self.parents.items() if p.registered}
+        for name in sorted(now_reg - before_reg):
+            log.info("mdev parent %s registered", name, extra=_fields(parent=name))
+            self.blocked.clear()  # a new registration: every failed create gets a new try
+        for name in sorted(before_reg - now_reg):
+            log.warning("mdev parent %s unregistered; its vGPUs wait for it to come back",
+                        name, extra=_fields(parent=name))
+        by_uuid = {d.uuid: n for n, d in self.definitions.items()}
+        for uuid in sorted(before_mdevs - set(self.mdevs)):
+            name = by_uuid.get(uuid, "")
+            d = self.definitions.get(name)
+            if d is None or d.start != "auto" or uuid in self.held:
+                log.info("mdev %s is gone", uuid, extra=_fields(name, uuid))
+                continue
+            parent = self.parents.get(self._last_parent.get(uuid, ""))
+            if parent is None or not parent.registered:
+                continue  # went with its parent: parent-missing, not an outside removal
+            if self.restore_removed:
+                log.warning("vGPU %s (%s) was removed outside gvtd; recreating it", name, uuid,
+                            extra=_fields(name, uuid, parent.name))
+            else:
+                log.warning("vGPU %s (%s) was removed outside gvtd; not recreating it "
+                            "(restore_removed = false)", name, uuid,
+                            extra=_fields(name, uuid, parent.name))
+                self.held.add(uuid)
+                self.errors[name] = ("Removed outside gvtd and not recreated "
+                                     "(restore_removed = false); `gvt-client create "
+                                     f"{name}` brings it back.")
+        self._publish()
+        self._converge()
+
+    def _converge(self) -> None:
+        """Adopt what exists, create every `auto` vGPU that should exist and does not."""
         for name, d in self.definitions.items():
             mdev = self.mdevs.get(d.uuid)
             if mdev is not None and (d.type is None or mdev.type_id == d.type):
@@ -84,13 +157,33 @@ class Host:
                     log.info("Adopting existing mdev %s for %s", d.uuid, name,
                              extra=_fields(name, d.uuid, mdev.parent))
                 self.ownership.add(d.uuid, name)
+                self.blocked.pop(d.uuid, None)
+        touched_parents: set[str] = set()
+        touched: set[str] = set()
         for name, target in reconcile.to_create(self.definitions, list(self.parents.values()),
                                                 self.mdevs):
+            uuid = self.definitions[name].uuid
+            mtype = target.parent.type(target.type_id)
+            available = mtype.available if mtype else 0
+            if uuid in self.held:
+                continue
+            if uuid in self.blocked:
+                then = self.blocked[uuid]
+                if then is None or available <= then:
+                    continue  # nothing changed since it failed: no retry storm
             try:
+                reconcile.check_capacity(target, lambda: self.sysfs.no_capacity_message(
+                    target.parent.name, target.type_id))
                 self._create(name, target)
-            except GvtdError:
-                pass  # recorded in self.errors and shown as LastError
-        self.refresh()
+                self.blocked.pop(uuid, None)
+            except GvtdError as e:
+                self.errors[name] = e.message
+                retry = isinstance(e, (NoCapacity, ParentMissing))
+                self.blocked[uuid] = available if retry else None
+            touched_parents.add(target.parent.name)
+            touched.add(uuid)
+        if touched:
+            self._reread(touched_parents, touched)
         self._publish()
 
     def _create(self, name: str, target: reconcile.Target) -> None:
@@ -174,7 +267,7 @@ class Host:
         except ParentMissing:
             target = None  # allowed: created when the parent registers
         if target is not None and definition.start == "auto" and foreign is None:
-            reconcile.check_capacity(target, self.sysfs.no_capacity_message(
+            reconcile.check_capacity(target, lambda: self.sysfs.no_capacity_message(
                 target.parent.name, target.type_id))
         self.config.save_definition(name, definition)
         self.definitions[name] = definition
@@ -194,6 +287,8 @@ class Host:
         self.config.delete_definition(name)
         del self.definitions[name]
         self.errors.pop(name, None)
+        self.held.discard(d.uuid)
+        self.blocked.pop(d.uuid, None)
         self.ownership.discard(d.uuid)
         log.info("Undefined vGPU %s", name, extra=_fields(name, d.uuid))
         self.refresh()
@@ -204,11 +299,13 @@ class Host:
         if not view.name or view.name not in self.definitions:
             raise InvalidArgument(f"{key!r} has no definition; define it first.")
         self.refresh()
+        self.held.discard(view.uuid)
+        self.blocked.pop(view.uuid, None)
         if view.uuid not in self.mdevs:
             d = self.definitions[view.name]
             try:
                 target = reconcile.resolve(d, list(self.parents.values()))
-                reconcile.check_capacity(target, self.sysfs.no_capacity_message(
+                reconcile.check_capacity(target, lambda: self.sysfs.no_capacity_message(
                     target.parent.name, target.type_id))
                 self._create(view.name, target)
             except GvtdError as e:
@@ -229,6 +326,7 @@ class Host:
                 f"The mdev {view.uuid} was not created by gvtd, and gvtd never removes what it "
                 f"did not create. To remove it yourself: echo 1 > "
                 f"/sys/bus/mdev/devices/{view.uuid}/remove")
+        self.held.add(view.uuid)  # removed on request: not recreated on its own
         self._remove(view.uuid, view.name)
         if view.name not in self.definitions:
             self.ownership.discard(view.uuid)
@@ -247,4 +345,5 @@ class Host:
         _, settings_problems = self.config.load_settings()
         self.load(settings_problems)
         self.errors = {k: v for k, v in self.errors.items() if k in self.definitions}
+        self.blocked.clear()
         self.reconcile()

@@ -171,21 +171,22 @@ class Sysfs:
             out.append(dataclasses.replace(static, available=available))
         return out
 
+    def mdev(self, uuid: str) -> Mdev | None:
+        """One mdev, or None when it is gone (or the name is not an mdev's)."""
+        if not UUID_RE.fullmatch(uuid):
+            return None
+        dev = self._mdevs / uuid
+        type_id = _link_name(dev / "mdev_type")
+        if not type_id:
+            return None
+        parent_dir = os.path.dirname(os.path.realpath(dev))
+        return Mdev(uuid=uuid, parent=os.path.basename(parent_dir), type_id=type_id)
+
     def mdevs(self) -> dict[str, Mdev]:
         """Every mdev the kernel has, on any parent. The type comes from the `mdev_type`
         link (uevents carry no type)."""
-        out = {}
-        for uuid in _listdir(self._mdevs):
-            dev = self._mdevs / uuid
-            type_link = dev / "mdev_type"
-            type_id = _link_name(type_link)
-            try:
-                parent_dir = os.path.dirname(os.path.realpath(dev))
-            except OSError:
-                continue
-            if type_id:
-                out[uuid] = Mdev(uuid=uuid, parent=os.path.basename(parent_dir), type_id=type_id)
-        return out
+        found = (self.mdev(uuid) for uuid in _listdir(self._mdevs))
+        return {m.uuid: m for m in found if m is not None}
 
     # -- writing --------------------------------------------------------------------------
 

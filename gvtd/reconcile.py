@@ -6,6 +6,7 @@ mdevs gvtd created), so every decision can be tested without a kernel.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -92,11 +93,11 @@ def resolve(definition: Definition, parents: list[Parent]) -> Target:
     return Target(parent, definition.type)
 
 
-def check_capacity(target: Target, sysfs_message: str) -> None:
+def check_capacity(target: Target, message: Callable[[], str]) -> None:
     """Refuse before writing when the kernel already says no instance is left."""
     mtype = target.parent.type(target.type_id)
     if mtype is not None and mtype.available <= 0:
-        raise NoCapacity(sysfs_message)
+        raise NoCapacity(message())
 
 
 def to_create(definitions: dict[str, Definition], parents: list[Parent],

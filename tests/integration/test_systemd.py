@@ -102,3 +102,41 @@ def test_journal_gets_structured_fields(monkeypatch: pytest.MonkeyPatch,
         ("win10", "u", "0000:00:02.0")
     assert entry["SYSLOG_IDENTIFIER"] == "gvtd"
     assert isinstance(logging.getLogger().handlers[0], logging.StreamHandler)
+
+
+def test_watchdog_pings_from_the_loop(tmp_path: Path) -> None:
+    bus = DBusDaemon()
+    notify = NotifySocket(tmp_path)
+    env = dict(os.environ, DBUS_SESSION_BUS_ADDRESS=bus.address, NOTIFY_SOCKET=notify.path,
+               WATCHDOG_USEC="200000")
+    proc = subprocess.Popen([sys.executable, "-m", "gvtd.daemon", "--session",
+                             "--config-dir", str(tmp_path), "--state-dir", str(tmp_path / "s")],
+                            env=env, stderr=subprocess.DEVNULL)
+    try:
+        notify.wait("READY=1")
+        assert notify.wait("WATCHDOG=1") and notify.wait("WATCHDOG=1")
+        # and not for another process: WATCHDOG_PID names someone else
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        bus.stop()
+        notify.close()
+
+
+def test_no_watchdog_for_another_pid(tmp_path: Path) -> None:
+    bus = DBusDaemon()
+    notify = NotifySocket(tmp_path)
+    env = dict(os.environ, DBUS_SESSION_BUS_ADDRESS=bus.address, NOTIFY_SOCKET=notify.path,
+               WATCHDOG_USEC="1000", WATCHDOG_PID="1")
+    proc = subprocess.Popen([sys.executable, "-m", "gvtd.daemon", "--session",
+                             "--config-dir", str(tmp_path), "--state-dir", str(tmp_path / "s")],
+                            env=env, stderr=subprocess.DEVNULL)
+    try:
+        notify.wait("READY=1")
+        proc.send_signal(signal.SIGTERM)
+        notify.wait("STOPPING=1")
+        proc.wait(30)
+        assert not [m for m in notify.messages if m.startswith("WATCHDOG")]
+    finally:
+        bus.stop()
+        notify.close()
