@@ -162,6 +162,7 @@ class Simulation:
     def stop(self) -> None:
         if getattr(self, "client", None) is not None:
             self.client.close()
+            self.client = None  # type: ignore[assignment]
         self.host.stop()
 
 

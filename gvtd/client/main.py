@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from typing import Any
 
@@ -48,9 +49,10 @@ class Client:
         self.bus = bus
 
     async def call(self, member: str, signature: str = "", body: list[Any] | None = None,
-                   path: str = names.ROOT_PATH, interface: str = names.MANAGER_IFACE) -> list[Any]:
+                   path: str = names.ROOT_PATH, interface: str = names.MANAGER_IFACE,
+                   destination: str = names.BUS_NAME) -> list[Any]:
         reply = await self.bus.call(Message(
-            destination=names.BUS_NAME, path=path, interface=interface, member=member,
+            destination=destination, path=path, interface=interface, member=member,
             signature=signature, body=body or []))
         assert reply is not None
         if reply.message_type == MessageType.ERROR:
@@ -190,6 +192,87 @@ async def cmd_reload(c: Client, args: argparse.Namespace) -> None:
     print("Reloaded the configuration")
 
 
+def _describe(path: str, ifaces: dict[str, dict[str, Any]]) -> tuple[str, str, str]:
+    """(kind, name, one-line summary) of an object for monitor's text output."""
+    if names.VGPU_IFACE in ifaces:
+        v = ifaces[names.VGPU_IFACE]
+        where = f"{v['Type'] or '?'} on {v['Parent']}"
+        return "vgpu", v["Name"] or v["UUID"], f"{v['State']} ({where}" + (
+            ", not created by gvtd)" if not v["Managed"] else ")")
+    if names.PARENT_IFACE in ifaces:
+        p = ifaces[names.PARENT_IFACE]
+        return "parent", p["Address"], "registered" if p["Registered"] else "not registered"
+    if names.MANAGER_IFACE in ifaces:
+        return "manager", "gvtd", ifaces[names.MANAGER_IFACE].get("State", "")
+    return "object", path, ""
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return f"[{len(value)} entries]"
+    return str(value) if value != "" else '""'
+
+
+async def cmd_monitor(c: Client, args: argparse.Namespace) -> None:
+    """Subscribe first, then read the current state, then stream every change."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Message | None] = asyncio.Queue()
+
+    def on_message(msg: Message) -> None:
+        if msg.message_type == MessageType.SIGNAL:
+            queue.put_nowait(msg)
+
+    c.bus.add_message_handler(on_message)
+    for rule in (f"type='signal',sender='{names.BUS_NAME}'",
+                 "type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',"
+                 f"arg0='{names.BUS_NAME}'"):
+        await c.call("AddMatch", "s", [rule], path="/org/freedesktop/DBus",
+                     interface="org.freedesktop.DBus", destination="org.freedesktop.DBus")
+    loop.add_signal_handler(signal.SIGINT, queue.put_nowait, None)
+    loop.add_signal_handler(signal.SIGTERM, queue.put_nowait, None)
+    objects = await c.objects()
+    objects[names.ROOT_PATH] = {names.MANAGER_IFACE: await c.manager()}
+
+    def out(event: str, path: str, ifaces: dict[str, Any], text: str,
+            props: dict[str, Any] | None = None) -> None:
+        kind, name, summary = _describe(path, ifaces)
+        if args.json:
+            print(json.dumps({"event": event, "kind": kind, "name": name, "path": path,
+                              "properties": props if props is not None else
+                              next(iter(ifaces.values()), {})}), flush=True)
+        else:
+            print(f"{kind} {name}: {text or summary}", flush=True)
+
+    for path, ifaces in sorted(objects.items()):
+        out("present", path, ifaces, "")
+    if args.json:
+        print(json.dumps({"event": "ready"}), flush=True)
+    else:
+        print("-- watching for changes; Ctrl-C stops", flush=True)
+    while (msg := await queue.get()) is not None:
+        body = _plain(msg.body)
+        if msg.member == "NameOwnerChanged":
+            if not body[2]:
+                raise ClientError("gvtd went away (it stopped or crashed); "
+                                  "`systemctl status gvtd` says why.")
+            continue
+        if msg.member == "InterfacesAdded":
+            objects[body[0]] = body[1]
+            out("added", body[0], body[1], "added, " + _describe(body[0], body[1])[2])
+        elif msg.member == "InterfacesRemoved":
+            gone = objects.pop(body[0], {iface: {} for iface in body[1]})
+            out("removed", body[0], gone, "removed", props={})
+        elif msg.member == "PropertiesChanged" and msg.path in objects:
+            iface, changed = body[0], body[1]
+            before = objects[msg.path].setdefault(iface, {})
+            text = ", ".join(f"{k} {_short(before.get(k, ''))} -> {_short(v)}"
+                             for k, v in sorted(changed.items()))
+            before.update(changed)
+            out("changed", msg.path, objects[msg.path], text, props=changed)
+
+
 def _attr(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name:
@@ -246,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
         s = add(name, help, cmd_simple)
         s.add_argument("name", help="vGPU name or UUID")
     add("reload", "re-read /etc/gvtd after editing it by hand", cmd_reload)
+    add("monitor", "print every change as it happens (JSON lines with --json) until "
+        "interrupted", cmd_monitor, read=True)
     return p
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -83,6 +84,4 @@ class SimulatedHost:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(TIMEOUT)
         self.notify.close()
-        for f in self.tmp.iterdir():
-            f.unlink()
-        self.tmp.rmdir()
+        shutil.rmtree(self.tmp, ignore_errors=True)
