@@ -68,7 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run over an emulated GVT-g host instead of the real one (see below)")
     p.add_argument("--simulate-profile", default="default", metavar="NAME",
                    help="emulated host to use with --simulate (default: a Kaby Lake laptop; "
-                        "`--simulate-profile help` lists them)")
+                        "`--simulate-profile help` lists them); NAME:KEY=N,... sets its "
+                        "parameters, e.g. multi:n=16,ports=32")
     args = p.parse_args(argv)
     if args.bus is None:
         args.bus = "session" if args.simulate else "system"

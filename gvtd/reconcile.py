@@ -127,7 +127,7 @@ def views(definitions: dict[str, Definition], parents: list[Parent], mdevs: dict
             parent, type_id = target.parent.name, target.type_id
             state: VgpuState = "failed" if error else "inactive"
         except ParentMissing as e:
-            state, error = "parent-missing", error or e.message
+            state, error = "parent-missing", e.message  # an older error no longer applies
         except GvtdError as e:
             state, error = "failed", e.message
         if mdev is not None:

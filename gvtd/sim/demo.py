@@ -6,6 +6,7 @@ commands and prints each with its output, like a terminal session. Cleans up aft
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -24,15 +25,17 @@ def say(text: str) -> None:
     print(f"\n{BOLD}# {text}{RESET}", flush=True)
 
 
-def run(env: dict[str, str], *argv: str, expect_fail: bool = False) -> subprocess.CompletedProcess[str]:
+def run(env: dict[str, str], *argv: str, expect_fail: bool = False,
+        quiet: bool = False) -> subprocess.CompletedProcess[str]:
     shown = list(argv)
     if shown[:3] == [sys.executable, "-m", "gvtd.client.main"]:
         shown = ["gvt-client", *shown[3:]]
     shown[0] = os.path.basename(shown[0])
-    print(f"{DIM}${RESET} {shlex.join(shown)}", flush=True)
+    if not quiet:
+        print(f"{DIM}${RESET} {shlex.join(shown)}", flush=True)
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     out = (proc.stdout + proc.stderr).rstrip()
-    if out:
+    if out and not quiet:
         print(out, flush=True)
     if (proc.returncode != 0) != expect_fail:
         raise SystemExit(f"demo: unexpected exit status {proc.returncode} of {shlex.join(shown)}")
@@ -80,6 +83,19 @@ def main() -> int:
         simulator(env, "Reboot")
         client(env, "list")
         client(env, "status")
+        say("The kernel changes under gvtd: kvmgt unloads (the parent unregisters), then "
+            "loads again; gvtd follows through uevents, with no polling")
+        simulator(env, "UnregisterParent", "s", "0000:00:02.0")
+        client(env, "list")
+        simulator(env, "RegisterParent", "s", "0000:00:02.0")
+        client(env, "list")
+        say("Someone removes the vGPU behind gvtd's back: it is recreated (restore_removed), "
+            "and another tool's mdev is shown but never touched")
+        uuid = json.loads(run(env, sys.executable, "-m", "gvtd.client.main", "--session",
+                              "list", "--json", quiet=True).stdout)[0]["uuid"]
+        simulator(env, "RemoveMdev", "s", uuid)
+        simulator(env, "AddForeignMdev", "ss", "0000:00:02.0", "i915-GVTg_V5_8")
+        client(env, "list")
         say("A second 1920x1200 vGPU does not fit in a 256 MB aperture: gvtd says why and "
             "what to do, and writes nothing")
         client(env, "define", "second", "--type", "i915-GVTg_V5_4", expect_fail=True)

@@ -129,7 +129,8 @@ class Supervisor:
         self.config_dir: Path = args.config_dir or self.workdir / "etc"
         self.state_dir: Path = args.state_dir or self.workdir / "state"
         self.runtime_dir: Path = args.runtime_dir or self.workdir / "run"
-        self.host = EmulatedHost(args.simulate_profile)
+        profile, params = parse_profile(args.simulate_profile)
+        self.host = EmulatedHost(profile, **params)
         self.child: asyncio.subprocess.Process | None = None
         self.startup_ms = 0.0
         self.stopping = asyncio.Event()
@@ -251,6 +252,18 @@ class Supervisor:
                 shutil.rmtree(self.workdir / "notify", ignore_errors=True)
 
 
+def parse_profile(text: str) -> tuple[str, dict[str, int]]:
+    """`multi:n=16,ports=32` -> ("multi", {"n": 16, "ports": 32})."""
+    name, _, rest = text.partition(":")
+    params = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not value.isdigit():
+            raise ValueError(f"{item!r} is not KEY=NUMBER")
+        params[key] = int(value)
+    return name, params
+
+
 def _preloaded() -> bool:
     return PRELOAD in os.environ.get("LD_PRELOAD", "")
 
@@ -264,7 +277,14 @@ def main(args: argparse.Namespace) -> int:
         for name, text in kernel.describe().items():
             print(f"{name:16} {text}")
         return 0
-    if args.simulate_profile not in kernel.PROFILES:
+    try:
+        name, params = parse_profile(args.simulate_profile)
+        if name in kernel.PROFILES:
+            kernel.make_kernel(name, **params)  # parameters the profile does not take fail here
+    except (ValueError, TypeError) as e:
+        print(f"gvtd: bad simulation profile {args.simulate_profile!r}: {e}", file=sys.stderr)
+        return 2
+    if name not in kernel.PROFILES:
         print(f"gvtd: unknown simulation profile {args.simulate_profile!r}; "
               "`gvtd --simulate --simulate-profile help` lists them", file=sys.stderr)
         return 2
