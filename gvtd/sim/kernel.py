@@ -21,10 +21,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
-# GVT-g host reservations (drivers/gpu/drm/i915/gvt/gvt.h HOST_LOW_GM_SIZE, HOST_HIGH_GM_SIZE,
-# HOST_FENCE). Upstream reserves 128 MB of low gm; the emulated default keeps 64 MB so that a
-# 256 MB aperture offers three GVTg_V5_8 instances. Profiles may override all three.
-HOST_LOW_GM_MB = 64
+# GVT-g host reservations, as upstream (drivers/gpu/drm/i915/gvt/gvt.h HOST_LOW_GM_SIZE,
+# HOST_HIGH_GM_SIZE, HOST_FENCE): with a 256 MB aperture the guests share 128 MB of low gm, so
+# GVTg_V5_8 offers 2 and GVTg_V5_4 1, as real 256 MB laptops report. Profiles may override them.
+HOST_LOW_GM_MB = 128
 HOST_HIGH_GM_MB = 384
 HOST_FENCE = 4
 
@@ -276,6 +276,8 @@ PROFILES: dict[str, Callable[..., list[Parent]]] = {
     # Kaby Lake laptop: HD Graphics 620 at 0000:00:02.0 with kvmgt loaded.
     "default": lambda: [gvt_parent()],
     "big-aperture": lambda: [gvt_parent(aperture_mb=512)],
+    # Coffee Lake desktop: UHD Graphics 630 (8086:3E92) with the aperture set to 1 GB.
+    "desktop": lambda: [gvt_parent(device_id=0x3E92, aperture_mb=1024, subsys=(0x1043, 0x8694))],
     # i915 bound but kvmgt not loaded: no mdev_supported_types until RegisterParent.
     "unregistered": lambda: [gvt_parent(registered=False)],
     "mtty": lambda: [gvt_parent(), mtty_parent()],
@@ -283,6 +285,21 @@ PROFILES: dict[str, Callable[..., list[Parent]]] = {
     # The i915 parent plus N mtty-like parents (mtty0..mttyN-1) for scale tests.
     "multi": _multi,
 }
+
+PROFILE_HELP: dict[str, str] = {
+    "default": "Kaby Lake laptop (HD 620, 0000:00:02.0, 256 MB aperture): the usual GVT-g host",
+    "big-aperture": "the Kaby Lake laptop with a 512 MB aperture: more and larger vGPUs fit",
+    "desktop": "Coffee Lake desktop (UHD 630, 0000:00:02.0, 1 GB aperture): room for every type",
+    "unregistered": "the Kaby Lake laptop with i915 bound but kvmgt not loaded: no mdev types yet",
+    "mtty": "the Kaby Lake laptop plus the mtty sample parent: a non-PCI parent without descriptions",
+    "mdpy": "the Kaby Lake laptop plus the mdpy sample parent: a full parent is EUSERS, not ENOSPC",
+    "multi": "the Kaby Lake laptop plus mtty parents mtty0.. (multi:n=8,ports=4): for scale tests",
+}
+
+
+def describe() -> dict[str, str]:
+    """A one-line description of each profile, in :data:`PROFILES` order."""
+    return {name: PROFILE_HELP[name] for name in PROFILES}
 
 
 def make_kernel(profile: str = "default", **params: int) -> Kernel:

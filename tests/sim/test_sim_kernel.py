@@ -6,7 +6,7 @@ import errno
 
 import pytest
 
-from gvtd.sim.kernel import CreateError, Kernel, make_kernel
+from gvtd.sim.kernel import PROFILE_HELP, PROFILES, CreateError, Kernel, describe, make_kernel
 
 GPU = "0000:00:02.0"
 U1 = "11111111-2222-3333-4444-555555555555"
@@ -25,35 +25,55 @@ def errno_of(fn: object, *args: object) -> int:
 
 def test_available_instances_with_256mb_aperture() -> None:
     k = make_kernel()
-    # (256 - 64) low gm free: 3 of 64 MB, 1 of 128 MB, none bigger.
-    assert avail(k) == {"i915-GVTg_V5_8": 3, "i915-GVTg_V5_4": 1, "i915-GVTg_V5_2": 0, "i915-GVTg_V5_1": 0}
-    k.create(GPU, "i915-GVTg_V5_8", U1 + "\n")
+    # The host keeps 128 MB of the 256 MB aperture (as upstream): 128 MB of low gm for guests,
+    # 2 of 64 MB, 1 of 128 MB, none bigger; high gm (3456 MB) and fences (7 sets) are not short.
+    assert k.free(GPU) == {"low": 128, "high": 4096 - 256 - 384, "fence": 32 - 4}
     assert avail(k) == {"i915-GVTg_V5_8": 2, "i915-GVTg_V5_4": 1, "i915-GVTg_V5_2": 0, "i915-GVTg_V5_1": 0}
-    k.create(GPU, "i915-GVTg_V5_4", U2)
+    k.create(GPU, "i915-GVTg_V5_8", U1 + "\n")
+    assert avail(k) == {"i915-GVTg_V5_8": 1, "i915-GVTg_V5_4": 0, "i915-GVTg_V5_2": 0, "i915-GVTg_V5_1": 0}
+    assert errno_of(k.create, GPU, "i915-GVTg_V5_4", U2) == errno.ENOSPC
+    k.create(GPU, "i915-GVTg_V5_8", U2)
     assert avail(k) == {"i915-GVTg_V5_8": 0, "i915-GVTg_V5_4": 0, "i915-GVTg_V5_2": 0, "i915-GVTg_V5_1": 0}
     k.remove(U1)
     assert avail(k)["i915-GVTg_V5_8"] == 1  # given back as soon as teardown starts
     k.drop(U1)
-    assert avail(k)["i915-GVTg_V5_8"] == 1
+    assert avail(k) == {"i915-GVTg_V5_8": 1, "i915-GVTg_V5_4": 0, "i915-GVTg_V5_2": 0, "i915-GVTg_V5_1": 0}
 
 
 def test_big_aperture_and_fence_limit() -> None:
     k = make_kernel("big-aperture")
-    # (512 - 64) // 64 = 7 by low gm, and (32 - 4) // 4 = 7 by fences.
-    assert avail(k) == {"i915-GVTg_V5_8": 7, "i915-GVTg_V5_4": 3, "i915-GVTg_V5_2": 1, "i915-GVTg_V5_1": 0}
+    # V5_8: min(low (512 - 128) // 64 = 6, high (4096 - 512 - 384) // 384 = 8, fence 28 // 4 = 7).
+    assert k.free(GPU) == {"low": 384, "high": 3200, "fence": 28}
+    assert avail(k) == {"i915-GVTg_V5_8": 6, "i915-GVTg_V5_4": 3, "i915-GVTg_V5_2": 1, "i915-GVTg_V5_1": 0}
+
+
+def test_desktop_is_limited_by_high_gm_and_fences() -> None:
+    k = make_kernel("desktop")
+    gpu = k.parent(GPU)
+    assert (gpu.attrs["vendor"], gpu.attrs["device"]) == ("0x8086\n", "0x3e92\n")
+    assert gpu.uevent["PCI_ID"] == "8086:3E92"
+    # 1024 MB aperture: low gm (896 MB) is plentiful, the rest of the 4 GB and the fences are not.
+    assert k.free(GPU) == {"low": 1024 - 128, "high": 4096 - 1024 - 384, "fence": 28}
+    # V5_8: min(896 // 64 = 14, 2688 // 384 = 7, 28 // 4 = 7); V5_4: min(7, 2688 // 512 = 5, 7);
+    # V5_2: min(3, 2688 // 1024 = 2, 7); V5_1: min(1, 2688 // 2048 = 1, 7).
+    assert avail(k) == {"i915-GVTg_V5_8": 7, "i915-GVTg_V5_4": 5, "i915-GVTg_V5_2": 2, "i915-GVTg_V5_1": 1}
+    for i in range(7):
+        k.create(GPU, "i915-GVTg_V5_8", f"00000000-0000-0000-0000-00000000000{i}")
+    assert k.free(GPU) == {"low": 896 - 7 * 64, "high": 2688 - 7 * 384, "fence": 0}
+    assert set(avail(k).values()) == {0}
 
 
 def test_create_errnos() -> None:
     k = make_kernel("mtty")
-    assert k.create(GPU, "i915-GVTg_V5_4", U1.upper() + "\n") == U1  # named in lower case
+    assert k.create(GPU, "i915-GVTg_V5_8", U1.upper() + "\n") == U1  # named in lower case
     assert errno_of(k.create, GPU, "i915-GVTg_V5_8", U1.upper()) == errno.EEXIST
     assert errno_of(k.create, "mtty", "mtty-1", U1) == errno.EEXIST  # across parents
     for bad in ["", "1234", U1[:-1], U1 + "\n\n", U1.replace("-", "_"), "g" + U1[1:], " " + U1]:
         assert errno_of(k.create, GPU, "i915-GVTg_V5_8", bad) == errno.EINVAL, bad
     # The 37th character is not looked at, as the kernel only checks the length.
     assert k.create(GPU, "i915-GVTg_V5_8", U2 + "x") == U2
-    with pytest.raises(CreateError) as full:
-        k.create(GPU, "i915-GVTg_V5_4", "00000000-0000-0000-0000-000000000001")
+    with pytest.raises(CreateError) as full:  # two V5_8 took the guests' 128 MB of low gm
+        k.create(GPU, "i915-GVTg_V5_8", "00000000-0000-0000-0000-000000000001")
     assert full.value.errno == errno.ENOSPC and full.value.probed
     k.parent(GPU).registered = False
     assert errno_of(k.create, GPU, "i915-GVTg_V5_8", "00000000-0000-0000-0000-000000000002") == errno.ENODEV
@@ -88,4 +108,12 @@ def test_profiles() -> None:
     k = make_kernel()
     k.create(GPU, "i915-GVTg_V5_8", U1)
     k.forget()
-    assert k.mdevs == {} and avail(k)["i915-GVTg_V5_8"] == 3
+    assert k.mdevs == {} and avail(k)["i915-GVTg_V5_8"] == 2
+
+
+def test_every_profile_is_described() -> None:
+    assert list(describe()) == list(PROFILES)
+    assert set(PROFILE_HELP) == set(PROFILES)
+    for name, text in describe().items():
+        assert text.strip() and "\n" not in text, name
+        make_kernel(name)  # each one builds with its defaults

@@ -45,8 +45,15 @@ def test_parent_layout(host: HostProc) -> None:
     assert stat.S_IMODE(os.stat(t / "name").st_mode) == 0o444
 
 
+def test_desktop_profile(make_host: type[HostProc]) -> None:
+    host = make_host("desktop")
+    assert host.sys(f"{GPU}/device").read_text() == "0x3e92\n"
+    assert "PCI_ID=8086:3E92\n" in host.sys(f"{GPU}/uevent").read_text()
+    assert available(host) == {"i915-GVTg_V5_1": 1, "i915-GVTg_V5_2": 2, "i915-GVTg_V5_4": 5, "i915-GVTg_V5_8": 7}
+
+
 def test_create_is_synchronous_and_lays_out_the_mdev(host: HostProc) -> None:
-    assert available(host) == {"i915-GVTg_V5_1": 0, "i915-GVTg_V5_2": 0, "i915-GVTg_V5_4": 1, "i915-GVTg_V5_8": 3}
+    assert available(host) == {"i915-GVTg_V5_1": 0, "i915-GVTg_V5_2": 0, "i915-GVTg_V5_4": 1, "i915-GVTg_V5_8": 2}
     assert write(host.sys(f"{TYPES}/i915-GVTg_V5_8/create"), U1.upper() + "\n") == "ok"
     # Already there when the write returned, named in lower case.
     link = host.sys(f"/bus/mdev/devices/{U1}")
@@ -61,11 +68,10 @@ def test_create_is_synchronous_and_lays_out_the_mdev(host: HostProc) -> None:
     assert (mdev / "driver").resolve() == host.sys("/bus/mdev/drivers/intel_vgpu_mdev")
     assert (mdev / "vfio-dev/vfio0/subsystem").resolve() == host.sys("/class/vfio-dev")
     assert os.readlink(host.sys(f"{TYPES}/i915-GVTg_V5_8/devices/{U1}")) == f"../../../{U1}"
-    assert available(host) == {"i915-GVTg_V5_1": 0, "i915-GVTg_V5_2": 0, "i915-GVTg_V5_4": 1, "i915-GVTg_V5_8": 2}
+    assert available(host) == {"i915-GVTg_V5_1": 0, "i915-GVTg_V5_2": 0, "i915-GVTg_V5_4": 0, "i915-GVTg_V5_8": 1}
 
-    assert write(host.sys(f"{TYPES}/i915-GVTg_V5_8/create"), U2) == "ok"
-    assert write(host.sys(f"{TYPES}/i915-GVTg_V5_8/create"), U3) == "ok"  # each gets its own vfioN
-    assert os.listdir(host.sys(f"{GPU}/{U3}/vfio-dev")) == ["vfio2"]
+    assert write(host.sys(f"{TYPES}/i915-GVTg_V5_8/create"), U2) == "ok"  # each gets its own vfioN
+    assert os.listdir(host.sys(f"{GPU}/{U2}/vfio-dev")) == ["vfio1"]
     assert set(available(host).values()) == {0}
 
     assert write(mdev / "remove", "0\n") == "ok"  # zero: nothing happens
@@ -74,6 +80,10 @@ def test_create_is_synchronous_and_lays_out_the_mdev(host: HostProc) -> None:
     assert not mdev.exists() and not os.path.lexists(link)
     assert not os.path.lexists(host.sys(f"{TYPES}/i915-GVTg_V5_8/devices/{U1}"))
     assert available(host)["i915-GVTg_V5_8"] == 1
+    assert [m[0] for m in host.call("mdevs")] == [U2]
+    # vfioN numbers are not reused while the kernel runs.
+    assert write(host.sys(f"{TYPES}/i915-GVTg_V5_8/create"), U3) == "ok"
+    assert os.listdir(host.sys(f"{GPU}/{U3}/vfio-dev")) == ["vfio2"]
     assert sorted(m[0] for m in host.call("mdevs")) == sorted([U2, U3])
 
 
@@ -81,10 +91,11 @@ def test_errnos(host: HostProc) -> None:
     create8 = host.sys(f"{TYPES}/i915-GVTg_V5_8/create")
     for bad in ["nonsense\n", U1[:-1] + "\n", U1 + "\n\n", "{" + U1 + "}"]:
         assert write(create8, bad) == "EINVAL", bad
-    assert write(host.sys(f"{TYPES}/i915-GVTg_V5_4/create"), U1 + "\n") == "ok"
-    assert write(create8, U1.upper() + "\n") == "EEXIST"
+    assert write(create8, U1 + "\n") == "ok"
+    assert write(host.sys(f"{TYPES}/i915-GVTg_V5_4/create"), U1.upper() + "\n") == "EEXIST"
     assert write(host.sys(f"{TYPES}/i915-GVTg_V5_2/create"), U2 + "\n") == "ENOSPC"
-    # The aperture left after a V5_4 holds one V5_8 only.
+    # The 64 MB of low gm left after a V5_8 holds one more V5_8 and no V5_4.
+    assert write(host.sys(f"{TYPES}/i915-GVTg_V5_4/create"), U2 + "\n") == "ENOSPC"
     assert write(create8, U2 + "\n") == "ok"
     assert write(create8, U3 + "\n") == "ENOSPC"
     # Read-only attributes refuse writers, write-only ones refuse readers (even root).
@@ -129,7 +140,7 @@ def test_errnos(host: HostProc) -> None:
     assert not os.path.lexists(host.sys("/class/mdev_bus/0000:00:02.0"))
     assert host.call("mdevs") == []
     host.call("register_parent", "0000:00:02.0")
-    assert available(host)["i915-GVTg_V5_8"] == 3
+    assert available(host)["i915-GVTg_V5_8"] == 2
 
 
 def test_write_log(host: HostProc) -> None:
@@ -185,14 +196,14 @@ def test_every_file_reads(make_host: type[HostProc]) -> None:
     assert seen[f"{mtty}/{U2}/uevent"] == "DRIVER=mtty\n"
     assert seen[f"{GPU}/{U1}/vfio-dev/vfio0/uevent"] == ""
     assert seen["/devices/pci0000:00/uevent"] == ""
-    assert seen[f"{TYPES}/i915-GVTg_V5_8/available_instances"] == "1\n"
+    assert seen[f"{TYPES}/i915-GVTg_V5_8/available_instances"] == "0\n"  # the V5_4 took the low gm
     assert len(seen) == 6 + 1 + 4 * 4 + 2 * 3 + 2 * 2 + 1  # parents, GVT types, mtty types, mdevs, bridge
     assert os.readlink(host.sys(f"{mtty}/subsystem")) == "../../../../class/mtty"
     assert os.readlink(host.sys(f"{mtty}/{U2}/subsystem")) == "../../../../../bus/mdev"
 
 
 def test_concurrent_creates(host: HostProc) -> None:
-    """Eight writers race for three V5_8 slots: exactly three win, the rest get ENOSPC."""
+    """Eight writers race for two V5_8 slots: exactly two win, the rest get ENOSPC."""
     create = host.sys(f"{TYPES}/i915-GVTg_V5_8/create")
     results: list[str] = []
     start = threading.Barrier(8)
@@ -206,8 +217,8 @@ def test_concurrent_creates(host: HostProc) -> None:
         t.start()
     for t in threads:
         t.join(30)
-    assert sorted(results) == ["ENOSPC"] * 5 + ["ok"] * 3
-    assert len(os.listdir(host.sys("/bus/mdev/devices"))) == 3
+    assert sorted(results) == ["ENOSPC"] * 6 + ["ok"] * 2
+    assert len(os.listdir(host.sys("/bus/mdev/devices"))) == 2
 
 
 def test_children_see_the_testbed(host: HostProc) -> None:

@@ -62,7 +62,7 @@ def test_unregister_and_register(host: HostProc, monitor: Monitor) -> None:
     host.call("register_parent", "0000:00:02.0")
     (event,) = monitor.events(1)
     assert (event["action"], event["props"]["MDEV_STATE"]) == ("change", "registered")
-    assert host.sys(f"{TYPES}/i915-GVTg_V5_8/available_instances").read_text() == "3\n"
+    assert host.sys(f"{TYPES}/i915-GVTg_V5_8/available_instances").read_text() == "2\n"
 
 
 def test_reboot_is_silent(host: HostProc, monitor: Monitor) -> None:
