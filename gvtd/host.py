@@ -68,13 +68,14 @@ class Host:
             log.error("Ignoring invalid definition %s", p, extra={"CONFIG_FILE": p.file})
 
     def refresh(self) -> None:
-        """Re-read parents and mdevs. A parent seen before stays known, unregistered."""
+        """Re-read mdevs, then parents (see _reread). A parent seen before stays known,
+        unregistered."""
+        self.mdevs = self.sysfs.mdevs()
         seen = {p.name: p for p in self.sysfs.parents()}
         for name, old in self.parents.items():
             if name not in seen:
                 seen[name] = dataclasses.replace(old, registered=False, types=())
         self.parents = dict(sorted(seen.items()))
-        self.mdevs = self.sysfs.mdevs()
 
     def _publish(self) -> None:
         self._last_parent = {u: m.parent for u, m in self.mdevs.items()}
@@ -90,7 +91,18 @@ class Host:
         self._converge()
 
     def _reread(self, parents: set[str], mdevs: set[str]) -> None:
-        """Re-read only what events named: the cheap path of refresh()."""
+        """Re-read only what events named: the cheap path of refresh().
+
+        mdevs first: the kernel unlinks a parent from mdev_bus *before* it removes the
+        parent's mdevs, so an mdev seen gone next to a parent seen registered afterwards
+        really was removed by someone, not taken down with its parent.
+        """
+        for uuid in mdevs:
+            mdev = self.sysfs.mdev(uuid)
+            if mdev is None:
+                self.mdevs.pop(uuid, None)
+            else:
+                self.mdevs[uuid] = mdev
         for name in parents:
             parent = self.sysfs.parent(name)
             if parent is not None and parent.registered:
@@ -101,12 +113,6 @@ class Host:
             elif parent is not None:
                 self.parents[name] = parent
         self.parents = dict(sorted(self.parents.items()))
-        for uuid in mdevs:
-            mdev = self.sysfs.mdev(uuid)
-            if mdev is None:
-                self.mdevs.pop(uuid, None)
-            else:
-                self.mdevs[uuid] = mdev
 
     def on_uevents(self, events: list[Uevent]) -> None:
         """Follow the kernel: re-read what changed, show it, then converge."""

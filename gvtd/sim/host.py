@@ -128,14 +128,15 @@ class EmulatedHost:
             self._change(p, "registered")
 
     def unregister_parent(self, name: str) -> None:
-        """The driver unloading: its mdevs are removed (with events), then types and link go."""
+        """The driver unloading, in mdev_unregister_parent()'s order: the mdev_bus link goes
+        first, then the mdevs (with their events), then the types and the change event."""
         with self._op:
             p = self._parent(name)
             if not p.registered:
                 return
+            self.tb.unlink(f"/sys/class/mdev_bus/{name}")
             for m in self.kernel.mdevs_of(name):
                 self._remove(m.uuid)
-            self.tb.unlink(f"/sys/class/mdev_bus/{name}")
             with self._lock:
                 p.registered = False
             self._change(p, "unregistered")

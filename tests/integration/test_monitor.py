@@ -34,7 +34,7 @@ def test_monitor_json_streams_changes_and_stops_on_ctrl_c(sim: Simulation) -> No
         first = [json.loads(x) for x in lines_until(proc, lambda x: '"ready"' in x)]
         present = {(e["kind"], e["name"]) for e in first if e["event"] == "present"}
         assert {("vgpu", "before"), ("parent", PARENT), ("manager", "gvtd")} <= present
-        sim.client.define(name="win10", type="i915-GVTg_V5_4")
+        sim.client.define(name="win10", type="i915-GVTg_V5_8")
         added = json.loads(lines_until(proc, lambda x: '"added"' in x)[-1])
         assert (added["kind"], added["name"], added["properties"]["State"]) == \
             ("vgpu", "win10", "active")

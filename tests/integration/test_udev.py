@@ -70,7 +70,7 @@ def test_removed_outside_is_recreated(sim: Simulation) -> None:
 
 
 def test_removed_on_request_is_not_recreated(sim: Simulation) -> None:
-    path = sim.client.define(name="win10", type="i915-GVTg_V5_4")
+    path = sim.client.define(name="win10", type="i915-GVTg_V5_8")
     sim.client.call("RemoveVGPU", "s", ["win10"])
     mark(sim)
     assert sim.client.vgpus()["win10"]["State"] == "inactive"
@@ -139,7 +139,7 @@ def test_bursts_converge_to_what_sysfs_shows(dbus: DBusDaemon) -> None:
 
 def test_failed_create_is_not_retried_on_every_event(sim: Simulation) -> None:
     """A definition that cannot fit waits for room instead of retrying on each uevent."""
-    sim.client.define(name="a", type="i915-GVTg_V5_4")
+    sim.client.define(name="a", type="i915-GVTg_V5_8")  # leaves 64 MB: room for a V5_8 only
     d = sim.config_dir / "vgpus.d"
     (d / "b.toml").write_text('uuid = "11111111-2222-4333-8444-555555555555"\n'
                               'type = "i915-GVTg_V5_4"\n')

@@ -16,7 +16,7 @@ SPECS = {"i915-GVTg_V5_8": (64, 384, "1024x768", 2), "i915-GVTg_V5_4": (128, 512
 
 
 def kbl(available: dict[str, int] | None = None) -> Parent:
-    available = available or {"i915-GVTg_V5_8": 3, "i915-GVTg_V5_4": 1}
+    available = available or {"i915-GVTg_V5_8": 2, "i915-GVTg_V5_4": 1}
     types = tuple(
         MdevType(id=t, name=t[5:], description=DESC.format(*s), device_api="vfio-pci",
                  available=available.get(t, 0), gvt=gvt.parse_description(DESC.format(*s)))

@@ -1,0 +1,130 @@
+"""Event figures of issue "react to the kernel": uevent -> PropertiesChanged latency, a parent
+registering -> its 8 auto vGPUs created, and what an idle daemon costs.
+
+    .venv/bin/python bench/events.py [--rounds N] [--idle SECONDS]
+
+Latency is measured from the moment the emulated kernel sent the uevent (CLOCK_MONOTONIC,
+recorded by the simulator) to the moment the matching signal reached a client on the bus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from harness import Client, plain  # noqa: E402
+
+from gvtd import names  # noqa: E402
+from gvtd.sim.session import DBusDaemon, SimulatedHost  # noqa: E402
+
+SIM = dict(dest=names.SIMULATOR_BUS_NAME, path=names.SIMULATOR_PATH, iface=names.SIMULATOR_IFACE)
+
+
+def pct(samples: list[float], p: float) -> float:
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+def row(name: str, samples: list[float], goal: str = "") -> None:
+    print(f"{name:48} p50 {pct(samples, 50):7.2f}  p99 {pct(samples, 99):7.2f}  "
+          f"min {min(samples):7.2f}  max {max(samples):7.2f}  {goal}")
+
+
+def uevent_time(client: Client, devpath_end: str, action: str) -> float:
+    for when, act, devpath in reversed(client.call("UeventLog", **SIM)[0]):
+        if act == action and devpath.endswith(devpath_end):
+            return when
+    raise RuntimeError(f"no {action} uevent for {devpath_end}")
+
+
+def cpu_and_wakeups(pid: int) -> tuple[float, int]:
+    """CPU seconds and times scheduled, summed over the daemon's threads."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu, runs = 0.0, 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        cpu += (int(fields[11]) + int(fields[12])) / ticks
+        runs += int((task / "schedstat").read_text().split()[2])
+    return cpu, runs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rounds", type=int, default=50)
+    ap.add_argument("--idle", type=float, default=60.0, help="idle period to measure (s)")
+    args = ap.parse_args()
+    bus = DBusDaemon()
+    # one mtty-like parent with room for 8, next to the GVT-g one
+    host = SimulatedHost(bus.address, profile="multi:n=1,ports=8", stderr=subprocess.DEVNULL)
+    client = Client(bus.address)
+    try:
+        # 1. uevent -> PropertiesChanged / InterfacesAdded
+        latency, baseline = [], []
+        for _ in range(args.rounds):
+            t = time.monotonic()
+            client.call("GetId", dest="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                        iface="org.freedesktop.DBus")
+            baseline.append((time.monotonic() - t) * 1000)
+            uuid = client.call("AddForeignMdev", "ss", ["mtty0", "mtty-1"], **SIM)[0]
+            msg = client.wait_for(lambda m, u=uuid: m.member == "InterfacesAdded"
+                                  and m.body[0] == names.vgpu_path(u))
+            arrived = time.monotonic()
+            del msg
+            latency.append((arrived - uevent_time(client, uuid, "add")) * 1000)
+            client.call("RemoveMdev", "s", [uuid], **SIM)
+            client.wait_for(lambda m, u=uuid: m.member == "InterfacesRemoved"
+                            and m.body[0] == names.vgpu_path(u))
+            client.signals.clear()
+
+        # 2. parent registers -> its 8 auto vGPUs created
+        for i in range(8):
+            client.define(name=f"vm{i}", type="mtty-1", parent="mtty0")
+        register = []
+        for _ in range(max(3, args.rounds // 10)):
+            client.call("UnregisterParent", "s", ["mtty0"], **SIM)
+            client.signals.clear()
+            client.call("RegisterParent", "s", ["mtty0"], **SIM)
+            pending = {names.vgpu_path(v["UUID"]) for v in client.vgpus().values()
+                       if v["Name"].startswith("vm")}
+            done: set[str] = set()
+
+            def all_active(m, done=done, pending=pending) -> bool:  # type: ignore[no-untyped-def]
+                if m.member == "PropertiesChanged" and m.path in pending \
+                        and plain(m.body[1]).get("State") == "active":
+                    done.add(m.path)
+                return done == pending
+
+            client.wait_for(all_active)
+            register.append((time.monotonic() - uevent_time(client, "mtty0", "change")) * 1000)
+
+        # 3. idle
+        pid = client.props(names.SIMULATOR_PATH, names.SIMULATOR_IFACE,
+                           dest=names.SIMULATOR_BUS_NAME)["DaemonPid"]
+        cpu0, runs0 = cpu_and_wakeups(pid)
+        threading.Event().wait(args.idle)  # the benchmark's own idle period, not a test wait
+        cpu1, runs1 = cpu_and_wakeups(pid)
+
+        print(f"{'figure (ms)':48}")
+        row("uevent -> InterfacesAdded on a client", latency, "goal p50 <= 10, p99 <= 50")
+        row("  baseline: GetId round trip to the bus", baseline)
+        print(f"{'  ratio (p50)':48} {pct(latency, 50) / pct(baseline, 50):.1f}x")
+        row("MDEV_STATE=registered -> 8 auto vGPUs active", register, "goal <= 100")
+        print(f"{'idle ' + format(args.idle, '.0f') + ' s: CPU time, times scheduled':48} "
+              f"{(cpu1 - cpu0) * 1000:.0f} ms, {runs1 - runs0} (goal: 0 besides the watchdog)")
+        return 0
+    finally:
+        client.close()
+        host.stop()
+        bus.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
