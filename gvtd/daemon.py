@@ -178,7 +178,8 @@ class Daemon:
         # in between is then seen either by the read or by its event.
         watcher = UdevWatcher(self.host.on_uevents)
         watcher.start(loop)
-        self.host.reconcile()
+        async with self.host.lock:
+            await self.host.reconcile()
         reply = await bus.request_name(names.BUS_NAME, NameFlag.DO_NOT_QUEUE)
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
             log.error("Cannot own %s on the %s bus: another gvtd is running, or the bus policy "

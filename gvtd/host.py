@@ -7,6 +7,7 @@ listeners (the D-Bus objects) once at the end.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import uuid as uuidlib
@@ -57,6 +58,12 @@ class Host:
         self.views: dict[str, VgpuView] = {}
         self.listeners: list[Callable[[], None]] = []
         self._last_parent: dict[str, str] = {}
+        # One operation at a time: method calls and event passes take the lock; kernel writes
+        # run in a worker thread meanwhile, so the loop keeps reading uevents (which queue up
+        # in _pending, never lost) and answering D-Bus.
+        self.lock = asyncio.Lock()
+        self._pending: list[Uevent] = []
+        self._drainer: asyncio.Task[None] | None = None
 
     # -- state --------------------------------------------------------------------------
 
@@ -85,10 +92,10 @@ class Host:
         for listener in self.listeners:
             listener()
 
-    def reconcile(self) -> None:
+    async def reconcile(self) -> None:
         """Re-read everything, then converge."""
         self.refresh()
-        self._converge()
+        await self._converge()
 
     def _reread(self, parents: set[str], mdevs: set[str]) -> None:
         """Re-read only what events named: the cheap path of refresh().
@@ -115,6 +122,23 @@ class Host:
         self.parents = dict(sorted(self.parents.items()))
 
     def on_uevents(self, events: list[Uevent]) -> None:
+        """Queue events; one pass handles all that arrived, once the lock is free."""
+        self._pending += events
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while self._pending:
+            async with self.lock:
+                events, self._pending = self._pending, []
+                try:
+                    await self._follow(events)
+                except Exception:  # a bug must not stop gvtd from following the kernel
+                    log.exception("Failed to handle uevents; re-reading everything")
+                    self.refresh()
+                    self._publish()
+
+    async def _follow(self, events: list[Uevent]) -> None:
         """Follow the kernel: re-read what changed, show it, then converge."""
         before_mdevs = set(self.mdevs)
         before_reg = {n for n, p in self.parents.items() if p.registered}
@@ -152,9 +176,9 @@ class Host:
                                      "(restore_removed = false); `gvt-client create "
                                      f"{name}` brings it back.")
         self._publish()
-        self._converge()
+        await self._converge()
 
-    def _converge(self) -> None:
+    async def _converge(self) -> None:
         """Adopt what exists, create every `auto` vGPU that should exist and does not."""
         for name, d in self.definitions.items():
             mdev = self.mdevs.get(d.uuid)
@@ -180,7 +204,7 @@ class Host:
             try:
                 reconcile.check_capacity(target, lambda: self.sysfs.no_capacity_message(
                     target.parent.name, target.type_id))
-                self._create(name, target)
+                await self._create(name, target)
                 self.blocked.pop(uuid, None)
             except GvtdError as e:
                 self.errors[name] = e.message
@@ -192,14 +216,14 @@ class Host:
             self._reread(touched_parents, touched)
         self._publish()
 
-    def _create(self, name: str, target: reconcile.Target) -> None:
+    async def _create(self, name: str, target: reconcile.Target) -> None:
         d = self.definitions[name]
         fields = _fields(name, d.uuid, target.parent.name)
         self.ownership.add(d.uuid, name)  # before the write: see state.py
         try:
-            self.sysfs.create(target.parent, target.type_id, d.uuid)
+            await asyncio.to_thread(self.sysfs.create, target.parent, target.type_id, d.uuid)
             for attr, value in d.attrs:
-                self.sysfs.write_attr(d.uuid, attr, value)
+                await asyncio.to_thread(self.sysfs.write_attr, d.uuid, attr, value)
         except GvtdError as e:
             self.errors[name] = e.message
             if d.uuid not in self.sysfs.mdevs():
@@ -247,7 +271,11 @@ class Host:
             return self.views[key]
         raise NotFound(f"There is no vGPU named {key[:100]!r}; `gvt-client list` shows them.")
 
-    def define(self, name: str, data: dict[str, object]) -> str:
+    async def define(self, name: str, data: dict[str, object]) -> str:
+        async with self.lock:
+            return await self._define(name, data)
+
+    async def _define(self, name: str, data: dict[str, object]) -> str:
         """Validate, check it can work, then write vgpus.d/NAME.toml and reconcile."""
         validate_name(name)
         if name in self.definitions:
@@ -279,17 +307,21 @@ class Host:
         self.definitions[name] = definition
         log.info("Defined vGPU %s (%s)", name, definition.uuid,
                  extra=_fields(name, definition.uuid))
-        self.reconcile()
+        await self.reconcile()
         return definition.uuid
 
-    def undefine(self, name: str) -> None:
+    async def undefine(self, name: str) -> None:
+        async with self.lock:
+            await self._undefine(name)
+
+    async def _undefine(self, name: str) -> None:
         validate_name(name)
         d = self.definitions.get(name)
         if d is None:
             raise NotFound(f"There is no vGPU definition named {name!r}.")
         self.refresh()
         if d.uuid in self.mdevs and d.uuid in self.ownership:
-            self._remove(d.uuid, name)
+            await self._remove(d.uuid, name)
         self.config.delete_definition(name)
         del self.definitions[name]
         self.errors.pop(name, None)
@@ -300,7 +332,11 @@ class Host:
         self.refresh()
         self._publish()
 
-    def create(self, key: str) -> str:
+    async def create(self, key: str) -> str:
+        async with self.lock:
+            return await self._create_now(key)
+
+    async def _create_now(self, key: str) -> str:
         view = self.find(key)
         if not view.name or view.name not in self.definitions:
             raise InvalidArgument(f"{key!r} has no definition; define it first.")
@@ -313,7 +349,7 @@ class Host:
                 target = reconcile.resolve(d, list(self.parents.values()))
                 reconcile.check_capacity(target, lambda: self.sysfs.no_capacity_message(
                     target.parent.name, target.type_id))
-                self._create(view.name, target)
+                await self._create(view.name, target)
             except GvtdError as e:
                 self.errors[view.name] = e.message
                 raise
@@ -322,7 +358,11 @@ class Host:
                 self._publish()
         return view.uuid
 
-    def remove(self, key: str) -> None:
+    async def remove(self, key: str) -> None:
+        async with self.lock:
+            await self._remove_now(key)
+
+    async def _remove_now(self, key: str) -> None:
         view = self.find(key)
         self.refresh()
         if view.uuid not in self.mdevs:
@@ -333,23 +373,27 @@ class Host:
                 f"did not create. To remove it yourself: echo 1 > "
                 f"/sys/bus/mdev/devices/{view.uuid}/remove")
         self.held.add(view.uuid)  # removed on request: not recreated on its own
-        self._remove(view.uuid, view.name)
+        await self._remove(view.uuid, view.name)
         if view.name not in self.definitions:
             self.ownership.discard(view.uuid)
         self.refresh()
         self._publish()
 
-    def _remove(self, uuid: str, name: str) -> None:
+    async def _remove(self, uuid: str, name: str) -> None:
         try:
-            self.sysfs.remove(uuid)
+            await asyncio.to_thread(self.sysfs.remove, uuid)
         except NotFound:
             pass
         log.info("Removed vGPU %s (%s)", name, uuid, extra=_fields(name, uuid))
 
-    def reload(self) -> None:
+    async def reload(self) -> None:
+        async with self.lock:
+            await self._reload()
+
+    async def _reload(self) -> None:
         """Re-read the configuration directory (after a hand edit) and reconcile."""
         _, settings_problems = self.config.load_settings()
         self.load(settings_problems)
         self.errors = {k: v for k, v in self.errors.items() if k in self.definitions}
         self.blocked.clear()
-        self.reconcile()
+        await self.reconcile()

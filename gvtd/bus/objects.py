@@ -7,6 +7,7 @@ PropertiesChanged signals (dbus-fast emits InterfacesAdded/Removed on export/une
 # No `from __future__ import annotations`: dbus-fast reads the D-Bus signatures from them.
 
 import functools
+import inspect
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -32,9 +33,10 @@ def dbus_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Every method answers with a named gvtd error, never a Python exception text."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            return await result if inspect.isawaitable(result) else result
         except GvtdError as e:
             raise DBusError(e.dbus_name, e.message) from e
         except DBusError:
@@ -98,29 +100,29 @@ class ManagerInterface(_Mirror):
 
     @method()
     @dbus_errors
-    def Define(self, options: "a{sv}") -> "o":  # noqa: F821
+    async def Define(self, options: "a{sv}") -> "o":  # noqa: F821
         name, data = unpack_define(options)
-        return names.vgpu_path(self.host.define(name, data))
+        return names.vgpu_path(await self.host.define(name, data))
 
     @method()
     @dbus_errors
-    def Undefine(self, name: "s") -> None:  # noqa: F821
-        self.host.undefine(name)
+    async def Undefine(self, name: "s") -> None:  # noqa: F821
+        await self.host.undefine(name)
 
     @method()
     @dbus_errors
-    def CreateVGPU(self, name: "s") -> "o":  # noqa: F821
-        return names.vgpu_path(self.host.create(name))
+    async def CreateVGPU(self, name: "s") -> "o":  # noqa: F821
+        return names.vgpu_path(await self.host.create(name))
 
     @method()
     @dbus_errors
-    def RemoveVGPU(self, name: "s") -> None:  # noqa: F821
-        self.host.remove(name)
+    async def RemoveVGPU(self, name: "s") -> None:  # noqa: F821
+        await self.host.remove(name)
 
     @method()
     @dbus_errors
-    def Reload(self) -> None:
-        self.host.reload()
+    async def Reload(self) -> None:
+        await self.host.reload()
 
     @dbus_property(access=PropertyAccess.READ)
     def Version(self) -> "s":  # noqa: F821
