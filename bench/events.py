@@ -102,7 +102,11 @@ def main() -> int:
                     done.add(m.path)
                 return done == pending
 
-            client.wait_for(all_active)
+            try:
+                client.wait_for(all_active)
+            except TimeoutError:
+                print({v["Name"]: (v["State"], v["LastError"]) for v in client.vgpus().values()})
+                raise
             register.append((time.monotonic() - uevent_time(client, "mtty0", "change")) * 1000)
 
         # 3. idle

@@ -165,6 +165,11 @@ class EmulatedHost:
         with self._lock:
             return list(self.kernel.writes)
 
+    def uevents(self) -> list[tuple[float, str, str]]:
+        """(CLOCK_MONOTONIC time, action, syspath) of the last 1000 uevents sent."""
+        with self._lock:
+            return list(self.tb.sent)
+
     def mdevs(self) -> list[tuple[str, str, str]]:
         """(uuid, parent, type id) of every mdev, in creation order."""
         with self._lock:

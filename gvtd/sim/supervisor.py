@@ -95,6 +95,11 @@ class SimulatorInterface(ServiceInterface):
         await self.sup.restart()
 
     @method()
+    def UeventLog(self) -> "a(dss)":  # noqa: F821
+        """(CLOCK_MONOTONIC seconds at send, action, devpath) of the last 1000 uevents."""
+        return [list(e) for e in self.sup.host.uevents()]
+
+    @method()
     def WriteLog(self) -> "a(sss)":  # noqa: F821
         return [list(entry) for entry in self.sup.host.write_log()]
 

@@ -12,7 +12,9 @@ at that moment, so callers shape the files first (see :mod:`gvtd.sim.host`).
 
 from __future__ import annotations
 
+import collections
 import os
+import time
 
 import gi
 
@@ -35,6 +37,8 @@ class Testbed:
             raise RuntimeError("the emulated host must run under umockdev-wrapper (LD_PRELOAD)")
         self.tb = UMockdev.Testbed.new()
         self.root: str = self.tb.get_root_dir()
+        # (CLOCK_MONOTONIC at send, action, syspath) of recent uevents, for latency figures
+        self.sent: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=1000)
 
     def real(self, syspath: str) -> str:
         """The on-disk path of ``/sys/...`` (not redirected by the preload)."""
@@ -62,6 +66,7 @@ class Testbed:
 
     def send(self, syspath: str, action: str) -> None:
         """Send ``action`` for ``syspath`` (``/sys/devices/...``) to netlink listeners."""
+        self.sent.append((time.monotonic(), action, syspath))
         self.tb.uevent(syspath, action)
 
     def child_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
