@@ -141,6 +141,10 @@ class Settings(BaseModel):
     suspend: Literal["teardown-idle", "block-while-running", "ignore"] = "teardown-idle"
     restore_removed: StrictBool = True
     sysfs_root: StrictStr = "/sys"
+    # Inputs of `gvt-client doctor`, redirectable so tests and the simulation use their own.
+    procfs_root: StrictStr = "/proc"
+    kernel_log: StrictStr = "/dev/kmsg"  # a file or /dev/kmsg; "" skips the log check
+    mdevctl_dir: StrictStr = "/etc/mdevctl.d"
 
 
 @dataclass(frozen=True)

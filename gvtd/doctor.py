@@ -1,0 +1,471 @@
+"""Host checks behind `gvt-client doctor`: why GVT-g does not work here, and the fix.
+
+Every input comes through :class:`HostRoots` (sysfs, procfs, the kernel log, mdevctl's
+configuration), so tests and the simulated host point the same checks at their own trees.
+Each check reads a few small files and returns :class:`Check` results; nothing is written
+and nothing raises: an unreadable input is itself a finding.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from gvtd import gvt
+from gvtd.config import Settings
+
+Severity = Literal["pass", "warn", "fail"]
+
+PCI_DISPLAY_CLASS = 0x03
+MIN_KERNEL = (5, 3)  # MDEV_STATE uevents on parent (un)registration
+LOG_TAIL_BYTES = 1 << 20  # enough for a boot's worth of kernel messages
+ACCESS_STORM = 20  # more invalid-access lines than this at vGPU init means trouble
+
+
+@dataclass(frozen=True)
+class Check:
+    """One finding: a stable id, pass/warn/fail, what was seen, and what to do about it."""
+
+    id: str
+    severity: Severity
+    message: str
+    fix: str = ""
+
+    def as_tuple(self) -> tuple[str, str, str, str]:
+        return (self.id, self.severity, self.message, self.fix)
+
+
+@dataclass(frozen=True)
+class HostRoots:
+    """Where the checks read from; production defaults, redirected by tests and simulation.
+
+    `kernel_log` is a file (or /dev/kmsg, read without blocking); None skips the log check.
+    """
+
+    sysfs: Path = Path("/sys")
+    procfs: Path = Path("/proc")
+    kernel_log: Path | None = Path("/dev/kmsg")
+    mdevctl: Path = Path("/etc/mdevctl.d")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HostRoots:
+        """From gvtd.toml: sysfs_root, procfs_root, kernel_log and mdevctl_dir."""
+        return cls(sysfs=Path(settings.sysfs_root), procfs=Path(settings.procfs_root),
+                   kernel_log=Path(settings.kernel_log) if settings.kernel_log else None,
+                   mdevctl=Path(settings.mdevctl_dir))
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """The Intel display device the other checks are about."""
+
+    address: str
+    path: Path  # its sysfs directory, resolved
+    vendor: int
+    device: int
+
+
+# -- reading ------------------------------------------------------------------------------
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return None
+
+
+def _int(text: str | None, base: int = 0) -> int | None:
+    try:
+        return int(text.strip(), base) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _listdir(path: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
+
+
+def find_gpu(sysfs: Path) -> Gpu | None:
+    """The first Intel display-class PCI device (the iGPU is 0000:00:02.0 on every laptop)."""
+    pci = sysfs / "bus" / "pci" / "devices"
+    for name in _listdir(pci):
+        vendor = _int(_read(pci / name / "vendor"), 16)
+        cls = _int(_read(pci / name / "class"), 16)
+        if vendor == gvt.INTEL_VENDOR and cls is not None and cls >> 16 == PCI_DISPLAY_CLASS:
+            device = _int(_read(pci / name / "device"), 16) or 0
+            return Gpu(name, Path(os.path.realpath(pci / name)), vendor, device)
+    return None
+
+
+def read_kernel_log(path: Path) -> str:
+    """The kernel log's text: the tail of a file, or every record of /dev/kmsg without
+    waiting for new ones. OSError when it cannot be read (e.g. not root)."""
+    st = os.stat(path)
+    if stat.S_ISCHR(st.st_mode):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        lines = []
+        try:
+            while True:
+                try:
+                    record = os.read(fd, 8192)
+                except BlockingIOError:
+                    break
+                except OSError as e:
+                    if e.errno == errno.EPIPE:  # overwritten while reading: skip ahead
+                        continue
+                    raise
+                if not record:
+                    break
+                # "PRIO,SEQ,USEC,FLAGS;message\n continuation..."
+                lines.append(record.decode(errors="replace").partition(";")[2].split("\n")[0])
+        finally:
+            os.close(fd)
+        return "\n".join(lines)
+    with open(path, "rb") as f:
+        if st.st_size > LOG_TAIL_BYTES:
+            f.seek(st.st_size - LOG_TAIL_BYTES)
+        return f.read().decode(errors="replace")
+
+
+# -- checks ---------------------------------------------------------------------------------
+
+def check_platform(gpu: Gpu | None) -> Check:
+    """GVT-g exists from Broadwell to Comet Lake only; say which one this is."""
+    if gpu is None:
+        return Check("platform", "fail", "No Intel GPU found: GVT-g needs an Intel integrated "
+                     "GPU (Broadwell to Comet Lake).",
+                     "Nothing to fix on this host; GVT-g cannot work here.")
+    name, has_gvt = gvt.platform(gpu.vendor, gpu.device)
+    model = f"{gpu.vendor:04x}:{gpu.device:04x}"
+    if has_gvt:
+        return Check("platform", "pass", f"{name} GPU ({model}) at {gpu.address} has GVT-g.")
+    if not name:
+        return Check("platform", "warn", f"Unknown Intel GPU {model} at {gpu.address}: gvtd "
+                     "cannot tell whether it has GVT-g.",
+                     "GVT-g exists on Broadwell to Comet Lake; check your CPU's generation.")
+    if name == "Gemini Lake":
+        return Check("platform", "fail", f"{name} GPU ({model}) at {gpu.address} has no GVT-g.",
+                     "No Intel vGPU technology covers this GPU; give the VM a virtio-gpu or a "
+                     "dedicated GPU instead.")
+    return Check("platform", "fail", f"{name} GPU ({model}) at {gpu.address}: Ice Lake and "
+                 "newer have no GVT-g.",
+                 "Newer Intel GPUs are shared through SR-IOV virtual functions instead (from "
+                 "Tiger Lake on: echo N > /sys/bus/pci/devices/"
+                 f"{gpu.address}/sriov_numvfs with a driver that offers them); gvtd does not "
+                 "manage those.")
+
+
+def _cmdline_params(text: str) -> dict[str, str]:
+    """Kernel command line to {name: value}; the last occurrence wins, as in the kernel.
+    Module parameters match with '-' and '_' alike."""
+    out: dict[str, str] = {}
+    for word in text.split():
+        key, sep, value = word.partition("=")
+        if "." in key:
+            module, _, param = key.partition(".")
+            key = f"{module.replace('-', '_')}.{param.replace('-', '_')}"
+        out[key] = value.strip('"') if sep else ""
+    return out
+
+
+def _truthy(value: str | None) -> bool:
+    return value is not None and value.strip().lower() in ("1", "y", "yes", "on", "true")
+
+
+def check_cmdline(text: str | None) -> list[Check]:
+    """The kernel command line the guide requires: each parameter is its own finding."""
+    if text is None:
+        return [Check("cmdline", "warn", "Cannot read the kernel command line (/proc/cmdline).",
+                      "Run gvtd with /proc mounted, or check procfs_root in gvtd.toml.")]
+    p = _cmdline_params(text)
+    edit = ("Add it to GRUB_CMDLINE_LINUX in /etc/default/grub, run update-grub "
+            "(grub-mkconfig -o /boot/grub/grub.cfg) and reboot.")
+    out = []
+    iommu = p.get("intel_iommu")
+    if iommu is not None and "on" in iommu.split(","):
+        out.append(Check("cmdline.intel_iommu", "pass", "intel_iommu=on is set."))
+    else:
+        seen = f" (it has intel_iommu={iommu})" if iommu is not None else ""
+        out.append(Check("cmdline.intel_iommu", "fail",
+                         f"The kernel command line lacks intel_iommu=on{seen}: without the "
+                         "IOMMU, VFIO cannot give a VM a device.", f"Set intel_iommu=on. {edit}"))
+    if _truthy(p.get("i915.enable_gvt")):
+        out.append(Check("cmdline.enable_gvt", "pass", "i915.enable_gvt=1 is set."))
+    else:
+        out.append(Check("cmdline.enable_gvt", "fail",
+                         "The kernel command line lacks i915.enable_gvt=1: i915 starts without "
+                         "GVT-g.", f"Add i915.enable_gvt=1. {edit}"))
+    if _truthy(p.get("kvm.ignore_msrs")):
+        out.append(Check("cmdline.ignore_msrs", "pass", "kvm.ignore_msrs=1 is set."))
+    else:
+        out.append(Check("cmdline.ignore_msrs", "warn",
+                         "The kernel command line lacks kvm.ignore_msrs=1: Windows guests touch "
+                         "MSRs KVM does not emulate and crash.",
+                         f"Add kvm.ignore_msrs=1 (or echo 1 > "
+                         f"/sys/module/kvm/parameters/ignore_msrs for this boot). {edit}"))
+    out.append(_guc_check(p, edit))
+    return out
+
+
+def _guc_check(p: dict[str, str], edit: str) -> Check:
+    """GuC submission makes GVT-g fail to load (and crashed i915 on older kernels)."""
+    enabling = [f"{k}={v}" for k, v in p.items()
+                if k in ("i915.enable_guc_submission", "i915.enable_guc_loading")
+                and v.strip() not in ("0", "")]
+    guc = p.get("i915.enable_guc")
+    value = _int(guc)
+    if guc is not None and value != 0:
+        enabling.insert(0, f"i915.enable_guc={guc}")
+    if enabling:
+        return Check("cmdline.guc", "fail",
+                     f"The kernel command line re-enables GuC ({', '.join(enabling)}): GVT-g "
+                     "does not work with GuC submission and i915 fails or crashes.",
+                     f"Remove {', '.join(enabling)} and set i915.enable_guc=0 (the last "
+                     f"occurrence wins). {edit}")
+    if guc is None:
+        return Check("cmdline.guc", "warn",
+                     "The kernel command line does not set i915.enable_guc=0: a kernel whose "
+                     "default enables GuC submission breaks GVT-g.",
+                     f"Add i915.enable_guc=0. {edit}")
+    return Check("cmdline.guc", "pass", "i915.enable_guc=0 is set.")
+
+
+def check_i915_params(sysfs: Path) -> list[Check]:
+    """What the running i915 actually uses, whatever the command line says."""
+    params = sysfs / "module" / "i915" / "parameters"
+    if not (sysfs / "module" / "i915").is_dir():
+        return [Check("i915.loaded", "fail", "The i915 module is not loaded: no Intel GPU driver.",
+                      "modprobe i915, and check that nothing blacklists it "
+                      "(grep -r i915 /etc/modprobe.d).")]
+    out = []
+    gvt_on = _read(params / "enable_gvt")
+    if gvt_on is None:
+        out.append(Check("i915.enable_gvt", "fail", "This i915 has no enable_gvt parameter: the "
+                         "kernel was built without GVT-g (CONFIG_DRM_I915_GVT).",
+                         "Use a distribution kernel with CONFIG_DRM_I915_GVT=y and "
+                         "CONFIG_DRM_I915_GVT_KVMGT=m."))
+    elif _truthy(gvt_on):
+        out.append(Check("i915.enable_gvt", "pass", "i915 runs with enable_gvt=Y."))
+    else:
+        out.append(Check("i915.enable_gvt", "fail",
+                         f"i915 runs with enable_gvt={gvt_on.strip()}: GVT-g is off.",
+                         "Put i915.enable_gvt=1 on the kernel command line and reboot."))
+    guc = _read(params / "enable_guc")
+    value = _int(guc)
+    if guc is None:
+        out.append(Check("i915.enable_guc", "pass", "This i915 has no enable_guc parameter "
+                         "(no GuC submission to turn off)."))
+    elif value == 0:
+        out.append(Check("i915.enable_guc", "pass", "i915 runs with enable_guc=0."))
+    elif value == -1:
+        out.append(Check("i915.enable_guc", "warn", "i915 runs with enable_guc=-1 (the kernel "
+                         "decides): new kernels turn GuC submission on for newer GPUs, and "
+                         "GVT-g does not work with it.",
+                         "Set i915.enable_guc=0 on the kernel command line and reboot."))
+    elif value is not None and value > 0 and not value & 1:
+        out.append(Check("i915.enable_guc", "warn", f"i915 runs with enable_guc={value}: GuC "
+                         "submission is off, but GuC/HuC firmware is loaded.",
+                         "Set i915.enable_guc=0 on the kernel command line and reboot."))
+    else:
+        out.append(Check("i915.enable_guc", "fail",
+                         f"i915 runs with enable_guc={guc.strip()}: GuC submission is (or may "
+                         "be) on, and GVT-g does not work with it.",
+                         "Set i915.enable_guc=0 on the kernel command line, remove anything "
+                         "that re-enables it (/etc/modprobe.d), and reboot."))
+    return out
+
+
+def check_modules(sysfs: Path) -> list[Check]:
+    """kvmgt registers the GPU as an mdev parent; the mdev core and VFIO's type1 IOMMU
+    backend are what a VM opens it through."""
+    module = sysfs / "module"
+    wanted = [("kvmgt", ("kvmgt",), "GVT-g's KVM half: without it the GPU never registers "
+               "as an mdev parent"),
+              ("mdev", ("mdev", "vfio_mdev"), "the mediated device core"),
+              ("vfio_iommu_type1", ("vfio_iommu_type1",), "VFIO's IOMMU backend for VMs")]
+    out = []
+    for check_id, alternatives, why in wanted:
+        loaded = next((m for m in alternatives if (module / m).is_dir()), None)
+        if loaded:
+            out.append(Check(f"module.{check_id}", "pass", f"{loaded} is loaded."))
+        else:
+            names = " or ".join(alternatives)
+            out.append(Check(f"module.{check_id}", "fail", f"{names} is not loaded ({why}).",
+                             f"modprobe {alternatives[-1]}; to load it at every boot: echo "
+                             f"{alternatives[-1]} > /etc/modules-load.d/gvt.conf"))
+    return out
+
+
+def check_iommu(sysfs: Path) -> Check:
+    groups = _listdir(sysfs / "kernel" / "iommu_groups")
+    if groups:
+        return Check("iommu", "pass", f"The IOMMU is on ({len(groups)} IOMMU groups).")
+    return Check("iommu", "fail", "No IOMMU groups: the IOMMU is off, so VFIO cannot give a VM "
+                 "a device.",
+                 "Enable VT-d in the firmware setup and put intel_iommu=on on the kernel "
+                 "command line, then reboot.")
+
+
+def check_mdev_types(gpu: Gpu | None) -> Check:
+    """The guide's test: without mdev_supported_types on the GPU, GVT-g is not working."""
+    if gpu is None:
+        return Check("mdev_types", "fail", "No Intel GPU, so no mdev_supported_types.",
+                     "GVT-g needs an Intel integrated GPU (Broadwell to Comet Lake).")
+    types = _listdir(gpu.path / "mdev_supported_types")
+    if types:
+        return Check("mdev_types", "pass",
+                     f"{gpu.address} offers {len(types)} vGPU types ({', '.join(types)}).")
+    return Check("mdev_types", "fail",
+                 f"{gpu.address} has no mdev_supported_types: GVT-g is not working.",
+                 "Check the kernel command line, i915 and module findings above; the kernel log "
+                 "(journalctl -k | grep -i gvt) says why i915 did not start GVT-g.")
+
+
+def check_capacity(gpu: Gpu | None) -> Check:
+    """Whether any vGPU fits at all: a small aperture (DVMT setting) leaves room for none."""
+    if gpu is None:
+        return Check("capacity", "fail", "No Intel GPU: no vGPU fits.", "")
+    base = gpu.path / "mdev_supported_types"
+    types = _listdir(base)
+    if not types:
+        return Check("capacity", "warn", f"{gpu.address} offers no types, so no capacity to "
+                     "check.", "See the mdev_types finding.")
+    available = {t: _int(_read(base / t / "available_instances")) or 0 for t in types}
+    existing = sum(len(_listdir(base / t / "devices")) for t in types)
+    fitting = [t for t, n in available.items() if n > 0]
+    if fitting:
+        return Check("capacity", "pass", f"{gpu.address} has room for more vGPUs ("
+                     + ", ".join(f"{t}: {available[t]}" for t in fitting) + ").")
+    if existing:
+        return Check("capacity", "pass", f"{gpu.address} is full: its {existing} vGPU(s) use "
+                     "all of its graphics memory.")
+    return Check("capacity", "fail", f"No vGPU type fits on {gpu.address} even with no vGPU: "
+                 "the graphics aperture is too small for any guest.",
+                 "Raise the aperture size / DVMT pre-allocated memory in the firmware setup "
+                 "(256 MB or more); i915 keeps 128 MB of it for the host.")
+
+
+def _version(text: str) -> tuple[int, int] | None:
+    m = re.match(r"(\d+)\.(\d+)", text.strip())
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def check_kernel(procfs: Path) -> Check:
+    release = _read(procfs / "sys" / "kernel" / "osrelease")
+    version = _version(release) if release else None
+    if version is None:
+        return Check("kernel", "warn", "Cannot tell the kernel version "
+                     "(/proc/sys/kernel/osrelease).", "Check procfs_root in gvtd.toml.")
+    shown = release.strip() if release else ""
+    if version >= MIN_KERNEL:
+        return Check("kernel", "pass", f"Kernel {shown} sends mdev parent uevents (5.3+).")
+    return Check("kernel", "fail", f"Kernel {shown} is older than 5.3: it does not announce mdev "
+                 "parents registering, so gvtd cannot follow kvmgt loading.",
+                 "Install a kernel of 5.3 or newer (Debian 12's 6.1 works).")
+
+
+def check_render_node(sysfs: Path, gpu: Gpu | None) -> Check:
+    """SPICE with GL needs the GPU's render node path (/dev/dri/renderD*)."""
+    nodes: list[str] = []
+    if gpu is not None:
+        nodes = [n for n in _listdir(gpu.path / "drm") if n.startswith("renderD")]
+        if not nodes:
+            drm = sysfs / "class" / "drm"
+            nodes = [n for n in _listdir(drm) if n.startswith("renderD")
+                     and os.path.realpath(drm / n / "device") == str(gpu.path)]
+    if nodes:
+        return Check("render_node", "pass", f"{gpu.address if gpu else ''} has render node "
+                     f"/dev/dri/{nodes[0]} (for SPICE GL: rendernode='/dev/dri/by-path/"
+                     f"pci-{gpu.address if gpu else ''}-render').")
+    return Check("render_node", "warn", "The GPU has no DRM render node: SPICE with GL "
+                 "(accelerated display of the vGPU) will not work.",
+                 "Check that i915 is bound to the GPU (lspci -k) and that /dev/dri exists.")
+
+
+# (pattern, id, severity, message, fix); messages as i915, GVT-g and KVM print them
+_LOG_PATTERNS: list[tuple[re.Pattern[str], str, Severity, str, str]] = [
+    (re.compile(r"Unsupported device\. GVT-g is disabled"), "log.unsupported", "fail",
+     "The kernel log says \"Unsupported device. GVT-g is disabled\": i915 has no GVT-g for "
+     "this GPU.", "GVT-g covers Broadwell to Comet Lake only; see the platform finding."),
+    (re.compile(r"not yet supported with GuC submission"), "log.guc", "fail",
+     "The kernel log says GVT-g \"is not yet supported with GuC submission\": GVT-g did not "
+     "load.", "Set i915.enable_guc=0 on the kernel command line and reboot."),
+    (re.compile(r"(?<!ignoring )unhandled [rw]dmsr"), "log.msrs", "warn",
+     "The kernel log shows KVM refusing unhandled MSRs: Windows guests crash on them.",
+     "Set kvm.ignore_msrs=1 (kernel command line, or /sys/module/kvm/parameters/ignore_msrs)."),
+]
+_ACCESS_RE = re.compile(r"gvt: vgpu \d+: .*(invalid|untracked|failed to)", re.IGNORECASE)
+
+
+def check_kernel_log(path: Path | None) -> list[Check]:
+    """Lines the guide and the driver print when GVT-g fails."""
+    if path is None:
+        return [Check("log", "pass", "Kernel log check is turned off (kernel_log = \"\").")]
+    try:
+        text = read_kernel_log(path)
+    except OSError as e:
+        return [Check("log", "warn", f"Cannot read the kernel log {path} ({e.strerror}): its "
+                      "GVT-g messages are not checked.",
+                      "Run gvtd as root (it is, as a system service), or set kernel_log in "
+                      "gvtd.toml to a readable file.")]
+    out = [Check(cid, sev, msg, fix) for pattern, cid, sev, msg, fix in _LOG_PATTERNS
+           if pattern.search(text)]
+    storm = sum(1 for line in text.splitlines() if _ACCESS_RE.search(line))
+    if storm > ACCESS_STORM:
+        out.append(Check("log.access", "warn", f"The kernel log has {storm} GVT-g invalid-access "
+                         "lines: a few at vGPU init are normal, this many mean the guest driver "
+                         "and the vGPU disagree.",
+                         "Update the guest's Intel graphics driver; power the VM off and start "
+                         "it again (a reboot keeps the bad state); see journalctl -k."))
+    if not out:
+        out.append(Check("log", "pass", "The kernel log shows no GVT-g errors."))
+    return out
+
+
+def check_mdevctl(mdevctl: Path, uuids: Iterable[str]) -> Check:
+    """mdevctl auto-starting the same UUID as gvtd: two owners of one device fight."""
+    mine = set(uuids)
+    clashes = []
+    for parent in _listdir(mdevctl):
+        for uuid in _listdir(mdevctl / parent):
+            if uuid.lower() not in mine:
+                continue
+            try:
+                data = json.loads(_read(mdevctl / parent / uuid) or "")
+            except ValueError:
+                continue
+            if isinstance(data, dict) and data.get("start") == "auto":
+                clashes.append(f"{mdevctl / parent / uuid}")
+    if clashes:
+        return Check("mdevctl", "fail", "mdevctl also starts a vGPU gvtd manages at boot ("
+                     + ", ".join(clashes) + "): the two would fight over it.",
+                     "Let one tool own it: mdevctl undefine --uuid UUID, or gvt-client undefine "
+                     "NAME.")
+    return Check("mdevctl", "pass", "No mdevctl definition auto-starts a vGPU gvtd manages.")
+
+
+def diagnose(roots: HostRoots, uuids: Iterable[str] = ()) -> list[Check]:
+    """Every check, in the order a person fixes them: hardware, boot, drivers, then use."""
+    gpu = find_gpu(roots.sysfs)
+    out = [check_platform(gpu)]
+    out += check_cmdline(_read(roots.procfs / "cmdline"))
+    out += check_i915_params(roots.sysfs)
+    out += check_modules(roots.sysfs)
+    out.append(check_iommu(roots.sysfs))
+    out.append(check_mdev_types(gpu))
+    out.append(check_capacity(gpu))
+    out.append(check_kernel(roots.procfs))
+    out.append(check_render_node(roots.sysfs, gpu))
+    out += check_kernel_log(roots.kernel_log)
+    out.append(check_mdevctl(roots.mdevctl, uuids))
+    return out
