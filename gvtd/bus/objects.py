@@ -6,6 +6,7 @@ PropertiesChanged signals (dbus-fast emits InterfacesAdded/Removed on export/une
 """
 # No `from __future__ import annotations`: dbus-fast reads the D-Bus signatures from them.
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -15,7 +16,7 @@ from typing import Any
 from dbus_fast import DBusError, PropertyAccess, Variant
 from dbus_fast.service import ServiceInterface, dbus_property, method
 
-from gvtd import __version__, names
+from gvtd import __version__, doctor, names
 from gvtd.errors import Failed, GvtdError, InvalidArgument
 from gvtd.mdev import Parent
 from gvtd.reconcile import VgpuView
@@ -123,6 +124,16 @@ class ManagerInterface(_Mirror):
     @dbus_errors
     async def Reload(self) -> None:
         await self.host.reload()
+
+    @method()
+    @dbus_errors
+    async def Diagnose(self) -> "a(ssss)":  # noqa: F821
+        """Host checks (gvtd.doctor) over the roots gvtd.toml names; a read, open to all.
+        In a worker thread: reading the kernel log must not hold up uevents or calls."""
+        roots = doctor.HostRoots.from_settings(self.daemon.settings)
+        uuids = [d.uuid for d in self.host.definitions.values()]
+        checks = await asyncio.to_thread(doctor.diagnose, roots, uuids)
+        return [list(c.as_tuple()) for c in checks]
 
     @dbus_property(access=PropertyAccess.READ)
     def Version(self) -> "s":  # noqa: F821

@@ -187,6 +187,26 @@ async def cmd_simple(c: Client, args: argparse.Namespace) -> None:
     print(f"{done} {args.name}")
 
 
+_MARK = {"pass": "ok  ", "warn": "WARN", "fail": "FAIL"}
+
+
+async def cmd_doctor(c: Client, args: argparse.Namespace) -> None:
+    """The checklist in the daemon's order; exit status 1 when any check fails."""
+    (found,) = await c.call("Diagnose")
+    checks = [{"id": i, "severity": sev, "message": msg, "fix": fix}
+              for i, sev, msg, fix in found]
+    lines = []
+    for ch in checks:
+        lines.append(f"[{_MARK.get(ch['severity'], ch['severity'])}] {ch['id']}: {ch['message']}")
+        if ch["severity"] != "pass" and ch["fix"]:
+            lines.append(f"       fix: {ch['fix']}")
+    _emit(args, checks, "\n".join(lines))
+    failed = sum(ch["severity"] == "fail" for ch in checks)
+    if failed:
+        raise ClientError(f"{failed} of {len(checks)} checks failed; fix them from the top, "
+                          "since later ones often follow from earlier ones.")
+
+
 async def cmd_reload(c: Client, args: argparse.Namespace) -> None:
     await c.call("Reload")
     print("Reloaded the configuration")
@@ -329,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
         s = add(name, help, cmd_simple)
         s.add_argument("name", help="vGPU name or UUID")
     add("reload", "re-read /etc/gvtd after editing it by hand", cmd_reload)
+    add("doctor", "check the host for what GVT-g needs, with the fix for each problem "
+        "(exit status 1 when a check fails)", cmd_doctor, read=True)
     add("monitor", "print every change as it happens (JSON lines with --json) until "
         "interrupted", cmd_monitor, read=True)
     return p
