@@ -112,6 +112,7 @@ def main() -> int:
         # 3. idle
         pid = client.props(names.SIMULATOR_PATH, names.SIMULATOR_IFACE,
                            dest=names.SIMULATOR_BUS_NAME)["DaemonPid"]
+        threading.Event().wait(2)  # let the last passes after the registrations finish
         cpu0, runs0 = cpu_and_wakeups(pid)
         threading.Event().wait(args.idle)  # the benchmark's own idle period, not a test wait
         cpu1, runs1 = cpu_and_wakeups(pid)
