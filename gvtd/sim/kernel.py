@@ -284,6 +284,13 @@ PROFILES: dict[str, Callable[..., list[Parent]]] = {
     "mdpy": lambda: [gvt_parent(), mdpy_parent()],
     # The i915 parent plus N mtty-like parents (mtty0..mttyN-1) for scale tests.
     "multi": _multi,
+    # Hosts for `gvt-client doctor`: their non-kernel facts are in gvtd.sim.machine.
+    "no-iommu": lambda: [gvt_parent()],
+    "guc-enabled": lambda: [gvt_parent(registered=False)],  # GVT-g refused to load
+    # Ice Lake (Iris Plus G7, 8086:8A52): i915 has no GVT-g for it, so no mdev types.
+    "icelake": lambda: [gvt_parent(device_id=0x8A52, registered=False)],
+    # A 128 MB aperture: the host keeps all of it, no vGPU type fits.
+    "small-aperture": lambda: [gvt_parent(aperture_mb=128)],
 }
 
 PROFILE_HELP: dict[str, str] = {
@@ -294,6 +301,11 @@ PROFILE_HELP: dict[str, str] = {
     "mtty": "the Kaby Lake laptop plus the mtty sample parent: a non-PCI parent without descriptions",
     "mdpy": "the Kaby Lake laptop plus the mdpy sample parent: a full parent is EUSERS, not ENOSPC",
     "multi": "the Kaby Lake laptop plus mtty parents mtty0.. (multi:n=8,ports=4): for scale tests",
+    "no-iommu": "the Kaby Lake laptop booted without intel_iommu=on: no IOMMU groups (doctor fails)",
+    "guc-enabled": "the Kaby Lake laptop with i915.enable_guc=3 after enable_guc=0: GVT-g did not "
+                   "load (doctor fails)",
+    "icelake": "an Ice Lake laptop (Iris Plus, 8086:8A52): no GVT-g at all (doctor fails)",
+    "small-aperture": "the Kaby Lake laptop with a 128 MB aperture: no vGPU type fits (doctor fails)",
 }
 
 

@@ -28,6 +28,7 @@ from dbus_fast.service import ServiceInterface, dbus_property, method
 from systemd import daemon as sd_daemon
 
 from gvtd import names
+from gvtd.sim import machine
 
 log = logging.getLogger("gvtd.sim")
 
@@ -154,7 +155,8 @@ class Supervisor:
             node = self.workdir / "libvirt-test-node.xml"
             node.write_text(LIBVIRT_TEST_NODE)
             settings.write_text("# Written by gvtd --simulate.\n"
-                                f'libvirt_uri = "test://{node}"\n')
+                                f'libvirt_uri = "test://{node}"\n'
+                                + machine.settings_toml(self.workdir))
 
     def _on_notify(self) -> None:
         try:
@@ -228,6 +230,8 @@ class Supervisor:
         loop.add_reader(self.notify.fileno(), self._on_notify)
         self._write_config()
         self.host.start()
+        machine.install(machine.facts_for(parse_profile(self.args.simulate_profile)[0]),
+                        self.host, self.workdir)
         try:
             bus_type = BusType.SESSION if self.args.bus == "session" else BusType.SYSTEM
             bus = await MessageBus(bus_type=bus_type).connect()

@@ -1,0 +1,112 @@
+"""The emulated machine around the emulated kernel: what `gvt-client doctor` reads.
+
+The kernel model (:mod:`gvtd.sim.kernel`) covers the mdev ABI under ``/sys/devices``; the
+rest of the host a doctor looks at (kernel command line and version, loaded modules, i915
+parameters, IOMMU groups, the GPU's render node, the kernel log, mdevctl's definitions) is
+plain files: ``/sys/module``, ``/sys/kernel/iommu_groups`` and ``/sys/class/drm`` inside the
+testbed (the preload shows them as ``/sys``), and a proc tree, a log file and an mdevctl
+directory in the simulation's work directory, named in the gvtd.toml it writes (umockdev does
+not redirect ``/proc``). Each simulation profile may change some of these facts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .host import EmulatedHost
+
+PROC_DIR = "proc"
+KERNEL_LOG = "kmsg.log"
+MDEVCTL_DIR = "mdevctl.d"
+
+GOOD_CMDLINE = ("BOOT_IMAGE=/boot/vmlinuz-6.1.0-18-amd64 root=UUID=5b0a3c6e-2d4f-4c1e-9a37-"
+                "0f3c1d2e4b5a ro quiet i915.enable_gvt=1 kvm.ignore_msrs=1 intel_iommu=on "
+                "i915.enable_guc=0")
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """Everything outside the mdev ABI that a profile may get wrong."""
+
+    cmdline: str = GOOD_CMDLINE
+    osrelease: str = "6.1.0-18-amd64"
+    modules: tuple[str, ...] = ("i915", "kvm", "kvm_intel", "kvmgt", "mdev", "vfio",
+                                "vfio_iommu_type1", "vfio_pci")
+    enable_gvt: str = "Y"
+    enable_guc: str = "0"
+    iommu_groups: int = 14
+    render_node: bool = True
+    kernel_log: tuple[str, ...] = field(default_factory=lambda: (
+        "DMAR: IOMMU enabled",
+        "i915 0000:00:02.0: [drm] Initialized i915 1.6.0 20201103 for 0000:00:02.0 on minor 0",
+        "kvm [1820]: vcpu0, guest rIP: 0xfffff8034d5f2a11 ignored rdmsr: 0x1c9 data 0x0",
+    ))
+
+
+_DEFAULT = HostFacts()
+
+FACTS: dict[str, HostFacts] = {
+    "no-iommu": replace(_DEFAULT, cmdline=GOOD_CMDLINE.replace(" intel_iommu=on", ""),
+                        iommu_groups=0, kernel_log=_DEFAULT.kernel_log[1:]),
+    # An enable_guc=3 after the guide's enable_guc=0 wins: GVT-g refuses to load, so kvmgt
+    # never registers the GPU.
+    "guc-enabled": replace(
+        _DEFAULT, cmdline=GOOD_CMDLINE + " i915.enable_guc=3", enable_guc="3",
+        kernel_log=_DEFAULT.kernel_log[:2] + (
+            "i915 0000:00:02.0: [drm] *ERROR* i915 GVT-g loading failed due to Graphics "
+            "virtualization is not yet supported with GuC submission",)),
+    "unregistered": replace(_DEFAULT, modules=tuple(m for m in _DEFAULT.modules
+                                                    if m != "kvmgt")),
+    "icelake": replace(
+        _DEFAULT, kernel_log=_DEFAULT.kernel_log + (
+            "i915 0000:00:02.0: [drm] Unsupported device. GVT-g is disabled",)),
+}
+
+
+def facts_for(profile: str) -> HostFacts:
+    """The profile's host facts; profiles that only change the GPU get the working host."""
+    return FACTS.get(profile, _DEFAULT)
+
+
+def settings_toml(workdir: Path) -> str:
+    """The gvtd.toml lines that point the doctor's inputs at this machine's files."""
+    return (f'procfs_root = "{workdir / PROC_DIR}"\n'
+            f'kernel_log = "{workdir / KERNEL_LOG}"\n'
+            f'mdevctl_dir = "{workdir / MDEVCTL_DIR}"\n')
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def install(facts: HostFacts, host: EmulatedHost, workdir: Path) -> None:
+    """Write the facts into a started host's testbed and into workdir."""
+    tb = host.tb
+    root = Path(tb.real("/sys"))
+    for module in facts.modules:
+        tb.mkdir(f"/sys/module/{module}")
+    if "i915" in facts.modules:
+        params = root / "module" / "i915" / "parameters"
+        _write(params / "enable_gvt", facts.enable_gvt + "\n")
+        _write(params / "enable_guc", facts.enable_guc + "\n")
+    tb.mkdir("/sys/kernel/iommu_groups")
+    gpus = [p for p in host.kernel.parents.values() if p.kind == "gvt"]
+    for group in range(facts.iommu_groups):
+        tb.mkdir(f"/sys/kernel/iommu_groups/{group}/devices")
+    if facts.iommu_groups and gpus:
+        tb.link(f"/sys/kernel/iommu_groups/0/devices/{gpus[0].name}", "/sys" + gpus[0].devpath)
+    if facts.render_node:
+        for minor, gpu in enumerate(gpus):
+            for node, number in ((f"card{minor}", minor), (f"renderD{128 + minor}", 128 + minor)):
+                tb.mkdir(f"/sys/class/drm/{node}")
+                _write(root / "class" / "drm" / node / "dev", f"226:{number}\n")
+                tb.link(f"/sys/class/drm/{node}/device", "/sys" + gpu.devpath)
+    proc = workdir / PROC_DIR
+    _write(proc / "cmdline", facts.cmdline + "\n")
+    _write(proc / "sys" / "kernel" / "osrelease", facts.osrelease + "\n")
+    _write(workdir / KERNEL_LOG, "".join(line + "\n" for line in facts.kernel_log))
+    (workdir / MDEVCTL_DIR).mkdir(exist_ok=True)
