@@ -338,8 +338,8 @@ def check_capacity(gpu: Gpu | None) -> Check:
     base = gpu.path / "mdev_supported_types"
     types = _listdir(base)
     if not types:
-        return Check("capacity", "warn", f"{gpu.address} offers no types, so no capacity to "
-                     "check.", "See the mdev_types finding.")
+        return Check("capacity", "warn", f"Not checked: {gpu.address} offers no vGPU types.",
+                     "See the mdev_types finding.")
     available = {t: _int(_read(base / t / "available_instances")) or 0 for t in types}
     existing = sum(len(_listdir(base / t / "devices")) for t in types)
     fitting = [t for t, n in available.items() if n > 0]
@@ -347,8 +347,9 @@ def check_capacity(gpu: Gpu | None) -> Check:
         return Check("capacity", "pass", f"{gpu.address} has room for more vGPUs ("
                      + ", ".join(f"{t}: {available[t]}" for t in fitting) + ").")
     if existing:
-        return Check("capacity", "pass", f"{gpu.address} is full: its {existing} vGPU(s) use "
-                     "all of its graphics memory.")
+        vgpus = "its vGPU uses" if existing == 1 else f"its {existing} vGPUs use"
+        return Check("capacity", "pass", f"{gpu.address} is full: {vgpus} all of its "
+                     "graphics memory.")
     return Check("capacity", "fail", f"No vGPU type fits on {gpu.address} even with no vGPU: "
                  "the graphics aperture is too small for any guest.",
                  "Raise the aperture size / DVMT pre-allocated memory in the firmware setup "
