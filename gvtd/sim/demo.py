@@ -56,6 +56,27 @@ def simulator(env: dict[str, str], method: str, *args: str) -> None:
         names.SIMULATOR_IFACE, method, *args)
 
 
+def doctor_demo(env: dict[str, str]) -> None:
+    """A second emulated host, on its own bus since one bus holds one gvtd, booted the way the
+    guide warns against; every other failure is a profile too (`--simulate-profile help`)."""
+    say("Another laptop, booted with i915.enable_guc=3 after the guide's enable_guc=0 "
+        "(gvtd --simulate --simulate-profile guc-enabled): `gvt-client doctor` says why "
+        "GVT-g does not work and what to do")
+    bus = DBusDaemon()
+    host = None
+    try:
+        host = SimulatedHost(bus.address, "guc-enabled", stderr=subprocess.DEVNULL)
+        client(dict(host.env, DBUS_SESSION_BUS_ADDRESS=bus.address), "doctor",
+               expect_fail=True)
+    finally:
+        if host is not None:
+            host.stop()
+        bus.stop()
+    say("With the fix (enable_guc=3 removed from the kernel command line, rebooted) it is "
+        "the first laptop again, and every check passes")
+    client(env, "doctor")
+
+
 def main() -> int:
     bus = DBusDaemon()
     host = None
@@ -99,6 +120,7 @@ def main() -> int:
         client(env, "define", "second", "--type", "i915-GVTg_V5_4", expect_fail=True)
         say("The same API for scripts: JSON")
         client(env, "list", "--json")
+        doctor_demo(env)
         say("Done; cleaning up")
         return 0
     finally:
