@@ -17,6 +17,7 @@ from systemd import daemon as sd_daemon
 
 from gvtd import __version__, names
 from gvtd.config import DEFAULT_CONFIG_DIR, ConfigDir
+from gvtd.domains import Domains
 from gvtd.host import Host
 from gvtd.mdev import Sysfs
 from gvtd.state import Ownership
@@ -120,6 +121,7 @@ class Daemon:
         self.settings, self.settings_problems = self.config.load_settings()
         self.host = Host(self.config, Sysfs(Path(self.settings.sysfs_root)),
                          Ownership(args.state_dir), self.settings.restore_removed)
+        self.domains = Domains(self.host, self.settings.libvirt_uri)
         self.ready = False
         self._last_status = ""
         self.stopping = asyncio.Event()
@@ -191,6 +193,10 @@ class Daemon:
         self._last_status = self.host.summary()
         self._notify(f"READY=1\nSTATUS={self._last_status}")
         log.info("Ready: %s", self.host.summary())
+        # libvirt may be down or slow to answer: it never delays READY, and gvtd keeps
+        # trying in the background.
+        libvirt_started = loop.create_task(self.domains.start())
+        libvirt_started.add_done_callback(_log_failure)
         self._start_watchdog(loop)
         disconnected = asyncio.ensure_future(bus.wait_for_disconnect())
         stop = asyncio.ensure_future(self.stopping.wait())
@@ -200,10 +206,18 @@ class Daemon:
                       "restarts gvtd")
             return 1
         watcher.stop()
+        libvirt_started.cancel()
+        self.domains.close()
         self._notify("STOPPING=1")
         log.info("Stopping; vGPUs stay in place for the VMs that use them")
         bus.disconnect()
         return 0
+
+
+def _log_failure(task: "asyncio.Task[None]") -> None:
+    """A background task that failed says so in the log instead of vanishing."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("Background task failed", exc_info=task.exception())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,6 +64,10 @@ class Host:
         self.lock = asyncio.Lock()
         self._pending: list[Uevent] = []
         self._drainer: asyncio.Task[None] | None = None
+        # Set by gvtd.domains when libvirt is wired in: which domain uses a UUID, and which
+        # running domain does.
+        self.domain_of: Callable[[str], str] = lambda uuid: ""
+        self.running_user: Callable[[str], str | None] = lambda uuid: None
 
     # -- state --------------------------------------------------------------------------
 
@@ -84,11 +88,12 @@ class Host:
                 seen[name] = dataclasses.replace(old, registered=False, types=())
         self.parents = dict(sorted(seen.items()))
 
-    def _publish(self) -> None:
+    def publish(self) -> None:
+        """Recompute what every vGPU shows and tell the listeners (the bus objects)."""
         self._last_parent = {u: m.parent for u, m in self.mdevs.items()}
         owned = dict(self.ownership.items())
         self.views = reconcile.views(self.definitions, list(self.parents.values()), self.mdevs,
-                                     owned, self.errors)
+                                     owned, self.errors, self.domain_of)
         for listener in self.listeners:
             listener()
 
@@ -136,7 +141,7 @@ class Host:
                 except Exception:  # a bug must not stop gvtd from following the kernel
                     log.exception("Failed to handle uevents; re-reading everything")
                     self.refresh()
-                    self._publish()
+                    self.publish()
 
     async def _follow(self, events: list[Uevent]) -> None:
         """Follow the kernel: re-read what changed, show it, then converge."""
@@ -164,7 +169,15 @@ class Host:
             parent = self.parents.get(self._last_parent.get(uuid, ""))
             if parent is None or not parent.registered:
                 continue  # went with its parent: parent-missing, not an outside removal
-            if self.restore_removed:
+            user = self.running_user(uuid)
+            if user is not None:
+                log.error("vGPU %s (%s) was removed outside gvtd while %s uses it", name, uuid,
+                          user, extra=_fields(name, uuid, parent.name))
+                self.held.add(uuid)
+                self.errors[name] = (f"Removed outside gvtd while the running domain {user} "
+                                     f"uses it; not recreated under a running VM. Stop {user}, "
+                                     f"then `gvt-client start {user}`.")
+            elif self.restore_removed:
                 log.warning("vGPU %s (%s) was removed outside gvtd; recreating it", name, uuid,
                             extra=_fields(name, uuid, parent.name))
             else:
@@ -175,7 +188,7 @@ class Host:
                 self.errors[name] = ("Removed outside gvtd and not recreated "
                                      "(restore_removed = false); `gvt-client create "
                                      f"{name}` brings it back.")
-        self._publish()
+        self.publish()
         await self._converge()
 
     async def _converge(self) -> None:
@@ -214,7 +227,7 @@ class Host:
             touched.add(uuid)
         if touched:
             self._reread(touched_parents, touched)
-        self._publish()
+        self.publish()
 
     async def _create(self, name: str, target: reconcile.Target) -> None:
         d = self.definitions[name]
@@ -330,7 +343,7 @@ class Host:
         self.ownership.discard(d.uuid)
         log.info("Undefined vGPU %s", name, extra=_fields(name, d.uuid))
         self.refresh()
-        self._publish()
+        self.publish()
 
     async def create(self, key: str) -> str:
         async with self.lock:
@@ -355,7 +368,7 @@ class Host:
                 raise
             finally:
                 self.refresh()
-                self._publish()
+                self.publish()
         return view.uuid
 
     async def remove(self, key: str) -> None:
@@ -377,7 +390,7 @@ class Host:
         if view.name not in self.definitions:
             self.ownership.discard(view.uuid)
         self.refresh()
-        self._publish()
+        self.publish()
 
     async def _remove(self, uuid: str, name: str) -> None:
         try:
@@ -389,6 +402,35 @@ class Host:
     async def reload(self) -> None:
         async with self.lock:
             await self._reload()
+
+    async def ensure(self, uuids: list[str], domain: str) -> None:
+        """Every vGPU a domain is about to use exists: create on-demand and missing ones."""
+        async with self.lock:
+            self.refresh()
+            by_uuid = {d.uuid: n for n, d in self.definitions.items()}
+            for uuid in uuids:
+                if uuid in self.mdevs:
+                    continue
+                name = by_uuid.get(uuid)
+                if name is None:
+                    raise NotFound(
+                        f"{domain} uses the vGPU {uuid}, which no definition and no mdev has. "
+                        f"Define it: gvt-client define NAME --type TYPE --uuid {uuid} "
+                        f"--domain {domain}")
+                await self._create_now(name)
+
+    async def release_on_demand(self, domain: str, uuids: list[str]) -> None:
+        """After a domain stopped: remove the on-demand vGPUs gvtd created for it."""
+        async with self.lock:
+            self.refresh()
+            for name, d in sorted(self.definitions.items()):
+                if d.start == "on-demand" and d.uuid in uuids and d.uuid in self.mdevs \
+                        and d.uuid in self.ownership and self.running_user(d.uuid) is None:
+                    log.info("Domain %s stopped: removing its on-demand vGPU %s", domain, name,
+                             extra=_fields(name, d.uuid))
+                    await self._remove(d.uuid, name)
+            self.refresh()
+            self.publish()
 
     async def _reload(self) -> None:
         """Re-read the configuration directory (after a hand edit) and reconcile."""

@@ -115,7 +115,8 @@ def to_create(definitions: dict[str, Definition], parents: list[Parent],
 
 
 def views(definitions: dict[str, Definition], parents: list[Parent], mdevs: dict[str, Mdev],
-          owned: dict[str, str], errors: dict[str, str]) -> dict[str, VgpuView]:
+          owned: dict[str, str], errors: dict[str, str],
+          domain_of: Callable[[str], str] = lambda uuid: "") -> dict[str, VgpuView]:
     """Every vGPU gvtd shows, keyed by UUID: one per definition, one per other mdev."""
     out: dict[str, VgpuView] = {}
     for name, d in definitions.items():
@@ -138,12 +139,12 @@ def views(definitions: dict[str, Definition], parents: list[Parent], mdevs: dict
                          "gvtd leaves it alone. Remove it or change the definition's type.")
             else:
                 state, error, type_id = "active", "", mdev.type_id
-        out[d.uuid] = VgpuView(d.uuid, name, parent, type_id, state, d.start, d.domain or "",
-                               True, error)
+        out[d.uuid] = VgpuView(d.uuid, name, parent, type_id, state, d.start,
+                               d.domain or domain_of(d.uuid), True, error)
     for uuid, mdev in mdevs.items():
         if uuid in out:
             continue
         name = owned.get(uuid, "")
         out[uuid] = VgpuView(uuid, name, mdev.parent, mdev.type_id, "active",
-                             "manual", "", uuid in owned, "")
+                             "manual", domain_of(uuid), uuid in owned, "")
     return out

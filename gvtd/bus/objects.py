@@ -17,6 +17,7 @@ from dbus_fast import DBusError, PropertyAccess, Variant
 from dbus_fast.service import ServiceInterface, dbus_property, method
 
 from gvtd import __version__, doctor, names
+from gvtd.domains import stop_options
 from gvtd.errors import Failed, GvtdError, InvalidArgument
 from gvtd.mdev import Parent
 from gvtd.reconcile import VgpuView
@@ -97,7 +98,8 @@ class ManagerInterface(_Mirror):
 
     def _compute(self) -> dict[str, Any]:
         return {"Version": __version__, "State": self.daemon.state,
-                "Problems": [list(p) for p in self.host.problems()]}
+                "Problems": [list(p) for p in self.host.problems()],
+                "LibvirtConnected": self.daemon.domains.libvirt.connected}
 
     @method()
     @dbus_errors
@@ -127,6 +129,20 @@ class ManagerInterface(_Mirror):
 
     @method()
     @dbus_errors
+    async def StartDomain(self, name: "s", options: "a{sv}") -> "o":  # noqa: F821
+        if options:
+            raise InvalidArgument(f"StartDomain takes no options yet, not {', '.join(options)}.")
+        await self.daemon.domains.start_domain(name)
+        return names.domain_path(name)
+
+    @method()
+    @dbus_errors
+    async def StopDomain(self, name: "s", options: "a{sv}") -> None:  # noqa: F821
+        force, timeout = stop_options({k: v.value for k, v in options.items()})
+        await self.daemon.domains.stop_domain(name, force, timeout)
+
+    @method()
+    @dbus_errors
     async def Diagnose(self) -> "a(ssss)":  # noqa: F821
         """Host checks (gvtd.doctor) over the roots gvtd.toml names; a read, open to all.
         In a worker thread: reading the kernel log must not hold up uevents or calls."""
@@ -146,6 +162,10 @@ class ManagerInterface(_Mirror):
     @dbus_property(access=PropertyAccess.READ)
     def Problems(self) -> "a(ssss)":  # noqa: F821
         return self._props["Problems"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LibvirtConnected(self) -> "b":  # noqa: F821
+        return self._props["LibvirtConnected"]
 
 
 def _type_details(t: Any) -> dict[str, Variant]:
@@ -249,3 +269,28 @@ class VgpuInterface(_Mirror):
     @dbus_property(access=PropertyAccess.READ)
     def LastError(self) -> "s":  # noqa: F821
         return self._props["LastError"]
+
+
+class DomainInterface(_Mirror):
+    """A libvirt domain that uses a vGPU (or that a definition names)."""
+
+    def __init__(self, name: str, state: str, vgpus: list[str]) -> None:
+        super().__init__(names.DOMAIN_IFACE)  # (`name` is the interface's own attribute)
+        self.domain, self.state, self.vgpus = name, state, vgpus
+        self.refresh(emit=False)
+
+    def _compute(self) -> dict[str, Any]:
+        return {"Name": self.domain, "State": self.state,
+                "VGPUs": [names.vgpu_path(u) for u in self.vgpus]}
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Name(self) -> "s":  # noqa: F821
+        return self._props["Name"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def State(self) -> "s":  # noqa: F821
+        return self._props["State"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def VGPUs(self) -> "ao":  # noqa: F821
+        return self._props["VGPUs"]

@@ -4,7 +4,8 @@ went, and let each object signal its own property changes."""
 from dbus_fast.aio import MessageBus
 
 from gvtd import names
-from gvtd.bus.objects import ManagerInterface, ParentInterface, VgpuInterface
+from gvtd.bus import auth
+from gvtd.bus.objects import DomainInterface, ManagerInterface, ParentInterface, VgpuInterface
 
 
 class ObjectTree:
@@ -15,6 +16,8 @@ class ObjectTree:
         self.manager = ManagerInterface(daemon)
         self.parents: dict[str, ParentInterface] = {}
         self.vgpus: dict[str, VgpuInterface] = {}
+        self.domains: dict[str, DomainInterface] = {}
+        auth.watch(bus)  # before export: mutating methods need their caller
         bus.export(names.ROOT_PATH, self.manager)
         self.host.listeners.append(self.sync)
 
@@ -37,4 +40,16 @@ class ObjectTree:
             else:
                 vobj.view = view
                 vobj.refresh()
+        domains = self.daemon.domains  # type: ignore[attr-defined]
+        shown = domains.shown() if domains.libvirt.connected else {}
+        for name in [n for n in self.domains if n not in shown]:
+            self.bus.unexport(names.domain_path(name), self.domains.pop(name))
+        for name, info in shown.items():
+            dobj = self.domains.get(name)
+            if dobj is None:
+                self.domains[name] = dobj = DomainInterface(name, info.state, domains.uses(info))
+                self.bus.export(names.domain_path(name), dobj)
+            else:
+                dobj.state, dobj.vgpus = info.state, domains.uses(info)
+                dobj.refresh()
         self.manager.refresh()

@@ -212,6 +212,19 @@ async def cmd_reload(c: Client, args: argparse.Namespace) -> None:
     print("Reloaded the configuration")
 
 
+async def cmd_start(c: Client, args: argparse.Namespace) -> None:
+    await c.call("StartDomain", "sa{sv}", [args.domain, {}])
+    print(f"{args.domain} is running")
+
+
+async def cmd_stop(c: Client, args: argparse.Namespace) -> None:
+    options = {"force": Variant("b", args.force), "timeout": Variant("u", args.timeout)}
+    print(f"Asking {args.domain} to shut down (up to {args.timeout} s"
+          + (", then forcing it off)" if args.force else ")") + "...", flush=True)
+    await c.call("StopDomain", "sa{sv}", [args.domain, options])
+    print(f"{args.domain} is off; its on-demand vGPUs are removed")
+
+
 def _describe(path: str, ifaces: dict[str, dict[str, Any]]) -> tuple[str, str, str]:
     """(kind, name, one-line summary) of an object for monitor's text output."""
     if names.VGPU_IFACE in ifaces:
@@ -349,6 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
         s = add(name, help, cmd_simple)
         s.add_argument("name", help="vGPU name or UUID")
     add("reload", "re-read /etc/gvtd after editing it by hand", cmd_reload)
+    s = add("start", "create the vGPUs a libvirt domain uses, then start it", cmd_start)
+    s.add_argument("domain", help="libvirt domain name")
+    s = add("stop", "shut a domain down, then remove its on-demand vGPUs", cmd_stop)
+    s.add_argument("domain", help="libvirt domain name")
+    s.add_argument("--force", action="store_true",
+                   help="turn it off if it has not shut down when the timeout ends")
+    s.add_argument("--timeout", type=int, default=120, metavar="SECONDS",
+                   help="how long to wait for the guest to shut down (default 120)")
     add("doctor", "check the host for what GVT-g needs, with the fix for each problem "
         "(exit status 1 when a check fails)", cmd_doctor, read=True)
     add("monitor", "print every change as it happens (JSON lines with --json) until "

@@ -32,10 +32,12 @@ def _api(xml: str) -> dict[str, set[tuple[str, ...]]]:
 
 
 def test_introspection_matches_interface_xml(sim: Simulation) -> None:
-    sim.client.define(name="win10", type="i915-GVTg_V5_4")
+    sim.client.define(name="win10", type="i915-GVTg_V5_4", domain="win10")
+    sim.client.wait_for(lambda m: m.member == "InterfacesAdded"
+                        and m.body[0] == names.domain_path("win10"))
     shipped = _api((ROOT / "dbus-policy" / "io.github.gvtd1.xml").read_text())
     live: dict[str, set[tuple[str, ...]]] = {}
-    for path in (names.ROOT_PATH, names.parent_path(PARENT), sim.client.vgpus()["win10"] and
+    for path in (names.ROOT_PATH, names.parent_path(PARENT), names.domain_path("win10"),
                  names.vgpu_path(sim.client.vgpus()["win10"]["UUID"])):
         xml = sim.client.call("Introspect", path=path,
                               iface="org.freedesktop.DBus.Introspectable")[0]

@@ -1,0 +1,109 @@
+"""libvirt domains together with their vGPUs: start makes sure every vGPU a domain uses
+exists first; stop removes the on-demand ones after, so their share of the GPU is free."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+from gvtd.errors import Busy, InvalidArgument
+from gvtd.host import Host
+from gvtd.virt.connection import DomainInfo, Libvirt
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STOP_TIMEOUT = 120
+
+
+class Domains:
+    def __init__(self, host: Host, uri: str) -> None:
+        self.host = host
+        self.libvirt = Libvirt(uri, self._changed)
+        self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._active: set[str] = set()
+        host.domain_of = self.domain_of
+        host.running_user = self.running_user
+
+    async def start(self) -> None:
+        await self.libvirt.start()
+
+    def close(self) -> None:
+        self.libvirt.close()
+
+    # -- what the bus shows -------------------------------------------------------------
+
+    def uses(self, info: DomainInfo) -> list[str]:
+        """UUIDs a domain uses: its mdev hostdevs, then definitions that name it."""
+        out = list(info.mdevs)
+        out += [d.uuid for d in self.host.definitions.values()
+                if d.domain == info.name and d.uuid not in out]
+        return out
+
+    def shown(self) -> dict[str, DomainInfo]:
+        """Domains with a Domain object: those with an mdev, or named by a definition."""
+        named = {d.domain for d in self.host.definitions.values() if d.domain}
+        return {n: i for n, i in self.libvirt.domains.items() if i.mdevs or n in named}
+
+    def domain_of(self, uuid: str) -> str:
+        return next((n for n, i in sorted(self.libvirt.domains.items())
+                     if uuid in self.uses(i)), "")
+
+    def running_user(self, uuid: str) -> str | None:
+        return next((n for n, i in sorted(self.libvirt.domains.items())
+                     if i.active and uuid in self.uses(i)), None)
+
+    def _changed(self, names: set[str]) -> None:
+        now = {n for n, i in self.libvirt.domains.items() if i.active}
+        for name in sorted(names & (self._active - now)):
+            if self.libvirt.connected:  # off, not merely out of sight
+                asyncio.get_running_loop().create_task(self._stopped(name))
+        self._active = now
+        self.host.publish()
+
+    async def _stopped(self, name: str) -> None:
+        async with self.locks[name]:
+            info = self.libvirt.domains.get(name)
+            if info is None or not info.active:
+                await self.host.release_on_demand(name, self._uses_by_name(name))
+
+    def _uses_by_name(self, name: str) -> list[str]:
+        info = self.libvirt.domains.get(name)
+        return self.uses(info) if info else [d.uuid for d in self.host.definitions.values()
+                                             if d.domain == name]
+
+    # -- operations (D-Bus methods) --------------------------------------------------------
+
+    async def start_domain(self, name: str) -> None:
+        """Make sure every vGPU the domain uses exists, then start it. Concurrent starts of
+        one domain start it once."""
+        async with self.locks[name]:
+            self.libvirt.domain_xml(name)  # LibvirtUnavailable / NotFound first
+            await self.libvirt.resync() if name not in self.libvirt.domains else None
+            uuids = self._uses_by_name(name)
+            await self.host.ensure(uuids, name)
+            info = self.libvirt.domains.get(name)
+            if info is not None and info.active:
+                return  # already running: nothing to do, not an error
+            log.info("Starting domain %s", name, extra={"DOMAIN": name})
+            await self.libvirt.create(name)
+
+    async def stop_domain(self, name: str, force: bool, timeout: float) -> None:
+        async with self.locks[name]:
+            self.libvirt.domain_xml(name)
+            log.info("Stopping domain %s%s", name, " (forced)" if force else "",
+                     extra={"DOMAIN": name})
+            if not await self.libvirt.shutdown(name, timeout, force):
+                raise Busy(f"{name} did not shut down within {timeout:.0f} s (the guest may "
+                           f"ignore the ACPI request); `gvt-client stop {name} --force` turns "
+                           "it off.")
+            await self.host.release_on_demand(name, self._uses_by_name(name))
+
+
+def stop_options(options: dict[str, object]) -> tuple[bool, float]:
+    force = options.get("force", False)
+    timeout = options.get("timeout", DEFAULT_STOP_TIMEOUT)
+    if not isinstance(force, bool) or not isinstance(timeout, int) or not 0 <= timeout <= 3600:
+        raise InvalidArgument("StopDomain options are force (b) and timeout (u, seconds, at "
+                              "most 3600).")
+    return force, float(timeout)

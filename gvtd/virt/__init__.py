@@ -1,0 +1,1 @@
+"""libvirt: the connection and its events (connection.py), domain XML (domxml.py)."""

@@ -1,0 +1,235 @@
+"""The libvirt connection, its lifecycle events on the asyncio loop, and reconnection.
+
+libvirtaio puts libvirt's event loop on ours, so lifecycle events arrive as callbacks on the
+one loop; blocking calls (open, start, shutdown) run in worker threads. When libvirtd is down
+gvtd keeps running: it retries with a growing delay and resyncs every domain when it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import libvirt
+import libvirtaio
+
+from gvtd.errors import Failed, LibvirtUnavailable, NotFound
+from gvtd.virt.domxml import mdev_uuids
+
+log = logging.getLogger(__name__)
+
+STATES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "unknown",
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "running",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "shutting-down",
+    libvirt.VIR_DOMAIN_SHUTOFF: "shut-off",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
+}
+ACTIVE = {"running", "paused", "shutting-down", "suspended"}
+MIN_DELAY, MAX_DELAY = 0.5, 30.0
+
+_event_impl_registered = False
+
+
+@dataclass
+class DomainInfo:
+    name: str
+    state: str
+    mdevs: list[str] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+
+class Libvirt:
+    """One connection to libvirt, kept up; `domains` mirrors what libvirt has."""
+
+    def __init__(self, uri: str, on_change: Callable[[set[str]], None]) -> None:
+        self.uri = uri
+        self.on_change = on_change  # called with the names of domains that changed
+        self.conn: libvirt.virConnect | None = None
+        self.domains: dict[str, DomainInfo] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._stopped: dict[str, list[asyncio.Future[None]]] = {}
+        self._closing = False
+
+    @property
+    def connected(self) -> bool:
+        return self.conn is not None
+
+    async def start(self) -> None:
+        global _event_impl_registered
+        self.loop = asyncio.get_running_loop()
+        if not _event_impl_registered:
+            libvirtaio.virEventRegisterAsyncIOImpl(loop=self.loop)
+            _event_impl_registered = True
+        if not await self._connect():
+            self._reconnect_later()
+
+    def close(self) -> None:
+        self._closing = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                conn.unregisterCloseCallback()
+                conn.close()
+            except libvirt.libvirtError:
+                pass
+
+    async def _connect(self) -> bool:
+        try:
+            conn = await asyncio.to_thread(libvirt.open, self.uri)
+        except libvirt.libvirtError as e:
+            log.warning("Cannot connect to libvirt at %s: %s", self.uri, e.get_error_message())
+            return False
+        conn.registerCloseCallback(self._on_close, None)
+        conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                    self._on_lifecycle, None)
+        self.conn = conn
+        log.info("Connected to libvirt at %s", self.uri)
+        await self.resync()
+        return True
+
+    def _reconnect_later(self) -> None:
+        if self._closing or (self._reconnecting and not self._reconnecting.done()):
+            return
+        assert self.loop is not None
+        self._reconnecting = self.loop.create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = MIN_DELAY
+        while not self._closing and not await self._connect():
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_DELAY)
+
+    def _on_close(self, conn: libvirt.virConnect, reason: int, opaque: object) -> None:
+        log.warning("Lost the connection to libvirt (reason %d); reconnecting", reason)
+        self.conn = None
+        changed = set(self.domains)
+        self.on_change(changed)
+        self._reconnect_later()
+
+    def _on_lifecycle(self, conn: libvirt.virConnect, dom: libvirt.virDomain, event: int,
+                      detail: int, opaque: object) -> None:
+        assert self.loop is not None
+        self.loop.create_task(self._refresh_one(dom.name()))
+
+    async def resync(self) -> None:
+        """Read every domain again (after connecting, or when unsure)."""
+        conn = self.conn
+        if conn is None:
+            return
+        try:
+            found = await asyncio.to_thread(_read_all, conn)
+        except libvirt.libvirtError as e:
+            log.warning("Cannot list libvirt domains: %s", e.get_error_message())
+            return
+        changed = set(self.domains) | set(found)
+        self.domains = found
+        self._wake_stopped()
+        self.on_change(changed)
+
+    async def _refresh_one(self, name: str) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        try:
+            info = await asyncio.to_thread(_read_one, conn, name)
+        except libvirt.libvirtError:
+            info = None  # undefined meanwhile
+        if info is None:
+            self.domains.pop(name, None)
+        else:
+            self.domains[name] = info
+        self._wake_stopped()
+        self.on_change({name})
+
+    def _wake_stopped(self) -> None:
+        for name, waiters in list(self._stopped.items()):
+            info = self.domains.get(name)
+            if info is None or not info.active:
+                for w in waiters:
+                    if not w.done():
+                        w.set_result(None)
+                del self._stopped[name]
+
+    # -- operations ------------------------------------------------------------------------
+
+    def _domain(self, name: str) -> libvirt.virDomain:
+        if self.conn is None:
+            raise LibvirtUnavailable(f"libvirt is not reachable at {self.uri}: is libvirtd "
+                                     "running? gvtd reconnects as soon as it is.")
+        try:
+            return self.conn.lookupByName(name)
+        except libvirt.libvirtError as e:
+            raise NotFound(f"libvirt has no domain named {name!r} (`virsh list --all` shows "
+                           "them).") from e
+
+    def domain_xml(self, name: str) -> str:
+        return self._domain(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+
+    async def create(self, name: str) -> None:
+        """Start a defined domain (virsh start)."""
+        dom = self._domain(name)
+        try:
+            await asyncio.to_thread(dom.create)
+        except libvirt.libvirtError as e:
+            raise Failed(f"libvirt could not start {name}: {e.get_error_message()}") from e
+        await self._refresh_one(name)
+
+    async def shutdown(self, name: str, timeout: float, force: bool) -> bool:
+        """Ask the guest to shut down; wait up to timeout; destroy if forced.
+        Returns whether the domain is off."""
+        dom = self._domain(name)
+        assert self.loop is not None
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        self._stopped.setdefault(name, []).append(waiter)
+        await self._refresh_one(name)  # maybe it is off already
+        if not waiter.done():
+            try:
+                await asyncio.to_thread(dom.shutdown)
+            except libvirt.libvirtError as e:
+                if not force:
+                    raise Failed(f"libvirt could not shut down {name}: "
+                                 f"{e.get_error_message()}") from e
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            except asyncio.TimeoutError:
+                if not force:
+                    return False
+                log.warning("%s did not shut down within %.0f s; destroying it", name, timeout)
+                try:
+                    await asyncio.to_thread(dom.destroy)
+                except libvirt.libvirtError as e:
+                    raise Failed(f"libvirt could not destroy {name}: "
+                                 f"{e.get_error_message()}") from e
+                await self._refresh_one(name)
+        return True
+
+
+def _info(dom: libvirt.virDomain) -> DomainInfo:
+    state, _ = dom.state()
+    return DomainInfo(dom.name(), STATES.get(state, "unknown"),
+                      mdev_uuids(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
+
+
+def _read_all(conn: libvirt.virConnect) -> dict[str, DomainInfo]:
+    return {info.name: info for info in map(_info, conn.listAllDomains())}
+
+
+def _read_one(conn: libvirt.virConnect, name: str) -> DomainInfo | None:
+    try:
+        return _info(conn.lookupByName(name))
+    except libvirt.libvirtError as e:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise

@@ -1,0 +1,148 @@
+"""libvirt domains with their vGPUs, on the libvirt test driver (test:///)."""
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from dbus_fast import Message, MessageType, Variant
+
+from gvtd import names
+from harness import CallError, DBusDaemon, Simulation, plain
+
+U1 = "fff6f017-3417-4ad3-b05e-17ae3e1a4615"
+UNKNOWN = "0b9a7b35-6f04-4e2c-9f5b-6cf33ac4c3d1"
+ERR = names.ERROR_PREFIX
+
+
+def domain(name: str, uuid: str | None) -> str:
+    hostdev = (f"<hostdev mode='subsystem' type='mdev' managed='no' model='vfio-pci' "
+               f"display='off'><source><address uuid='{uuid}'/></source></hostdev>"
+               if uuid else "")
+    return (f"<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>"
+            f"<name>{name}</name><memory>1048576</memory><os><type>hvm</type></os>"
+            f"<devices>{hostdev}</devices><test:runstate>5</test:runstate></domain>")
+
+
+@pytest.fixture
+def virt(dbus: DBusDaemon, tmp_path: Path):  # type: ignore[no-untyped-def]
+    node = tmp_path / "node.xml"
+    node.write_text("<node>" + domain("win10", U1) + domain("stranger", UNKNOWN)
+                    + domain("plain", None) + "</node>")
+    (tmp_path / "gvtd.toml").write_text(f'libvirt_uri = "test://{node}"\n')
+    sim = Simulation(dbus, config_dir=tmp_path)
+    if not sim.client.props(names.ROOT_PATH, names.MANAGER_IFACE)["LibvirtConnected"]:
+        sim.client.wait_for(lambda m: m.member == "PropertiesChanged" and m.path == names.ROOT_PATH
+                            and plain(m.body[1]).get("LibvirtConnected") is True)
+    yield sim
+    sim.stop()
+
+
+def state(sim: Simulation, name: str) -> str:
+    return sim.client.props(names.domain_path(name), names.DOMAIN_IFACE)["State"]
+
+
+def writes(sim: Simulation, suffix: str) -> list[str]:
+    return [w[1] for w in sim.write_log() if w[0].endswith(suffix)]
+
+
+def test_start_creates_on_demand_vgpu_and_stop_removes_it(virt: Simulation) -> None:
+    virt.client.define(name="win10", type="i915-GVTg_V5_4", uuid=U1, start="on-demand",
+                       domain="win10")
+    assert virt.client.vgpus()["win10"]["State"] == "inactive"
+    assert state(virt, "win10") == "shut-off"
+    path = virt.client.call("StartDomain", "sa{sv}", ["win10", {}])[0]
+    assert path == names.domain_path("win10")
+    assert virt.client.vgpus()["win10"]["State"] == "active"
+    assert state(virt, "win10") == "running"
+    d = virt.client.props(path, names.DOMAIN_IFACE)
+    assert d["VGPUs"] == [names.vgpu_path(U1)]
+    virt.client.call("StopDomain", "sa{sv}", ["win10", {}])
+    assert state(virt, "win10") == "shut-off"
+    assert virt.client.vgpus()["win10"]["State"] == "inactive"
+    assert writes(virt, "/create") == [U1] and writes(virt, "/remove") == ["1"]
+
+
+def test_starting_a_running_domain_is_not_an_error(virt: Simulation) -> None:
+    virt.client.define(name="win10", type="i915-GVTg_V5_4", uuid=U1, domain="win10")
+    virt.client.call("StartDomain", "sa{sv}", ["win10", {}])
+    virt.client.call("StartDomain", "sa{sv}", ["win10", {}])
+    assert state(virt, "win10") == "running"
+    assert writes(virt, "/create") == [U1]
+
+
+def test_concurrent_starts_start_once_and_create_once(virt: Simulation) -> None:
+    virt.client.define(name="win10", type="i915-GVTg_V5_4", uuid=U1, start="on-demand",
+                       domain="win10")
+    bus = virt.client.bus
+
+    async def burst() -> list[Message]:
+        calls = [bus.call(Message(destination=names.BUS_NAME, path=names.ROOT_PATH,
+                                  interface=names.MANAGER_IFACE, member="StartDomain",
+                                  signature="sa{sv}", body=["win10", {}]))
+                 for _ in range(10)]
+        return await asyncio.gather(*calls)  # type: ignore[return-value]
+
+    replies = virt.client.loop.run_until_complete(burst())
+    assert [r.message_type for r in replies] == [MessageType.METHOD_RETURN] * 10
+    assert writes(virt, "/create") == [U1]
+    assert state(virt, "win10") == "running"
+
+
+def test_unknown_uuid_in_domain_xml_names_the_fix(virt: Simulation) -> None:
+    with pytest.raises(CallError) as e:
+        virt.client.call("StartDomain", "sa{sv}", ["stranger", {}])
+    assert e.value.name == ERR + "NotFound"
+    assert UNKNOWN in e.value.text and f"--uuid {UNKNOWN}" in e.value.text
+    assert state(virt, "stranger") == "shut-off"
+    assert virt.write_log() == []
+
+
+def test_domain_without_vgpu_starts_and_unknown_domain(virt: Simulation) -> None:
+    virt.client.call("StartDomain", "sa{sv}", ["plain", {}])  # no Domain object: no vGPU
+    with pytest.raises(CallError) as e:
+        virt.client.call("StartDomain", "sa{sv}", ["nope", {}])
+    assert e.value.name == ERR + "NotFound" and "virsh list --all" in e.value.text
+
+
+def test_bad_stop_options(virt: Simulation) -> None:
+    with pytest.raises(CallError) as e:
+        virt.client.call("StopDomain", "sa{sv}", ["win10", {"force": Variant("s", "yes")}])
+    assert e.value.name == ERR + "InvalidArgument"
+
+
+def test_removed_under_a_running_domain_is_failed_not_recreated(virt: Simulation) -> None:
+    virt.client.define(name="win10", type="i915-GVTg_V5_4", uuid=U1, domain="win10")
+    virt.client.call("StartDomain", "sa{sv}", ["win10", {}])
+    virt.sim_call("RemoveMdev", "s", [U1])
+    virt.client.wait_for(lambda m: m.member == "PropertiesChanged"
+                         and m.path == names.vgpu_path(U1)
+                         and plain(m.body[1]).get("State") == "failed")
+    v = virt.client.vgpus()["win10"]
+    assert "while the running domain win10 uses it" in v["LastError"]
+    assert writes(virt, "/create") == [U1]
+
+
+def test_cli_start_and_stop(virt: Simulation) -> None:
+    virt.client.define(name="win10", type="i915-GVTg_V5_4", uuid=U1, start="on-demand",
+                       domain="win10")
+    p = virt.gvt_client("start", "win10", check=True)
+    assert "win10 is running" in p.stdout
+    p = virt.gvt_client("stop", "win10", "--timeout", "30", check=True)
+    assert "shut down" in p.stdout and "is off" in p.stdout
+    p = virt.gvt_client("start", "stranger")
+    assert p.returncode == 1 and UNKNOWN in p.stderr
+
+
+def test_libvirt_unreachable(dbus: DBusDaemon, tmp_path: Path) -> None:
+    (tmp_path / "gvtd.toml").write_text('libvirt_uri = "test:///nonexistent/node.xml"\n')
+    sim = Simulation(dbus, config_dir=tmp_path)
+    try:
+        assert sim.client.props(names.ROOT_PATH, names.MANAGER_IFACE)["LibvirtConnected"] is False
+        with pytest.raises(CallError) as e:
+            sim.client.call("StartDomain", "sa{sv}", ["win10", {}])
+        assert e.value.name == ERR + "LibvirtUnavailable"
+        # the vGPU side keeps working
+        sim.client.define(name="a", type="i915-GVTg_V5_8")
+        assert sim.client.vgpus()["a"]["State"] == "active"
+    finally:
+        sim.stop()
