@@ -6,15 +6,16 @@ PY      = $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian 12 packages: build headers for PyGObject, dbus-python, libvirt-python and
-# systemd-python; umockdev and FUSE for the emulated host; dbus-daemon for private buses.
+# systemd-python; umockdev and FUSE for the emulated host; dbus-daemon for private buses;
+# mdevctl, which the benchmarks run side by side with gvtd.
 DEB_PACKAGES = pkg-config gcc python3-dev libgirepository1.0-dev libcairo2-dev \
 	libdbus-1-dev libglib2.0-dev libvirt-dev libsystemd-dev \
-	umockdev gir1.2-umockdev-1.0 fuse3 dbus-daemon libxml2-utils systemd
+	umockdev gir1.2-umockdev-1.0 fuse3 dbus-daemon libxml2-utils systemd mdevctl
 
 .PHONY: all setup deps test demo bench clean
 all: test
 
-$(VENV)/.debs:
+$(VENV)/.debs: Makefile
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "Installing Debian packages: $$missing"; \

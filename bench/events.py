@@ -1,7 +1,7 @@
 """Event figures of issue "react to the kernel": uevent -> PropertiesChanged latency, a parent
 registering -> its 8 auto vGPUs created, and what an idle daemon costs.
 
-    .venv/bin/python bench/events.py [--rounds N] [--idle SECONDS]
+    .venv/bin/python bench/events.py [--rounds N] [--idle SECONDS] [--quick]
 
 Latency is measured from the moment the emulated kernel sent the uevent (CLOCK_MONOTONIC,
 recorded by the simulator) to the moment the matching signal reached a client on the bus.
@@ -11,32 +11,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Client, plain  # noqa: E402
+from common import SIM, Client, Figure, Section, goal_max, text_table  # noqa: E402
+from harness import plain  # noqa: E402
 
 from gvtd import names  # noqa: E402
 from gvtd.sim.session import DBusDaemon, SimulatedHost  # noqa: E402
-
-SIM = dict(dest=names.SIMULATOR_BUS_NAME, path=names.SIMULATOR_PATH, iface=names.SIMULATOR_IFACE)
-
-
-def pct(samples: list[float], p: float) -> float:
-    s = sorted(samples)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
-
-
-def row(name: str, samples: list[float], goal: str = "") -> None:
-    print(f"{name:48} p50 {pct(samples, 50):7.2f}  p99 {pct(samples, 99):7.2f}  "
-          f"min {min(samples):7.2f}  max {max(samples):7.2f}  {goal}")
-
 
 def uevent_time(client: Client, devpath_end: str, action: str) -> float:
     for when, act, devpath in reversed(client.call("UeventLog", **SIM)[0]):
@@ -56,11 +43,9 @@ def cpu_and_wakeups(pid: int) -> tuple[float, int]:
     return cpu, runs
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--rounds", type=int, default=50)
-    ap.add_argument("--idle", type=float, default=60.0, help="idle period to measure (s)")
-    args = ap.parse_args()
+def measure(rounds: int = 50, idle: float = 60.0) -> Section:
+    sec = Section("Events")
+    args = argparse.Namespace(rounds=rounds, idle=idle)
     bus = DBusDaemon()
     # one mtty-like parent with room for 8, next to the GVT-g one
     host = SimulatedHost(bus.address, profile="multi:n=1,ports=8", stderr=subprocess.DEVNULL)
@@ -117,18 +102,32 @@ def main() -> int:
         threading.Event().wait(args.idle)  # the benchmark's own idle period, not a test wait
         cpu1, runs1 = cpu_and_wakeups(pid)
 
-        print(f"{'figure (ms)':48}")
-        row("uevent -> InterfacesAdded on a client", latency, "goal p50 <= 10, p99 <= 50")
-        row("  baseline: GetId round trip to the bus", baseline)
-        print(f"{'  ratio (p50)':48} {pct(latency, 50) / pct(baseline, 50):.1f}x")
-        row("MDEV_STATE=registered -> 8 auto vGPUs active", register, "goal <= 100")
-        print(f"{'idle ' + format(args.idle, '.0f') + ' s: CPU time, times scheduled':48} "
-              f"{(cpu1 - cpu0) * 1000:.0f} ms, {runs1 - runs0} (goal: 0 besides the watchdog)")
-        return 0
+        b = sec.add(Figure("GetId round trip to the bus", baseline))
+        lat = sec.add(Figure("uevent -> InterfacesAdded on a client", latency, baseline=b))
+        goal_max(lat, 10)
+        lat.goal = "p50 <= 10 ms, p99 <= 50 ms"
+        p99 = lat.pct(99)
+        lat.met = lat.median <= 10 and (p99 is None or p99 <= 50)
+        sec.add(goal_max(Figure("MDEV_STATE=registered -> 8 auto vGPUs active", register), 100))
+        sec.add(Figure(f"idle {args.idle:g} s: CPU time", [(cpu1 - cpu0) * 1000]))
+        sec.add(Figure(f"idle {args.idle:g} s: times scheduled", [float(runs1 - runs0)],
+                       unit="wakeups"))
+        return sec
     finally:
         client.close()
         host.stop()
         bus.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rounds", type=int, default=50)
+    ap.add_argument("--idle", type=float, default=60.0, help="idle period to measure (s)")
+    ap.add_argument("--quick", action="store_true", help="5 rounds, 1 s idle")
+    args = ap.parse_args()
+    sec = measure(5, 1.0) if args.quick else measure(args.rounds, args.idle)
+    print(text_table([sec]))
+    return 0
 
 
 if __name__ == "__main__":
