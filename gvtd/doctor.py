@@ -20,6 +20,7 @@ from typing import Literal
 
 from gvtd import gvt
 from gvtd.config import Settings
+from gvtd.mdev import render_nodes
 
 Severity = Literal["pass", "warn", "fail"]
 
@@ -377,13 +378,7 @@ def check_kernel(procfs: Path) -> Check:
 
 def check_render_node(sysfs: Path, gpu: Gpu | None) -> Check:
     """SPICE with GL needs the GPU's render node path (/dev/dri/renderD*)."""
-    nodes: list[str] = []
-    if gpu is not None:
-        nodes = [n for n in _listdir(gpu.path / "drm") if n.startswith("renderD")]
-        if not nodes:
-            drm = sysfs / "class" / "drm"
-            nodes = [n for n in _listdir(drm) if n.startswith("renderD")
-                     and os.path.realpath(drm / n / "device") == str(gpu.path)]
+    nodes = render_nodes(sysfs, gpu.path) if gpu is not None else []
     if nodes:
         return Check("render_node", "pass", f"{gpu.address if gpu else ''} has render node "
                      f"/dev/dri/{nodes[0]} (for SPICE GL: rendernode='/dev/dri/by-path/"

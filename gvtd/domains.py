@@ -9,6 +9,7 @@ from collections import defaultdict
 
 from gvtd.errors import Busy, InvalidArgument
 from gvtd.host import Host
+from gvtd.virt import domxml
 from gvtd.virt.connection import DomainInfo, Libvirt
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ class Domains:
         self._active: set[str] = set()
         host.domain_of = self.domain_of
         host.running_user = self.running_user
+        host.extra_problems = self.problems
 
     async def start(self) -> None:
         await self.libvirt.start()
@@ -88,6 +90,48 @@ class Domains:
             log.info("Starting domain %s", name, extra={"DOMAIN": name})
             await self.libvirt.create(name)
 
+    async def attach(self, name: str, key: str, display: str, dry_run: bool,
+                     x_display: str) -> str:
+        """Edit the domain's persistent XML as the guide does by hand; returns the diff."""
+        async with self.locks[name]:
+            view = self.host.find(key)
+            before = self.libvirt.domain_xml(name)
+            spec = domxml.AttachSpec(
+                uuid=view.uuid, display=display,  # type: ignore[arg-type]
+                render_node=self.host.render_node(view.parent) if display == "spice-gl" else None,
+                x_display=x_display,
+                override=self.libvirt.version() >= domxml.OVERRIDE_VERSION)
+            return await self._edit(name, before, domxml.attach(before, spec), dry_run)
+
+    async def detach(self, name: str, key: str) -> str:
+        async with self.locks[name]:
+            view = self.host.find(key)
+            before = self.libvirt.domain_xml(name)
+            return await self._edit(name, before, domxml.detach(before, view.uuid), False)
+
+    async def _edit(self, name: str, before: str, after: str, dry_run: bool) -> str:
+        change = domxml.diff(domxml.serialize(domxml.parse(before)), after, name)
+        if change and not dry_run:
+            log.info("Changing the XML of domain %s:\n%s", name, change, extra={"DOMAIN": name})
+            await self.libvirt.define(name, after)
+        return change
+
+    def problems(self) -> list[tuple[str, str, str, str]]:
+        """The guide's pitfalls in every domain gvtd shows, and a UUID used twice."""
+        out = []
+        users: dict[str, list[str]] = {}
+        for name, info in sorted(self.shown().items()):
+            for uuid in info.mdevs:
+                users.setdefault(uuid, []).append(name)
+            for check, message, fix in domxml.lint(info.xml):
+                out.append((f"domain:{name}:{check}", "warn", f"Domain {name}: {message}.", fix))
+        for uuid, names in sorted(users.items()):
+            if len(names) > 1:
+                out.append((f"vgpu:{uuid}:shared", "warn",
+                            f"The vGPU {uuid} is in the XML of {', '.join(names)}: only one "
+                            "of them can run at a time.", "Give each domain its own vGPU."))
+        return out
+
     async def stop_domain(self, name: str, force: bool, timeout: float) -> None:
         async with self.locks[name]:
             self.libvirt.domain_xml(name)
@@ -98,6 +142,19 @@ class Domains:
                            f"ignore the ACPI request); `gvt-client stop {name} --force` turns "
                            "it off.")
             await self.host.release_on_demand(name, self._uses_by_name(name))
+
+
+def attach_options(options: dict[str, object]) -> tuple[str, bool, str]:
+    display = options.get("display", "spice-gl")
+    dry_run = options.get("dry_run", False)
+    x_display = options.get("x_display", ":0")
+    if not isinstance(display, str) or not isinstance(dry_run, bool) or \
+            not isinstance(x_display, str) or set(options) - {"display", "dry_run", "x_display"}:
+        raise InvalidArgument("AttachVGPU options are display (s: spice-gl, gtk-gl, vnc or "
+                              "none), dry_run (b) and x_display (s, for gtk-gl).")
+    if not x_display.startswith(":") or not x_display[1:].replace(".", "").isdigit():
+        raise InvalidArgument(f"x_display {x_display[:20]!r} is not an X display like :0.")
+    return display, dry_run, x_display
 
 
 def stop_options(options: dict[str, object]) -> tuple[bool, float]:

@@ -12,13 +12,14 @@ import dataclasses
 import logging
 import uuid as uuidlib
 from collections.abc import Callable
+from pathlib import Path
 
-from gvtd import reconcile
 from pydantic import ValidationError
 
+from gvtd import reconcile
 from gvtd.config import ConfigDir, Definition, Problem, request_error, validate_name
 from gvtd.errors import GvtdError, InvalidArgument, NoCapacity, NotFound, ParentMissing
-from gvtd.mdev import Mdev, Parent, Sysfs
+from gvtd.mdev import Mdev, Parent, Sysfs, render_nodes
 from gvtd.reconcile import VgpuView
 from gvtd.state import Ownership
 from gvtd.udev import Uevent
@@ -68,6 +69,7 @@ class Host:
         # running domain does.
         self.domain_of: Callable[[str], str] = lambda uuid: ""
         self.running_user: Callable[[str], str | None] = lambda uuid: None
+        self.extra_problems: Callable[[], list[tuple[str, str, str, str]]] = lambda: []
 
     # -- state --------------------------------------------------------------------------
 
@@ -254,12 +256,19 @@ class Host:
         out = [(f"config:{p.file}", "error", str(p),
                 "Fix or remove the file, then run `gvt-client reload`.")
                for p in self.config_problems]
+        out += self.extra_problems()
         for v in self.views.values():
             if v.state == "failed":
                 out.append((f"vgpu:{v.name or v.uuid}", "error",
                             f"vGPU {v.name or v.uuid}: {v.last_error}",
                             "See `gvt-client status` and the journal (journalctl -u gvtd)."))
         return out
+
+    def render_node(self, parent: str) -> str | None:
+        """/dev/dri/renderD* of a parent GPU, for SPICE GL."""
+        p = self.parents.get(parent)
+        nodes = render_nodes(self.sysfs.root, Path(p.syspath)) if p else []
+        return f"/dev/dri/{nodes[0]}" if nodes else None
 
     def summary(self) -> str:
         active = [v for v in self.views.values() if v.state == "active"]

@@ -283,6 +283,17 @@ class Sysfs:
                 "that parent or choose another type.")
 
 
+def render_nodes(sysfs_root: Path, device: Path) -> list[str]:
+    """The DRM render nodes (renderD*) of a GPU: under its own drm/ directory, or the
+    /sys/class/drm entries whose device is it."""
+    nodes = [n for n in _listdir(device / "drm") if n.startswith("renderD")]
+    if not nodes:
+        drm = sysfs_root / "class" / "drm"
+        nodes = [n for n in _listdir(drm) if n.startswith("renderD")
+                 and os.path.realpath(drm / n / "device") == os.path.realpath(device)]
+    return nodes
+
+
 def _check_uuid(uuid: str) -> None:
     if not isinstance(uuid, str) or not UUID_RE.fullmatch(uuid):
         raise InvalidArgument(f"{str(uuid)[:60]!r} is not a valid vGPU UUID: use the lower-case "

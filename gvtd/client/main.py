@@ -217,6 +217,22 @@ async def cmd_start(c: Client, args: argparse.Namespace) -> None:
     print(f"{args.domain} is running")
 
 
+async def cmd_attach(c: Client, args: argparse.Namespace) -> None:
+    options = {"display": Variant("s", args.display), "dry_run": Variant("b", args.dry_run),
+               "x_display": Variant("s", args.x_display)}
+    (change,) = await c.call("AttachVGPU", "ssa{sv}", [args.domain, args.vgpu, options])
+    if args.dry_run:
+        print(change or f"{args.domain} already has {args.vgpu} attached this way.", end="")
+    else:
+        print(f"Attached {args.vgpu} to {args.domain} ({args.display})" if change else
+              f"{args.domain} already has {args.vgpu} attached this way")
+
+
+async def cmd_detach(c: Client, args: argparse.Namespace) -> None:
+    await c.call("DetachVGPU", "ss", [args.domain, args.vgpu])
+    print(f"Detached {args.vgpu} from {args.domain}")
+
+
 async def cmd_stop(c: Client, args: argparse.Namespace) -> None:
     options = {"force": Variant("b", args.force), "timeout": Variant("u", args.timeout)}
     print(f"Asking {args.domain} to shut down (up to {args.timeout} s"
@@ -364,6 +380,21 @@ def build_parser() -> argparse.ArgumentParser:
     add("reload", "re-read /etc/gvtd after editing it by hand", cmd_reload)
     s = add("start", "create the vGPUs a libvirt domain uses, then start it", cmd_start)
     s.add_argument("domain", help="libvirt domain name")
+    s = add("attach", "add a vGPU to a domain's XML the way that works (display, OpRegion, "
+            "PCI slot)", cmd_attach)
+    s.add_argument("domain", help="libvirt domain name")
+    s.add_argument("vgpu", help="vGPU name or UUID")
+    s.add_argument("--display", choices=["spice-gl", "gtk-gl", "vnc", "none"],
+                   default="spice-gl", help="spice-gl: SPICE with GL on the GPU (default; "
+                   "view with virt-viewer); gtk-gl: QEMU's own window, fastest; vnc or none: "
+                   "no vGPU display")
+    s.add_argument("--x-display", default=":0", metavar=":N",
+                   help="the X display QEMU opens its window on, for gtk-gl (default :0)")
+    s.add_argument("--dry-run", action="store_true",
+                   help="print the change as a unified diff and change nothing")
+    s = add("detach", "remove a vGPU from a domain's XML", cmd_detach)
+    s.add_argument("domain", help="libvirt domain name")
+    s.add_argument("vgpu", help="vGPU name or UUID")
     s = add("stop", "shut a domain down, then remove its on-demand vGPUs", cmd_stop)
     s.add_argument("domain", help="libvirt domain name")
     s.add_argument("--force", action="store_true",

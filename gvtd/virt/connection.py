@@ -41,6 +41,7 @@ class DomainInfo:
     name: str
     state: str
     mdevs: list[str] = field(default_factory=list)
+    xml: str = ""  # the persistent (inactive) definition
 
     @property
     def active(self) -> bool:
@@ -177,6 +178,22 @@ class Libvirt:
     def domain_xml(self, name: str) -> str:
         return self._domain(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
 
+    def version(self) -> int:
+        """libvirt's version as major * 1,000,000 + minor * 1,000 + micro."""
+        if self.conn is None:
+            raise LibvirtUnavailable(f"libvirt is not reachable at {self.uri}.")
+        return int(self.conn.getLibVersion())
+
+    async def define(self, name: str, xml: str) -> None:
+        """Replace a domain's persistent definition (virsh define)."""
+        if self.conn is None:
+            raise LibvirtUnavailable(f"libvirt is not reachable at {self.uri}.")
+        try:
+            await asyncio.to_thread(self.conn.defineXML, xml)
+        except libvirt.libvirtError as e:
+            raise Failed(f"libvirt refused the new XML of {name}: {e.get_error_message()}") from e
+        await self._refresh_one(name)
+
     async def create(self, name: str) -> None:
         """Start a defined domain (virsh start)."""
         dom = self._domain(name)
@@ -218,8 +235,8 @@ class Libvirt:
 
 def _info(dom: libvirt.virDomain) -> DomainInfo:
     state, _ = dom.state()
-    return DomainInfo(dom.name(), STATES.get(state, "unknown"),
-                      mdev_uuids(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
+    xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    return DomainInfo(dom.name(), STATES.get(state, "unknown"), mdev_uuids(xml), xml)
 
 
 def _read_all(conn: libvirt.virConnect) -> dict[str, DomainInfo]:

@@ -1,10 +1,66 @@
-"""Reading libvirt domain XML: which mdevs a domain uses."""
+"""Domain XML: which mdevs a domain uses, and the edits the guide makes by hand.
+
+attach() adds (or updates) the vGPU's hostdev the way that works: vfio-pci with display and
+ramfb as the display mode needs, a free PCI slot that is not after a Cirrus adapter, OpRegion
+through <qemu:override> on libvirt >= 8.2 (the old `-set device.hostdev0.x-igd-opregion=on`
+broke with QEMU 7's JSON -device), and the display itself. Everything else in the XML stays
+as it was. detach() undoes it; lint() finds the guide's pitfalls.
+"""
 
 from __future__ import annotations
 
+import difflib
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from typing import Literal
 
 from gvtd.config import UUID_RE
+from gvtd.errors import Busy, InvalidArgument
+
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+Q = f"{{{QEMU_NS}}}"
+ET.register_namespace("qemu", QEMU_NS)
+
+ALIAS = "ua-gvtd-vgpu"  # a user alias (libvirt wants the ua- prefix) that overrides can name
+OVERRIDE_VERSION = 8_002_000  # libvirt 8.2: <qemu:override>
+Display = Literal["spice-gl", "gtk-gl", "vnc", "none"]
+DISPLAYS: tuple[str, ...] = ("spice-gl", "gtk-gl", "vnc", "none")
+
+
+@dataclass(frozen=True)
+class AttachSpec:
+    uuid: str
+    display: Display = "spice-gl"
+    render_node: str | None = None  # /dev/dri/renderD128 for spice-gl
+    x_display: str = ":0"  # the desktop's $DISPLAY for gtk-gl
+    override: bool = True  # libvirt >= 8.2
+
+
+def parse(xml: str) -> ET.Element:
+    parser = ET.XMLParser(target=ET.TreeBuilder(insert_comments=True))
+    try:
+        return ET.fromstring(xml, parser=parser)
+    except ET.ParseError as e:
+        raise InvalidArgument(f"The domain XML does not parse: {e}.") from e
+
+
+def serialize(root: ET.Element) -> str:
+    ET.indent(root, space="  ")
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def diff(before: str, after: str, name: str) -> str:
+    return "".join(difflib.unified_diff(before.splitlines(True), after.splitlines(True),
+                                        f"{name}.xml", f"{name}.xml (gvtd)"))
+
+
+def mdev_hostdevs(root: ET.Element) -> list[ET.Element]:
+    return root.findall("./devices/hostdev[@type='mdev']")
+
+
+def _uuid_of(hostdev: ET.Element) -> str:
+    address = hostdev.find("./source/address")
+    return (address.get("uuid") or "").lower() if address is not None else ""
 
 
 def mdev_uuids(xml: str) -> list[str]:
@@ -14,10 +70,252 @@ def mdev_uuids(xml: str) -> list[str]:
         root = ET.fromstring(xml)
     except ET.ParseError:
         return []
+    return [u for u in map(_uuid_of, mdev_hostdevs(root)) if UUID_RE.fullmatch(u)]
+
+
+def _slot(address: ET.Element) -> tuple[int, int, int] | None:
+    try:
+        return (int(address.get("bus", "0"), 0), int(address.get("slot", "-1"), 0),
+                int(address.get("function", "0"), 0))
+    except ValueError:
+        return None
+
+
+def _pci_addresses(devices: ET.Element, skip: ET.Element | None = None) -> list[
+        tuple[ET.Element, tuple[int, int, int]]]:
     out = []
-    for hostdev in root.iterfind("./devices/hostdev[@type='mdev']"):
-        address = hostdev.find("./source/address")
-        uuid = (address.get("uuid") or "").lower() if address is not None else ""
-        if UUID_RE.fullmatch(uuid):
-            out.append(uuid)
+    for dev in devices:
+        if dev is skip or not isinstance(dev.tag, str):
+            continue
+        address = dev.find("./address[@type='pci']")
+        if address is not None and (slot := _slot(address)) is not None and slot[1] >= 0:
+            out.append((dev, slot))
     return out
+
+
+def _cirrus_slot(devices: ET.Element) -> int | None:
+    for video in devices.findall("video"):
+        if video.find("./model[@type='cirrus']") is not None:
+            address = video.find("./address[@type='pci']")
+            slot = _slot(address) if address is not None else None
+            return slot[1] if slot and slot[0] == 0 else None
+    return None
+
+
+def _choose_slot(devices: ET.Element, hostdev: ET.Element) -> int:
+    used = {s[1] for _, s in _pci_addresses(devices, skip=hostdev) if s[0] == 0}
+    cirrus = _cirrus_slot(devices)
+    limit = cirrus if cirrus is not None else 0x20
+    free = [s for s in range(0x02, 0x20) if s not in used and s < limit]
+    if not free:
+        why = (f"no free PCI slot before the Cirrus adapter at slot {cirrus:#04x} (a vGPU "
+               "after a Cirrus adapter crashes the VM)" if cirrus is not None
+               else "no free PCI slot on bus 0")
+        raise InvalidArgument(f"Cannot place the vGPU: {why}. Switch the video model to "
+                              "none or virtio, or free a slot.")
+    return free[0]
+
+
+def _sub(parent: ET.Element, tag: str, **attrs: str) -> ET.Element:
+    """The first child matching tag and attrs, created if missing."""
+    for child in parent.findall(tag):
+        if all(child.get(k) == v for k, v in attrs.items()):
+            return child
+    return ET.SubElement(parent, tag, attrs)
+
+
+def _remove(parent: ET.Element | None, child: ET.Element | None) -> None:
+    if parent is not None and child is not None and child in list(parent):
+        parent.remove(child)
+
+
+def _drop_if_empty(root: ET.Element, tag: str) -> None:
+    el = root.find(tag)
+    if el is not None and len(el) == 0:
+        root.remove(el)
+
+
+def _set_properties(root: ET.Element, props: dict[str, str], override: bool) -> None:
+    """QEMU device properties of our hostdev: <qemu:override> or, before libvirt 8.2,
+    `-set device.ALIAS.prop=value` on the command line."""
+    _clear_properties(root)
+    if not props:
+        return
+    if override:
+        frontend = _sub(_sub(_sub(root, Q + "override"), Q + "device", alias=ALIAS),
+                        Q + "frontend")
+        for name, value in props.items():
+            ET.SubElement(frontend, Q + "property", name=name, type="bool",
+                          value="true" if value == "on" else "false")
+    else:
+        cmd = _sub(root, Q + "commandline")
+        for name, value in props.items():
+            ET.SubElement(cmd, Q + "arg", value="-set")
+            ET.SubElement(cmd, Q + "arg", value=f"device.{ALIAS}.{name}={value}")
+
+
+def _clear_properties(root: ET.Element) -> None:
+    override = root.find(Q + "override")
+    if override is not None:
+        _remove(override, override.find(f"{Q}device[@alias='{ALIAS}']"))
+        _drop_if_empty(root, Q + "override")
+    cmd = root.find(Q + "commandline")
+    if cmd is not None:
+        args = list(cmd.findall(Q + "arg"))
+        for first, second in zip(args, args[1:]):
+            if first.get("value") == "-set" and \
+                    (second.get("value") or "").startswith(f"device.{ALIAS}."):
+                cmd.remove(first)
+                cmd.remove(second)
+        _drop_if_empty(root, Q + "commandline")
+
+
+GTK_ARGS = ("-display", "gtk,gl=on")
+
+
+def _set_gtk(root: ET.Element, on: bool, x_display: str) -> None:
+    cmd = root.find(Q + "commandline")
+    if cmd is not None:  # take out what a previous gtk-gl attach added
+        args = list(cmd.findall(Q + "arg"))
+        for first, second in zip(args, args[1:]):
+            if (first.get("value"), second.get("value")) == GTK_ARGS:
+                cmd.remove(first)
+                cmd.remove(second)
+        for env in cmd.findall(Q + "env"):
+            if env.get("name") in ("DISPLAY", "GDK_SCALE"):
+                cmd.remove(env)
+        _drop_if_empty(root, Q + "commandline")
+    if on:
+        cmd = _sub(root, Q + "commandline")
+        for value in GTK_ARGS:
+            ET.SubElement(cmd, Q + "arg", value=value)
+        ET.SubElement(cmd, Q + "env", name="DISPLAY", value=x_display)
+        ET.SubElement(cmd, Q + "env", name="GDK_SCALE", value="1.0")  # QEMU's HiDPI is broken
+
+
+def _set_spice_gl(devices: ET.Element, render_node: str) -> None:
+    graphics = _sub(devices, "graphics", type="spice")
+    for attr in ("port", "autoport", "listen", "tlsPort"):
+        graphics.attrib.pop(attr, None)
+    for listen in graphics.findall("listen"):
+        graphics.remove(listen)
+    graphics.insert(0, ET.Element("listen", type="none"))  # SPICE GL needs a local socket
+    gl = _sub(graphics, "gl")
+    gl.set("enable", "yes")
+    gl.set("rendernode", render_node)  # a path: "auto" does not work with a vGPU
+
+
+def attach(xml: str, spec: AttachSpec) -> str:
+    """The domain XML with the vGPU attached as the display mode needs; idempotent."""
+    if spec.display not in DISPLAYS:
+        raise InvalidArgument(f"Unknown display {spec.display!r}; use one of "
+                              f"{', '.join(DISPLAYS)}.")
+    root = parse(xml)
+    devices = root.find("devices")
+    if devices is None:
+        devices = ET.SubElement(root, "devices")
+    ours = None
+    for hostdev in mdev_hostdevs(root):
+        if _uuid_of(hostdev) == spec.uuid:
+            ours = hostdev
+        else:
+            raise Busy(f"The domain already has the vGPU {_uuid_of(hostdev)}, and a VM can open "
+                       "only one (the kernel refuses a second with EEXIST): detach it first.")
+    if ours is None:
+        ours = ET.SubElement(devices, "hostdev")
+        address = ET.SubElement(ET.SubElement(ours, "source"), "address", uuid=spec.uuid)
+        del address
+    gl = spec.display == "spice-gl"
+    ours.attrib.update({"mode": "subsystem", "type": "mdev", "managed": "no",
+                        "model": "vfio-pci", "display": "on" if gl else "off"})
+    if gl:
+        ours.set("ramfb", "on")  # the boot screen before the guest's driver takes over
+    else:
+        ours.attrib.pop("ramfb", None)
+    alias = ours.find("alias")
+    if alias is None:
+        alias = ET.SubElement(ours, "alias")
+    alias.set("name", ALIAS)
+    pci = ours.find("./address[@type='pci']")
+    if pci is None:
+        slot = _choose_slot(devices, ours)
+        ET.SubElement(ours, "address", type="pci", domain="0x0000", bus="0x00",
+                      slot=f"{slot:#04x}", function="0x0")
+    if gl:
+        if not spec.render_node:
+            raise InvalidArgument("SPICE with GL needs the GPU's render node, and the parent "
+                                  "has none (is i915 bound to it?); use --display vnc.")
+        _set_spice_gl(devices, spec.render_node)
+    props = {"x-igd-opregion": "on"} if spec.display in ("spice-gl", "gtk-gl") else {}
+    if spec.display == "gtk-gl":
+        props["display"] = "on"  # libvirt refuses display='on' without a graphics device
+    _set_properties(root, props, spec.override)
+    _set_gtk(root, spec.display == "gtk-gl", spec.x_display)
+    return serialize(root)
+
+
+def detach(xml: str, uuid: str) -> str:
+    """The domain XML without the vGPU and what attach() added for it."""
+    root = parse(xml)
+    devices = root.find("devices")
+    found = [h for h in mdev_hostdevs(root) if _uuid_of(h) == uuid]
+    if not found:
+        raise InvalidArgument(f"The domain has no vGPU {uuid}.")
+    for hostdev in found:
+        _remove(devices, hostdev)
+    _clear_properties(root)
+    _set_gtk(root, False, "")
+    return serialize(root)
+
+
+def lint(xml: str) -> list[tuple[str, str, str]]:
+    """(id, message, fix) for the guide's pitfalls in one domain."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return []
+    out: list[tuple[str, str, str]] = []
+    devices = root.find("devices")
+    if devices is None:
+        return out
+    seen: dict[tuple[int, int, int], str] = {}
+    for dev, slot in _pci_addresses(devices):
+        if slot in seen:
+            out.append(("slot-collision", f"{dev.tag} and {seen[slot]} share PCI address "
+                        f"{slot[0]:02x}:{slot[1]:02x}.{slot[2]} (the guide: the VM crashes)",
+                        "Give one of them another slot (virsh edit)."))
+        seen[slot] = dev.tag
+    for graphics in devices.findall("graphics[@type='spice']"):
+        gl = graphics.find("gl")
+        if gl is not None and gl.get("enable") == "yes" and \
+                gl.get("rendernode", "auto") in ("", "auto"):
+            out.append(("rendernode-auto", "SPICE GL has no render node path (rendernode is "
+                        "auto), which does not work with a vGPU",
+                        "gvt-client attach DOMAIN VGPU --display spice-gl sets the path."))
+    cirrus = _cirrus_slot(devices)
+    for hostdev in mdev_hostdevs(root):
+        address = hostdev.find("./address[@type='pci']")
+        slot = _slot(address) if address is not None else None
+        if cirrus is not None and slot is not None and slot[0] == 0 and slot[1] > cirrus:
+            out.append(("after-cirrus", "the vGPU sits after the Cirrus adapter (the guide: "
+                        "the VM crashes)", "Move the vGPU to a lower slot or change the video "
+                        "model."))
+        wants_opregion = hostdev.get("display") == "on" or root.find(
+            f"{Q}override/{Q}device/{Q}frontend/{Q}property[@name='display']") is not None
+        if wants_opregion and not _has_opregion(root):
+            out.append(("opregion-missing", "the vGPU shows a display but OpRegion is not "
+                        "enabled (x-igd-opregion): the guest driver may not light it up",
+                        "gvt-client attach DOMAIN VGPU sets it."))
+        if hostdev.get("display") == "on" and devices.find("graphics") is None:
+            out.append(("display-no-graphics", "the vGPU has display='on' but the domain has "
+                        "no graphics device (libvirt refuses to start it)",
+                        "Add SPICE graphics, or use --display gtk-gl or vnc."))
+    return out
+
+
+def _has_opregion(root: ET.Element) -> bool:
+    if root.find(f"{Q}override/{Q}device/{Q}frontend/{Q}property[@name='x-igd-opregion']") \
+            is not None:
+        return True
+    return any("x-igd-opregion=on" in (arg.get("value") or "")
+               for arg in root.iterfind(f"{Q}commandline/{Q}arg"))

@@ -14,9 +14,9 @@ UNKNOWN = "0b9a7b35-6f04-4e2c-9f5b-6cf33ac4c3d1"
 ERR = names.ERROR_PREFIX
 
 
-def domain(name: str, uuid: str | None) -> str:
+def domain(name: str, uuid: str | None, display: str = "off") -> str:
     hostdev = (f"<hostdev mode='subsystem' type='mdev' managed='no' model='vfio-pci' "
-               f"display='off'><source><address uuid='{uuid}'/></source></hostdev>"
+               f"display='{display}'><source><address uuid='{uuid}'/></source></hostdev>"
                if uuid else "")
     return (f"<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>"
             f"<name>{name}</name><memory>1048576</memory><os><type>hvm</type></os>"
@@ -27,7 +27,9 @@ def domain(name: str, uuid: str | None) -> str:
 def virt(dbus: DBusDaemon, tmp_path: Path):  # type: ignore[no-untyped-def]
     node = tmp_path / "node.xml"
     node.write_text("<node>" + domain("win10", U1) + domain("stranger", UNKNOWN)
-                    + domain("plain", None) + "</node>")
+                    + domain("plain", None) + domain("twin", UNKNOWN)
+                    + domain("lint", "5a1e7f7c-1c37-4d7a-9d43-2b8c8c1f4e11", display="on")
+                    + "</node>")
     (tmp_path / "gvtd.toml").write_text(f'libvirt_uri = "test://{node}"\n')
     sim = Simulation(dbus, config_dir=tmp_path)
     if not sim.client.props(names.ROOT_PATH, names.MANAGER_IFACE)["LibvirtConnected"]:
@@ -146,3 +148,46 @@ def test_libvirt_unreachable(dbus: DBusDaemon, tmp_path: Path) -> None:
         assert sim.client.vgpus()["a"]["State"] == "active"
     finally:
         sim.stop()
+
+
+def test_attach_dry_run_then_attach_and_detach(virt: Simulation) -> None:
+    virt.client.define(name="plain-gpu", type="i915-GVTg_V5_8", start="manual")
+    opts = {"display": Variant("s", "vnc"), "dry_run": Variant("b", True)}
+    change = virt.client.call("AttachVGPU", "ssa{sv}", ["plain", "plain-gpu", opts])[0]
+    uuid = virt.client.vgpus()["plain-gpu"]["UUID"]
+    assert change.startswith("--- plain.xml") and f'<address uuid="{uuid}"' in change
+    with pytest.raises(CallError):  # nothing was defined: still no vGPU in plain's XML
+        virt.client.props(names.domain_path("plain"), names.DOMAIN_IFACE)
+    opts["dry_run"] = Variant("b", False)
+    virt.client.call("AttachVGPU", "ssa{sv}", ["plain", "plain-gpu", opts])
+    virt.client.wait_for(lambda m: m.member == "InterfacesAdded"
+                         and m.body[0] == names.domain_path("plain"))
+    assert virt.client.props(names.domain_path("plain"), names.DOMAIN_IFACE)["VGPUs"] == \
+        [names.vgpu_path(uuid)]
+    assert virt.client.call("AttachVGPU", "ssa{sv}", ["plain", "plain-gpu", opts])[0] == ""
+    p = virt.gvt_client("attach", "plain", "plain-gpu", "--display", "vnc")
+    assert "already has plain-gpu attached" in p.stdout
+    virt.gvt_client("detach", "plain", "plain-gpu", check=True)
+    virt.client.wait_for(lambda m: m.member == "InterfacesRemoved"
+                         and m.body[0] == names.domain_path("plain"))
+
+
+def test_attach_spice_gl_uses_the_render_node_path(virt: Simulation) -> None:
+    virt.client.define(name="g", type="i915-GVTg_V5_8", start="manual")
+    p = virt.gvt_client("attach", "plain", "g", "--dry-run", check=True)
+    assert "rendernode=\"/dev/dri/renderD128\"" in p.stdout
+    assert "x-igd-opregion" in p.stdout
+
+
+def test_attach_a_second_vgpu_is_busy(virt: Simulation) -> None:
+    virt.client.define(name="other", type="i915-GVTg_V5_8", start="manual")
+    with pytest.raises(CallError) as e:
+        virt.client.call("AttachVGPU", "ssa{sv}", ["win10", "other", {}])
+    assert e.value.name == ERR + "Busy"
+
+
+def test_lint_reaches_problems(virt: Simulation) -> None:
+    ids = [p[0] for p in virt.client.props(names.ROOT_PATH, names.MANAGER_IFACE)["Problems"]]
+    assert "domain:lint:display-no-graphics" in ids
+    assert f"vgpu:{UNKNOWN}:shared" in ids  # stranger and twin name the same vGPU
+    assert not [i for i in ids if i.startswith("domain:win10:")]
