@@ -17,6 +17,7 @@ from dbus_fast import DBusError, PropertyAccess, Variant
 from dbus_fast.service import ServiceInterface, dbus_property, method
 
 from gvtd import __version__, doctor, names
+from gvtd.bus.auth import authorized, define_details
 from gvtd.domains import attach_options, stop_options
 from gvtd.errors import Failed, GvtdError, InvalidArgument
 from gvtd.mdev import Parent
@@ -103,32 +104,38 @@ class ManagerInterface(_Mirror):
 
     @method()
     @dbus_errors
+    @authorized(names.ACTION_MANAGE, detail=define_details)
     async def Define(self, options: "a{sv}") -> "o":  # noqa: F821
         name, data = unpack_define(options)
         return names.vgpu_path(await self.host.define(name, data))
 
     @method()
     @dbus_errors
+    @authorized(names.ACTION_MANAGE, detail="vgpu")
     async def Undefine(self, name: "s") -> None:  # noqa: F821
         await self.host.undefine(name)
 
     @method()
     @dbus_errors
+    @authorized(names.ACTION_VGPU, detail="vgpu")
     async def CreateVGPU(self, name: "s") -> "o":  # noqa: F821
         return names.vgpu_path(await self.host.create(name))
 
     @method()
     @dbus_errors
+    @authorized(names.ACTION_VGPU, detail="vgpu")
     async def RemoveVGPU(self, name: "s") -> None:  # noqa: F821
         await self.host.remove(name)
 
     @method()
     @dbus_errors
+    @authorized(names.ACTION_MANAGE)
     async def Reload(self) -> None:
         await self.host.reload()
 
     @method()
     @dbus_errors
+    @authorized(names.ACTION_DOMAIN, detail="domain")
     async def StartDomain(self, name: "s", options: "a{sv}") -> "o":  # noqa: F821
         if options:
             raise InvalidArgument(f"StartDomain takes no options yet, not {', '.join(options)}.")
@@ -137,18 +144,21 @@ class ManagerInterface(_Mirror):
 
     @method()
     @dbus_errors
+    @authorized(names.ACTION_DOMAIN, detail="domain")
     async def StopDomain(self, name: "s", options: "a{sv}") -> None:  # noqa: F821
         force, timeout = stop_options({k: v.value for k, v in options.items()})
         await self.daemon.domains.stop_domain(name, force, timeout)
 
     @method()
     @dbus_errors
+    @authorized(names.ACTION_DOMAIN, detail=("domain", "vgpu"))
     async def AttachVGPU(self, domain: "s", vgpu: "s", options: "a{sv}") -> "s":  # noqa: F821
         display, dry_run, x_display = attach_options({k: v.value for k, v in options.items()})
         return await self.daemon.domains.attach(domain, vgpu, display, dry_run, x_display)
 
     @method()
     @dbus_errors
+    @authorized(names.ACTION_DOMAIN, detail=("domain", "vgpu"))
     async def DetachVGPU(self, domain: "s", vgpu: "s") -> None:  # noqa: F821
         await self.daemon.domains.detach(domain, vgpu)
 
