@@ -154,18 +154,30 @@ async def cmd_parents(c: Client, args: argparse.Namespace) -> None:
 
 async def cmd_status(c: Client, args: argparse.Namespace) -> None:
     m = await c.manager()
-    vgpus = _vgpus(await c.objects())
+    objects = await c.objects()
+    vgpus = _vgpus(objects)
+    names_by_path = {names.vgpu_path(v["uuid"]): v["name"] or v["uuid"] for v in vgpus}
+    domains = sorted(({"name": d["Name"], "state": d["State"],
+                       "vgpus": [names_by_path.get(p, p) for p in d["VGPUs"]]}
+                      for ifaces in objects.values()
+                      if (d := ifaces.get(names.DOMAIN_IFACE)) is not None),
+                     key=lambda d: d["name"])
     problems = [{"id": p[0], "severity": p[1], "message": p[2], "fix": p[3]}
                 for p in m["Problems"]]
     active = sum(v["state"] == "active" for v in vgpus)
-    lines = [f"gvtd {m['Version']}: {m['State']}, {active} of {len(vgpus)} vGPUs active"]
+    libvirt = "libvirt connected" if m.get("LibvirtConnected") else "libvirt NOT connected"
+    lines = [f"gvtd {m['Version']}: {m['State']}, {active} of {len(vgpus)} vGPUs active, "
+             f"{libvirt}"]
     for v in vgpus:
-        lines.append(f"  {v['name'] or v['uuid']}: {v['state']}"
+        lines.append(f"  vGPU {v['name'] or v['uuid']}: {v['state']}"
                      + (f" ({v['last_error']})" if v["last_error"] else ""))
+    for d in domains:
+        lines.append(f"  domain {d['name']}: {d['state']} (uses {', '.join(d['vgpus'])})")
     for p in problems:
         lines.append(f"{p['severity']}: {p['message']}\n  fix: {p['fix']}")
-    _emit(args, {"version": m["Version"], "state": m["State"], "vgpus": vgpus,
-                 "problems": problems}, "\n".join(lines))
+    _emit(args, {"version": m["Version"], "state": m["State"],
+                 "libvirt_connected": m.get("LibvirtConnected", False), "vgpus": vgpus,
+                 "domains": domains, "problems": problems}, "\n".join(lines))
 
 
 async def cmd_define(c: Client, args: argparse.Namespace) -> None:
@@ -235,6 +247,19 @@ async def cmd_detach(c: Client, args: argparse.Namespace) -> None:
 
 async def cmd_stop(c: Client, args: argparse.Namespace) -> None:
     options = {"force": Variant("b", args.force), "timeout": Variant("u", args.timeout)}
+    path = names.domain_path(args.domain)
+
+    def progress(msg: Message) -> None:  # the domain's state as libvirt reports it
+        if msg.member == "PropertiesChanged" and msg.path == path:
+            state = _plain(msg.body[1]).get("State")
+            if state:
+                print(f"  {args.domain}: {state}", flush=True)
+
+    c.bus.add_message_handler(progress)
+    await c.call("AddMatch", "s", [f"type='signal',sender='{names.BUS_NAME}',path='{path}',"
+                                   "member='PropertiesChanged'"],
+                 path="/org/freedesktop/DBus", interface="org.freedesktop.DBus",
+                 destination="org.freedesktop.DBus")
     print(f"Asking {args.domain} to shut down (up to {args.timeout} s"
           + (", then forcing it off)" if args.force else ")") + "...", flush=True)
     await c.call("StopDomain", "sa{sv}", [args.domain, options])

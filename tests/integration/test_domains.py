@@ -129,8 +129,11 @@ def test_cli_start_and_stop(virt: Simulation) -> None:
                        domain="win10")
     p = virt.gvt_client("start", "win10", check=True)
     assert "win10 is running" in p.stdout
+    status = virt.gvt_client("status", check=True).stdout
+    assert "domain win10: running (uses win10)" in status and "libvirt connected" in status
     p = virt.gvt_client("stop", "win10", "--timeout", "30", check=True)
     assert "shut down" in p.stdout and "is off" in p.stdout
+    assert "  win10: shut-off" in p.stdout  # progress from the Domain's State signal
     p = virt.gvt_client("start", "stranger")
     assert p.returncode == 1 and UNKNOWN in p.stderr
 
