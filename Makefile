@@ -7,10 +7,12 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian 12 packages: build headers for PyGObject, dbus-python, libvirt-python and
 # systemd-python; umockdev and FUSE for the emulated host; dbus-daemon for private buses;
-# mdevctl, which the benchmarks run side by side with gvtd.
+# mdevctl, which the benchmarks run side by side with gvtd; polkitd, whose DTD and daemon
+# check the shipped polkit actions.
 DEB_PACKAGES = pkg-config gcc python3-dev libgirepository1.0-dev libcairo2-dev \
 	libdbus-1-dev libglib2.0-dev libvirt-dev libsystemd-dev \
-	umockdev gir1.2-umockdev-1.0 fuse3 dbus-daemon libxml2-utils systemd mdevctl
+	umockdev gir1.2-umockdev-1.0 fuse3 dbus-daemon libxml2-utils systemd mdevctl \
+	polkitd
 
 .PHONY: all setup deps test demo bench clean
 all: test
