@@ -133,7 +133,8 @@ class Daemon:
     def state(self) -> str:
         if not self.ready:
             return "starting"
-        return "degraded" if self.host.problems() else "running"
+        errors = [p for p in self.host.problems() if p[1] == "error"]
+        return "degraded" if errors else "running"  # warnings are advice, not a fault
 
     def _status(self) -> None:
         summary = self.host.summary()

@@ -100,10 +100,12 @@ class Client:
                 out[v["Name"] or v["UUID"]] = v
         return out
 
-    def wait_for(self, predicate: Callable[[Message], bool], timeout: float = TIMEOUT) -> Message:
-        """Wait for a signal (already received or coming) that satisfies predicate."""
+    def wait_for(self, predicate: Callable[[Message], bool], timeout: float = TIMEOUT,
+                 after: Message | None = None) -> Message:
+        """Wait for a signal (already received or coming) that satisfies predicate; with
+        `after`, only one that came after that signal."""
         deadline = time.monotonic() + timeout
-        seen = 0
+        seen = next(i + 1 for i, m in enumerate(self.signals) if m is after) if after else 0
         while True:
             for msg in self.signals[seen:]:
                 if predicate(msg):

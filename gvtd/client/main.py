@@ -263,7 +263,7 @@ async def cmd_stop(c: Client, args: argparse.Namespace) -> None:
     print(f"Asking {args.domain} to shut down (up to {args.timeout} s"
           + (", then forcing it off)" if args.force else ")") + "...", flush=True)
     await c.call("StopDomain", "sa{sv}", [args.domain, options])
-    print(f"{args.domain} is off; its on-demand vGPUs are removed")
+    print(f"{args.domain} is off (gvtd removed its on-demand vGPUs, if it had any)")
 
 
 def _describe(path: str, ifaces: dict[str, dict[str, Any]]) -> tuple[str, str, str]:

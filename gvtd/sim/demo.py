@@ -99,6 +99,16 @@ def main() -> int:
         run(env, "cat", os.path.join(config, "vgpus.d", "win10.toml"))
         client(env, "list")
         client(env, "types")
+        say("Attach it to the win10 VM the way the guide does by hand (hostdev, OpRegion, "
+            "SPICE GL on the render node): first as a dry run, then for real")
+        client(env, "attach", "win10", "win10", "--dry-run")
+        client(env, "attach", "win10", "win10")
+        say("The command users came for: start the VM with its vGPU, and stop it")
+        client(env, "start", "win10")
+        say("(The libvirt test driver behind the simulation drops the qemu: namespace, so the "
+            "lint below sees no OpRegion; libvirt's qemu driver keeps it.)")
+        client(env, "status")
+        client(env, "stop", "win10", "--timeout", "30")
         say("Reboot the emulated host: the kernel forgets every mdev, gvtd starts again "
             "and recreates win10 before it reports READY")
         simulator(env, "Reboot")

@@ -36,7 +36,7 @@ PRELOAD = "libumockdev-preload"
 
 LIBVIRT_TEST_NODE = """\
 <node>
-  <domain type='test'>
+  <domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
     <name>win10</name>
     <uuid>4dea22b3-1d52-d8f3-2516-782e98ab3fa0</uuid>
     <memory unit='GiB'>4</memory>
@@ -46,6 +46,7 @@ LIBVIRT_TEST_NODE = """\
       <graphics type='spice'><listen type='none'/></graphics>
       <video><model type='qxl'/></video>
     </devices>
+    <test:runstate>5</test:runstate>
   </domain>
 </node>
 """

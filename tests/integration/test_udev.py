@@ -10,11 +10,12 @@ from harness import DBusDaemon, Simulation, plain
 PARENT = "0000:00:02.0"
 
 
-def changed(sim: Simulation, path: str, prop: str, value: object):  # type: ignore[no-untyped-def]
-    """Wait for a PropertiesChanged that sets prop to value on path."""
+def changed(sim: Simulation, path: str, prop: str, value: object,
+            after: object = None):  # type: ignore[no-untyped-def]
+    """Wait for a PropertiesChanged that sets prop to value on path (after another one)."""
     return sim.client.wait_for(
         lambda m: m.member == "PropertiesChanged" and m.path == path
-        and prop in m.body[1] and plain(m.body[1][prop]) == value)
+        and prop in m.body[1] and plain(m.body[1][prop]) == value, after=after)
 
 
 def mark(sim: Simulation) -> str:
@@ -51,11 +52,11 @@ def test_unregister_register_cycle(sim: Simulation) -> None:
     for _ in range(3):
         log = sim.write_log()
         sim.sim_call("UnregisterParent", "s", [PARENT])
-        changed(sim, path, "State", "parent-missing")
+        missing = changed(sim, path, "State", "parent-missing")
         changed(sim, names.parent_path(PARENT), "Registered", False)
         assert sim.write_log() == log  # nothing written while the parent is away
         sim.sim_call("RegisterParent", "s", [PARENT])
-        changed(sim, path, "State", "active")
+        changed(sim, path, "State", "active", after=missing)
         assert (sim.root / "sys/bus/mdev/devices" / uuid).exists()
         sim.client.signals.clear()
 
@@ -64,8 +65,8 @@ def test_removed_outside_is_recreated(sim: Simulation) -> None:
     path = sim.client.define(name="win10", type="i915-GVTg_V5_4")
     uuid = sim.client.vgpus()["win10"]["UUID"]
     sim.sim_call("RemoveMdev", "s", [uuid])
-    changed(sim, path, "State", "inactive")
-    changed(sim, path, "State", "active")
+    gone = changed(sim, path, "State", "inactive")
+    changed(sim, path, "State", "active", after=gone)
     assert [w[1] for w in sim.write_log() if w[0].endswith("/create")] == [uuid, uuid]
 
 
