@@ -20,7 +20,7 @@ from typing import Literal
 
 from gvtd import gvt
 from gvtd.config import Settings
-from gvtd.mdev import render_nodes
+from gvtd.mdev import list_dir, parse_int, read_attr, render_nodes
 
 Severity = Literal["pass", "warn", "fail"]
 
@@ -75,35 +75,14 @@ class Gpu:
 
 # -- reading ------------------------------------------------------------------------------
 
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return None
-
-
-def _int(text: str | None, base: int = 0) -> int | None:
-    try:
-        return int(text.strip(), base) if text is not None else None
-    except ValueError:
-        return None
-
-
-def _listdir(path: Path) -> list[str]:
-    try:
-        return sorted(os.listdir(path))
-    except OSError:
-        return []
-
-
 def find_gpu(sysfs: Path) -> Gpu | None:
     """The first Intel display-class PCI device (the iGPU is 0000:00:02.0 on every laptop)."""
     pci = sysfs / "bus" / "pci" / "devices"
-    for name in _listdir(pci):
-        vendor = _int(_read(pci / name / "vendor"), 16)
-        cls = _int(_read(pci / name / "class"), 16)
+    for name in list_dir(pci):
+        vendor = parse_int(read_attr(pci / name / "vendor"), 16)
+        cls = parse_int(read_attr(pci / name / "class"), 16)
         if vendor == gvt.INTEL_VENDOR and cls is not None and cls >> 16 == PCI_DISPLAY_CLASS:
-            device = _int(_read(pci / name / "device"), 16) or 0
+            device = parse_int(read_attr(pci / name / "device"), 16) or 0
             return Gpu(name, Path(os.path.realpath(pci / name)), vendor, device)
     return None
 
@@ -224,7 +203,7 @@ def _guc_check(p: dict[str, str], edit: str) -> Check:
                 if k in ("i915.enable_guc_submission", "i915.enable_guc_loading")
                 and v.strip() not in ("0", "")]
     guc = p.get("i915.enable_guc")
-    value = _int(guc)
+    value = parse_int(guc)
     if guc is not None and value != 0:
         enabling.insert(0, f"i915.enable_guc={guc}")
     if enabling:
@@ -249,7 +228,7 @@ def check_i915_params(sysfs: Path) -> list[Check]:
                       "modprobe i915, and check that nothing blacklists it "
                       "(grep -r i915 /etc/modprobe.d).")]
     out = []
-    gvt_on = _read(params / "enable_gvt")
+    gvt_on = read_attr(params / "enable_gvt")
     if gvt_on is None:
         out.append(Check("i915.enable_gvt", "fail", "This i915 has no enable_gvt parameter: the "
                          "kernel was built without GVT-g (CONFIG_DRM_I915_GVT).",
@@ -261,8 +240,8 @@ def check_i915_params(sysfs: Path) -> list[Check]:
         out.append(Check("i915.enable_gvt", "fail",
                          f"i915 runs with enable_gvt={gvt_on.strip()}: GVT-g is off.",
                          "Put i915.enable_gvt=1 on the kernel command line and reboot."))
-    guc = _read(params / "enable_guc")
-    value = _int(guc)
+    guc = read_attr(params / "enable_guc")
+    value = parse_int(guc)
     if guc is None:
         out.append(Check("i915.enable_guc", "pass", "This i915 has no enable_guc parameter "
                          "(no GuC submission to turn off)."))
@@ -308,7 +287,7 @@ def check_modules(sysfs: Path) -> list[Check]:
 
 
 def check_iommu(sysfs: Path) -> Check:
-    groups = _listdir(sysfs / "kernel" / "iommu_groups")
+    groups = list_dir(sysfs / "kernel" / "iommu_groups")
     if groups:
         return Check("iommu", "pass", f"The IOMMU is on ({len(groups)} IOMMU groups).")
     return Check("iommu", "fail", "No IOMMU groups: the IOMMU is off, so VFIO cannot give a VM "
@@ -322,7 +301,7 @@ def check_mdev_types(gpu: Gpu | None) -> Check:
     if gpu is None:
         return Check("mdev_types", "fail", "No Intel GPU, so no mdev_supported_types.",
                      "GVT-g needs an Intel integrated GPU (Broadwell to Comet Lake).")
-    types = _listdir(gpu.path / "mdev_supported_types")
+    types = list_dir(gpu.path / "mdev_supported_types")
     if types:
         return Check("mdev_types", "pass",
                      f"{gpu.address} offers {len(types)} vGPU types ({', '.join(types)}).")
@@ -337,12 +316,12 @@ def check_capacity(gpu: Gpu | None) -> Check:
     if gpu is None:
         return Check("capacity", "fail", "No Intel GPU: no vGPU fits.", "")
     base = gpu.path / "mdev_supported_types"
-    types = _listdir(base)
+    types = list_dir(base)
     if not types:
         return Check("capacity", "warn", f"Not checked: {gpu.address} offers no vGPU types.",
                      "See the mdev_types finding.")
-    available = {t: _int(_read(base / t / "available_instances")) or 0 for t in types}
-    existing = sum(len(_listdir(base / t / "devices")) for t in types)
+    available = {t: parse_int(read_attr(base / t / "available_instances")) or 0 for t in types}
+    existing = sum(len(list_dir(base / t / "devices")) for t in types)
     fitting = [t for t, n in available.items() if n > 0]
     if fitting:
         return Check("capacity", "pass", f"{gpu.address} has room for more vGPUs ("
@@ -363,7 +342,7 @@ def _version(text: str) -> tuple[int, int] | None:
 
 
 def check_kernel(procfs: Path) -> Check:
-    release = _read(procfs / "sys" / "kernel" / "osrelease")
+    release = read_attr(procfs / "sys" / "kernel" / "osrelease")
     version = _version(release) if release else None
     if version is None:
         return Check("kernel", "warn", "Cannot tell the kernel version "
@@ -432,12 +411,12 @@ def check_mdevctl(mdevctl: Path, uuids: Iterable[str]) -> Check:
     """mdevctl auto-starting the same UUID as gvtd: two owners of one device fight."""
     mine = set(uuids)
     clashes = []
-    for parent in _listdir(mdevctl):
-        for uuid in _listdir(mdevctl / parent):
+    for parent in list_dir(mdevctl):
+        for uuid in list_dir(mdevctl / parent):
             if uuid.lower() not in mine:
                 continue
             try:
-                data = json.loads(_read(mdevctl / parent / uuid) or "")
+                data = json.loads(read_attr(mdevctl / parent / uuid) or "")
             except ValueError:
                 continue
             if isinstance(data, dict) and data.get("start") == "auto":
@@ -454,7 +433,7 @@ def diagnose(roots: HostRoots, uuids: Iterable[str] = ()) -> list[Check]:
     """Every check, in the order a person fixes them: hardware, boot, drivers, then use."""
     gpu = find_gpu(roots.sysfs)
     out = [check_platform(gpu)]
-    out += check_cmdline(_read(roots.procfs / "cmdline"))
+    out += check_cmdline(read_attr(roots.procfs / "cmdline"))
     out += check_i915_params(roots.sysfs)
     out += check_modules(roots.sysfs)
     out.append(check_iommu(roots.sysfs))

@@ -63,22 +63,27 @@ class Mdev:
     type_id: str
 
 
-def _read(path: Path) -> str | None:
+def read_attr(path: Path) -> str | None:
+    """A sysfs attribute's text, or None when it cannot be read (gone, no permission)."""
     try:
         return path.read_text(errors="replace")
     except OSError:
         return None
 
 
-def _read_int(path: Path, base: int = 0) -> int | None:
-    text = _read(path)
+def parse_int(text: str | None, base: int = 0) -> int | None:
     try:
         return int(text.strip(), base) if text is not None else None
     except ValueError:
         return None
 
 
-def _listdir(path: Path) -> list[str]:
+def read_int(path: Path, base: int = 0) -> int | None:
+    return parse_int(read_attr(path), base)
+
+
+def list_dir(path: Path) -> list[str]:
+    """A directory's entries, sorted; empty when it is missing (sysfs dirs come and go)."""
     try:
         return sorted(os.listdir(path))
     except OSError:
@@ -114,23 +119,23 @@ class Sysfs:
 
     def parents(self) -> list[Parent]:
         """Registered parents, plus Intel display devices that could be but are not."""
-        registered = _listdir(self._bus)
+        registered = list_dir(self._bus)
         for gone in set(self._static) - set(registered):
             del self._static[gone]  # unregistered: its driver may come back different
         found = {name: self._parent(name, self._bus / name, True) for name in registered}
         pci = self.root / "bus" / "pci" / "devices"
-        for name in _listdir(pci):
+        for name in list_dir(pci):
             if name in found:
                 continue
-            vendor = _read_int(pci / name / "vendor", 16)
-            cls = _read_int(pci / name / "class", 16)
+            vendor = read_int(pci / name / "vendor", 16)
+            cls = read_int(pci / name / "class", 16)
             if vendor == gvt.INTEL_VENDOR and cls is not None and cls >> 16 == PCI_DISPLAY_CLASS:
                 found[name] = self._parent(name, pci / name, False)
         return sorted(found.values(), key=lambda p: p.name)
 
     def parent(self, name: str) -> Parent | None:
         """One parent, reading only its own files."""
-        if name in _listdir(self._bus):
+        if name in list_dir(self._bus):
             return self._parent(name, self._bus / name, True)
         return next((p for p in self.parents() if p.name == name), None)
 
@@ -140,8 +145,8 @@ class Sysfs:
             syspath = os.path.realpath(link)
             path = Path(syspath)
             base = Parent(name=name, syspath=syspath, driver=_link_name(path / "driver"),
-                          vendor=_read_int(path / "vendor", 16),
-                          device=_read_int(path / "device", 16), registered=registered)
+                          vendor=read_int(path / "vendor", 16),
+                          device=read_int(path / "device", 16), registered=registered)
             cached = (base, {})
             if registered:
                 self._static[name] = cached
@@ -154,20 +159,20 @@ class Sysfs:
     def _types(parent: Path, known: dict[str, MdevType]) -> list[MdevType]:
         base = parent / "mdev_supported_types"
         out = []
-        for type_id in _listdir(base):
+        for type_id in list_dir(base):
             d = base / type_id
             static = known.get(type_id)
             if static is None:
-                description = _read(d / "description")
+                description = read_attr(d / "description")
                 known[type_id] = static = MdevType(
                     id=type_id,
-                    name=(_read(d / "name") or type_id).strip(),
+                    name=(read_attr(d / "name") or type_id).strip(),
                     description=description,
-                    device_api=(_read(d / "device_api") or "").strip(),
+                    device_api=(read_attr(d / "device_api") or "").strip(),
                     available=0,
                     gvt=gvt.parse_description(description),
                 )
-            available = _read_int(d / "available_instances") or 0
+            available = read_int(d / "available_instances") or 0
             out.append(dataclasses.replace(static, available=available))
         return out
 
@@ -185,7 +190,7 @@ class Sysfs:
     def mdevs(self) -> dict[str, Mdev]:
         """Every mdev the kernel has, on any parent. The type comes from the `mdev_type`
         link (uevents carry no type)."""
-        found = (self.mdev(uuid) for uuid in _listdir(self._mdevs))
+        found = (self.mdev(uuid) for uuid in list_dir(self._mdevs))
         return {m.uuid: m for m in found if m is not None}
 
     # -- writing --------------------------------------------------------------------------
@@ -195,7 +200,7 @@ class Sysfs:
         this returns, the mdev exists."""
         _check_uuid(uuid)
         types_dir = Path(parent.syspath) / "mdev_supported_types"
-        listed = _listdir(types_dir)  # what the kernel lists now, not what we saw before
+        listed = list_dir(types_dir)  # what the kernel lists now, not what we saw before
         if not listed:
             raise ParentMissing(
                 f"The mdev parent {parent.name} is not registered: for GVT-g, check that "
@@ -212,7 +217,7 @@ class Sysfs:
 
     def remove(self, uuid: str) -> None:
         _check_uuid(uuid)
-        if uuid not in _listdir(self._mdevs):
+        if uuid not in list_dir(self._mdevs):
             raise NotFound(f"There is no mdev {uuid}.")
         try:
             self._write(self._mdevs / uuid / "remove", "1")
@@ -227,7 +232,7 @@ class Sysfs:
         """Write one of an mdev's own attributes (the definition's `attrs`)."""
         _check_uuid(uuid)
         dev = self._mdevs / uuid
-        if not ATTR_NAME_RE.fullmatch(name) or name not in _listdir(dev) or name == "remove":
+        if not ATTR_NAME_RE.fullmatch(name) or name not in list_dir(dev) or name == "remove":
             raise InvalidArgument(f"The mdev {uuid} has no attribute {name!r}.")
         try:
             self._write(dev / name, value)
@@ -286,10 +291,10 @@ class Sysfs:
 def render_nodes(sysfs_root: Path, device: Path) -> list[str]:
     """The DRM render nodes (renderD*) of a GPU: under its own drm/ directory, or the
     /sys/class/drm entries whose device is it."""
-    nodes = [n for n in _listdir(device / "drm") if n.startswith("renderD")]
+    nodes = [n for n in list_dir(device / "drm") if n.startswith("renderD")]
     if not nodes:
         drm = sysfs_root / "class" / "drm"
-        nodes = [n for n in _listdir(drm) if n.startswith("renderD")
+        nodes = [n for n in list_dir(drm) if n.startswith("renderD")
                  and os.path.realpath(drm / n / "device") == os.path.realpath(device)]
     return nodes
 
