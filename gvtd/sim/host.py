@@ -36,6 +36,7 @@ import shutil
 import subprocess
 import threading
 import uuid as uuidlib
+from collections.abc import Callable
 from typing import Any
 
 from .kernel import CreateError, Kernel, Mdev, Parent, WriteRecord, make_kernel
@@ -164,6 +165,10 @@ class EmulatedHost:
         """Every write through the emulated sysfs so far: (path, data, "ok" or errno name)."""
         with self._lock:
             return list(self.kernel.writes)
+
+    def set_fault(self, fault: Callable[[str, str], None] | None) -> None:
+        """fault(phase, path) runs before and after every write ("before"/"after")."""
+        self._ops.fault = fault
 
     def uevents(self) -> list[tuple[float, str, str]]:
         """(CLOCK_MONOTONIC time, action, syspath) of the last 1000 uevents sent."""

@@ -10,6 +10,7 @@ reboot is: the kernel forgets every mdev and gvtd starts again.
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import shutil
@@ -95,6 +96,16 @@ class SimulatorInterface(ServiceInterface):
     async def RestartDaemon(self) -> None:
         """`systemctl restart gvtd`: the kernel keeps its mdevs."""
         await self.sup.restart()
+
+    @method()
+    def KillOnWrite(self, suffix: "s", phase: "s") -> None:  # noqa: F821
+        """SIGKILL gvtd at its next write to a path ending in suffix, "before" the kernel
+        acts on it (the write never happens) or "after" (it happened, gvtd never hears).
+        gvtd is then restarted, as systemd would."""
+        if phase not in ("before", "after") or not suffix:
+            raise DBusError(names.ERROR_PREFIX + "InvalidArgument",
+                            "KillOnWrite(suffix, phase): phase is before or after")
+        self.sup.kill_on_write(suffix, phase)
 
     @method()
     def UeventLog(self) -> "a(dss)":  # noqa: F821
@@ -211,6 +222,19 @@ class Supervisor:
     async def reboot(self) -> None:
         """What a reboot does: gvtd stops, the kernel forgets every mdev, gvtd starts."""
         await self.restart(reboot=True)
+
+    def kill_on_write(self, suffix: str, phase: str) -> None:
+        def fault(when: str, path: str) -> None:
+            child = self.child
+            if when != phase or not path.endswith(suffix) or child is None:
+                return
+            self.host.set_fault(None)  # once
+            log.warning("Killing gvtd (pid %d) %s its write to %s", child.pid, phase, path)
+            os.kill(child.pid, signal.SIGKILL)
+            if phase == "before":
+                raise OSError(errno.EINTR, "killed before the write")
+
+        self.host.set_fault(fault)
 
     async def _watch(self, child: asyncio.subprocess.Process) -> None:
         """Restart gvtd when it dies on its own, as systemd's Restart=on-failure would."""

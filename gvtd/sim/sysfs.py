@@ -198,6 +198,9 @@ class SysfsOps(mfusepy.Operations):
         self._mlock = lock
         self.log = log
         self.ready = threading.Event()
+        # Called as fault(phase, path) with phase "before" or "after" around every write;
+        # it may raise OSError to fail the write. Fault-injection tests use it.
+        self.fault: Callable[[str, str], None] | None = None
         self.stamp = time.time_ns()
         self.uid, self.gid = os.getuid(), os.getgid()
 
@@ -283,7 +286,11 @@ class SysfsOps(mfusepy.Operations):
                 raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
             if not isinstance(node, File) or node.write is None:
                 raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+            if self.fault is not None:
+                self.fault("before", full)
             node.write(text)
+            if self.fault is not None:
+                self.fault("after", full)
         except OSError as e:
             code = e.errno or errno.EIO
             self.log(full, text, errno.errorcode.get(code, str(code)))
