@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 import uuid as uuidlib
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,9 @@ from gvtd.state import Ownership
 from gvtd.udev import Uevent
 
 log = logging.getLogger(__name__)
+
+RESTORE_LIMIT = 3  # automatic re-creations of one vGPU after its first ...
+RESTORE_WINDOW = 60.0  # ... within this many seconds, before gvtd gives up on it
 
 
 def _fields(name: str = "", uuid: str = "", parent: str = "") -> dict[str, str]:
@@ -51,6 +55,7 @@ class Host:
         # retry waits until room appears; None: until CreateVGPU or Reload).
         self.held: set[str] = set()
         self.blocked: dict[str, int | None] = {}
+        self._restores: dict[str, list[float]] = {}  # when gvtd last created each UUID itself
         self.definitions: dict[str, Definition] = {}
         self.config_problems: list[Problem] = []
         self.errors: dict[str, str] = {}
@@ -158,6 +163,7 @@ class Host:
         for name in sorted(now_reg - before_reg):
             log.info("mdev parent %s registered", name, extra=_fields(parent=name))
             self.blocked.clear()  # a new registration: every failed create gets a new try
+            self._restores.clear()
         for name in sorted(before_reg - now_reg):
             log.warning("mdev parent %s unregistered; its vGPUs wait for it to come back",
                         name, extra=_fields(parent=name))
@@ -193,6 +199,23 @@ class Host:
         self.publish()
         await self._converge()
 
+    def _may_create(self, name: str, uuid: str) -> bool:
+        """Automatic creates of one vGPU are bounded in a window: one that keeps vanishing
+        (seen gone or not) must not turn into a create/remove storm."""
+        now = time.monotonic()
+        recent = [t for t in self._restores.get(uuid, []) if now - t < RESTORE_WINDOW]
+        if len(recent) <= RESTORE_LIMIT:
+            self._restores[uuid] = recent + [now]
+            return True
+        log.error("vGPU %s (%s) keeps vanishing right after gvtd creates it; giving up until "
+                  "`gvt-client create %s`", name, uuid, name, extra=_fields(name, uuid))
+        self.held.add(uuid)
+        self.errors[name] = (
+            f"Created {len(recent)} times within {RESTORE_WINDOW:.0f} s and removed again each "
+            "time: something removes it (the driver, or another tool). gvtd stopped recreating "
+            f"it: see the kernel log, then `gvt-client create {name}`.")
+        return False
+
     async def _converge(self) -> None:
         """Adopt what exists, create every `auto` vGPU that should exist and does not."""
         for name, d in self.definitions.items():
@@ -216,6 +239,8 @@ class Host:
                 then = self.blocked[uuid]
                 if then is None or available <= then:
                     continue  # nothing changed since it failed: no retry storm
+            if not self._may_create(name, uuid):
+                continue
             try:
                 reconcile.check_capacity(target, lambda: self.sysfs.no_capacity_message(
                     target.parent.name, target.type_id))
@@ -365,6 +390,7 @@ class Host:
         self.refresh()
         self.held.discard(view.uuid)
         self.blocked.pop(view.uuid, None)
+        self._restores.pop(view.uuid, None)
         if view.uuid not in self.mdevs:
             d = self.definitions[view.name]
             try:
@@ -447,4 +473,5 @@ class Host:
         self.load(settings_problems)
         self.errors = {k: v for k, v in self.errors.items() if k in self.definitions}
         self.blocked.clear()
+        self._restores.clear()
         await self.reconcile()

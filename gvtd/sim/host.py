@@ -166,8 +166,8 @@ class EmulatedHost:
         with self._lock:
             return list(self.kernel.writes)
 
-    def set_fault(self, fault: Callable[[str, str], None] | None) -> None:
-        """fault(phase, path) runs before and after every write ("before"/"after")."""
+    def set_fault(self, fault: Callable[[str, str, str], None] | None) -> None:
+        """fault(phase, path, data) runs before and after every write ("before"/"after")."""
         self._ops.fault = fault
 
     def uevents(self) -> list[tuple[float, str, str]]:

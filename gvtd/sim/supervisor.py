@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,12 @@ class SimulatorInterface(ServiceInterface):
             raise DBusError(names.ERROR_PREFIX + "InvalidArgument",
                             "KillOnWrite(suffix, phase): phase is before or after")
         self.sup.kill_on_write(suffix, phase)
+
+    @method()
+    def VanishAfterCreate(self, type_id: "s", times: "u") -> None:  # noqa: F821
+        """The next `times` mdevs created of type_id are removed again right after their
+        create returns: a driver that gives up on a vGPU at once."""
+        self.sup.vanish_after_create(type_id, times)
 
     @method()
     def UeventLog(self) -> "a(dss)":  # noqa: F821
@@ -223,8 +230,20 @@ class Supervisor:
         """What a reboot does: gvtd stops, the kernel forgets every mdev, gvtd starts."""
         await self.restart(reboot=True)
 
+    def vanish_after_create(self, type_id: str, times: int) -> None:
+        left = [times]
+
+        def fault(when: str, path: str, data: str) -> None:
+            if when == "after" and path.endswith(f"/{type_id}/create") and left[0] > 0:
+                left[0] -= 1
+                uuid = data.strip().lower()
+                # after the write has returned, as a separate kernel event
+                threading.Thread(target=self.host.remove_mdev, args=(uuid,)).start()
+
+        self.host.set_fault(fault)
+
     def kill_on_write(self, suffix: str, phase: str) -> None:
-        def fault(when: str, path: str) -> None:
+        def fault(when: str, path: str, data: str) -> None:
             child = self.child
             if when != phase or not path.endswith(suffix) or child is None:
                 return

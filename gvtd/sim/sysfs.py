@@ -198,9 +198,9 @@ class SysfsOps(mfusepy.Operations):
         self._mlock = lock
         self.log = log
         self.ready = threading.Event()
-        # Called as fault(phase, path) with phase "before" or "after" around every write;
-        # it may raise OSError to fail the write. Fault-injection tests use it.
-        self.fault: Callable[[str, str], None] | None = None
+        # Called as fault(phase, path, data) with phase "before" or "after" around every
+        # write; it may raise OSError to fail the write. Fault-injection tests use it.
+        self.fault: Callable[[str, str, str], None] | None = None
         self.stamp = time.time_ns()
         self.uid, self.gid = os.getuid(), os.getgid()
 
@@ -287,10 +287,10 @@ class SysfsOps(mfusepy.Operations):
             if not isinstance(node, File) or node.write is None:
                 raise OSError(errno.EACCES, os.strerror(errno.EACCES))
             if self.fault is not None:
-                self.fault("before", full)
+                self.fault("before", full, text)
             node.write(text)
             if self.fault is not None:
-                self.fault("after", full)
+                self.fault("after", full, text)
         except OSError as e:
             code = e.errno or errno.EIO
             self.log(full, text, errno.errorcode.get(code, str(code)))

@@ -62,3 +62,21 @@ def test_killed_around_the_remove_write(sim: Simulation, phase: str, state: str)
 def test_kill_on_write_checks_its_arguments(sim: Simulation) -> None:
     with pytest.raises(CallError):
         sim.sim_call("KillOnWrite", "ss", ["/create", "during"])
+
+
+def test_a_vgpu_that_keeps_vanishing_is_not_recreated_forever(sim: Simulation) -> None:
+    """Created, then removed at once by the 'driver', again and again: gvtd restores it a
+    bounded number of times, then stops and says why."""
+    sim.sim_call("VanishAfterCreate", "su", ["i915-GVTg_V5_4", 100])
+    path = sim.client.define(name="win10", type="i915-GVTg_V5_4", uuid=U)
+    sim.client.wait_for(lambda m: m.member == "PropertiesChanged" and m.path == path
+                        and "vanished" not in str(m.body) and
+                        "LastError" in m.body[1] and "stopped recreating" in m.body[1]["LastError"].value)
+    v = sim.client.vgpus()["win10"]
+    assert v["State"] == "failed" and "kernel log" in v["LastError"]
+    made = [c for c in creates(sim) if c == (U, "ok")]
+    assert len(made) == 4  # the create, then 3 restores: bounded, no storm
+    # an explicit create tries again
+    sim.sim_call("VanishAfterCreate", "su", ["i915-GVTg_V5_4", 0])
+    sim.client.call("CreateVGPU", "s", ["win10"])
+    assert sim.client.vgpus()["win10"]["State"] == "active"
