@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from gvtd import reconcile
 from gvtd.config import ConfigDir, Definition, Problem, request_error, validate_name
-from gvtd.errors import GvtdError, InvalidArgument, NoCapacity, NotFound, ParentMissing
+from gvtd.errors import Failed, GvtdError, InvalidArgument, NoCapacity, NotFound, ParentMissing
 from gvtd.mdev import Mdev, Parent, Sysfs, render_nodes
 from gvtd.reconcile import VgpuView
 from gvtd.state import Ownership
@@ -259,7 +259,13 @@ class Host:
     async def _create(self, name: str, target: reconcile.Target) -> None:
         d = self.definitions[name]
         fields = _fields(name, d.uuid, target.parent.name)
-        self.ownership.add(d.uuid, name)  # before the write: see state.py
+        try:
+            self.ownership.add(d.uuid, name)  # before the write: see state.py
+        except OSError as e:
+            self.errors[name] = (f"Cannot record the vGPU in {self.ownership.path}: "
+                                 f"{e.strerror}; it was not created. Free space there.")
+            log.error("Not creating vGPU %s: %s", name, self.errors[name], extra=fields)
+            raise Failed(self.errors[name]) from e
         try:
             await asyncio.to_thread(self.sysfs.create, target.parent, target.type_id, d.uuid)
             for attr, value in d.attrs:
@@ -475,3 +481,92 @@ class Host:
         self.blocked.clear()
         self._restores.clear()
         await self.reconcile()
+
+    # -- host suspend (gvtd.suspend) ------------------------------------------------------------
+
+    async def teardown_idle(self, progress: "Teardown") -> None:
+        """Before the host sleeps: remove every vGPU gvtd created for a definition that no
+        running domain uses. Each lands in progress.done as soon as it is gone, so a caller
+        that stops waiting (a hung removal) still knows exactly what went. They are held
+        meanwhile, so nothing recreates them before restore_after_sleep()."""
+        async with self.lock:
+            self.refresh()
+            by_uuid = {d.uuid: n for n, d in self.definitions.items()}
+            for uuid, mdev in sorted(self.mdevs.items()):
+                name = by_uuid.get(uuid, "")
+                user = self.running_user(uuid)
+                if user is not None:
+                    log.info("vGPU %s stays through sleep: the running domain %s uses it",
+                             name or uuid, user, extra=_fields(name, uuid, mdev.parent))
+                    continue
+                if uuid not in self.ownership or not name:
+                    log.warning("mdev %s stays through sleep: gvtd did not create it, and "
+                                "never removes what it did not create", uuid,
+                                extra=_fields(name, uuid, mdev.parent))
+                    continue
+                progress.current = name
+                was_held = uuid in self.held
+                self.held.add(uuid)
+                try:
+                    await self._remove(uuid, name)
+                except GvtdError as e:
+                    if not was_held:
+                        self.held.discard(uuid)
+                    progress.failed.append((name, e.message))
+                    continue
+                finally:
+                    progress.current = ""
+                progress.done.append(TornDown(name, uuid, mdev.parent, mdev.type_id, was_held))
+            self.refresh()
+            self.publish()
+
+    async def restore_after_sleep(self, torn: "list[TornDown]") -> None:
+        """After resume: recreate exactly what teardown_idle() removed (same UUID, parent
+        and type). A failure shows on the vGPU (LastError, state failed) and in Problems."""
+        async with self.lock:
+            self.refresh()
+            for t in torn:
+                if not t.held:
+                    self.held.discard(t.uuid)
+                d = self.definitions.get(t.name)
+                if d is None or d.uuid != t.uuid or t.uuid in self.mdevs:
+                    continue  # undefined meanwhile, or already back
+                fields = _fields(t.name, t.uuid, t.parent)
+                parent = self.parents.get(t.parent)
+                mtype = parent.type(t.type_id) if parent else None
+                try:
+                    if parent is None or not parent.registered:
+                        raise ParentMissing(f"Its parent {t.parent} is not registered (for "
+                                            "GVT-g: kvmgt is not loaded).")
+                    await self._create(t.name, reconcile.Target(parent, t.type_id))
+                except GvtdError as e:
+                    self.errors[t.name] = (f"Not recreated after the host resumed: {e.message} "
+                                           f"`gvt-client create {t.name}` tries again.")
+                    retry = isinstance(e, (NoCapacity, ParentMissing)) and d.start == "auto"
+                    self.blocked[t.uuid] = (mtype.available if mtype else 0) if retry else None
+                    log.error("vGPU %s was not recreated after resume: %s", t.name, e.message,
+                              extra=fields)
+                    continue
+                log.info("Recreated vGPU %s after resume", t.name, extra=fields)
+            self.refresh()
+            self.publish()
+
+
+@dataclasses.dataclass(frozen=True)
+class TornDown:
+    """A vGPU removed before sleep, with what it takes to make the same one again."""
+
+    name: str
+    uuid: str
+    parent: str
+    type_id: str
+    held: bool  # already held before: stays held after resume
+
+
+@dataclasses.dataclass
+class Teardown:
+    """Progress of Host.teardown_idle(), readable while it runs."""
+
+    done: list[TornDown] = dataclasses.field(default_factory=list)
+    failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    current: str = ""  # the vGPU being removed now

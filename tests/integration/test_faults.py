@@ -80,3 +80,50 @@ def test_a_vgpu_that_keeps_vanishing_is_not_recreated_forever(sim: Simulation) -
     sim.sim_call("VanishAfterCreate", "su", ["i915-GVTg_V5_4", 0])
     sim.client.call("CreateVGPU", "s", ["win10"])
     assert sim.client.vgpus()["win10"]["State"] == "active"
+
+
+def test_full_or_read_only_configuration(dbus, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The disk filling up or turning read-only: a named error, the old files intact, no
+    temporary file left, and gvtd keeps running."""
+    import os
+    import subprocess
+
+    from harness import tree_snapshot
+
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "gvtd-test", str(etc)], check=True)
+    sim = None
+    try:
+        sim = Simulation(dbus, config_dir=etc)
+        sim.client.define(name="a", type="i915-GVTg_V5_8", uuid=U)
+        sim.client.define(name="m", type="i915-GVTg_V5_8", start="manual")
+        before = tree_snapshot(etc)
+        fd = os.open(etc / "filler", os.O_WRONLY | os.O_CREAT)  # fill the file system
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        before["filler"] = (etc / "filler").read_bytes()
+        with pytest.raises(CallError) as e:
+            sim.client.define(name="b", type="i915-GVTg_V5_8")
+        assert e.value.name == names.ERROR_PREFIX + "Failed"
+        assert "No space left on device" in e.value.text and "Nothing was changed" in e.value.text
+        assert tree_snapshot(etc) == before  # a.toml intact, no temporary file
+        with pytest.raises(CallError) as e:  # no room to record it as gvtd's: not created
+            sim.client.call("CreateVGPU", "s", ["m"])
+        assert "it was not created" in e.value.text
+        assert len(creates(sim)) == 1 and sim.client.vgpus()["m"]["State"] == "failed"
+        (etc / "filler").unlink()
+        subprocess.run(["mount", "-o", "remount,ro", str(etc)], check=True)
+        with pytest.raises(CallError) as e:
+            sim.client.define(name="c", type="i915-GVTg_V5_8")
+        assert "Read-only file system" in e.value.text
+        assert sim.client.vgpus()["a"]["State"] == "active"  # still running, still right
+    finally:
+        if sim is not None:
+            sim.stop()
+        subprocess.run(["umount", "-l", str(etc)], check=False)
