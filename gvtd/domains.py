@@ -7,6 +7,7 @@ import asyncio
 import logging
 from collections import defaultdict
 
+from gvtd import doctor
 from gvtd.errors import Busy, InvalidArgument
 from gvtd.host import Host
 from gvtd.virt import domxml
@@ -115,6 +116,26 @@ class Domains:
             log.info("Changing the XML of domain %s:\n%s", name, change, extra={"DOMAIN": name})
             await self.libvirt.define(name, after)
         return change
+
+    def checks(self) -> list[doctor.Check]:
+        """doctor's libvirt findings: reachable, and how OpRegion can be set."""
+        lv = self.libvirt
+        if not lv.connected:
+            return [doctor.Check("libvirt", "fail", f"libvirt is not reachable at {lv.uri}.",
+                                 "Start it (systemctl start libvirtd) or set libvirt_uri in "
+                                 "gvtd.toml; gvtd reconnects on its own.")]
+        version = lv.version()
+        shown = f"{version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}"
+        out = [doctor.Check("libvirt", "pass", f"libvirt {shown} at {lv.uri} is reachable.")]
+        if version >= domxml.OVERRIDE_VERSION:
+            out.append(doctor.Check("opregion", "pass", f"libvirt {shown} sets OpRegion "
+                                    "through <qemu:override> (8.2 or newer)."))
+        else:
+            out.append(doctor.Check(
+                "opregion", "warn", f"libvirt {shown} is older than 8.2: OpRegion can only be "
+                "set with -set device.ALIAS.x-igd-opregion=on, which QEMU 7 and newer reject "
+                "(JSON -device).", "Use libvirt 8.2 or newer with QEMU 7 and newer."))
+        return out
 
     def problems(self) -> list[tuple[str, str, str, str]]:
         """The guide's pitfalls in every domain gvtd shows, and a UUID used twice."""

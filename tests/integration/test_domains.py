@@ -194,3 +194,20 @@ def test_lint_reaches_problems(virt: Simulation) -> None:
     assert "domain:lint:display-no-graphics" in ids
     assert f"vgpu:{UNKNOWN}:shared" in ids  # stranger and twin name the same vGPU
     assert not [i for i in ids if i.startswith("domain:win10:")]
+
+
+def test_doctor_reports_libvirt(virt: Simulation, dbus: DBusDaemon, tmp_path: Path) -> None:
+    checks = {c[0]: c for c in virt.client.call("Diagnose")[0]}
+    assert checks["libvirt"][1] == "pass" and "reachable" in checks["libvirt"][2]
+    assert checks["opregion"][1] == "pass" and "qemu:override" in checks["opregion"][2]
+    virt.stop()
+    other = tmp_path / "down"
+    other.mkdir()
+    (other / "gvtd.toml").write_text('libvirt_uri = "test:///nonexistent/node.xml"\n')
+    sim = Simulation(dbus, config_dir=other)
+    try:
+        checks = {c[0]: c for c in sim.client.call("Diagnose")[0]}
+        assert checks["libvirt"][1] == "fail" and "systemctl start libvirtd" in checks["libvirt"][3]
+        assert "opregion" not in checks
+    finally:
+        sim.stop()
