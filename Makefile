@@ -14,6 +14,12 @@ DEB_PACKAGES = pkg-config gcc python3-dev libgirepository1.0-dev libcairo2-dev \
 	umockdev gir1.2-umockdev-1.0 fuse3 dbus-daemon libxml2-utils systemd mdevctl \
 	polkitd
 
+# Packaging: man-db renders the generated man pages; bash, zsh and fish run the generated
+# completions; debhelper, dh-python and lintian build and check the .deb, and
+# mmdebstrap makes the fresh Debian roots it is built and installed in.
+DEB_PACKAGES += man-db zsh fish debhelper dh-python pybuild-plugin-pyproject \
+	python3-setuptools lintian mmdebstrap
+
 .PHONY: all setup deps test demo bench clean
 all: test
 

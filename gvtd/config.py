@@ -99,13 +99,24 @@ class Definition(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    uuid: Uuid
-    parent: ParentName = "auto"
-    type: TypeId | None = None
-    min_resolution: Resolution | None = None
-    start: Start = "auto"
-    domain: DomainName | None = None
-    attrs: list[tuple[AttrName, Annotated[StrictStr, Field(max_length=4096)]]] = []
+    # The descriptions are the reference: gvtd.toml(5) is generated from them.
+    uuid: Uuid = Field(description="the vGPU's UUID, lower case; `Define` generates one "
+                       "when none is given, and it never changes afterwards")
+    parent: ParentName = Field("auto", description="the mdev parent: `auto` (the only GPU "
+                               "with the type) or a device name from `gvt-client parents`, "
+                               "such as 0000:00:02.0")
+    type: TypeId | None = Field(None, description="an mdev type id such as i915-GVTg_V5_4 "
+                                "(`gvt-client types`); give this or min_resolution")
+    min_resolution: Resolution | None = Field(
+        None, description="WIDTHxHEIGHT, such as 1920x1200: gvtd picks the smallest GVT-g "
+        "type with at least this resolution, so that the most vGPUs fit; give this or type")
+    start: Start = Field("auto", description="auto: the vGPU exists whenever its parent is "
+                         "registered; on-demand: created when its domain starts and removed "
+                         "after it stops; manual: only on `gvt-client create`")
+    domain: DomainName | None = Field(None, description="the libvirt domain that uses it")
+    attrs: list[tuple[AttrName, Annotated[StrictStr, Field(max_length=4096)]]] = Field(
+        [], description="sysfs attributes of the mdev written in order after it is created, "
+        'as [["name", "value"], ...], as mdevctl does')
 
     @model_validator(mode="after")
     def _type_or_resolution(self) -> "Definition":
@@ -136,15 +147,25 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    libvirt_uri: StrictStr = "qemu:///system"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    suspend: Literal["teardown-idle", "block-while-running", "ignore"] = "teardown-idle"
-    restore_removed: StrictBool = True
-    sysfs_root: StrictStr = "/sys"
+    # The descriptions are the reference: gvtd.toml(5) and the shipped gvtd.toml are
+    # generated from them.
+    libvirt_uri: StrictStr = Field("qemu:///system", description="the libvirt connection "
+                                   "for domains")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="how much gvtd logs; `gvtd --log-level` overrides it")
+    suspend: Literal["teardown-idle", "block-while-running", "ignore"] = Field(
+        "teardown-idle", description="what to do with vGPUs when the host suspends")
+    restore_removed: StrictBool = Field(True, description="recreate an auto vGPU that "
+                                        "someone removed behind gvtd's back")
+    sysfs_root: StrictStr = Field("/sys", description="where the kernel's sysfs is "
+                                  "(the simulation and tests point it elsewhere)")
     # Inputs of `gvt-client doctor`, redirectable so tests and the simulation use their own.
-    procfs_root: StrictStr = "/proc"
-    kernel_log: StrictStr = "/dev/kmsg"  # a file or /dev/kmsg; "" skips the log check
-    mdevctl_dir: StrictStr = "/etc/mdevctl.d"
+    procfs_root: StrictStr = Field("/proc", description="where doctor reads cmdline and "
+                                   "sys/kernel/osrelease")
+    kernel_log: StrictStr = Field("/dev/kmsg", description="the kernel log doctor scans for "
+                                  'GVT-g errors: /dev/kmsg or a file; "" skips the check')
+    mdevctl_dir: StrictStr = Field("/etc/mdevctl.d", description="mdevctl's definitions, "
+                                   "which doctor checks for clashes and import-mdevctl reads")
 
 
 @dataclass(frozen=True)

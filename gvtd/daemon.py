@@ -46,7 +46,8 @@ simulation:
 """
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; gvtd(8) is generated from it (gvtd.manpages)."""
     p = argparse.ArgumentParser(prog="gvtd", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"gvtd {__version__}")
@@ -71,7 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="emulated host to use with --simulate (default: a Kaby Lake laptop; "
                         "`--simulate-profile help` lists them); NAME:KEY=N,... sets its "
                         "parameters, e.g. multi:n=16,ports=32")
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
     if args.bus is None:
         args.bus = "session" if args.simulate else "system"
     if not args.simulate:  # the simulation picks its own directories unless given
