@@ -13,7 +13,7 @@ import signal
 import sys
 from typing import Any
 
-from dbus_fast import BusType, Message, MessageType, Variant
+from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from gvtd import __version__, names
@@ -51,9 +51,11 @@ class Client:
     async def call(self, member: str, signature: str = "", body: list[Any] | None = None,
                    path: str = names.ROOT_PATH, interface: str = names.MANAGER_IFACE,
                    destination: str = names.BUS_NAME) -> list[Any]:
+        # A person at a terminal may answer a polkit password prompt for changes.
+        flags = MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION if sys.stdin.isatty() else 0
         reply = await self.bus.call(Message(
             destination=destination, path=path, interface=interface, member=member,
-            signature=signature, body=body or []))
+            signature=signature, body=body or [], flags=flags))
         assert reply is not None
         if reply.message_type == MessageType.ERROR:
             text = reply.body[0] if reply.body else reply.error_name

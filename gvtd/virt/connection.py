@@ -70,6 +70,9 @@ class Libvirt:
         self.loop = asyncio.get_running_loop()
         if not _event_impl_registered:
             libvirtaio.virEventRegisterAsyncIOImpl(loop=self.loop)
+            # libvirt prints every error to stderr by default; gvtd reports the ones that
+            # matter itself, with what to do.
+            libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
             _event_impl_registered = True
         if not await self._connect():
             self._reconnect_later()
