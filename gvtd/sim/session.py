@@ -60,6 +60,22 @@ class NotifySocket:
         self.sock.close()
 
 
+# umockdev carries uevents over datagram sockets, whose queue (net.unix.max_dgram_qlen, 10
+# by default) stands in for a netlink socket's buffer of hundreds of events; a busy or
+# descheduled gvtd would lose events that a kernel would have kept. As root, run the
+# simulation in a network namespace of its own (it uses no network; the bus is a path
+# socket) with a queue of the size the kernel's buffer really gives.
+UEVENT_QUEUE = 1024
+
+
+def roomy_uevent_queue(cmd: list[str]) -> list[str]:
+    unshare = shutil.which("unshare")
+    if os.geteuid() != 0 or unshare is None:
+        return cmd
+    return [unshare, "--net", "sh", "-c",
+            f'echo {UEVENT_QUEUE} > /proc/sys/net/unix/max_dgram_qlen && exec "$@"', "sh", *cmd]
+
+
 class SimulatedHost:
     """`gvtd --simulate` on a bus; ready when its READY=1 arrives."""
 
@@ -72,7 +88,7 @@ class SimulatedHost:
         self.env.pop("JOURNAL_STREAM", None)
         cmd = [sys.executable, "-m", "gvtd.daemon", "--simulate", "--simulate-profile", profile,
                *(extra_args or [])]
-        self.proc = subprocess.Popen(cmd, env=self.env, stderr=stderr)
+        self.proc = subprocess.Popen(roomy_uevent_queue(cmd), env=self.env, stderr=stderr)
         try:
             self.notify.wait("READY=1")
         except TimeoutError:
