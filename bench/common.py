@@ -159,6 +159,10 @@ def machine() -> dict[str, str]:
     mem_kb = _first("/proc/meminfo", "MemTotal").split()[0]
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "gvtd"],
+                           capture_output=True, text=True).stdout.strip()
+    if commit and dirty:
+        commit += " plus uncommitted changes to gvtd/"
     return {
         "CPU": _first("/proc/cpuinfo", "model name"),
         "cores (usable)": str(len(os.sched_getaffinity(0))),
@@ -207,16 +211,20 @@ def clear_definitions(config_dir: Path) -> None:
 
 
 def settle(client: Client, want: Callable[[dict[str, dict[str, Any]]], bool],
-           timeout: float = 120.0) -> dict[str, dict[str, Any]]:
-    """Wait until gvtd's vGPUs satisfy `want` (gvtd follows the kernel asynchronously); waits
-    on its signals, re-reading after each burst. Returns the last view either way."""
+           timeout: float = 120.0, quiet: float = 0.5) -> dict[str, dict[str, Any]]:
+    """Wait until gvtd's vGPUs satisfy `want` (gvtd follows the kernel asynchronously).
+
+    The view is read only once gvtd has sent no signal for `quiet` seconds: reading it
+    during a burst would compete with gvtd for its event loop while it is following the
+    kernel, and slow down what is being waited for. Returns the last view either way."""
     deadline = time.monotonic() + timeout
     while True:
-        client.signals.clear()
         view = client.vgpus()
         if want(view) or time.monotonic() > deadline:
             return view
-        try:
-            client.wait_for(lambda m: True, timeout=min(2.0, max(0.1, deadline - time.monotonic())))
-        except TimeoutError:
-            pass
+        while time.monotonic() < deadline:
+            client.signals.clear()
+            try:
+                client.wait_for(lambda m: True, timeout=quiet)
+            except TimeoutError:
+                break  # quiet: look again

@@ -264,19 +264,29 @@ def scale(args: argparse.Namespace, sec: Section, work: Path) -> None:
         layout = [(f"mtty{p}", str(uuidlib.uuid4())) for p in range(n) for _ in range(ports)]
         everything = lambda v: sum(x["State"] == "active" for x in v.values()) == total  # noqa: E731
 
-        # 1. mdevctl: `start-parent-mdevs` for each parent, as udev runs it at boot
+        # 1. mdevctl starts every one of them; gvtd only watches
         for parent, u in layout:
             mdevctl_conf(etc, parent, u, "mtty-1", "auto")
         spm, follow = [], []
         for r in range(rounds):
             if r:
                 reboot(client)
-            t = time.perf_counter()
-            runs = ns.run(*[["mdevctl", "start-parent-mdevs", f"mtty{p}"] for p in range(n)])
-            spm.append(sum(x.ms for x in runs))
-            settle(client, everything, timeout=600)
+            # Paced: two devices at a time (six uevents), letting gvtd catch up in between.
+            # The emulated kernel delivers uevents through a datagram queue of 10, and
+            # umockdev aborts the whole emulator when a listener's queue is full; with
+            # `start-parent-mdevs` (32 creates in a row) gvtd falls behind and the emulator
+            # dies (see bench/findings.md). Only mdevctl's own runs are summed.
+            took, t = 0.0, time.perf_counter()
+            for i in range(0, total, 2):
+                for x in ns.run(*[["mdevctl", "start", "-u", u] for _, u in layout[i:i + 2]]):
+                    if x.returncode:
+                        raise RuntimeError(f"mdevctl start failed: {x.stderr.strip()}")
+                    took += x.ms
+                settle(client, lambda v, k=min(total, i + 2): sum(
+                    x["State"] == "active" for x in v.values()) == k, timeout=600, quiet=0.05)
+            spm.append(took)
             follow.append((time.perf_counter() - t) * 1000)
-        agreement(f"{tag} started by `mdevctl start-parent-mdevs`", ns, host, sys_tree, sec)
+        agreement(f"{tag} started by `mdevctl start -u`", ns, host, sys_tree, sec)
 
         # reads with everything present (foreign to gvtd)
         ml = [ns.check(["mdevctl", "list"]).ms for _ in range(reads)]
@@ -331,8 +341,9 @@ def scale(args: argparse.Namespace, sec: Section, work: Path) -> None:
         gmo_own = gmo_ms(client, max(20, reads))
         clear_definitions(config)
 
-        b = sec.add(Figure(f"mdevctl start-parent-mdevs x{n}, {tag}", spm))
-        sec.add(Figure(f"  ... until gvtd shows all {total} (foreign)", follow, baseline=b))
+        b = sec.add(Figure(f"mdevctl start -u x{total}, {tag} (sum of runs)", spm))
+        sec.add(Figure("  ... paced: 2 at a time until gvtd shows them (foreign)", follow,
+                       baseline=b))
         sec.add(goal_max(Figure(f"gvtd start to READY=1, {tag} created", boot, baseline=b),
                          2000))
         b = sec.add(Figure(f"mdevctl list ({total} mdevs)", ml))

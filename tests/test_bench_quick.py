@@ -35,7 +35,7 @@ EXPECTED = [
     "gvt-client list (8 vGPUs)",
     "mdevctl types",
     "gvt-client types",
-    "until gvtd shows all",
+    "paced: 2 at a time until gvtd shows them",
     "mdevs on 2 parents created",
     "foreign)",
     "own)",
