@@ -1,0 +1,143 @@
+#!/usr/bin/python3
+"""Build the .deb in a clean Debian root and install it into a fresh one.
+
+The package targets Debian 13 (trixie): gvtd needs pydantic 2, and Debian 12 ships only
+python3-pydantic 1.10 (see packaging/README.md). So the build runs in a trixie root made by
+mmdebstrap with the Build-Depends, whatever the host is, and the install check runs in a
+second, minimal trixie root where apt resolves the package's Depends from Debian alone.
+
+Roots are cached as tarballs under .cache/debroot/, named by a hash of what went into them
+(suite, mirror, packages), so a second run skips the bootstrap. Needs root, mmdebstrap and
+unshare (util-linux).
+
+    packaging/debroot.py build OUTDIR    # OUTDIR/gvtd_*.deb and the .changes
+    packaging/debroot.py install DEB     # a fresh root with it installed; prints its path
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+TOP = Path(__file__).resolve().parent.parent
+CACHE = TOP / ".cache" / "debroot"
+SUITE = "trixie"
+MIRROR = "http://deb.debian.org/debian"
+
+
+def build_depends() -> list[str]:
+    """Package names of packaging/debian/control's Build-Depends (versions dropped)."""
+    text = (TOP / "packaging/debian/control").read_text()
+    field = re.search(r"^Build-Depends:(.*?)^[A-Za-z-]+:", text, re.S | re.M)
+    assert field, "no Build-Depends in control"
+    names = []
+    for line in field.group(1).splitlines():
+        if line.startswith("#"):
+            continue
+        for item in line.split(","):
+            name = re.sub(r"\(.*?\)", "", item).strip()
+            if name:
+                names.append(name)
+    return names
+
+
+def _tarball(variant: str, include: list[str]) -> Path:
+    """A cached mmdebstrap root of SUITE with these packages, made once per content."""
+    key = hashlib.sha256(json.dumps([SUITE, MIRROR, variant, sorted(include)]).encode())
+    path = CACHE / f"{SUITE}-{variant}-{key.hexdigest()[:16]}.tar"
+    if not path.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tar.part")
+        cmd = ["mmdebstrap", "--mode=root", "--format=tar", f"--variant={variant}", "--quiet"]
+        if include:
+            cmd.append("--include=" + ",".join(include))
+        subprocess.run([*cmd, SUITE, str(tmp), MIRROR], check=True)
+        tmp.rename(path)
+    return path
+
+
+def extract(tarball: Path, into: Path) -> Path:
+    into.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-C", str(into), "-xf", str(tarball)], check=True)
+    shutil.copy("/etc/resolv.conf", into / "etc/resolv.conf", follow_symlinks=True)
+    return into
+
+
+def run_in(root: Path, script: str, check: bool = True,
+           capture: bool = False) -> subprocess.CompletedProcess[str]:
+    """A shell script inside the root, with /proc and /dev in a private mount namespace so
+    that nothing stays mounted whatever happens."""
+    inner = (f'mount -t proc proc "{root}/proc" && mount --rbind /dev "{root}/dev" && '
+             f'exec chroot "{root}" /bin/sh -ec "$0"')
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/root",
+           "DEBIAN_FRONTEND": "noninteractive"}
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "--fork",
+                           "sh", "-ec", inner, script], check=check, text=True, env=env,
+                          capture_output=capture)
+
+
+def source_files() -> list[str]:
+    """What the source package holds: the tracked and new files, nothing ignored."""
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=TOP,
+                         check=True, capture_output=True, text=True).stdout
+    return [f for f in out.split("\0") if f and (TOP / f).is_file()]
+
+
+def build(outdir: Path, work: Path) -> list[Path]:
+    """dpkg-buildpackage -us -uc -b in a clean root; the .deb and .changes go to outdir."""
+    root = extract(_tarball("minbase", ["build-essential", *build_depends()]), work / "root")
+    src = root / "build/gvtd"
+    for f in source_files():
+        (src / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(TOP / f, src / f)
+    shutil.copytree(TOP / "packaging/debian", src / "debian")
+    run_in(root, "cd /build/gvtd && dpkg-buildpackage -us -uc -b")
+    outdir.mkdir(parents=True, exist_ok=True)
+    made = []
+    for f in sorted((root / "build").iterdir()):
+        if f.is_file() and f.suffix in (".deb", ".changes", ".buildinfo"):
+            made.append(Path(shutil.copy2(f, outdir / f.name)))
+    return made
+
+
+def install(deb: Path, work: Path) -> Path:
+    """A fresh minimal root with the package installed by apt, Depends from Debian."""
+    root = extract(_tarball("minbase", []), work / "installed")
+    shutil.copy2(deb, root / "tmp" / deb.name)
+    run_in(root, "apt-get update -qq && apt-get install -y -qq --no-install-recommends "
+                 f"/tmp/{deb.name} >/tmp/apt.log 2>&1 || {{ cat /tmp/apt.log >&2; exit 1; }}")
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="build the .deb into OUTDIR")
+    b.add_argument("outdir", type=Path)
+    i = sub.add_parser("install", help="install DEB into a fresh root and print its path")
+    i.add_argument("deb", type=Path)
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        ap.error("must run as root (mmdebstrap --mode=root and chroot)")
+    work = Path(tempfile.mkdtemp(prefix="gvtd-deb-"))
+    if args.command == "build":
+        try:
+            for path in build(args.outdir, work):
+                print(path)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    else:
+        print(install(args.deb.resolve(), work))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
