@@ -60,6 +60,7 @@ class EmulatedHost:
         self._op = threading.Lock()  # one kernel operation (and its uevents) at a time
         self._tb: Testbed | None = None
         self._thread: threading.Thread | None = None
+        self._stalled: threading.Event | None = None  # see stall_writes()
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -99,6 +100,7 @@ class EmulatedHost:
         if tb is None:
             return
         atexit.unregister(self.close)
+        self.release_writes()  # a stalled write would keep the mount busy
         mnt = tb.real("/sys/devices")
         # Without the preload: under it fusermount3 sees the mount at /sys and refuses.
         env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "UMOCKDEV_DIR")}
@@ -169,6 +171,27 @@ class EmulatedHost:
     def set_fault(self, fault: Callable[[str, str, str], None] | None) -> None:
         """fault(phase, path, data) runs before and after every write ("before"/"after")."""
         self._ops.fault = fault
+
+    def stall_writes(self, suffix: str) -> None:
+        """Writes to paths ending in suffix hang before the kernel acts on them, as a remove
+        does while a driver is stuck or a VM holds the device open, until release_writes().
+        Other files keep answering (the FUSE server has many threads)."""
+        gate = threading.Event()
+        self.release_writes()
+        self._stalled = gate
+
+        def fault(phase: str, path: str, data: str) -> None:
+            if phase == "before" and path.endswith(suffix):
+                gate.wait()
+
+        self.set_fault(fault)
+
+    def release_writes(self) -> None:
+        """Let every stalled write go on."""
+        gate, self._stalled = self._stalled, None
+        if gate is not None:
+            self.set_fault(None)
+            gate.set()
 
     def uevents(self) -> list[tuple[float, str, str]]:
         """(CLOCK_MONOTONIC time, action, syspath) of the last 1000 uevents sent."""

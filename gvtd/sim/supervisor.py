@@ -123,6 +123,18 @@ class SimulatorInterface(ServiceInterface):
     def WriteLog(self) -> "a(sss)":  # noqa: F821
         return [list(entry) for entry in self.sup.host.write_log()]
 
+    @method()
+    def StallWrites(self, suffix: "s") -> None:  # noqa: F821
+        """gvtd's writes to paths ending in suffix hang before the kernel acts on them (a
+        stuck driver) until ReleaseWrites(); gvtd stopping releases them too."""
+        if not suffix:
+            raise DBusError(names.ERROR_PREFIX + "InvalidArgument", "StallWrites(suffix)")
+        self.sup.host.stall_writes(suffix)
+
+    @method()
+    def ReleaseWrites(self) -> None:
+        self.sup.host.release_writes()
+
     @dbus_property(access=PropertyAccess.READ)
     def Root(self) -> "s":  # noqa: F821
         return str(self.sup.host.root)
@@ -211,6 +223,8 @@ class Supervisor:
         log.info("gvtd (pid %d) ready in %.0f ms", self.child.pid, self.startup_ms)
 
     async def stop_daemon(self) -> None:
+        # gvtd waits for its kernel writes before it exits: a stalled one would keep it
+        self.host.release_writes()
         if self.child is not None and self.child.returncode is None:
             self.child.send_signal(signal.SIGTERM)
             await self.child.wait()
