@@ -91,6 +91,19 @@ class Domains:
             log.info("Starting domain %s", name, extra={"DOMAIN": name})
             await self.libvirt.create(name)
 
+    async def prepare_domain(self, name: str, uuids: list[str]) -> None:
+        """libvirt is about to start the domain (its hook, packaging/libvirt-hook): create
+        the vGPUs it uses, as StartDomain does, from the UUIDs the hook read in the XML and
+        the definitions naming it. Asks libvirt nothing and takes no domain lock: libvirt
+        waits for the hook while starting, perhaps for our own StartDomain holding it."""
+        await self.host.ensure(list(dict.fromkeys([*uuids, *self._uses_by_name(name)])), name)
+
+    async def release_domain(self, name: str, uuids: list[str]) -> None:
+        """libvirt has released the domain after it stopped (its hook): remove its
+        on-demand vGPUs now rather than when libvirt's event arrives."""
+        await self.host.release_on_demand(
+            name, list(dict.fromkeys([*uuids, *self._uses_by_name(name)])), stopped=True)
+
     async def attach(self, name: str, key: str, display: str, dry_run: bool,
                      x_display: str) -> str:
         """Edit the domain's persistent XML as the guide does by hand; returns the diff."""
@@ -176,6 +189,16 @@ def attach_options(options: dict[str, object]) -> tuple[str, bool, str]:
     if not x_display.startswith(":") or not x_display[1:].replace(".", "").isdigit():
         raise InvalidArgument(f"x_display {x_display[:20]!r} is not an X display like :0.")
     return display, dry_run, x_display
+
+
+def hook_options(options: dict[str, object]) -> list[str]:
+    """PrepareDomain/ReleaseDomain options: uuids (as), the domain XML's mdev UUIDs."""
+    uuids = options.get("uuids", [])
+    if set(options) - {"uuids"} or not isinstance(uuids, list) or \
+            not all(isinstance(u, str) for u in uuids):
+        raise InvalidArgument("PrepareDomain and ReleaseDomain take one option, uuids (as): "
+                              "the mdev UUIDs in the domain's XML.")
+    return [u.lower() for u in uuids]
 
 
 def stop_options(options: dict[str, object]) -> tuple[bool, float]:

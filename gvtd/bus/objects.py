@@ -18,7 +18,7 @@ from dbus_fast.service import ServiceInterface, dbus_property, method
 
 from gvtd import __version__, doctor, names
 from gvtd.bus.auth import authorized, define_details
-from gvtd.domains import attach_options, stop_options
+from gvtd.domains import attach_options, hook_options, stop_options
 from gvtd.errors import Failed, GvtdError, InvalidArgument
 from gvtd.mdev import Parent
 from gvtd.reconcile import VgpuView
@@ -148,6 +148,20 @@ class ManagerInterface(_Mirror):
     async def StopDomain(self, name: "s", options: "a{sv}") -> None:  # noqa: F821
         force, timeout = stop_options({k: v.value for k, v in options.items()})
         await self.daemon.domains.stop_domain(name, force, timeout)
+
+    @method()
+    @dbus_errors
+    @authorized(names.ACTION_DOMAIN, detail="domain")
+    async def PrepareDomain(self, name: "s", options: "a{sv}") -> None:  # noqa: F821
+        uuids = hook_options({k: v.value for k, v in options.items()})
+        await self.daemon.domains.prepare_domain(name, uuids)
+
+    @method()
+    @dbus_errors
+    @authorized(names.ACTION_DOMAIN, detail="domain")
+    async def ReleaseDomain(self, name: "s", options: "a{sv}") -> None:  # noqa: F821
+        uuids = hook_options({k: v.value for k, v in options.items()})
+        await self.daemon.domains.release_domain(name, uuids)
 
     @method()
     @dbus_errors

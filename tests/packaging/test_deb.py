@@ -24,6 +24,7 @@ EXPECTED = [
     "/usr/share/dbus-1/interfaces/io.github.gvtd1.xml",
     "/usr/share/polkit-1/actions/io.github.gvtd1.policy",
     "/etc/gvtd/gvtd.toml", "/etc/gvtd/vgpus.d",
+    "/etc/libvirt/hooks/qemu.d/gvtd",
     "/usr/share/man/man8/gvtd.8.gz", "/usr/share/man/man1/gvt-client.1.gz",
     "/usr/share/man/man5/gvtd.toml.5.gz",
     "/usr/share/bash-completion/completions/gvt-client",

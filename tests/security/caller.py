@@ -26,6 +26,8 @@ def calls(vgpu: str) -> dict[str, tuple[str, list[Any]]]:
         "CreateVGPU": ("s", [vgpu]),
         "StartDomain": ("sa{sv}", [DOMAIN, {}]),
         "StopDomain": ("sa{sv}", [DOMAIN, {}]),
+        "PrepareDomain": ("sa{sv}", [DOMAIN, {}]),
+        "ReleaseDomain": ("sa{sv}", [DOMAIN, {}]),
         "AttachVGPU": ("ssa{sv}", [DOMAIN, vgpu, {}]),
         "DetachVGPU": ("ss", [DOMAIN, vgpu]),
         "RemoveVGPU": ("s", [vgpu]),

@@ -1,0 +1,62 @@
+"""The libvirt hook, run as libvirt runs it (argv, domain XML on stdin) against
+`gvtd --simulate`: prepare begin creates the domain's vGPUs, release end removes the
+on-demand ones, a refusal fails the start with gvtd's message."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from harness import DBusDaemon, Simulation
+
+HOOK = Path(__file__).resolve().parents[2] / "packaging/libvirt-hook/gvtd"
+UUID = "0e2b6a8c-5d40-4a57-9b47-3c1a3f0d8e21"
+XML = """<domain type='kvm'><name>win10</name><devices>
+<hostdev mode='subsystem' type='mdev' managed='no' model='vfio-pci' display='on'>
+<source><address uuid='{uuid}'/></source></hostdev></devices></domain>"""
+
+
+def hook(address: str, *args: str, xml: str = "") -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=address)
+    return subprocess.run([sys.executable, str(HOOK), *args], input=xml, env=env,
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_prepare_creates_and_release_removes_on_demand(sim: Simulation) -> None:
+    sim.gvt_client("define", "w", "--type", "i915-GVTg_V5_4", "--uuid", UUID, "--start",
+                   "on-demand", "--domain", "win10", check=True)
+    assert sim.client.vgpus()["w"]["State"] == "inactive"
+    p = hook(sim.bus.address, "win10", "prepare", "begin", "-", xml=XML.format(uuid=UUID))
+    assert (p.returncode, p.stderr) == (0, "")
+    assert sim.client.vgpus()["w"]["State"] == "active"
+    p = hook(sim.bus.address, "win10", "release", "end", "-", xml=XML.format(uuid=UUID))
+    assert (p.returncode, p.stderr) == (0, "")
+    assert sim.client.vgpus()["w"]["State"] == "inactive"
+
+
+def test_definition_naming_the_domain_is_enough(sim: Simulation) -> None:
+    sim.gvt_client("define", "w", "--type", "i915-GVTg_V5_8", "--start", "on-demand",
+                   "--domain", "win10", check=True)
+    p = hook(sim.bus.address, "win10", "prepare", "begin", "-", xml="<domain/>")
+    assert p.returncode == 0 and sim.client.vgpus()["w"]["State"] == "active"
+
+
+def test_unknown_vgpu_fails_the_start_with_the_fix(sim: Simulation) -> None:
+    p = hook(sim.bus.address, "win10", "prepare", "begin", "-", xml=XML.format(uuid=UUID))
+    assert p.returncode == 1
+    assert p.stderr.startswith("gvtd: ") and UUID in p.stderr and "gvt-client define" in p.stderr
+    assert UUID not in {v["UUID"] for v in sim.client.vgpus().values()}
+
+
+def test_other_operations_and_absent_gvtd_never_block_libvirt(dbus: DBusDaemon) -> None:
+    started = time.monotonic()
+    for args in (("win10", "start", "begin", "-"), ("win10", "stopped", "end", "-"),
+                 ("win10", "release", "end", "-")):
+        p = hook(dbus.address, *args, xml=XML.format(uuid=UUID))
+        assert (p.returncode, p.stderr) == (0, ""), args
+    p = hook(dbus.address, "win10", "prepare", "begin", "-", xml=XML.format(uuid=UUID))
+    assert p.returncode == 0 and "gvtd is not running" in p.stderr
+    p = hook(dbus.address, "plain", "prepare", "begin", "-", xml="<domain/>")
+    assert (p.returncode, p.stderr) == (0, "")
+    assert time.monotonic() - started < 20  # answered at once, no timeout waited out
