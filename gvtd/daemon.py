@@ -21,6 +21,7 @@ from gvtd.domains import Domains
 from gvtd.host import Host
 from gvtd.mdev import Sysfs
 from gvtd.state import Ownership
+from gvtd.suspend import Suspend
 from gvtd.udev import UdevWatcher
 
 log = logging.getLogger("gvtd")
@@ -127,6 +128,9 @@ class Daemon:
         self.host = Host(self.config, Sysfs(Path(self.settings.sysfs_root)),
                          Ownership(args.state_dir), self.settings.restore_removed)
         self.domains = Domains(self.host, self.settings.libvirt_uri)
+        self.suspend = Suspend(self.host, self.domains, self.settings.suspend, self.host.publish)
+        domain_problems = self.host.extra_problems
+        self.host.extra_problems = lambda: domain_problems() + self.suspend.problems()
         self.ready = False
         self._last_status = ""
         self.stopping = asyncio.Event()
@@ -203,6 +207,9 @@ class Daemon:
         # trying in the background.
         libvirt_started = loop.create_task(self.domains.start())
         libvirt_started.add_done_callback(_log_failure)
+        # logind, like libvirt, may be absent: suspend handling starts beside READY.
+        suspend_started = loop.create_task(self.suspend.start())
+        suspend_started.add_done_callback(_log_failure)
         self._start_watchdog(loop)
         disconnected = asyncio.ensure_future(bus.wait_for_disconnect())
         stop = asyncio.ensure_future(self.stopping.wait())
@@ -214,6 +221,8 @@ class Daemon:
         watcher.stop()
         libvirt_started.cancel()
         self.domains.close()
+        suspend_started.cancel()
+        self.suspend.close()
         self._notify("STOPPING=1")
         log.info("Stopping; vGPUs stay in place for the VMs that use them")
         bus.disconnect()

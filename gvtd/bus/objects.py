@@ -100,7 +100,8 @@ class ManagerInterface(_Mirror):
     def _compute(self) -> dict[str, Any]:
         return {"Version": __version__, "State": self.daemon.state,
                 "Problems": [list(p) for p in self.host.problems()],
-                "LibvirtConnected": self.daemon.domains.libvirt.connected}
+                "LibvirtConnected": self.daemon.domains.libvirt.connected,
+                "Suspend": self.daemon.suspend.state}
 
     @method()
     @dbus_errors
@@ -202,6 +203,10 @@ class ManagerInterface(_Mirror):
     @dbus_property(access=PropertyAccess.READ)
     def LibvirtConnected(self) -> "b":  # noqa: F821
         return self._props["LibvirtConnected"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Suspend(self) -> "s":  # noqa: F821
+        return self._props["Suspend"]
 
 
 def _type_details(t: Any) -> dict[str, Variant]:

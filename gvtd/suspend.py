@@ -1,0 +1,412 @@
+"""Host suspend with vGPUs: logind inhibitor locks, and what gvtd does around a sleep.
+
+A GVT-g vGPU does not survive host suspend (hangs, vGPUs lost after resume), so gvtd takes
+part in logind's sleep protocol (https://systemd.io/INHIBITOR_LOCKS/):
+
+- it holds a *delay* lock while it runs; on PrepareForSleep(true) it removes the vGPUs no
+  running domain uses, remembers exactly which, and closes the lock so the host may sleep;
+  on PrepareForSleep(false) it takes the lock again and recreates what it removed;
+- with `suspend = "block-while-running"` it also holds a *block* lock, naming the VMs,
+  while a domain with a vGPU runs;
+- with `suspend = "ignore"` it does none of this.
+
+logind lives on the system bus even when gvtd serves the session bus (simulation), so this
+module opens its own system bus connection (DBUS_SYSTEM_BUS_ADDRESS points it elsewhere).
+Inhibit() returns a file descriptor: the lock is held while gvtd keeps it open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
+
+from dbus_fast import BusType, Message, MessageType
+from dbus_fast.aio import MessageBus
+
+from gvtd.host import Host, Teardown
+
+if TYPE_CHECKING:
+    from gvtd.domains import Domains
+
+log = logging.getLogger(__name__)
+
+LOGIND = "org.freedesktop.login1"
+LOGIND_PATH = "/org/freedesktop/login1"
+LOGIND_MANAGER = "org.freedesktop.login1.Manager"
+DBUS = "org.freedesktop.DBus"
+
+DEFAULT_DELAY_MAX = 5.0  # logind's default InhibitDelayMaxSec
+DELAY_SHARE = 0.8  # of InhibitDelayMaxSec that the removals may take before gvtd lets go
+
+DELAY_WHY = ("Removing the virtual GPUs (Intel GVT-g) that no running VM uses, so that the "
+             "host sleeps and resumes safely")
+
+Problem = tuple[str, str, str, str]
+# What Manager.Suspend shows: off (policy ignore, or no logind), on (delay lock held),
+# blocked (a block lock held too: a VM with a vGPU runs), preparing (removing before sleep),
+# sleeping (lock released: the host may sleep), resuming (recreating after resume).
+State = Literal["off", "on", "blocked", "preparing", "sleeping", "resuming"]
+
+
+def block_why(domains: list[str]) -> str:
+    """The block lock's reason, as a desktop shows it when suspend is refused."""
+    if len(domains) == 1:
+        return (f"The VM {domains[0]} is running with an Intel GVT-g virtual GPU, which does "
+                "not survive suspend; shut it down first")
+    return (f"The VMs {', '.join(domains)} are running with Intel GVT-g virtual GPUs, which "
+            "do not survive suspend; shut them down first")
+
+
+class Suspend:
+    """logind's sleep protocol for gvtd. `changed` is called whenever `state` or
+    `problems()` changed, so the bus shows it."""
+
+    def __init__(self, host: Host, domains: Domains, policy: str,
+                 changed: Callable[[], None]) -> None:
+        self.host = host
+        self.domains = domains
+        self.policy = policy
+        self.changed = changed
+        self.state: State = "off"
+        self.delay_max = DEFAULT_DELAY_MAX
+        self._problems: dict[str, Problem] = {}
+        self._bus: MessageBus | None = None
+        self._logind = False  # whether logind owns its name now
+        self._delay_fd: int | None = None
+        self._block_fd: int | None = None
+        self._block_for: list[str] = []  # the domains the block lock names
+        self._block_lock = asyncio.Lock()
+        self._block_pending = False
+        self._cycle = asyncio.Lock()  # one sleep or resume at a time, in signal order
+        self._asleep = False
+        self._teardown: Teardown | None = None
+        self._teardown_task: asyncio.Future[None] | None = None
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect to logind; without it gvtd runs on, and Problems says why."""
+        if self.policy == "ignore":
+            log.info("Suspend handling is off (suspend = \"ignore\" in gvtd.toml)")
+            return
+        try:
+            self._bus = await MessageBus(bus_type=BusType.SYSTEM,
+                                         negotiate_unix_fd=True).connect()
+        except Exception as e:  # no system bus at all
+            self._off(f"Suspend handling is off: the system bus is unreachable ({e}).")
+            return
+        bus = self._bus
+        bus.add_message_handler(self._on_message)
+        for rule in (f"type='signal',sender='{DBUS}',member='NameOwnerChanged',arg0='{LOGIND}'",
+                     f"type='signal',interface='{LOGIND_MANAGER}',member='PrepareForSleep',"
+                     f"path='{LOGIND_PATH}'"):
+            await self._call(DBUS, "/org/freedesktop/DBus", DBUS, "AddMatch", "s", [rule])
+        if self.policy == "block-while-running":
+            self.host.listeners.append(self._domains_changed)
+        reply = await self._call(DBUS, "/org/freedesktop/DBus", DBUS, "NameHasOwner", "s",
+                                 [LOGIND])
+        if reply.body and reply.body[0]:
+            await self._logind_appeared()
+        else:
+            self._off("Suspend handling is off: systemd-logind is not running (no "
+                      f"{LOGIND} on the system bus); gvtd takes part in suspend as soon as "
+                      "it appears.")
+        lost = asyncio.ensure_future(bus.wait_for_disconnect())
+        lost.add_done_callback(lambda _: self._bus_lost())
+        self._tasks.add(lost)
+
+    def close(self) -> None:
+        """Release every lock (by closing its descriptor) and the system bus."""
+        for task in list(self._tasks):
+            task.cancel()
+        self._close_fds()
+        if self._bus is not None:
+            bus, self._bus = self._bus, None
+            bus.disconnect()
+
+    def problems(self) -> list[Problem]:
+        return list(self._problems.values())
+
+    # -- logind --------------------------------------------------------------------------
+
+    async def _call(self, dest: str, path: str, iface: str, member: str, signature: str = "",
+                    body: list[object] | None = None) -> Message:
+        assert self._bus is not None
+        reply = await self._bus.call(Message(destination=dest, path=path, interface=iface,
+                                             member=member, signature=signature,
+                                             body=body or []))
+        assert reply is not None
+        return reply
+
+    async def _inhibit(self, mode: str, why: str) -> int | None:
+        """An inhibitor lock's file descriptor, or None (logged, and in Problems)."""
+        if self._bus is None or not self._logind:
+            return None
+        try:
+            reply = await self._call(LOGIND, LOGIND_PATH, LOGIND_MANAGER, "Inhibit", "ssss",
+                                     ["sleep", "gvtd", why, mode])
+        except Exception as e:
+            reply, text = None, str(e)
+        else:
+            text = reply.body[0] if reply.body else ""
+        if reply is None or reply.message_type == MessageType.ERROR or not reply.unix_fds:
+            log.error("logind refused a %s lock for suspend: %s", mode, text)
+            self._problems[f"suspend:{mode}"] = (
+                f"suspend:{mode}", "warn",
+                f"logind refused gvtd's {mode} lock for suspend: {text}",
+                "Check the system bus policy for org.freedesktop.login1 (gvtd needs Inhibit), "
+                "or set suspend = \"ignore\" in /etc/gvtd/gvtd.toml.")
+            self.changed()
+            return None
+        fds = list(reply.unix_fds)
+        fd = fds.pop(reply.body[0])
+        for other in fds:
+            os.close(other)
+        if self._problems.pop(f"suspend:{mode}", None) is not None:
+            self.changed()
+        return fd
+
+    async def _take_delay(self) -> None:
+        if self._delay_fd is None:
+            self._delay_fd = await self._inhibit("delay", DELAY_WHY)
+            if self._delay_fd is not None:
+                log.info("Holding a delay lock for suspend (logind waits for it at most "
+                         "%.1f s)", self.delay_max)
+
+    def _release_delay(self, why: str = "the host may sleep") -> None:
+        fd, self._delay_fd = self._delay_fd, None
+        if fd is not None:
+            os.close(fd)
+            log.info("Released the delay lock: %s", why)
+
+    def _close_fds(self) -> None:
+        self._release_delay("gvtd no longer takes part in suspend")
+        fd, self._block_fd, self._block_for = self._block_fd, None, []
+        if fd is not None:
+            os.close(fd)
+
+    async def _read_delay_max(self) -> None:
+        """logind's InhibitDelayMaxUSec: the removals before sleep must end well inside it."""
+        try:
+            reply = await self._call(LOGIND, LOGIND_PATH, "org.freedesktop.DBus.Properties",
+                                     "Get", "ss", [LOGIND_MANAGER, "InhibitDelayMaxUSec"])
+            if reply.message_type != MessageType.ERROR:
+                self.delay_max = reply.body[0].value / 1_000_000
+                return
+        except Exception:
+            pass
+        self.delay_max = DEFAULT_DELAY_MAX
+
+    async def _logind_appeared(self) -> None:
+        self._logind = True
+        self._problems.pop("suspend:logind", None)
+        await self._read_delay_max()
+        await self._take_delay()
+        log.info("Suspend handling on (suspend = \"%s\")", self.policy)
+        self._set_state("on")
+        if self.policy == "block-while-running":
+            await self._update_block()
+
+    def _logind_vanished(self) -> None:
+        """logind's locks die with it: ours are gone too."""
+        self._logind = False
+        self._close_fds()
+        self._off("Suspend handling is off: systemd-logind left the system bus; gvtd takes "
+                  "part in suspend again when it comes back.")
+
+    def _off(self, message: str) -> None:
+        log.warning("%s", message)
+        self._problems["suspend:logind"] = (
+            "suspend:logind", "warn", message,
+            "Start systemd-logind (vGPUs may break suspend until then), or set "
+            "suspend = \"ignore\" in /etc/gvtd/gvtd.toml.")
+        self._set_state("off")
+        self.changed()
+
+    def _bus_lost(self) -> None:
+        if self._bus is None:
+            return  # close()
+        self._bus = None
+        self._logind = False
+        self._close_fds()
+        self._off("Suspend handling is off: the connection to the system bus was lost.")
+
+    def _set_state(self, state: State) -> None:
+        if state == "on" and self._block_fd is not None:
+            state = "blocked"
+        if state != self.state:
+            self.state = state
+            self.changed()
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Future[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("Suspend handling failed", exc_info=task.exception())
+
+    def _on_message(self, msg: Message) -> None:
+        if msg.message_type != MessageType.SIGNAL:
+            return
+        if msg.member == "NameOwnerChanged" and msg.interface == DBUS and msg.body \
+                and msg.body[0] == LOGIND:
+            if msg.body[2] and not self._logind:
+                log.info("systemd-logind appeared on the system bus")
+                self._spawn(self._logind_appeared())
+            elif not msg.body[2] and self._logind:
+                self._logind_vanished()
+        elif msg.member == "PrepareForSleep" and msg.interface == LOGIND_MANAGER \
+                and msg.path == LOGIND_PATH and msg.signature == "b":
+            self._spawn(self._before_sleep() if msg.body[0] else self._after_sleep())
+
+    # -- sleep and resume ---------------------------------------------------------------
+
+    async def _before_sleep(self) -> None:
+        """Remove the idle vGPUs, then let go of the delay lock: within InhibitDelayMaxSec
+        even when a removal hangs (it goes on in the background, and is reported)."""
+        async with self._cycle:
+            if self._asleep:
+                return  # a repeated signal
+            self._asleep = True
+            self._set_state("preparing")
+            budget = self.delay_max * DELAY_SHARE
+            log.info("The host is about to sleep: removing the vGPUs no running VM uses "
+                     "(at most %.1f s)", budget)
+            self._teardown = progress = Teardown()
+            if not self.domains.libvirt.connected:
+                text = ("libvirt was unreachable at the last suspend, so gvtd could not tell "
+                        "which vGPUs running VMs use, and removed none before the host slept.")
+                log.warning("%s", text)
+                self._problems["suspend:teardown"] = (
+                    "suspend:teardown", "warn", text,
+                    "Check that libvirtd runs (systemctl status libvirtd) and that "
+                    "libvirt_uri in /etc/gvtd/gvtd.toml names it.")
+            else:
+                started = time.monotonic()
+                task = asyncio.ensure_future(self.host.teardown_idle(progress))
+                self._teardown_task = task
+                try:
+                    await asyncio.wait_for(asyncio.shield(task), budget)
+                except asyncio.TimeoutError:
+                    self._hung(progress, budget, started, task)
+                except Exception:
+                    log.exception("Removing vGPUs before sleep failed")
+                else:
+                    self._problems.pop("suspend:teardown", None)
+                    self._report_failed(progress, 0)
+                    self.changed()
+            self._release_delay()
+            self._set_state("sleeping")
+
+    def _hung(self, progress: Teardown, budget: float, started: float,
+              task: asyncio.Future[None]) -> None:
+        """A removal that outlasts the budget: the host sleeps anyway, and everyone hears."""
+        pending = (f"vGPU {progress.current}" if progress.current
+                   else "the idle vGPUs (another operation held gvtd busy)")
+        log.error("Removing %s before sleep did not finish within %.1f s (logind waits at most "
+                  "%.1f s): letting the host sleep anyway", pending, budget, self.delay_max)
+        self._problems["suspend:teardown"] = (
+            "suspend:teardown", "error",
+            f"Removing {pending} before the host slept hung for more than {budget:.1f} s "
+            "(the kernel did not answer); the host slept without waiting for it.",
+            "See the kernel log (journalctl -k) for i915/GVT-g errors; a VM outside libvirt "
+            "may hold the vGPU open.")
+        self.changed()
+        reported = len(progress.failed)
+        self._report_failed(progress, 0)
+
+        def finished(t: asyncio.Future[None]) -> None:
+            self._report_failed(progress, reported)
+            took = time.monotonic() - started
+            failed = t.exception() if not t.cancelled() else None
+            log.warning("Removing %s before sleep ended after %.1f s%s", pending, took,
+                        f" with an error: {failed}" if failed else "")
+            if "suspend:teardown" in self._problems:
+                self._problems["suspend:teardown"] = (
+                    "suspend:teardown", "warn",
+                    f"At the last suspend, removing {pending} took {took:.1f} s, longer "
+                    f"than logind allows ({self.delay_max:.1f} s); the host slept before it "
+                    "was done.",
+                    "See the kernel log (journalctl -k) for i915/GVT-g errors.")
+                self.changed()
+
+        task.add_done_callback(finished)
+
+    def _report_failed(self, progress: Teardown, start: int) -> None:
+        """vGPUs the kernel refused to remove before sleep: they stayed, visibly."""
+        for name, error in progress.failed[start:]:
+            log.error("vGPU %s could not be removed before sleep and stayed: %s", name, error)
+            self._problems.setdefault("suspend:teardown", (
+                "suspend:teardown", "warn",
+                f"vGPU {name} could not be removed before the host slept and stayed: {error}",
+                "See the kernel log (journalctl -k); stop the VM that holds it open before "
+                "suspending."))
+
+    async def _after_sleep(self) -> None:
+        """Take the delay lock again first (a new suspend must wait for gvtd), then
+        recreate exactly what was removed before sleep."""
+        async with self._cycle:
+            if not self._asleep:
+                return
+            self._asleep = False
+            self._set_state("resuming")
+            await self._take_delay()
+            task, self._teardown_task = self._teardown_task, None
+            if task is not None and not task.done():
+                log.warning("Waiting for the removal that hung before sleep to end before "
+                            "recreating vGPUs")
+                await asyncio.wait({task})
+            progress, self._teardown = self._teardown, None
+            if progress is not None and progress.done:
+                log.info("The host resumed: recreating %s",
+                         ", ".join(t.name for t in progress.done))
+                await self.host.restore_after_sleep(progress.done)
+            else:
+                log.info("The host resumed; no vGPU to recreate")
+            self._set_state("on")
+
+    # -- block-while-running ----------------------------------------------------------------
+
+    def _running_with_vgpu(self) -> list[str]:
+        d = self.domains
+        return sorted(n for n, i in d.libvirt.domains.items() if i.active and d.uses(i))
+
+    def _domains_changed(self) -> None:
+        """A host listener (domains.py publishes every domain change through Host)."""
+        if self._logind and not self._block_pending \
+                and self._running_with_vgpu() != self._block_for:
+            self._block_pending = True
+            self._spawn(self._update_block())
+
+    async def _update_block(self) -> None:
+        """Hold a block lock naming the running VMs with a vGPU; none when none runs. A new
+        lock is taken before the old one goes, so suspend is never open in between."""
+        async with self._block_lock:
+            self._block_pending = False
+            running = self._running_with_vgpu()
+            if running == self._block_for:
+                return
+            old = self._block_fd
+            self._block_fd, self._block_for = None, []
+            if running:
+                self._block_fd = await self._inhibit("block", block_why(running))
+                self._block_for = running  # even when refused: no retry until this changes
+                if self._block_fd is not None:
+                    log.info("Blocking suspend while %s run%s with a vGPU", ", ".join(running),
+                             "" if len(running) > 1 else "s")
+            if old is not None:
+                os.close(old)
+                if not running:
+                    log.info("No VM with a vGPU runs any more: suspend is allowed again")
+            if self.state in ("on", "blocked"):
+                self._set_state("on")
+        if self._running_with_vgpu() != self._block_for:
+            self._domains_changed()  # changed while we talked to logind

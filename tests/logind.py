@@ -1,0 +1,86 @@
+"""systemd-logind for tests: python-dbusmock's logind template on a private bus that gvtd
+takes for the system bus (DBUS_SYSTEM_BUS_ADDRESS). Waits on signals, never on sleeps."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+from dbus_fast import Message, Variant
+
+from harness import TIMEOUT, Client, DBusDaemon, plain
+
+LOGIND = "org.freedesktop.login1"
+LOGIND_PATH = "/org/freedesktop/login1"
+MANAGER = "org.freedesktop.login1.Manager"
+MOCK = "org.freedesktop.DBus.Mock"
+DBUS = "org.freedesktop.DBus"
+
+
+class Logind:
+    """The mock's controls and call log, on a bus of its own (the "system bus")."""
+
+    def __init__(self, bus: DBusDaemon, delay_max_usec: int | None = None,
+                 start: bool = True) -> None:
+        self.bus = bus
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.client = Client(bus.address)
+        for rule in (f"type='signal',sender='{LOGIND}'",
+                     f"type='signal',sender='{DBUS}',member='NameOwnerChanged',"
+                     f"arg0='{LOGIND}'"):
+            self.client.call("AddMatch", "s", [rule], dest=DBUS, path="/org/freedesktop/DBus",
+                             iface=DBUS)
+        self.delay_max_usec = delay_max_usec
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Run the mock and return once it owns org.freedesktop.login1."""
+        env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.bus.address)
+        self.proc = subprocess.Popen([sys.executable, "-m", "dbusmock", "--system",
+                                      "--template", "logind"], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.client.wait_for(lambda m: m.member == "NameOwnerChanged"
+                             and m.body[0] == LOGIND and m.body[2] != "")
+        if self.delay_max_usec is not None:
+            self.mock("AddProperty", "ssv",
+                      [MANAGER, "InhibitDelayMaxUSec", Variant("t", self.delay_max_usec)])
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(TIMEOUT)
+        self.client.close()
+
+    def mock(self, member: str, signature: str = "", body: list[Any] | None = None) -> Any:
+        return self.client.call(member, signature, body, dest=LOGIND, path=LOGIND_PATH,
+                                iface=MOCK)
+
+    def prepare_for_sleep(self, sleeping: bool) -> Message:
+        """Emit PrepareForSleep as logind does; returns the signal as seen on the bus."""
+        before = self.client.signals[-1] if self.client.signals else None
+        self.mock("EmitSignal", "sssav", [MANAGER, "PrepareForSleep", "b",
+                                          [Variant("b", sleeping)]])
+        return self.client.wait_for(lambda m: m.member == "PrepareForSleep", after=before)
+
+    def inhibitors(self) -> list[tuple[str, str, str, str]]:
+        """(what, who, why, mode) of every lock logind holds now."""
+        rows = self.client.call("ListInhibitors", dest=LOGIND, path=LOGIND_PATH,
+                                iface=MANAGER)[0]
+        return [tuple(r[:4]) for r in rows]
+
+    def inhibit_calls(self) -> list[list[str]]:
+        """The arguments of every Inhibit call so far, oldest first."""
+        return [plain(args) for _, args in self.mock("GetMethodCalls", "s", ["Inhibit"])[0]]
+
+    def wait_inhibit(self, mode: str, after: Message | None = None) -> list[str]:
+        """Wait for an Inhibit call with this mode (MethodCalled signal); its arguments."""
+        msg = self.client.wait_for(lambda m: m.member == "MethodCalled"
+                                   and m.body[0] == "Inhibit"
+                                   and plain(m.body[1])[3] == mode, after=after)
+        return plain(msg.body[1])
+
+    def last_signal(self) -> Message | None:
+        return self.client.signals[-1] if self.client.signals else None
