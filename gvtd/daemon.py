@@ -136,7 +136,10 @@ class Daemon:
         self.stopping = asyncio.Event()
 
     def _notify(self, text: str) -> None:
-        sd_daemon.notify(text)
+        try:
+            sd_daemon.notify(text)
+        except OSError as e:  # the service manager went away: not a reason to stop serving
+            log.debug("sd_notify failed: %s", e)
 
     @property
     def state(self) -> str:

@@ -399,16 +399,18 @@ class Host:
         self._restores.pop(view.uuid, None)
         if view.uuid not in self.mdevs:
             d = self.definitions[view.name]
+            touched: set[str] = set()
             try:
                 target = reconcile.resolve(d, list(self.parents.values()))
                 reconcile.check_capacity(target, lambda: self.sysfs.no_capacity_message(
                     target.parent.name, target.type_id))
+                touched.add(target.parent.name)
                 await self._create(view.name, target)
             except GvtdError as e:
                 self.errors[view.name] = e.message
                 raise
             finally:
-                self.refresh()
+                self._reread(touched, {view.uuid})  # only what the write can have changed
                 self.publish()
         return view.uuid
 
