@@ -174,7 +174,7 @@ def test_failed_recreation_is_a_problem_and_last_error(
 
 def test_hung_removal_releases_the_lock_in_time(
         dbus: DBusDaemon, system_bus: DBusDaemon, tmp_path: Path) -> None:
-    delay_max = 3.0
+    delay_max = 4.0
     logind = Logind(system_bus, delay_max_usec=int(delay_max * 1_000_000))
     sim = start_gvtd(dbus, tmp_path)
     try:
@@ -285,3 +285,29 @@ def test_no_system_bus(dbus: DBusDaemon, tmp_path: Path,
         assert (m["State"], m["Suspend"]) == ("running", "off")
     finally:
         sim.stop()
+
+
+def test_libvirt_unreachable_removes_nothing(dbus: DBusDaemon, system_bus: DBusDaemon,
+                                             tmp_path: Path) -> None:
+    """Without libvirt gvtd cannot tell which vGPUs running VMs use: it removes none, and
+    says so."""
+    logind = Logind(system_bus)
+    (tmp_path / "gvtd.toml").write_text('libvirt_uri = "test:///nonexistent/node.xml"\n')
+    sim = Simulation(dbus, "desktop", config_dir=tmp_path)
+    try:
+        sim.client.define(name="idle", type="i915-GVTg_V5_8", uuid=IDLE)
+        wait_suspend(sim, "on")
+        assert manager(sim)["LibvirtConnected"] is False
+        mark = last(sim)
+        logind.prepare_for_sleep(True)
+        wait_suspend(sim, "sleeping", after=mark)
+        assert logind.inhibitors() == []
+        assert [w for w in writes(sim) if w[0] == "remove"] == []
+        (problem,) = [p for p in manager(sim)["Problems"] if p[0] == "suspend:teardown"]
+        assert problem[1] == "warn" and "libvirt was unreachable" in problem[2]
+        logind.prepare_for_sleep(False)
+        wait_suspend(sim, "on", after=mark)
+        assert sim.client.vgpus()["idle"]["State"] == "active"
+    finally:
+        sim.stop()
+        logind.stop()
