@@ -117,7 +117,7 @@ class Suspend:
                       f"{LOGIND} on the system bus); gvtd takes part in suspend as soon as "
                       "it appears.")
         lost = asyncio.ensure_future(bus.wait_for_disconnect())
-        lost.add_done_callback(lambda _: self._bus_lost())
+        lost.add_done_callback(self._bus_closed)
         self._tasks.add(lost)
 
     def close(self) -> None:
@@ -227,6 +227,13 @@ class Suspend:
             "suspend = \"ignore\" in /etc/gvtd/gvtd.toml.")
         self._set_state("off")
         self.changed()
+
+    def _bus_closed(self, task: asyncio.Future[None]) -> None:
+        """The system bus connection ended: lost, unless gvtd is stopping (cancelled)."""
+        if task.cancelled():
+            return
+        task.exception()  # retrieved, so asyncio does not report it again
+        self._bus_lost()
 
     def _bus_lost(self) -> None:
         if self._bus is None:
