@@ -317,9 +317,15 @@ class Host:
     # -- operations (D-Bus methods) -----------------------------------------------------------
 
     def find(self, key: str) -> VgpuView:
-        """A vGPU by definition name or UUID."""
+        """A vGPU by definition name or UUID.
+
+        Callers that do not hold the lock (attach, detach) can run while a Define is half
+        way: its definition is there before its view, so compute the views then."""
         if key in self.definitions:
-            return self.views[self.definitions[key].uuid]
+            uuid = self.definitions[key].uuid
+            if uuid not in self.views:
+                self.publish()
+            return self.views[uuid]
         if key in self.views:
             return self.views[key]
         raise NotFound(f"There is no vGPU named {key[:100]!r}; `gvt-client list` shows them.")

@@ -89,3 +89,15 @@ def test_errno_mapping(code: int, error: type, text: str) -> None:
                                                    p, "i915-GVTg_V5_4", "u")
     assert isinstance(e, error)
     assert text in e.message
+
+
+def test_find_a_definition_before_its_view_exists(tmp_path: Path) -> None:
+    """Found by fuzzing: DetachVGPU during a Define saw the definition but not its view."""
+    from gvtd.config import ConfigDir
+    from gvtd.host import Host
+    from gvtd.state import Ownership
+
+    host = Host(ConfigDir(tmp_path), Sysfs(tmp_path / "sys"), Ownership(tmp_path / "state"))
+    host.definitions["a"] = Definition(uuid="fff6f017-3417-4ad3-b05e-17ae3e1a4615",
+                                       type="i915-GVTg_V5_4")
+    assert host.find("a").name == "a"
