@@ -8,11 +8,12 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian 12 packages: build headers for PyGObject, dbus-python, libvirt-python and
 # systemd-python; umockdev and FUSE for the emulated host; dbus-daemon for private buses;
 # mdevctl, which the benchmarks run side by side with gvtd; polkitd, whose DTD and daemon
-# check the shipped polkit actions.
+# check the shipped polkit actions; libvirtd with the QEMU driver (libvirt-daemon-system
+# creates the libvirt-qemu user it needs) and virsh, for the tests on a private libvirtd.
 DEB_PACKAGES = pkg-config gcc python3-dev libgirepository1.0-dev libcairo2-dev \
 	libdbus-1-dev libglib2.0-dev libvirt-dev libsystemd-dev \
 	umockdev gir1.2-umockdev-1.0 fuse3 dbus-daemon libxml2-utils systemd mdevctl \
-	polkitd
+	polkitd libvirt-daemon-system libvirt-clients qemu-system-x86
 
 # Packaging: man-db renders the generated man pages; bash, zsh and fish run the generated
 # completions; debhelper, dh-python and lintian build and check the .deb, and
@@ -28,7 +29,8 @@ $(VENV)/.debs: Makefile
 	if [ -n "$$missing" ]; then \
 		echo "Installing Debian packages: $$missing"; \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold $$missing; \
 	fi
 	@mkdir -p $(VENV) && touch $@
 
