@@ -95,12 +95,20 @@ class Libvirt:
         except libvirt.libvirtError as e:
             log.warning("Cannot connect to libvirt at %s: %s", self.uri, e.get_error_message())
             return False
-        conn.registerCloseCallback(self._on_close, None)
-        conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                                    self._on_lifecycle, None)
+        try:
+            conn.registerCloseCallback(self._on_close, None)
+            conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                        self._on_lifecycle, None)
+        except libvirt.libvirtError as e:  # libvirtd went away right after accepting us
+            log.warning("Lost libvirt at %s while connecting: %s", self.uri,
+                        e.get_error_message())
+            _drop(conn)
+            return False
         self.conn = conn
         log.info("Connected to libvirt at %s", self.uri)
         await self.resync()
+        if self.conn is conn:
+            self.on_change(set())  # LibvirtConnected, even when the resync failed
         return True
 
     def _reconnect_later(self) -> None:
@@ -116,8 +124,12 @@ class Libvirt:
             delay = min(delay * 2, MAX_DELAY)
 
     def _on_close(self, conn: libvirt.virConnect, reason: int, opaque: object) -> None:
+        if conn is not self.conn:
+            return  # an older connection, already replaced
         log.warning("Lost the connection to libvirt (reason %d); reconnecting", reason)
         self.conn = None
+        assert self.loop is not None
+        self.loop.call_soon(_drop, conn)  # not from inside its own callback
         changed = set(self.domains)
         self.on_change(changed)
         self._reconnect_later()
@@ -148,8 +160,13 @@ class Libvirt:
             return
         try:
             info = await asyncio.to_thread(_read_one, conn, name)
-        except libvirt.libvirtError:
-            info = None  # undefined meanwhile
+        except libvirt.libvirtError as e:
+            # Not "undefined" (that is None): most likely the connection is going away.
+            # Keep what is known; the resync after reconnecting corrects it.
+            log.debug("Cannot read domain %s: %s", name, e.get_error_message())
+            return
+        if conn is not self.conn:
+            return  # read on a connection lost meanwhile: the resync decides
         if info is None:
             self.domains.pop(name, None)
         else:
@@ -175,6 +192,9 @@ class Libvirt:
         try:
             return self.conn.lookupByName(name)
         except libvirt.libvirtError as e:
+            if _lost(e):
+                raise LibvirtUnavailable(f"lost the connection to libvirt at {self.uri}; gvtd "
+                                         "reconnects as soon as libvirtd is back.") from e
             raise NotFound(f"libvirt has no domain named {name!r} (`virsh list --all` shows "
                            "them).") from e
 
@@ -203,6 +223,10 @@ class Libvirt:
         try:
             await asyncio.to_thread(dom.create)
         except libvirt.libvirtError as e:
+            if _lost(e):
+                raise LibvirtUnavailable(f"lost the connection to libvirt at {self.uri} while "
+                                         f"starting {name}; it may or may not have started."
+                                         ) from e
             raise Failed(f"libvirt could not start {name}: {e.get_error_message()}") from e
         await self._refresh_one(name)
 
@@ -230,10 +254,29 @@ class Libvirt:
                 try:
                     await asyncio.to_thread(dom.destroy)
                 except libvirt.libvirtError as e:
+                    # It may have shut down at the deadline, before its event arrived.
+                    await self._refresh_one(name)
+                    info = self.domains.get(name)
+                    if info is not None and not info.active:
+                        return True
                     raise Failed(f"libvirt could not destroy {name}: "
                                  f"{e.get_error_message()}") from e
                 await self._refresh_one(name)
         return True
+
+
+def _lost(e: libvirt.libvirtError) -> bool:
+    """The error is the connection's (libvirtd gone), not the request's."""
+    return e.get_error_domain() == libvirt.VIR_FROM_RPC
+
+
+def _drop(conn: libvirt.virConnect) -> None:
+    """Release a dead connection: its close callback holds a reference that keeps it."""
+    for release in (conn.unregisterCloseCallback, conn.close):
+        try:
+            release()
+        except libvirt.libvirtError:
+            pass
 
 
 def _info(dom: libvirt.virDomain) -> DomainInfo:
