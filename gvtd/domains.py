@@ -8,7 +8,7 @@ import logging
 from collections import defaultdict
 
 from gvtd import doctor
-from gvtd.errors import Busy, InvalidArgument
+from gvtd.errors import Busy, Failed, InvalidArgument
 from gvtd.host import Host
 from gvtd.virt import domxml
 from gvtd.virt.connection import DomainInfo, Libvirt
@@ -89,7 +89,11 @@ class Domains:
             if info is not None and info.active:
                 return  # already running: nothing to do, not an error
             log.info("Starting domain %s", name, extra={"DOMAIN": name})
-            await self.libvirt.create(name)
+            try:
+                await self.libvirt.create(name)
+            except Failed:  # libvirt refused: on-demand vGPUs made for it free their share
+                await self.host.release_on_demand(name, uuids)
+                raise
 
     async def prepare_domain(self, name: str, uuids: list[str]) -> None:
         """libvirt is about to start the domain (its hook, packaging/libvirt-hook): create
