@@ -1,0 +1,187 @@
+"""gvtd against a real libvirtd with the QEMU driver (a private one, see tests/libvirtd.py).
+
+The test driver (test_domains.py) covers gvtd's state machine; these tests cover what only a
+real libvirtd does: QEMU processes that start and ignore an ACPI shutdown, lifecycle events
+from changes made outside gvtd, libvirt's own refusal of an mdev QEMU cannot open, and a
+libvirtd that dies and comes back while gvtd runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dbus_fast import Message, Variant
+
+from gvtd import names
+from gvtd.virt.connection import MAX_DELAY
+from harness import CallError, DBusDaemon, Simulation, plain
+from libvirtd import PrivateLibvirtd, domain_xml, wait_exit
+
+U1 = "3f1c6a2e-8d4b-4f0a-9c57-1e2d3c4b5a69"
+ERR = names.ERROR_PREFIX
+# Reconnection retries with a delay that doubles up to MAX_DELAY: a libvirtd that is back
+# is seen within one delay, however long it was away.
+RECONNECT_DEADLINE = MAX_DELAY + 30
+
+
+@pytest.fixture(scope="module")
+def libvirtd() -> Iterator[PrivateLibvirtd]:
+    lv = PrivateLibvirtd()
+    lv.virsh("version")  # the first use probes QEMU's capabilities: seconds, once
+    yield lv
+    lv.stop()
+
+
+@pytest.fixture
+def lv(libvirtd: PrivateLibvirtd) -> Iterator[PrivateLibvirtd]:
+    """The module's libvirtd, running and without domains when each test ends."""
+    yield libvirtd
+    if not libvirtd.pid:  # a test that stopped it failed half-way
+        libvirtd.start()
+    libvirtd.clear()
+
+
+@pytest.fixture
+def gvtd(dbus: DBusDaemon, lv: PrivateLibvirtd, tmp_path: Path) -> Iterator[Simulation]:
+    """`gvtd --simulate` (emulated kernel) whose libvirt is the private libvirtd."""
+    (tmp_path / "gvtd.toml").write_text(f'libvirt_uri = "{lv.uri}"\n')
+    sim = Simulation(dbus, config_dir=tmp_path)
+    try:
+        if not manager(sim)["LibvirtConnected"]:
+            wait_connected(sim, True)
+        yield sim
+    finally:
+        sim.stop()
+
+
+def manager(sim: Simulation) -> dict[str, Any]:
+    return sim.client.props(names.ROOT_PATH, names.MANAGER_IFACE)
+
+
+def changed(msg: Message, path: str, prop: str, value: Any) -> bool:
+    return (msg.member == "PropertiesChanged" and msg.path == path
+            and plain(msg.body[1]).get(prop, object()) == value)
+
+
+def forget(sim: Simulation) -> None:
+    """Forget the signals seen so far: the next wait is for a new one."""
+    sim.client.signals.clear()
+
+
+def wait_connected(sim: Simulation, value: bool, timeout: float = 30.0) -> None:
+    sim.client.wait_for(lambda m: changed(m, names.ROOT_PATH, "LibvirtConnected", value),
+                        timeout)
+
+
+def wait_state(sim: Simulation, domain: str, state: str) -> None:
+    sim.client.wait_for(lambda m: changed(m, names.domain_path(domain), "State", state))
+
+
+def domain_state(sim: Simulation, domain: str) -> str:
+    return sim.client.props(names.domain_path(domain), names.DOMAIN_IFACE)["State"]
+
+
+def start(sim: Simulation, domain: str) -> str:
+    return sim.client.call("StartDomain", "sa{sv}", [domain, {}])[0]
+
+
+def stop(sim: Simulation, domain: str, **options: Any) -> None:
+    opts = {k: Variant("b" if isinstance(v, bool) else "u", v) for k, v in options.items()}
+    sim.client.call("StopDomain", "sa{sv}", [domain, opts])
+
+
+def test_start_and_stop_a_real_domain(gvtd: Simulation, lv: PrivateLibvirtd) -> None:
+    lv.define(domain_xml("tiny"))
+    assert start(gvtd, "tiny") == names.domain_path("tiny")
+    assert lv.domstate("tiny") == "running"
+    start(gvtd, "tiny")  # already running: not an error
+    # No guest OS answers the ACPI request: without force that is Busy, and it keeps running.
+    with pytest.raises(CallError) as e:
+        stop(gvtd, "tiny", timeout=1)
+    assert e.value.name == ERR + "Busy" and "--force" in e.value.text
+    assert lv.domstate("tiny") == "running"
+    stop(gvtd, "tiny", force=True, timeout=1)
+    assert lv.domstate("tiny") == "shut off"
+    assert gvtd.write_log() == []  # no vGPU was involved
+
+
+def test_state_follows_libvirt_events(gvtd: Simulation, lv: PrivateLibvirtd) -> None:
+    gvtd.client.define(name="w", type="i915-GVTg_V5_8", start="manual", domain="watched")
+    lv.define(domain_xml("watched"))  # a definition names it: it gets a Domain object
+    gvtd.client.wait_for(lambda m: m.member == "InterfacesAdded"
+                         and m.body[0] == names.domain_path("watched"))
+    assert domain_state(gvtd, "watched") == "shut-off"
+    for command, state in [("start", "running"), ("suspend", "paused"),
+                           ("resume", "running"), ("destroy", "shut-off")]:
+        forget(gvtd)
+        lv.virsh(command, "watched")  # outside gvtd: only libvirt's events tell it
+        wait_state(gvtd, "watched", state)
+    lv.virsh("undefine", "watched")
+    gvtd.client.wait_for(lambda m: m.member == "InterfacesRemoved"
+                         and m.body[0] == names.domain_path("watched"))
+
+
+def test_mdev_qemu_cannot_open_fails_with_libvirts_reason(gvtd: Simulation,
+                                                          lv: PrivateLibvirtd) -> None:
+    gvtd.client.define(name="gpu", type="i915-GVTg_V5_4", uuid=U1, start="on-demand",
+                       domain="gpu")
+    lv.define(domain_xml("gpu", mdev=U1))
+    lv.define(domain_xml("tiny"))
+    # The emulated kernel creates the mdev; the real host has no such device, so libvirt
+    # refuses to start QEMU with it.
+    with pytest.raises(CallError) as e:
+        start(gvtd, "gpu")
+    assert e.value.name == ERR + "Failed"
+    assert e.value.text.startswith("libvirt could not start gpu: ")
+    assert "Mediated host device" in e.value.text  # libvirt's own words
+    assert lv.domstate("gpu") == "shut off"
+    assert domain_state(gvtd, "gpu") == "shut-off"
+    # The on-demand vGPU created for the start does not outlive the failure.
+    assert gvtd.client.vgpus()["gpu"]["State"] == "inactive"
+    assert [w[1] for w in gvtd.write_log()] == [U1, "1"]
+    # gvtd carries on.
+    assert manager(gvtd)["LibvirtConnected"] is True
+    start(gvtd, "tiny")
+    assert lv.domstate("tiny") == "running"
+
+
+def test_libvirtd_killed_and_restarted(gvtd: Simulation, lv: PrivateLibvirtd) -> None:
+    gvtd.client.define(name="s", type="i915-GVTg_V5_8", start="on-demand", domain="survivor")
+    gvtd.client.define(name="i", type="i915-GVTg_V5_8", start="manual", domain="idle")
+    lv.define(domain_xml("survivor"))
+    lv.define(domain_xml("idle"))
+    start(gvtd, "survivor")
+    assert gvtd.client.vgpus()["s"]["State"] == "active"
+    vgpu = names.vgpu_path(gvtd.client.vgpus()["s"]["UUID"])
+
+    forget(gvtd)
+    lv.kill(signal.SIGKILL)
+    wait_connected(gvtd, False)
+    for call in (lambda: start(gvtd, "idle"), lambda: stop(gvtd, "survivor", force=True)):
+        with pytest.raises(CallError) as e:
+            call()
+        assert e.value.name == ERR + "LibvirtUnavailable"
+    assert manager(gvtd)["LibvirtConnected"] is False
+    assert gvtd.client.vgpus()["s"]["State"] == "active"  # the vGPU side is untouched
+
+    # While libvirtd is away its guest dies: no event will say so, only a resync can.
+    guest = lv.qemu_pid("survivor")
+    os.kill(guest, signal.SIGKILL)
+    assert wait_exit(guest)
+    forget(gvtd)
+    lv.start()
+    wait_connected(gvtd, True, RECONNECT_DEADLINE)
+    assert domain_state(gvtd, "survivor") == "shut-off"
+    assert domain_state(gvtd, "idle") == "shut-off"
+    # ... and gvtd treats it as stopped: its on-demand vGPU is removed.
+    gvtd.client.wait_for(lambda m: changed(m, vgpu, "State", "inactive"))
+    # Methods and lifecycle events work on the new connection.
+    start(gvtd, "idle")
+    forget(gvtd)
+    lv.virsh("destroy", "idle")
+    wait_state(gvtd, "idle", "shut-off")

@@ -1,0 +1,173 @@
+"""A private libvirtd with the QEMU driver, for tests and benchmarks that need real QEMU
+behaviour without touching the host's own libvirt.
+
+libvirtd runs as root in its own mount namespace (`unshare -m`), where a temporary
+directory is bound over /etc/libvirt, /var/lib/libvirt, /var/cache/libvirt, /var/log/libvirt
+and /run/libvirt: domains it defines, QEMU's state and logs all land in that directory, and
+the host's files are never written. Its sockets live in the same directory (unix_sock_dir);
+it listens on no TCP port. Domains are stopped and the directory removed when it stops.
+
+`libvirtd -d` returns only once its sockets are bound, so waiting for that process to exit
+is waiting for the socket, with no polling. The daemon itself is then no child of ours: its
+exit is awaited on a pidfd.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+
+TIMEOUT = 60.0
+
+# Bound over the host's directories inside the namespace: name under the temporary
+# directory -> the host path it hides.
+MOUNTS = {"etc": "/etc/libvirt", "lib": "/var/lib/libvirt", "cache": "/var/cache/libvirt",
+          "log": "/var/log/libvirt", "run": "/run/libvirt"}
+
+# Runs inside the namespace. /run/libvirt exists only while a host libvirtd has run; when
+# it does not, a tmpfs over /run makes a place for it without creating anything on the host.
+#
+# The namespace starts as a copy of every mount on the host, including the FUSE file systems
+# of emulated kernels running at that moment (ours or another session's). A copy held by
+# libvirtd or its guests keeps such a file system's server waiting after its owner
+# unmounted it, so the copies are detached first.
+NAMESPACE_SCRIPT = """\
+set -e
+T="$1"
+while read -r _ dir fstype _; do
+    case "$fstype" in fuse|fuse.*) umount -l "$(printf '%b' "$dir")" || true ;; esac
+done < /proc/self/mounts
+mount --bind "$T/etc" /etc/libvirt
+mount --bind "$T/lib" /var/lib/libvirt
+mount --bind "$T/cache" /var/cache/libvirt
+mount --bind "$T/log" /var/log/libvirt
+if [ ! -d /run/libvirt ]; then mount -t tmpfs -o mode=0755 tmpfs /run; mkdir /run/libvirt; fi
+mount --bind "$T/run" /run/libvirt
+exec libvirtd --daemon --config "$T/etc/libvirtd.conf" --pid-file "$T/libvirtd.pid"
+"""
+
+# QEMU's output goes to files (no virtlogd to run), no cgroups or security labels are
+# touched on the host, and the guests run as libvirt-qemu as on a real host.
+QEMU_CONF = """\
+stdio_handler = "file"
+security_driver = "none"
+cgroup_controllers = [ ]
+"""
+
+
+def wait_exit(pid: int, timeout: float = TIMEOUT) -> bool:
+    """Wait until a process that is not our child exits; False if it is still there."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
+
+
+class PrivateLibvirtd:
+    """libvirtd on a socket of its own; `uri` is what gvtd and virsh connect to."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="gvtd-libvirtd-"))
+        for name in MOUNTS:
+            (self.dir / name).mkdir()
+        (self.dir / "etc" / "qemu").mkdir()
+        self.socket = self.dir / "run" / "libvirt-sock"
+        self.uri = f"qemu+unix:///system?socket={self.socket}"
+        self.log = self.dir / "log" / "libvirtd.log"
+        (self.dir / "etc" / "libvirtd.conf").write_text(
+            f'unix_sock_dir = "{self.dir / "run"}"\n'
+            'unix_sock_rw_perms = "0700"\n'
+            'auth_unix_rw = "none"\nauth_unix_ro = "none"\n'
+            f'log_outputs = "3:file:{self.log}"\n')
+        (self.dir / "etc" / "qemu.conf").write_text(QEMU_CONF)
+        self.pid = 0
+        self.start()
+
+    def start(self) -> None:
+        """Start libvirtd (again): returns once it accepts connections on `socket`."""
+        for stale in self.dir.glob("run/libvirt*-sock*"):  # a killed libvirtd leaves them
+            stale.unlink()
+        p = subprocess.run(["unshare", "--mount", "--propagation", "private",
+                            "sh", "-c", NAMESPACE_SCRIPT, "sh", str(self.dir)],
+                           capture_output=True, text=True, timeout=TIMEOUT)
+        if p.returncode != 0 or not self.socket.is_socket():
+            raise RuntimeError(f"libvirtd did not start (status {p.returncode}): "
+                               f"{p.stderr.strip()} {self.log_tail()}")
+        self.pid = int((self.dir / "libvirtd.pid").read_text())
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Stop libvirtd by a signal and wait until it is gone; its guests keep running."""
+        if self.pid:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+            if not wait_exit(self.pid):
+                raise RuntimeError(f"libvirtd (pid {self.pid}) did not exit on signal {sig}")
+            self.pid = 0
+
+    def virsh(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        p = subprocess.run(["virsh", "-q", "-c", self.uri, *args], capture_output=True,
+                           text=True, timeout=TIMEOUT)
+        if check and p.returncode != 0:
+            raise AssertionError(f"virsh {' '.join(args)}: {p.stderr.strip()}")
+        return p
+
+    def domstate(self, name: str) -> str:
+        return self.virsh("domstate", name).stdout.strip()
+
+    def define(self, xml: str) -> None:
+        path = self.dir / "define.xml"
+        path.write_text(xml)
+        self.virsh("define", str(path))
+
+    def qemu_pid(self, name: str) -> int:
+        return int((self.dir / "run" / "qemu" / f"{name}.pid").read_text())
+
+    def clear(self) -> None:
+        """Destroy and undefine every domain, so the next test starts from nothing."""
+        for name in self.virsh("list", "--all", "--name").stdout.split():
+            self.virsh("destroy", name, check=False)
+            self.virsh("undefine", name, check=False)
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            return "\n".join(self.log.read_text().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """Turn every guest off, stop libvirtd, and remove its directory."""
+        if self.pid:
+            for name in self.virsh("list", "--name", check=False).stdout.split():
+                self.virsh("destroy", name, check=False)
+            self.kill(signal.SIGTERM)
+        for pidfile in self.dir.glob("run/qemu/*.pid"):  # guests of a killed libvirtd
+            try:
+                pid = int(pidfile.read_text())
+                os.kill(pid, signal.SIGKILL)
+                wait_exit(pid)
+            except (ValueError, ProcessLookupError):
+                pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def domain_xml(name: str, mdev: str | None = None) -> str:
+    """A small QEMU (TCG) domain with no disk: it starts, runs the firmware and waits for a
+    boot device, which is all these tests need. With `mdev`, an mdev hostdev of that UUID."""
+    hostdev = (f"<hostdev mode='subsystem' type='mdev' managed='no' model='vfio-pci' "
+               f"display='off'><source><address uuid='{mdev}'/></source></hostdev>"
+               if mdev else "")
+    return (f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory>"
+            "<vcpu>1</vcpu><os><type arch='x86_64' machine='q35'>hvm</type></os>"
+            "<features><acpi/></features>"
+            f"<devices>{hostdev}<memballoon model='none'/></devices></domain>")
