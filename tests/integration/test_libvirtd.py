@@ -185,3 +185,34 @@ def test_libvirtd_killed_and_restarted(gvtd: Simulation, lv: PrivateLibvirtd) ->
     forget(gvtd)
     lv.virsh("destroy", "idle")
     wait_state(gvtd, "idle", "shut-off")
+
+
+@pytest.mark.parametrize("display", ["spice-gl", "gtk-gl"])
+def test_attach_detach_round_trip_keeps_the_qemu_namespace(gvtd: Simulation,
+                                                           lv: PrivateLibvirtd,
+                                                           display: str) -> None:
+    """What only the qemu driver keeps: <qemu:override> and <qemu:commandline> survive
+    libvirt's define, attach is idempotent against what libvirt wrote back, and detach
+    takes out exactly what attach put in (the user's own qemu: elements stay)."""
+    ns = "http://libvirt.org/schemas/domain/qemu/1.0"
+    mine = (f"<qemu:commandline xmlns:qemu='{ns}'><qemu:arg value='-smbios'/>"
+            "<qemu:arg value='type=2'/></qemu:commandline>")
+    xml = domain_xml("win")
+    lv.define(xml.replace("<domain type='qemu'>", f"<domain type='qemu' xmlns:qemu='{ns}'>")
+              .replace("</domain>", mine + "</domain>"))
+    gvtd.client.define(name="g", type="i915-GVTg_V5_4", uuid=U1, start="manual")
+    opts = {"display": Variant("s", display)}
+    change = gvtd.client.call("AttachVGPU", "ssa{sv}", ["win", "g", opts])[0]
+    assert change
+    after = lv.virsh("dumpxml", "--inactive", "win").stdout
+    assert U1 in after and "type=2" in after
+    if display == "spice-gl":
+        assert "x-igd-opregion" in after and "qemu:override" in after  # libvirt 9 >= 8.2
+        assert "rendernode='/dev/dri/renderD128'" in after
+    else:
+        assert "gtk,gl=on" in after and "GDK_SCALE" in after
+    assert gvtd.client.call("AttachVGPU", "ssa{sv}", ["win", "g", opts])[0] == ""
+    gvtd.client.call("DetachVGPU", "ss", ["win", "g"])
+    back = lv.virsh("dumpxml", "--inactive", "win").stdout
+    assert U1 not in back and "x-igd-opregion" not in back and "gtk,gl=on" not in back
+    assert "type=2" in back
