@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gvtd.manpages import subcommands
+from gvtd.manpages import subcommands, write_files
 
 PROG = "gvt-client"
 # Reads the JSON of `gvt-client list --json` on stdin, prints one vGPU name or domain name
@@ -315,13 +315,7 @@ FILES = {"gvt-client.bash": bash, "_gvt-client": zsh, "gvt-client.fish": fish}
 
 
 def write_all(outdir: Path) -> list[Path]:
-    outdir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, make in FILES.items():
-        path = outdir / name
-        path.write_text(make(), encoding="utf-8")
-        written.append(path)
-    return written
+    return write_files(outdir, FILES)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -226,14 +226,19 @@ FILES = {"gvtd.8": gvtd_page, "gvt-client.1": gvt_client_page,
          "gvtd.toml.5": gvtd_toml_page, "gvtd.toml": settings_file}
 
 
-def write_all(outdir: Path) -> list[Path]:
+def write_files(outdir: Path, files: dict[str, Any]) -> list[Path]:
+    """Write each generated file (name -> function making its text) into outdir."""
     outdir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, make in FILES.items():
+    for name, make in files.items():
         path = outdir / name
         path.write_text(make(), encoding="utf-8")
         written.append(path)
     return written
+
+
+def write_all(outdir: Path) -> list[Path]:
+    return write_files(outdir, FILES)
 
 
 def main(argv: list[str] | None = None) -> int:
