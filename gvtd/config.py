@@ -250,6 +250,7 @@ class ConfigDir:
             return defs, problems
         except OSError as e:
             return defs, [Problem(str(self.definitions_dir), "", f"cannot be read: {e.strerror}")]
+        remove_temporaries(self.definitions_dir, entries)
         by_uuid: dict[str, str] = {}
         for entry in entries:
             if entry.startswith(".") or not entry.endswith(".toml"):
@@ -304,6 +305,26 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# atomic_write's temporary file: .NAME.XXXXXXXX.tmp (tempfile.mkstemp's 8 random characters)
+TEMPORARY_RE = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_temporaries(directory: Path, entries: list[str]) -> None:
+    """Remove what an atomic_write killed half way left: its target is whole (the old or the
+    new content), the temporary file is litter that would pile up with every crash.
+    Only at load, when no write of ours is in progress."""
+    for entry in entries:
+        if TEMPORARY_RE.fullmatch(entry):
+            try:
+                (directory / entry).unlink()
+                log.info("Removed %s, left by an interrupted write", directory / entry)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.warning("Cannot remove %s, left by an interrupted write: %s",
+                            directory / entry, e.strerror)
 
 
 def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:

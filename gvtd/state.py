@@ -8,10 +8,11 @@ made is harmless (its UUID belongs to a definition anyway).
 from __future__ import annotations
 
 import json
+import os
 import logging
 from pathlib import Path
 
-from gvtd.config import UUID_RE, atomic_write
+from gvtd.config import UUID_RE, atomic_write, remove_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,10 @@ class Ownership:
         self._created: dict[str, str] = {}
 
     def load(self) -> None:
+        try:
+            remove_temporaries(self.path.parent, os.listdir(self.path.parent))
+        except OSError:
+            pass  # no state directory yet: nothing to clean
         try:
             data = json.loads(self.path.read_text())
             created = data.get("created", {})

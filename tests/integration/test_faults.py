@@ -1,14 +1,20 @@
-"""gvtd killed (SIGKILL) at each step of a create and a remove: after the restart there is
-exactly one mdev per definition, none leaked, none created twice."""
+"""gvtd killed (SIGKILL) at each step of a create, a remove and a Define: after the restart
+there is exactly one mdev per definition, none leaked, none created twice, and every file is
+the old one or the new one, never partial."""
 
 import json
+import subprocess
+import tomllib
+from pathlib import Path
 
 import pytest
 
 from gvtd import names
+from gvtd.config import Definition
 from harness import CallError, Simulation
 
 U = "fff6f017-3417-4ad3-b05e-17ae3e1a4615"
+U2 = "1b8f3a52-9a50-4c1e-8d6e-0c2b7a4e5f61"
 
 
 def restarted(sim: Simulation) -> None:
@@ -127,3 +133,77 @@ def test_full_or_read_only_configuration(dbus, tmp_path) -> None:  # type: ignor
         if sim is not None:
             sim.stop()
         subprocess.run(["umount", "-l", str(etc)], check=False)
+
+
+# A Define writes two files the same way (config.atomic_write): the definition, then the
+# ownership record as it creates the vGPU. Each syscall of those writes, in order, with what
+# has happened when gvtd is killed on entering it.
+DEFINE_STEPS = {
+    "definition temp created, empty": ("write", 1, "vgpus.d/.win10.toml."),
+    "definition temp written, not synced": ("fsync", 1, "vgpus.d/.win10.toml."),
+    "definition temp synced, not renamed": ("rename", 1, "vgpus.d/.win10.toml."),
+    "definition renamed, directory not synced": ("fsync", 2, "vgpus.d>"),
+    "ownership temp created, empty": ("write", 2, "state/.created.json."),
+    "ownership temp synced, not renamed": ("rename", 2, "state/.created.json."),
+    "ownership renamed, directory not synced": ("fsync", 4, "state>"),
+}
+
+
+class Strace:
+    """SIGKILL gvtd on entering its nth call of one syscall (strace's fault injection, in
+    the kernel's ptrace stop: the syscall never runs), logging the file it was about."""
+
+    def __init__(self, pid: int, syscall: str, nth: int, log: Path) -> None:
+        self.log = log
+        self.proc = subprocess.Popen(
+            ["strace", "-p", str(pid), "-y", "-o", str(log),
+             "-e", "trace=write,fchmod,fsync,rename",
+             "-e", f"inject={syscall}:signal=KILL:when={nth}"],
+            stderr=subprocess.PIPE, text=True)
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline()  # "strace: Process N attached": tracing from now
+        assert "attached" in line, line
+
+    def killed_in(self) -> str:
+        """The traced line gvtd died in."""
+        assert self.proc.wait(30) == 0
+        lines = self.log.read_text().splitlines()
+        assert lines[-1].endswith("+++ killed by SIGKILL +++"), lines[-3:]
+        return lines[-2]
+
+
+@pytest.mark.parametrize("step", list(DEFINE_STEPS))
+def test_killed_at_each_step_of_a_define(dbus, tmp_path: Path, step: str) -> None:  # type: ignore[no-untyped-def]
+    """After the restart the definition is absent or whole, never partial; no temporary
+    file is left behind; the ownership record reads; exactly one mdev, created once."""
+    syscall, nth, path = DEFINE_STEPS[step]
+    etc = tmp_path / "etc"
+    sim = Simulation(dbus, config_dir=etc, extra=["--log-level", "error"])  # no log writes
+    try:
+        sim.client.define(name="old", type="i915-GVTg_V5_8", uuid=U2)  # ownership: old one
+        pid = sim.sim_props()["DaemonPid"]
+        strace = Strace(pid, syscall, nth, tmp_path / "strace.log")
+        with pytest.raises(CallError):  # gvtd died while answering
+            sim.client.define(name="win10", type="i915-GVTg_V5_8", uuid=U)
+        died = strace.killed_in()
+        assert died.startswith(f"{syscall}(") and path in died, died
+        restarted(sim)
+        temporaries = [p.name for d in (etc / "vgpus.d", etc / "state") for p in d.iterdir()
+                       if p.name.startswith(".")]
+        assert temporaries == []
+        written = sorted(p.name for p in (etc / "vgpus.d").iterdir())
+        vgpus = sim.client.vgpus()
+        if written == ["old.toml"]:  # the old state: the Define never happened
+            assert set(vgpus) == {"old"} and list(owned(sim)) == [U2]
+            expected = {U2}
+        else:  # the new state, whole: the vGPU made (once), and gvtd's own
+            assert written == ["old.toml", "win10.toml"]
+            assert Definition.model_validate(
+                tomllib.loads((etc / "vgpus.d/win10.toml").read_text())).uuid == U
+            assert vgpus["win10"]["State"] == "active" and owned(sim) == {U2: "old", U: "win10"}
+            expected = {U2, U}
+        assert {p.name for p in (sim.root / "sys/bus/mdev/devices").iterdir()} == expected
+        assert sorted(u for u, result in creates(sim) if result == "ok") == sorted(expected)
+        assert vgpus["old"]["State"] == "active"
+    finally:
+        sim.stop()

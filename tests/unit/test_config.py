@@ -111,3 +111,15 @@ def test_save_into_unwritable_dir_is_a_named_error(tmp_path: Path) -> None:
     (tmp_path / "file-not-dir").write_text("")
     with pytest.raises(Failed, match="Nothing was changed"):
         cfg.save_definition("x", Definition(uuid=UUID, type="t"))
+
+
+def test_load_removes_only_what_an_interrupted_write_left(tmp_path: Path) -> None:
+    cfg = ConfigDir(tmp_path)
+    cfg.save_definition("a", Definition(uuid=UUID, type="i915-GVTg_V5_4"))
+    for name in (".a.toml.k3_9xq0z.tmp", ".b.toml.abcd1234.tmp", ".a.toml.swp", "a.toml~",
+                 ".hidden.tmp"):
+        (cfg.definitions_dir / name).write_text("x")
+    defs, problems = cfg.load_definitions()
+    assert list(defs) == ["a"] and problems == []
+    assert sorted(os.listdir(cfg.definitions_dir)) == [".a.toml.swp", ".hidden.tmp",
+                                                        "a.toml", "a.toml~"]
