@@ -16,6 +16,7 @@ from dbus_fast.constants import NameFlag, RequestNameReply
 from systemd import daemon as sd_daemon
 
 from gvtd import __version__, names
+from gvtd.bus.flow import patient
 from gvtd.config import DEFAULT_CONFIG_DIR, ConfigDir
 from gvtd.domains import Domains
 from gvtd.host import Host
@@ -180,7 +181,7 @@ class Daemon:
             loop.add_signal_handler(sig, self.stopping.set)
         bus_type = BusType.SESSION if self.args.bus == "session" else BusType.SYSTEM
         try:
-            bus = await MessageBus(bus_type=bus_type).connect()
+            bus = patient(await MessageBus(bus_type=bus_type).connect())
         except Exception as e:
             log.error("Cannot connect to the %s bus: %s", self.args.bus, e)
             return 1

@@ -176,3 +176,41 @@ def tree_snapshot(path: Path) -> dict[str, bytes]:
             p = Path(dirpath) / f
             out[str(p.relative_to(path))] = p.read_bytes()
     return out
+
+
+def pipelined(address: str, batches: list[list[Message]], timeout: float = 120) -> list[list[Message]]:
+    """Send each batch on its own connection, all at once without waiting for any reply,
+    and return the replies in the order of the calls. The connections wait when their
+    socket is full (gvtd.bus.flow), so a burst measures the daemon, not the client."""
+    from gvtd.bus.flow import patient
+
+    async def one(batch: list[Message]) -> list[Message]:
+        bus = patient(await MessageBus(bus_address=address).connect())
+        replies: dict[int, Message] = {}
+        done = asyncio.Event()
+
+        def on_message(msg: Message) -> None:
+            if msg.message_type in (MessageType.METHOD_RETURN, MessageType.ERROR) \
+                    and msg.reply_serial in replies:
+                replies[msg.reply_serial] = msg
+                if all(replies.values()):
+                    done.set()
+
+        bus.add_message_handler(on_message)
+        for msg in batch:
+            bus.send(msg)
+            replies[msg.serial] = None  # type: ignore[assignment]
+        try:
+            await asyncio.wait_for(done.wait(), timeout)
+        finally:
+            bus.disconnect()
+        return [replies[m.serial] for m in batch]
+
+    async def every() -> list[list[Message]]:
+        return list(await asyncio.gather(*[one(b) for b in batches]))
+
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(every())
+    finally:
+        loop.close()
