@@ -7,7 +7,7 @@ import pytest
 from dbus_fast import Message, MessageType, Variant
 
 from gvtd import names
-from harness import CallError, DBusDaemon, Simulation, plain
+from harness import CallError, DBusDaemon, Simulation, pipelined, plain
 
 U1 = "fff6f017-3417-4ad3-b05e-17ae3e1a4615"
 UNKNOWN = "0b9a7b35-6f04-4e2c-9f5b-6cf33ac4c3d1"
@@ -88,6 +88,31 @@ def test_concurrent_starts_start_once_and_create_once(virt: Simulation) -> None:
     assert [r.message_type for r in replies] == [MessageType.METHOD_RETURN] * 10
     assert writes(virt, "/create") == [U1]
     assert state(virt, "win10") == "running"
+
+
+def test_100_creates_and_starts_from_10_clients(virt: Simulation) -> None:
+    """10 clients, each with 5 CreateVGPU and 5 StartDomain of the same vGPU and domain in
+    flight at once: one create, one start, and every caller answered with success."""
+    virt.client.define(name="win10", type="i915-GVTg_V5_4", uuid=U1, start="on-demand",
+                       domain="win10")
+
+    def call(member: str) -> Message:
+        signature, body = ("s", ["win10"]) if member == "CreateVGPU" else ("sa{sv}", ["win10", {}])
+        return Message(destination=names.BUS_NAME, path=names.ROOT_PATH,
+                       interface=names.MANAGER_IFACE, member=member, signature=signature,
+                       body=body)
+
+    batches = [[call(("CreateVGPU", "StartDomain")[(i + c) % 2]) for i in range(10)]
+               for c in range(10)]
+    replies = [r for batch in pipelined(virt.bus.address, batches) for r in batch]
+    assert len(replies) == 100
+    assert [(r.error_name, r.body) for r in replies if r.error_name] == []
+    assert writes(virt, "/create") == [U1]
+    assert state(virt, "win10") == "running"
+    started = [m for m in virt.client.signals if m.member == "PropertiesChanged"
+               and m.path == names.domain_path("win10")
+               and plain(m.body[1]).get("State") == "running"]
+    assert len(started) == 1
 
 
 def test_unknown_uuid_in_domain_xml_names_the_fix(virt: Simulation) -> None:
