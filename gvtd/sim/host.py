@@ -61,6 +61,8 @@ class EmulatedHost:
         self._tb: Testbed | None = None
         self._thread: threading.Thread | None = None
         self._stalled: threading.Event | None = None  # see stall_writes()
+        self._stall_hit = threading.Event()
+        self._stalled_path = ""
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -179,12 +181,21 @@ class EmulatedHost:
         gate = threading.Event()
         self.release_writes()
         self._stalled = gate
+        self._stall_hit.clear()
 
         def fault(phase: str, path: str, data: str) -> None:
             if phase == "before" and path.endswith(suffix):
+                self._stalled_path = path
+                self._stall_hit.set()
                 gate.wait()
 
         self.set_fault(fault)
+
+    def wait_stalled(self, timeout: float) -> str:
+        """The path of the first write that hangs since stall_writes(), once one does."""
+        if not self._stall_hit.wait(timeout):
+            raise TimeoutError(f"no write stalled within {timeout:.0f} s")
+        return self._stalled_path
 
     def release_writes(self) -> None:
         """Let every stalled write go on."""

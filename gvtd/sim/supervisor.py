@@ -132,6 +132,15 @@ class SimulatorInterface(ServiceInterface):
         self.sup.host.stall_writes(suffix)
 
     @method()
+    async def WaitStalled(self) -> "s":  # noqa: F821
+        """The path of the first write hanging since StallWrites(), once one does (within
+        30 s, else Failed): a test knows gvtd is in the middle of that write."""
+        try:
+            return await asyncio.to_thread(self.sup.host.wait_stalled, 30.0)
+        except TimeoutError as e:
+            raise _sim_error(e) from e
+
+    @method()
     def ReleaseWrites(self) -> None:
         self.sup.host.release_writes()
 

@@ -2,16 +2,20 @@
 there is exactly one mdev per definition, none leaked, none created twice, and every file is
 the old one or the new one, never partial."""
 
+import asyncio
 import json
 import subprocess
+from collections.abc import Callable
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
+from dbus_fast import Message, MessageType, Variant
 
 from gvtd import names
 from gvtd.config import Definition
-from harness import CallError, Simulation
+from harness import TIMEOUT, CallError, Simulation, plain
 
 U = "fff6f017-3417-4ad3-b05e-17ae3e1a4615"
 U2 = "1b8f3a52-9a50-4c1e-8d6e-0c2b7a4e5f61"
@@ -207,3 +211,81 @@ def test_killed_at_each_step_of_a_define(dbus, tmp_path: Path, step: str) -> Non
         assert vgpus["old"]["State"] == "active"
     finally:
         sim.stop()
+
+
+PARENT = "0000:00:02.0"
+
+
+def send(sim: Simulation, member: str, signature: str, body: list[Any]) -> Callable[[], Message]:
+    """Send a Manager call without waiting; the returned function waits for its reply."""
+    client = sim.client
+    answered: asyncio.Future[Message] = client.loop.create_future()
+    msg = Message(destination=names.BUS_NAME, path=names.ROOT_PATH,
+                  interface=names.MANAGER_IFACE, member=member, signature=signature, body=body)
+
+    def on_message(m: Message) -> None:
+        if m.reply_serial == msg.serial and not answered.done() and \
+                m.message_type in (MessageType.METHOD_RETURN, MessageType.ERROR):
+            answered.set_result(m)
+
+    client.bus.add_message_handler(on_message)
+    client.bus.send(msg)
+    return lambda: client.loop.run_until_complete(asyncio.wait_for(answered, TIMEOUT))
+
+
+def unregister_mid_create(sim: Simulation) -> None:
+    """With gvtd inside its create write: the parent unregisters, then the write goes on."""
+    assert sim.sim_call("WaitStalled")[0].endswith("/create")
+    sim.sim_call("UnregisterParent", "s", [PARENT])
+    sim.sim_call("ReleaseWrites")
+
+
+def state_signal(sim: Simulation, name: str, state: str) -> Message:
+    path = names.vgpu_path(sim.client.vgpus()[name]["UUID"])
+    return sim.client.wait_for(lambda m: m.member == "PropertiesChanged" and m.path == path
+                               and plain(m.body[1]).get("State") == state)
+
+
+def test_parent_unregisters_in_the_middle_of_a_reconciliation(sim: Simulation) -> None:
+    """The Define's pass is inside the create when kvmgt unloads: the definition stays,
+    the vGPU waits as parent-missing with a LastError that says so, and it is created
+    once, not twice, when the parent registers again."""
+    sim.sim_call("StallWrites", "s", ["/create"])
+    reply = send(sim, "Define", "a{sv}", [{"name": Variant("s", "a"), "uuid": Variant("s", U),
+                                           "type": Variant("s", "i915-GVTg_V5_8")}])
+    unregister_mid_create(sim)
+    assert reply().message_type is MessageType.METHOD_RETURN  # defined; created later
+    v = sim.client.vgpus()["a"]
+    assert v["State"] == "parent-missing" and "registers" in v["LastError"]
+    assert creates(sim) == [(U, "ENODEV")] and U not in owned(sim)
+    sim.sim_call("RegisterParent", "s", [PARENT])
+    state_signal(sim, "a", "active")
+    assert creates(sim) == [(U, "ENODEV"), (U, "ok")]
+    assert sim.client.vgpus()["a"]["LastError"] == "" and owned(sim) == {U: "a"}
+
+
+def test_parent_unregisters_in_the_middle_of_a_start_domain(sim: Simulation) -> None:
+    """StartDomain is creating the domain's vGPU when kvmgt unloads: ParentMissing with a
+    sentence, the domain not started, nothing recorded as gvtd's; after the parent is back
+    the next StartDomain creates it once and starts the domain."""
+    if not sim.client.props(names.ROOT_PATH, names.MANAGER_IFACE)["LibvirtConnected"]:
+        sim.client.wait_for(lambda m: m.member == "PropertiesChanged" and m.path == names.ROOT_PATH
+                            and plain(m.body[1]).get("LibvirtConnected") is True)
+    sim.client.define(name="win10", type="i915-GVTg_V5_8", uuid=U, start="on-demand",
+                      domain="win10")
+    sim.sim_call("StallWrites", "s", ["/create"])
+    reply = send(sim, "StartDomain", "sa{sv}", ["win10", {}])
+    unregister_mid_create(sim)
+    r = reply()
+    assert r.error_name == names.ERROR_PREFIX + "ParentMissing", r.body
+    assert "kvmgt" in r.body[0] or "register" in r.body[0], r.body
+    domain = names.domain_path("win10")
+    assert sim.client.props(domain, names.DOMAIN_IFACE)["State"] == "shut-off"
+    assert sim.client.vgpus()["win10"]["State"] == "parent-missing"
+    assert U not in owned(sim) and creates(sim) == [(U, "ENODEV")]
+    sim.sim_call("RegisterParent", "s", [PARENT])
+    sim.client.wait_for(lambda m: m.member == "PropertiesChanged"
+                        and plain(m.body[1]).get("Registered") is True)
+    sim.client.call("StartDomain", "sa{sv}", ["win10", {}])
+    assert sim.client.props(domain, names.DOMAIN_IFACE)["State"] == "running"
+    assert creates(sim) == [(U, "ENODEV"), (U, "ok")]
