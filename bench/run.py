@@ -1,7 +1,8 @@
 """Run every benchmark in bench/ (`make bench`): one table, written to docs/benchmarks.md with
 the machine's description.
 
-    .venv/bin/python bench/run.py            # full: a few minutes; writes docs/benchmarks.md
+    .venv/bin/python bench/run.py            # full: a few minutes plus the 30 min soak;
+                                             # writes docs/benchmarks.md
     .venv/bin/python bench/run.py --quick    # seconds: every figure, few rounds (make test)
         [--only NAME ...] [--out FILE.md] [--json FILE.json]
 
@@ -26,6 +27,7 @@ import dbus_calls  # noqa: E402
 import events  # noqa: E402
 import mdevctl  # noqa: E402
 import profiles  # noqa: E402
+import soak  # noqa: E402
 import startup  # noqa: E402
 from common import ROOT, Section, machine, markdown_table, rows, text_table  # noqa: E402
 
@@ -36,6 +38,7 @@ BENCHMARKS: dict[str, tuple[Callable[[], Section], Callable[[], Section]]] = {
     "mdevctl": (lambda: mdevctl.measure(False), lambda: mdevctl.measure(True)),
     "dbus": (lambda: dbus_calls.measure(False), lambda: dbus_calls.measure(True)),
     "profile": (lambda: profiles.measure(False), lambda: profiles.measure(True)),
+    "soak": (lambda: soak.measure(1800.0), lambda: soak.measure(10.0)),
 }
 
 DOC_INTRO = """\
@@ -111,6 +114,7 @@ def main() -> int:
             print(n)
     bad = [f"{s.title}: {f.name}" for s in sections for f in s.figures
            if not f.samples or any(math.isnan(x) for x in f.samples)]
+    bad += [n for s in sections for n in s.notes if n.startswith("UNEXPECTED")]
     if args.json:
         args.json.write_text(json.dumps(to_json(sections), indent=1))
     if out is not None:
@@ -119,7 +123,8 @@ def main() -> int:
         out.write_text(markdown(sections, findings, seconds, args.quick))
         print(f"wrote {out}", file=sys.stderr)
     if bad:
-        print("figures without samples: " + ", ".join(bad), file=sys.stderr)
+        print("figures without samples, or unexpected errors: " + ", ".join(bad),
+              file=sys.stderr)
         return 1
     return 0
 

@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from dbus_fast import BusType
+from dbus_fast import BusType, Message
 from dbus_fast.aio import MessageBus
 from dbus_fast.constants import NameFlag, RequestNameReply
 from systemd import daemon as sd_daemon
@@ -229,8 +229,26 @@ class Daemon:
         self.suspend.close()
         self._notify("STOPPING=1")
         log.info("Stopping; vGPUs stay in place for the VMs that use them")
+        await _abandon_calls(bus)
         bus.disconnect()
         return 0
+
+
+async def _abandon_calls(bus: MessageBus) -> None:
+    """Calls still in flight (a StopDomain waiting for a guest that ignores ACPI) must not
+    hold up the stop: cancel them, so each caller gets Busy saying gvtd is stopping instead
+    of NoReply, then make sure those replies left (a Ping answered after them)."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=5)
+    try:
+        await asyncio.wait_for(bus.call(Message(
+            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus.Peer", member="Ping")), 5)
+    except (asyncio.TimeoutError, OSError, EOFError) as e:
+        log.debug("Could not flush the last replies: %s", e)
 
 
 def _log_failure(task: "asyncio.Task[None]") -> None:

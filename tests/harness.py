@@ -80,6 +80,24 @@ class Client:
             raise CallError(reply.error_name or "", reply.body[0] if reply.body else "")
         return reply.body
 
+    def send_call(self, member: str, signature: str = "", body: list[Any] | None = None
+                  ) -> Callable[[], Message]:
+        """Send a Manager call without waiting; the returned function waits for its reply
+        (a METHOD_RETURN or an ERROR message)."""
+        answered: asyncio.Future[Message] = self.loop.create_future()
+        msg = Message(destination=names.BUS_NAME, path=names.ROOT_PATH,
+                      interface=names.MANAGER_IFACE, member=member, signature=signature,
+                      body=body or [])
+
+        def on_message(m: Message) -> None:
+            if m.reply_serial == msg.serial and not answered.done() and \
+                    m.message_type in (MessageType.METHOD_RETURN, MessageType.ERROR):
+                answered.set_result(m)
+
+        self.bus.add_message_handler(on_message)
+        self.bus.send(msg)
+        return lambda: self.loop.run_until_complete(asyncio.wait_for(answered, TIMEOUT))
+
     def define(self, **options: Any) -> str:
         opts = {k: Variant("a(ss)" if k == "attrs" else "s", v) for k, v in options.items()}
         return self.call("Define", "a{sv}", [opts])[0]

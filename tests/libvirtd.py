@@ -171,3 +171,44 @@ def domain_xml(name: str, mdev: str | None = None) -> str:
             "<vcpu>1</vcpu><os><type arch='x86_64' machine='q35'>hvm</type></os>"
             "<features><acpi/></features>"
             f"<devices>{hostdev}<memballoon model='none'/></devices></domain>")
+
+
+class PowerdownWatch:
+    """Tells when QEMU received an ACPI power button press (its POWERDOWN monitor event),
+    that is when a shutdown request reached the guest; registered before it returns."""
+
+    def __init__(self, uri: str, name: str) -> None:
+        import threading
+
+        import libvirt
+        import libvirt_qemu
+
+        libvirt.virEventRegisterDefaultImpl()
+        self.seen = threading.Event()
+        self._running = True
+
+        def loop() -> None:
+            while self._running:
+                libvirt.virEventRunDefaultImpl()
+
+        self.conn = libvirt.open(uri)
+        self.id = libvirt_qemu.qemuMonitorEventRegister(
+            self.conn, self.conn.lookupByName(name), "POWERDOWN",
+            lambda *args: self.seen.set(), None, 0)
+        # a timer keeps the loop turning so that close() can stop it
+        self._timer = libvirt.virEventAddTimeout(100, lambda *args: None, None)
+        self.thread = threading.Thread(target=loop, daemon=True)
+        self.thread.start()
+
+    def wait(self, timeout: float = TIMEOUT) -> bool:
+        return self.seen.wait(timeout)
+
+    def close(self) -> None:
+        import libvirt
+        import libvirt_qemu
+
+        libvirt_qemu.qemuMonitorEventDeregister(self.conn, self.id)
+        self._running = False
+        self.thread.join(TIMEOUT)
+        libvirt.virEventRemoveTimeout(self._timer)
+        self.conn.close()

@@ -19,7 +19,7 @@ from dbus_fast.service import ServiceInterface, dbus_property, method
 from gvtd import __version__, doctor, names
 from gvtd.bus.auth import authorized, define_details
 from gvtd.domains import attach_options, hook_options, stop_options
-from gvtd.errors import Failed, GvtdError, InvalidArgument
+from gvtd.errors import Busy, Failed, GvtdError, InvalidArgument
 from gvtd.mdev import Parent
 from gvtd.reconcile import VgpuView
 
@@ -44,6 +44,10 @@ def dbus_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise DBusError(e.dbus_name, e.message) from e
         except DBusError:
             raise
+        except asyncio.CancelledError:  # only when gvtd stops: see Daemon.run
+            raise DBusError(Busy("").dbus_name, "gvtd is stopping (or restarting) and gave up "
+                            "on this call; what it had done stays done. Try again once gvtd "
+                            "is back.") from None
         except Exception as e:  # a bug: say so plainly, keep the daemon running
             log.exception("Internal error in %s", fn.__name__)
             raise DBusError(Failed("").dbus_name,

@@ -5,17 +5,15 @@ the old one or the new one, never partial."""
 import asyncio
 import json
 import subprocess
-from collections.abc import Callable
 import tomllib
 from pathlib import Path
-from typing import Any
 
 import pytest
 from dbus_fast import Message, MessageType, Variant
 
 from gvtd import names
 from gvtd.config import Definition
-from harness import TIMEOUT, CallError, Simulation, plain
+from harness import CallError, Simulation, plain
 
 U = "fff6f017-3417-4ad3-b05e-17ae3e1a4615"
 U2 = "1b8f3a52-9a50-4c1e-8d6e-0c2b7a4e5f61"
@@ -216,23 +214,6 @@ def test_killed_at_each_step_of_a_define(dbus, tmp_path: Path, step: str) -> Non
 PARENT = "0000:00:02.0"
 
 
-def send(sim: Simulation, member: str, signature: str, body: list[Any]) -> Callable[[], Message]:
-    """Send a Manager call without waiting; the returned function waits for its reply."""
-    client = sim.client
-    answered: asyncio.Future[Message] = client.loop.create_future()
-    msg = Message(destination=names.BUS_NAME, path=names.ROOT_PATH,
-                  interface=names.MANAGER_IFACE, member=member, signature=signature, body=body)
-
-    def on_message(m: Message) -> None:
-        if m.reply_serial == msg.serial and not answered.done() and \
-                m.message_type in (MessageType.METHOD_RETURN, MessageType.ERROR):
-            answered.set_result(m)
-
-    client.bus.add_message_handler(on_message)
-    client.bus.send(msg)
-    return lambda: client.loop.run_until_complete(asyncio.wait_for(answered, TIMEOUT))
-
-
 def unregister_mid_create(sim: Simulation) -> None:
     """With gvtd inside its create write: the parent unregisters, then the write goes on."""
     assert sim.sim_call("WaitStalled")[0].endswith("/create")
@@ -251,7 +232,7 @@ def test_parent_unregisters_in_the_middle_of_a_reconciliation(sim: Simulation) -
     the vGPU waits as parent-missing with a LastError that says so, and it is created
     once, not twice, when the parent registers again."""
     sim.sim_call("StallWrites", "s", ["/create"])
-    reply = send(sim, "Define", "a{sv}", [{"name": Variant("s", "a"), "uuid": Variant("s", U),
+    reply = sim.client.send_call("Define", "a{sv}", [{"name": Variant("s", "a"), "uuid": Variant("s", U),
                                            "type": Variant("s", "i915-GVTg_V5_8")}])
     unregister_mid_create(sim)
     assert reply().message_type is MessageType.METHOD_RETURN  # defined; created later
@@ -274,7 +255,7 @@ def test_parent_unregisters_in_the_middle_of_a_start_domain(sim: Simulation) -> 
     sim.client.define(name="win10", type="i915-GVTg_V5_8", uuid=U, start="on-demand",
                       domain="win10")
     sim.sim_call("StallWrites", "s", ["/create"])
-    reply = send(sim, "StartDomain", "sa{sv}", ["win10", {}])
+    reply = sim.client.send_call("StartDomain", "sa{sv}", ["win10", {}])
     unregister_mid_create(sim)
     r = reply()
     assert r.error_name == names.ERROR_PREFIX + "ParentMissing", r.body

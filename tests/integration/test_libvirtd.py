@@ -20,7 +20,7 @@ from dbus_fast import Message, Variant
 from gvtd import names
 from gvtd.virt.connection import MAX_DELAY
 from harness import CallError, DBusDaemon, Simulation, plain
-from libvirtd import PrivateLibvirtd, domain_xml, wait_exit
+from libvirtd import PowerdownWatch, PrivateLibvirtd, domain_xml, wait_exit
 
 U1 = "3f1c6a2e-8d4b-4f0a-9c57-1e2d3c4b5a69"
 ERR = names.ERROR_PREFIX
@@ -216,3 +216,38 @@ def test_attach_detach_round_trip_keeps_the_qemu_namespace(gvtd: Simulation,
     back = lv.virsh("dumpxml", "--inactive", "win").stdout
     assert U1 not in back and "x-igd-opregion" not in back and "gtk,gl=on" not in back
     assert "type=2" in back
+
+
+def test_sigterm_during_a_long_stop_domain(gvtd: Simulation, lv: PrivateLibvirtd) -> None:
+    """StopDomain waits (up to 120 s) for a guest that ignores the ACPI request when
+    systemd stops gvtd: gvtd exits at once, and leaves the running domain its vGPU."""
+    gvtd.client.define(name="s", type="i915-GVTg_V5_8", start="on-demand", domain="deaf")
+    lv.define(domain_xml("deaf"))
+    start(gvtd, "deaf")
+    uuid = gvtd.client.vgpus()["s"]["UUID"]
+    pid = gvtd.sim_props()["DaemonPid"]
+    watch = PowerdownWatch(lv.uri, "deaf")
+    try:
+        reply = gvtd.client.send_call("StopDomain", "sa{sv}", ["deaf", {}])
+        assert watch.wait()  # the request reached the guest: gvtd is waiting for it
+    finally:
+        watch.close()
+    gvtd.client.call("AddMatch", "s", ["type='signal',sender='org.freedesktop.DBus',"
+                                       f"member='NameOwnerChanged',arg0='{names.BUS_NAME}'"],
+                     dest="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                     iface="org.freedesktop.DBus")
+    forget(gvtd)
+    os.kill(pid, signal.SIGTERM)
+    assert wait_exit(pid, 10)  # not the 120 s the stop could still wait
+    answer = reply()  # the caller is told why, not left with NoReply
+    assert answer.error_name == ERR + "Busy" and "stopping" in answer.body[0], answer.body
+    assert lv.domstate("deaf") == "running"
+    mdev = gvtd.root / "sys/bus/mdev/devices" / uuid
+    assert mdev.exists() and not [w for w in gvtd.write_log() if w[0].endswith("/remove")]
+    # restarted (as systemd would): it finds the vGPU in use by the running domain
+    gvtd.client.wait_for(lambda m: m.member == "NameOwnerChanged" and m.body[0] == names.BUS_NAME
+                         and m.body[2] != "")
+    assert gvtd.client.vgpus()["s"]["State"] == "active"
+    added = gvtd.client.wait_for(lambda m: m.member == "InterfacesAdded"
+                                 and m.body[0] == names.domain_path("deaf"))
+    assert plain(added.body[1])[names.DOMAIN_IFACE]["State"] == "running"
