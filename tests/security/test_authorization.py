@@ -224,3 +224,32 @@ def test_only_root_may_own_the_name(world: World) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == names.ACCESS_DENIED
     assert world.watcher.owner(names.BUS_NAME)  # gvtd still owns it
+
+
+def test_polkit_going_away_and_coming_back(world: World) -> None:
+    """polkit stops (an upgrade, a crash): callers that need it get AccessDenied saying it
+    is not running, and nothing is written; when it is back, it decides again, under its
+    new unique name on the bus."""
+    grants = [names.ACTION_VGPU]
+    world.start_polkit().allow(grants)
+    members = ["CreateVGPU", "RemoveVGPU"]
+    before = run_caller(world.bus.address, SHARED, members, uid=NOBODY)
+    assert before["results"] == [[m, "", ""] for m in members]
+    first = world.watcher.owner(POLKIT)
+
+    world.stop_polkit()
+    written = untouched(world)
+    away = run_caller(world.bus.address, SHARED, members, uid=NOBODY)
+    for member, err, text in away["results"]:
+        assert err == names.ACCESS_DENIED and "polkit is not running" in text, (member, text)
+    assert untouched(world) == written
+    assert run_caller(world.bus.address, SHARED, ["CreateVGPU"])["results"] == \
+        [["CreateVGPU", "", ""]]  # root still may
+    assert world.sim.client.vgpus()[SHARED]["State"] == "active"
+
+    world.start_polkit().allow(grants)
+    assert world.watcher.owner(POLKIT) != first
+    back = run_caller(world.bus.address, SHARED, ["RemoveVGPU", "CreateVGPU", "RemoveVGPU"],
+                      uid=NOBODY)
+    assert [r[1] for r in back["results"]] == ["", "", ""]
+    assert world.sim.client.vgpus()[SHARED]["State"] == "inactive"
