@@ -220,6 +220,10 @@ def pipelined(address: str, batches: list[list[Message]], timeout: float = 120) 
             replies[msg.serial] = None  # type: ignore[assignment]
         try:
             await asyncio.wait_for(done.wait(), timeout)
+        except asyncio.TimeoutError:
+            missing = sum(r is None for r in replies.values())
+            raise TimeoutError(f"{missing} of {len(batch)} calls unanswered after "
+                               f"{timeout:.0f} s") from None
         finally:
             bus.disconnect()
         return [replies[m.serial] for m in batch]

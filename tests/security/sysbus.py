@@ -89,14 +89,17 @@ class SystemBus:
         self.config.write_text(CONFIG.format(
             socket=socket, shipped=ROOT / "dbus-policy" / "io.github.gvtd1.conf",
             servicedir=f"<servicedir>{servicedir}</servicedir>" if servicedir else ""))
-        self.proc = subprocess.Popen(
-            ["dbus-daemon", f"--config-file={self.config}", "--nofork", "--nopidfile",
-             "--print-address=1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # Its log goes to a file: a pipe nobody reads fills up under a burst (a line per
+        # refused call) and blocks the bus.
+        self.log = self.dir / "dbus-daemon.log"
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                ["dbus-daemon", f"--config-file={self.config}", "--nofork", "--nopidfile",
+                 "--print-address=1"], stdout=subprocess.PIPE, stderr=log, text=True)
         assert self.proc.stdout is not None
         self.address = self.proc.stdout.readline().strip()
         if not self.address:
-            assert self.proc.stderr is not None
-            raise RuntimeError(f"dbus-daemon refused the configuration: {self.proc.stderr.read()}")
+            raise RuntimeError(f"dbus-daemon refused the configuration: {self.log.read_text()}")
 
     def stop(self) -> None:
         self.proc.terminate()
