@@ -273,7 +273,7 @@ class VgpuInterface(_Mirror):
         v = self.view
         return {"Name": v.name, "UUID": v.uuid, "Parent": v.parent, "Type": v.type_id,
                 "State": v.state, "Start": v.start, "Domain": v.domain, "Managed": v.managed,
-                "LastError": v.last_error}
+                "LastError": v.last_error, "Attrs": [list(a) for a in v.attrs]}
 
     @dbus_property(access=PropertyAccess.READ)
     def Name(self) -> "s":  # noqa: F821
@@ -310,6 +310,10 @@ class VgpuInterface(_Mirror):
     @dbus_property(access=PropertyAccess.READ)
     def LastError(self) -> "s":  # noqa: F821
         return self._props["LastError"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Attrs(self) -> "a(ss)":  # noqa: F821
+        return self._props["Attrs"]
 
 
 class DomainInterface(_Mirror):
