@@ -165,7 +165,7 @@ class Settings(BaseModel):
     kernel_log: StrictStr = Field("/dev/kmsg", description="the kernel log doctor scans for "
                                   'GVT-g errors: /dev/kmsg or a file; "" skips the check')
     mdevctl_dir: StrictStr = Field("/etc/mdevctl.d", description="mdevctl's definitions, "
-                                   "which doctor checks for clashes and import-mdevctl reads")
+                                   "which doctor checks for a UUID both tools start at boot")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import asyncio
 import json
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
@@ -268,6 +269,88 @@ async def cmd_stop(c: Client, args: argparse.Namespace) -> None:
     print(f"{args.domain} is off (gvtd removed its on-demand vGPUs, if it had any)")
 
 
+async def cmd_import_mdevctl(c: Client, args: argparse.Namespace) -> None:
+    """Define mdevctl's definitions in gvtd, all or none; auto ones only with --take-over."""
+    from gvtd.client import mdevctl
+
+    try:
+        entries = mdevctl.read_dir(args.dir)
+    except mdevctl.MdevctlError as e:
+        raise ClientError(str(e)) from None
+    defined = {v["uuid"]: v["name"] for v in _vgpus(await c.objects()) if v["name"]}
+    taken = set(defined.values())
+    plan, lines = [], []
+    for e in entries:
+        what = f"{e.uuid} ({e.type_id} on {e.parent}, mdevctl start {e.start})"
+        if e.uuid in defined:
+            lines.append(f"skipped {what}: already defined in gvtd as {defined[e.uuid]}")
+        elif e.start == "auto" and not args.take_over:
+            lines.append(f"skipped {what}: mdevctl creates it at boot and gvtd never starts a "
+                         "UUID mdevctl auto-starts; --take-over imports it as start auto")
+        else:
+            name = next(n for n in (f"mdev-{e.uuid[:8]}", f"mdev-{e.uuid}") if n not in taken)
+            taken.add(name)
+            plan.append((name, e))
+            lines.append(f"{'would import' if args.dry_run else 'imported'} {what} as {name}, "
+                         f"start {e.start}")
+            if e.start == "auto":
+                lines.append(f"  then let gvtd alone start it: mdevctl undefine --uuid {e.uuid}")
+    done: list[str] = []
+    for name, e in [] if args.dry_run else plan:
+        opts = {"name": Variant("s", name), "uuid": Variant("s", e.uuid),
+                "parent": Variant("s", e.parent), "type": Variant("s", e.type_id),
+                "start": Variant("s", e.start),
+                "attrs": Variant("a(ss)", [list(a) for a in e.attrs])}
+        try:
+            await c.call("Define", "a{sv}", [opts])
+        except ClientError as err:
+            for n in reversed(done):
+                await c.call("Undefine", "s", [n])
+            raise ClientError(f"{args.dir / e.parent / e.uuid}: {err} Nothing was imported.") \
+                from None
+        done.append(name)
+    lines.append(f"{'Dry run: would import' if args.dry_run else 'Imported'} {len(plan)} of "
+                 f"{len(entries)} mdevctl definitions from {args.dir}"
+                 + ("; nothing was defined." if args.dry_run else "."))
+    print("\n".join(lines))
+
+
+async def cmd_export(c: Client, args: argparse.Namespace) -> None:
+    """gvtd's definitions in mdevctl's format: on stdout as `mdevctl list --defined
+    --dumpjson` prints them, or as mdevctl's own files under --dir."""
+    from gvtd.client import mdevctl
+
+    entries, unplaced = [], []
+    for ifaces in (await c.objects()).values():
+        v = ifaces.get(names.VGPU_IFACE)
+        if v is None or not v["Name"]:
+            continue
+        if v["Parent"] == "auto" or not v["Type"]:
+            unplaced.append(v["Name"])
+            continue
+        entries.append(mdevctl.Entry(v["UUID"], v["Parent"], v["Type"],
+                                     "auto" if v["Start"] == "auto" else "manual",
+                                     tuple((a, b) for a, b in v.get("Attrs", []))))
+    if unplaced:
+        raise ClientError(f"{', '.join(sorted(unplaced))}: no registered parent or type yet "
+                          "(parent auto or min_resolution), and mdevctl needs both; define "
+                          "them with --parent and --type to export. Nothing was written.")
+    if args.dir is None:
+        print(mdevctl.dumpjson(entries))
+        return
+    try:
+        written = mdevctl.write_dir(args.dir, entries)
+    except mdevctl.MdevctlError as e:
+        raise ClientError(str(e)) from None
+    auto = sum(e.start == "auto" for e in entries)
+    print("\n".join([f"wrote {p}" for p in written]
+                    + [f"Exported {len(entries)} definitions to {args.dir} "
+                       f"({len(entries) - len(written)} already there)."]
+                    + ([f"note: mdevctl auto-starts the {auto} with start auto from there; "
+                        "if that is /etc/mdevctl.d, hand them over with `gvt-client undefine "
+                        "NAME` (doctor fails while both tools start one)."] if auto else [])))
+
+
 def _describe(path: str, ifaces: dict[str, dict[str, Any]]) -> tuple[str, str, str]:
     """(kind, name, one-line summary) of an object for monitor's text output."""
     if names.VGPU_IFACE in ifaces:
@@ -428,6 +511,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="turn it off if it has not shut down when the timeout ends")
     s.add_argument("--timeout", type=int, default=120, metavar="SECONDS",
                    help="how long to wait for the guest to shut down (default 120)")
+    s = add("import-mdevctl", "define mdevctl's persistent mdevs in gvtd (those mdevctl "
+            "starts at boot only with --take-over)", cmd_import_mdevctl)
+    s.add_argument("--dir", type=Path, default=Path("/etc/mdevctl.d"),
+                   help="mdevctl's definitions (default /etc/mdevctl.d)")
+    s.add_argument("--dry-run", action="store_true",
+                   help="show what would be defined, and under which names; define nothing")
+    s.add_argument("--take-over", action="store_true",
+                   help="also import definitions mdevctl starts at boot, as start auto; then "
+                        "remove them from mdevctl (mdevctl undefine --uuid UUID)")
+    s = add("export", "write gvtd's definitions in another tool's format", cmd_export)
+    s.add_argument("--format", choices=["mdevctl"], required=True,
+                   help="mdevctl: its JSON, as `mdevctl list --defined --dumpjson` prints it")
+    s.add_argument("--dir", type=Path, metavar="DIR",
+                   help="write one file per vGPU as mdevctl keeps them (DIR/PARENT/UUID) "
+                        "instead of printing")
     add("doctor", "check the host for what GVT-g needs, with the fix for each problem "
         "(exit status 1 when a check fails)", cmd_doctor, read=True)
     add("monitor", "print every change as it happens (JSON lines with --json) until "
