@@ -17,10 +17,11 @@ DEB_PACKAGES = pkg-config gcc python3-dev libgirepository1.0-dev libcairo2-dev \
 
 # Packaging: man-db renders the generated man pages; bash, zsh and fish run the generated
 # completions; debhelper, dh-python and lintian build and check the .deb, and
-# mmdebstrap makes the fresh Debian roots it is built and installed in. python3-dbus-fast:
-# a private libvirtd runs the libvirt hook with the system's python3, as a host does.
+# mmdebstrap makes the fresh Debian roots it is built and installed in (the RPM and the Arch
+# package are built in one too); rpm (rpmspec, rpm -q) and rpmlint read and check the RPM.
+# python3-dbus-fast: a private libvirtd runs the libvirt hook with the system's python3.
 DEB_PACKAGES += man-db zsh fish debhelper dh-python pybuild-plugin-pyproject \
-	python3-setuptools lintian mmdebstrap python3-dbus-fast
+	python3-setuptools lintian mmdebstrap python3-dbus-fast rpm rpmlint
 
 .PHONY: all setup deps test demo bench clean
 all: test
