@@ -157,10 +157,14 @@ class Domains:
                 await self.libvirt.define(name, after)
             warnings = [f"# warning: {message}. Fix: {fix}\n"
                         for _, message, fix in tune.checks(after)]
-            if opts.hyperv and not hyperv:
-                warnings.insert(0, "# warning: this libvirt accepts no Hyper-V enlightenment "
-                                "for the domain, so Windows runs without them. Fix: use the "
-                                "KVM domain type on a host with /dev/kvm.\n")
+            missing = [f for f in tune.HYPERV if f not in tune.hyperv_wanted(hyperv)] \
+                if hyperv is not None else []
+            if missing:
+                warnings.insert(0, "# warning: libvirt offers no Hyper-V "
+                                f"{', '.join(missing)} for this domain (its domain "
+                                "capabilities), so Windows runs without them. Fix: use the "
+                                "kvm domain type on a host whose KVM has Hyper-V support "
+                                "(`virsh domcapabilities --virttype kvm` lists them).\n")
             return change + "".join(warnings)
 
     def _save_backup(self, name: str, xml: str) -> None:

@@ -119,8 +119,7 @@ def _tune_cpu(root: ET.Element, plan: CpuPlan) -> None:
     if cputune is not None and len(cputune) == 0 and not cputune.attrib:
         root.remove(cputune)
     cpu = _place(root, "cpu")
-    for attr in ("match", "migratable"):
-        cpu.attrib.pop(attr, None)
+    cpu.attrib.pop("match", None)  # (libvirt adds migratable='on' to host-passthrough)
     cpu.set("mode", "host-passthrough")
     cpu.set("check", "none")
     for tag in ("model", "vendor"):  # a named model means nothing with host-passthrough

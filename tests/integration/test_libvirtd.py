@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ import pytest
 from dbus_fast import Message, Variant
 
 from gvtd import names
+from gvtd.cputopo import Topology
+from gvtd.virt import domxml, tune
 from gvtd.virt.connection import MAX_DELAY
 from harness import CallError, DBusDaemon, Simulation, plain
 from libvirtd import PrivateLibvirtd, domain_xml, wait_exit
@@ -216,3 +219,56 @@ def test_attach_detach_round_trip_keeps_the_qemu_namespace(gvtd: Simulation,
     back = lv.virsh("dumpxml", "--inactive", "win").stdout
     assert U1 not in back and "x-igd-opregion" not in back and "gtk,gl=on" not in back
     assert "type=2" in back
+
+
+def test_tune_survives_a_define_and_reverts_byte_for_byte(gvtd: Simulation,
+                                                          lv: PrivateLibvirtd) -> None:
+    """What the test driver cannot show: QEMU's libvirt checks the pins, topology and
+    enlightenments against its schema and validation, offers only the enlightenments its
+    KVM has (domain capabilities), and writes the XML back in its own form, against which
+    tune must be idempotent; revert gives it back exactly what it had."""
+    lv.define(domain_xml("win").replace("<devices>", "<devices><graphics type='spice'/>"))
+    caps = ET.fromstring(lv.virsh("domcapabilities", "--virttype", "qemu", "--arch", "x86_64",
+                                  "--machine", "q35").stdout)
+    offered = {v.text for v in caps.findall("./features/hyperv/enum[@name='features']/value")}
+    before = lv.virsh("dumpxml", "--inactive", "win").stdout
+    text = gvtd.client.call("TuneDomain", "sa{sv}", ["win", {}])[0]
+    assert text.startswith("--- win.xml")
+    after = ET.fromstring(lv.virsh("dumpxml", "--inactive", "win").stdout)
+    assert [(p.get("vcpu"), p.get("cpuset")) for p in after.findall("cputune/vcpupin")] == \
+        [("0", "1"), ("1", "5"), ("2", "2"), ("3", "6"), ("4", "3"), ("5", "7")]
+    assert after.find("cpu").get("mode") == "host-passthrough"
+    topology = after.find("cpu/topology")
+    assert (topology.get("sockets"), topology.get("cores"), topology.get("threads")) == \
+        ("1", "3", "2")
+    spice = after.find("devices/graphics")
+    assert spice.find("listen").get("type") == "none"
+    assert spice.find("zlib").get("compression") == "never"
+    assert spice.find("streaming").get("mode") == "off"
+    # exactly the guide's enlightenments this libvirt offers, and a warning for the rest
+    added = {e.tag for e in after.findall("features/hyperv/*")}
+    assert added == set(tune.hyperv_wanted(frozenset(offered)))
+    assert "spinlocks" in added and after.find("features/hyperv/spinlocks").get("retries") == \
+        "8191"
+    missing = [f for f in tune.HYPERV if f not in added]
+    if missing:
+        assert f"# warning: libvirt offers no Hyper-V {', '.join(missing)}" in text
+    again = gvtd.client.call("TuneDomain", "sa{sv}", ["win", {}])[0]
+    assert not [line for line in again.splitlines() if not line.startswith("# warning: ")]
+    gvtd.client.call("TuneDomain", "sa{sv}", ["win", {"revert": Variant("b", True)}])
+    assert lv.virsh("dumpxml", "--inactive", "win").stdout == before
+
+
+def test_every_enlightenment_survives_a_define(lv: PrivateLibvirtd) -> None:
+    """Where KVM offers all of them (a real laptop), the XML tune writes is what the QEMU
+    driver accepts and keeps, dependencies included (vpindex for synic, hypervclock for
+    stimer), and tuning libvirt's form of it again changes nothing."""
+    spec = tune.TuneSpec(Topology(((0, 4), (1, 5), (2, 6), (3, 7))),
+                         hyperv=frozenset(tune.HYPERV))
+    lv.define(tune.tune(domain_xml("win"), spec))
+    back = lv.virsh("dumpxml", "--inactive", "win").stdout
+    root = ET.fromstring(back)
+    assert [e.tag for e in root.findall("features/hyperv/*")] == list(tune.HYPERV)
+    assert root.find("clock/timer[@name='hypervclock']").get("present") == "yes"
+    assert len(root.findall("cputune/vcpupin")) == 6
+    assert tune.tune(back, spec) == domxml.serialize(domxml.parse(back))
