@@ -16,7 +16,7 @@ DEB_PACKAGES = pkg-config gcc python3-dev libgirepository1.0-dev libcairo2-dev \
 	polkitd libvirt-daemon-system libvirt-clients qemu-system-x86
 
 # doctor's gtk-gl check runs xhost as QEMU's user against a real X server (Xvfb in tests).
-DEB_PACKAGES += xvfb x11-xserver-utils
+DEB_PACKAGES += xvfb x11-xserver-utils xauth
 
 # Packaging: man-db renders the generated man pages; bash, zsh and fish run the generated
 # completions; debhelper, dh-python and lintian build and check the .deb, and

@@ -24,8 +24,10 @@ BACKUP_DIR = "tune"  # under STATE_DIRECTORY: each domain's XML before its last 
 
 class Domains:
     def __init__(self, host: Host, uri: str, sysfs: Path = Path("/sys"),
-                 state_dir: Path = Path("/var/lib/gvtd")) -> None:
+                 state_dir: Path = Path("/var/lib/gvtd"),
+                 qemu_conf: Path = Path("/etc/libvirt/qemu.conf")) -> None:
         self.host = host
+        self.qemu_conf = qemu_conf
         self.sysfs = sysfs
         self.backups = state_dir / BACKUP_DIR
         self.libvirt = Libvirt(uri, self._changed)
@@ -214,7 +216,23 @@ class Domains:
                 "opregion", "warn", f"libvirt {shown} is older than 8.2: OpRegion can only be "
                 "set with -set device.ALIAS.x-igd-opregion=on, which QEMU 7 and newer reject "
                 "(JSON -device).", "Use libvirt 8.2 or newer with QEMU 7 and newer."))
-        return out
+        return out + self._display_checks()
+
+    def _display_checks(self) -> list[doctor.Check]:
+        """One X access finding per (user, display) that gtk-gl domains open windows on."""
+        users: dict[tuple[str, str], list[str]] = {}
+        default: str | None = None
+        for name, info in sorted(self.libvirt.domains.items()):
+            display = domxml.gtk_display(info.xml)
+            if display is None:
+                continue
+            user = domxml.dac_user(info.xml)
+            if user is None:
+                default = default or doctor.qemu_user(self.qemu_conf)
+                user = default
+            users.setdefault((user, display), []).append(name)
+        return [doctor.check_x_access(display, user, domains)
+                for (user, display), domains in sorted(users.items())]
 
     def problems(self) -> list[tuple[str, str, str, str]]:
         """The guide's pitfalls in every domain gvtd shows, and a UUID used twice."""

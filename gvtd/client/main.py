@@ -17,6 +17,7 @@ from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from gvtd import __version__, names
+from gvtd.client import xaccess
 
 EPILOG = """\
 examples:
@@ -209,6 +210,10 @@ async def cmd_doctor(c: Client, args: argparse.Namespace) -> None:
     (found,) = await c.call("Diagnose")
     checks = [{"id": i, "severity": sev, "message": msg, "fix": fix}
               for i, sev, msg, fix in found]
+    for ch in checks:  # only this (desktop) session can see its X server's access list
+        if ch["id"].startswith(names.CHECK_X_ACCESS):
+            ch["severity"], ch["message"], ch["fix"] = xaccess.recheck(
+                ch["id"], ch["severity"], ch["message"], ch["fix"])
     lines = []
     for ch in checks:
         lines.append(f"[{_MARK.get(ch['severity'], ch['severity'])}] {ch['id']}: {ch['message']}")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,7 @@ from gvtd.virt import domxml, tune
 from gvtd.virt.connection import MAX_DELAY
 from harness import CallError, DBusDaemon, Simulation, plain
 from libvirtd import PrivateLibvirtd, domain_xml, wait_exit
+from xserver import Xvfb
 
 U1 = "3f1c6a2e-8d4b-4f0a-9c57-1e2d3c4b5a69"
 ERR = names.ERROR_PREFIX
@@ -52,7 +55,8 @@ def lv(libvirtd: PrivateLibvirtd) -> Iterator[PrivateLibvirtd]:
 @pytest.fixture
 def gvtd(dbus: DBusDaemon, lv: PrivateLibvirtd, tmp_path: Path) -> Iterator[Simulation]:
     """`gvtd --simulate` (emulated kernel) whose libvirt is the private libvirtd."""
-    (tmp_path / "gvtd.toml").write_text(f'libvirt_uri = "{lv.uri}"\n')
+    (tmp_path / "gvtd.toml").write_text(f'libvirt_uri = "{lv.uri}"\n'
+                                        f'qemu_conf = "{lv.dir / "etc" / "qemu.conf"}"\n')
     sim = Simulation(dbus, config_dir=tmp_path)
     try:
         if not manager(sim)["LibvirtConnected"]:
@@ -272,3 +276,42 @@ def test_every_enlightenment_survives_a_define(lv: PrivateLibvirtd) -> None:
     assert root.find("clock/timer[@name='hypervclock']").get("present") == "yes"
     assert len(root.findall("cputune/vcpupin")) == 6
     assert tune.tune(back, spec) == domxml.serialize(domxml.parse(back))
+
+
+def test_doctor_checks_the_x_display_a_gtk_gl_vm_opens(gvtd: Simulation,
+                                                       lv: PrivateLibvirtd) -> None:
+    """gtk-gl: QEMU (as qemu.conf's user, libvirt-qemu here) opens a window on the desktop's
+    X display. The daemon names the access it needs; `gvt-client doctor` in the desktop
+    session checks the X server's list, and its verdict is what QEMU's user can open."""
+    x = Xvfb()
+    try:
+        lv.define(domain_xml("win"))
+        gvtd.client.define(name="g", type="i915-GVTg_V5_4", uuid=U1, start="manual")
+        gvtd.client.call("AttachVGPU", "ssa{sv}", ["win", "g", {
+            "display": Variant("s", "gtk-gl"), "x_display": Variant("s", x.display)}])
+        check_id = f"x-access:libvirt-qemu@{x.display}"
+        checks = {c[0]: c for c in gvtd.client.call("Diagnose")[0]}
+        assert checks[check_id][1] == "warn" and "win opens QEMU's own window" in \
+            checks[check_id][2]
+        env = {k: v for k, v in gvtd.env.items() if k not in ("DISPLAY", "XAUTHORITY")}
+
+        def doctor(session: dict[str, str]) -> str:
+            p = subprocess.run([sys.executable, "-m", "gvtd.client.main", "--session",
+                                "doctor"], env=session, capture_output=True, text=True,
+                               timeout=60)
+            lines = p.stdout.splitlines()
+            i = next(i for i, line in enumerate(lines) if check_id in line)
+            return "\n".join([lines[i], *[f for f in lines[i + 1:i + 2] if "fix:" in f]])
+
+        desktop = dict(env, DISPLAY=x.display, XAUTHORITY=str(x.auth))
+        out = doctor(desktop)
+        assert out.startswith("[WARN]") and "does not let libvirt-qemu in" in out
+        assert "fix: Run `xhost si:localuser:libvirt-qemu`" in out
+        assert not x.reachable_as("libvirt-qemu")
+        x.xhost("+si:localuser:libvirt-qemu")
+        assert doctor(desktop).startswith(f"[ok  ] {check_id}: X display {x.display} lets "
+                                          "libvirt-qemu in")
+        assert x.reachable_as("libvirt-qemu")
+        assert "Run `gvt-client doctor` in the desktop session" in doctor(env)  # elsewhere
+    finally:
+        x.stop()
