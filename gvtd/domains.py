@@ -183,7 +183,8 @@ class Domains:
                            "it.") from None
         if domxml.parse(saved).findtext("name") != name:
             raise Failed(f"{path} is not {name}'s XML; remove it by hand.")
-        change = domxml.diff(current, saved, name)
+        change = domxml.diff(domxml.serialize(domxml.parse(current)),
+                             domxml.serialize(domxml.parse(saved)), name)
         if not dry_run:
             log.info("Reverting the tune of domain %s:\n%s", name, change,
                      extra={"DOMAIN": name})

@@ -76,7 +76,7 @@ def test_tune_is_idempotent_and_revert_restores_byte_for_byte(sim: Simulation) -
     assert split(tune(sim, vcpus=Variant("u", 4), dry_run=DRY))[0]
     assert backup(sim).read_bytes() == original  # a dry run keeps the backup
     back = tune(sim, revert=Variant("b", True))
-    assert "+  <vcpu placement='static'>4</vcpu>" in back
+    assert '+  <vcpu placement="static">4</vcpu>' in back
     assert not backup(sim).exists()
     with pytest.raises(CallError) as e:
         tune(sim, revert=Variant("b", True))
