@@ -147,3 +147,17 @@ def test_checks_follow_the_guide() -> None:
     assert ids[:3] == ["machine-q35", "disk-virtio-scsi", "driver-iso"]
     sata = WIN10.replace("<video>", "<disk device='disk'><target bus='sata'/></disk><video>")
     assert "disk-bus" in [c[0] for c in tune.checks(sata)]
+
+
+@pytest.mark.parametrize("cores, first_core, expected", [
+    (((0, 1),), True, (2, 1, 2, (0, 1))),  # 2 threads, SMT: only CPU 0's core, if asked
+    (((0,), (1,)), False, (1, 1, 1, (1,))),  # 2 threads, no SMT
+    (((0, 2), (1, 3)), False, (2, 1, 2, (1, 3))),  # 4 threads, SMT
+    (((0,), (1,), (2,), (3,)), False, (3, 3, 1, (1, 2, 3))),  # 4 threads, no SMT
+    (((0, 4), (1, 5), (2, 6), (3, 7)), True, (8, 4, 2, (0, 4, 1, 5, 2, 6, 3, 7))),
+    (tuple((c,) for c in range(8)), False, (7, 7, 1, tuple(range(1, 8)))),
+])
+def test_default_plan_on_each_host(cores: tuple[tuple[int, ...], ...], first_core: bool,
+                                   expected: tuple[int, int, int, tuple[int, ...]]) -> None:
+    plan = tune.plan_cpus(Topology(cores), None, True, first_core)
+    assert (plan.vcpus, plan.cores, plan.threads, plan.pins) == expected
