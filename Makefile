@@ -15,6 +15,9 @@ DEB_PACKAGES = pkg-config gcc python3-dev libgirepository1.0-dev libcairo2-dev \
 	umockdev gir1.2-umockdev-1.0 fuse3 dbus-daemon libxml2-utils systemd mdevctl \
 	polkitd libvirt-daemon-system libvirt-clients qemu-system-x86
 
+# doctor's gtk-gl check runs xhost as QEMU's user against a real X server (Xvfb in tests).
+DEB_PACKAGES += xvfb x11-xserver-utils xauth
+
 # Packaging: man-db renders the generated man pages; bash, zsh and fish run the generated
 # completions; debhelper, dh-python and lintian build and check the .deb, and
 # mmdebstrap makes the fresh Debian roots it is built and installed in (the RPM and the Arch

@@ -18,7 +18,7 @@ from dbus_fast.service import ServiceInterface, dbus_property, method
 
 from gvtd import __version__, doctor, names
 from gvtd.bus.auth import authorized, define_details
-from gvtd.domains import attach_options, hook_options, stop_options
+from gvtd.domains import attach_options, hook_options, stop_options, tune_options
 from gvtd.errors import Failed, GvtdError, InvalidArgument
 from gvtd.mdev import Parent
 from gvtd.reconcile import VgpuView
@@ -176,6 +176,13 @@ class ManagerInterface(_Mirror):
     @authorized(names.ACTION_DOMAIN, detail=("domain", "vgpu"))
     async def DetachVGPU(self, domain: "s", vgpu: "s") -> None:  # noqa: F821
         await self.daemon.domains.detach(domain, vgpu)
+
+    @method()
+    @dbus_errors
+    @authorized(names.ACTION_DOMAIN, detail="domain")
+    async def TuneDomain(self, domain: "s", options: "a{sv}") -> "s":  # noqa: F821
+        opts = tune_options({k: v.value for k, v in options.items()})
+        return await self.daemon.domains.tune(domain, opts)
 
     @method()
     @dbus_errors

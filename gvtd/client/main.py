@@ -18,6 +18,7 @@ from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from gvtd import __version__, names
+from gvtd.client import xaccess
 
 EPILOG = """\
 examples:
@@ -210,6 +211,10 @@ async def cmd_doctor(c: Client, args: argparse.Namespace) -> None:
     (found,) = await c.call("Diagnose")
     checks = [{"id": i, "severity": sev, "message": msg, "fix": fix}
               for i, sev, msg, fix in found]
+    for ch in checks:  # only this (desktop) session can see its X server's access list
+        if ch["id"].startswith(names.CHECK_X_ACCESS):
+            ch["severity"], ch["message"], ch["fix"] = xaccess.recheck(
+                ch["id"], ch["severity"], ch["message"], ch["fix"])
     lines = []
     for ch in checks:
         lines.append(f"[{_MARK.get(ch['severity'], ch['severity'])}] {ch['id']}: {ch['message']}")
@@ -246,6 +251,31 @@ async def cmd_attach(c: Client, args: argparse.Namespace) -> None:
 async def cmd_detach(c: Client, args: argparse.Namespace) -> None:
     await c.call("DetachVGPU", "ss", [args.domain, args.vgpu])
     print(f"Detached {args.vgpu} from {args.domain}")
+
+
+async def cmd_tune(c: Client, args: argparse.Namespace) -> None:
+    """Only what was asked for goes to the daemon, so that it can refuse a mix that does not
+    make sense (--revert with --vcpus) instead of the client dropping half of it."""
+    options = {k: Variant("b", v) for k, v in (
+        ("dry_run", args.dry_run), ("revert", args.revert), ("cpu", args.cpu),
+        ("pinning", args.pinning), ("first_core", args.first_core), ("hyperv", args.hyperv),
+        ("spice", args.spice)) if v != (k in ("cpu", "pinning", "hyperv", "spice"))}
+    if args.vcpus is not None:
+        options["vcpus"] = Variant("u", args.vcpus)
+    (text,) = await c.call("TuneDomain", "sa{sv}", [args.domain, options])
+    lines = text.splitlines(True)
+    warnings = [line[2:] for line in lines if line.startswith("# warning: ")]
+    change = "".join(line for line in lines if not line.startswith("# warning: "))
+    if args.dry_run:
+        print(change or f"{args.domain} is already tuned this way.\n", end="")
+    elif args.revert:
+        print(f"Reverted {args.domain} to its XML from before the last tune")
+    else:
+        print(f"Tuned {args.domain} (takes effect at its next start; `gvt-client tune "
+              f"{args.domain} --revert` undoes it)" if change else
+              f"{args.domain} is already tuned this way")
+    for warning in warnings:
+        print(warning, end="", file=sys.stderr)
 
 
 async def cmd_stop(c: Client, args: argparse.Namespace) -> None:
@@ -505,6 +535,27 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("detach", "remove a vGPU from a domain's XML", cmd_detach)
     s.add_argument("domain", help="libvirt domain name")
     s.add_argument("vgpu", help="vGPU name or UUID")
+    s = add("tune", "tune a domain's XML as the guide does for Windows: CPU topology and "
+            "pinning on SMT siblings, Hyper-V enlightenments, SPICE for a local viewer; "
+            "warns about the rest of its advice", cmd_tune)
+    s.add_argument("domain", help="libvirt domain name")
+    s.add_argument("--dry-run", action="store_true",
+                   help="print the change as a unified diff and change nothing")
+    s.add_argument("--revert", action="store_true",
+                   help="put back the XML from before the last tune that changed it")
+    s.add_argument("--vcpus", type=int, metavar="N",
+                   help="guest vCPUs, even on an SMT host (default: every host thread "
+                        "outside CPU 0's core)")
+    s.add_argument("--no-pinning", dest="pinning", action="store_false",
+                   help="no vcpupin (and remove an earlier one)")
+    s.add_argument("--use-cpu0", dest="first_core", action="store_true",
+                   help="allow CPU 0's core, which is otherwise left to the host")
+    s.add_argument("--no-cpu", dest="cpu", action="store_false",
+                   help="leave the vCPUs, topology and pinning alone")
+    s.add_argument("--no-hyperv", dest="hyperv", action="store_false",
+                   help="leave the Hyper-V enlightenments alone")
+    s.add_argument("--no-spice", dest="spice", action="store_false",
+                   help="leave the SPICE display alone")
     s = add("stop", "shut a domain down, then remove its on-demand vGPUs", cmd_stop)
     s.add_argument("domain", help="libvirt domain name")
     s.add_argument("--force", action="store_true",

@@ -264,3 +264,22 @@ def test_large_log_file_is_read_from_its_tail(host: Host) -> None:
     with open(host.log, "a") as f:
         f.write("x" * (doctor.LOG_TAIL_BYTES + 10) + "\n")
     assert "Unsupported" not in doctor.read_kernel_log(host.log)
+
+
+def test_qemu_user_from_qemu_conf(tmp_path: Path) -> None:
+    conf = tmp_path / "qemu.conf"
+    conf.write_text('# user = "root"\n#user = "x"\nuser = "nobody"\ngroup = "kvm"\n')
+    assert doctor.qemu_user(conf) == "nobody"
+    conf.write_text('user = "+0"\n')
+    assert doctor.qemu_user(conf) == "root"
+    conf.write_text('#user = "nobody"\n')  # commented out: libvirt's build default
+    assert doctor.qemu_user(conf) == "libvirt-qemu"  # Debian's, and this host's
+    assert doctor.qemu_user(tmp_path / "missing") == "libvirt-qemu"
+
+
+def test_x_access_names_the_user_and_the_exact_fix() -> None:
+    check = doctor.check_x_access(":1", "nobody", ["win10", "win11"])
+    assert check.id == "x-access:nobody@:1" and check.severity == "warn"
+    assert check.message.startswith("win10, win11 open QEMU's own window (gtk-gl) on X "
+                                    "display :1 as user nobody")
+    assert "`xhost si:localuser:nobody`" in check.fix and "Never `xhost +`" in check.fix
