@@ -21,7 +21,7 @@ DEB_PACKAGES = pkg-config gcc python3-dev libgirepository1.0-dev libcairo2-dev \
 DEB_PACKAGES += man-db zsh fish debhelper dh-python pybuild-plugin-pyproject \
 	python3-setuptools lintian mmdebstrap
 
-.PHONY: all setup deps test demo bench clean
+.PHONY: all setup deps test demo bench docs clean
 all: test
 
 $(VENV)/.debs: Makefile
@@ -50,6 +50,10 @@ demo: setup
 
 bench: setup
 	$(PY) bench/run.py
+
+# Generated reference pages (a test fails when the committed copy is stale).
+docs: setup
+	$(PY) -m gvtd.apidoc docs/dbus-api.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info
