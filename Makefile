@@ -21,6 +21,9 @@ DEB_PACKAGES = pkg-config gcc python3-dev libgirepository1.0-dev libcairo2-dev \
 DEB_PACKAGES += man-db zsh fish debhelper dh-python pybuild-plugin-pyproject \
 	python3-setuptools lintian mmdebstrap
 
+# gdbus (libglib2.0-bin) runs the gdbus script in examples/ (busctl comes with systemd).
+DEB_PACKAGES += libglib2.0-bin
+
 .PHONY: all setup deps test demo bench docs clean
 all: test
 
