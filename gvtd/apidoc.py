@@ -7,7 +7,7 @@ action means from the shipped polkit policy, and the errors from gvtd/errors.py.
 says what the daemon does, and tests/unit/test_apidoc.py fails when the committed copy is
 stale:
 
-    python3 -m gvtd.apidoc [OUTPUT]      # `make docs` writes docs/dbus-api.md
+    python3 -m gvtd.apidoc [OUTPUT]      # in a source tree; `make docs` writes docs/dbus-api.md
 """
 
 from __future__ import annotations
