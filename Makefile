@@ -26,7 +26,10 @@ DEB_PACKAGES += xvfb x11-xserver-utils xauth
 DEB_PACKAGES += man-db zsh fish debhelper dh-python pybuild-plugin-pyproject \
 	python3-setuptools lintian mmdebstrap python3-dbus-fast rpm rpmlint
 
-.PHONY: all setup deps test demo bench clean
+# gdbus (libglib2.0-bin) runs the gdbus script in examples/ (busctl comes with systemd).
+DEB_PACKAGES += libglib2.0-bin
+
+.PHONY: all setup deps test demo bench docs clean
 all: test
 
 $(VENV)/.debs: Makefile
@@ -55,6 +58,10 @@ demo: setup
 
 bench: setup
 	$(PY) bench/run.py
+
+# Generated reference pages (a test fails when the committed copy is stale).
+docs: setup
+	$(PY) -m gvtd.apidoc docs/dbus-api.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info

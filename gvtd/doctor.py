@@ -328,7 +328,7 @@ def check_modules(sysfs: Path) -> list[Check]:
             names = " or ".join(alternatives)
             out.append(Check(f"module.{check_id}", "fail", f"{names} is not loaded ({why}).",
                              f"modprobe {alternatives[-1]}; to load it at every boot: echo "
-                             f"{alternatives[-1]} > /etc/modules-load.d/gvt.conf"))
+                             f"{alternatives[-1]} >> /etc/modules-load.d/gvt.conf"))
     return out
 
 
