@@ -47,3 +47,116 @@ def test_gvtd_service_is_active_with_its_status(guest: Results) -> None:
     assert s["show"]["StatusText"]
     assert f"Status: \"{s['show']['StatusText']}\"" in s["status"]
 
+
+def test_auto_definitions_on_virtual_parents_are_created(guest: Results) -> None:
+    d = guest.step(1, "define")
+    assert [r["rc"] for r in d["results"]] == [0, 0], d["results"]
+    assert d["sysfs"] == {"tty0": {"type": "mtty-2", "parent": "mtty"},
+                          "fb0": {"type": "mbochs-small", "parent": "mbochs"}}
+    # the samples are virtual devices, not PCI functions
+    assert d["parents"] == {p: f"/sys/devices/virtual/{p}/{p}" for p in ("mtty", "mdpy", "mbochs")}
+
+
+def test_client_reads_as_root_and_as_an_unprivileged_user(guest: Results) -> None:
+    r = guest.step(1, "reads")
+    assert r["root"] == r["alice"]
+    parents = r["alice"]["parents"]
+    assert [(p["address"], p["registered"]) for p in parents] == \
+        [("mbochs", True), ("mdpy", True), ("mtty", True)]
+    types = {t["id"]: t for t in r["alice"]["types"]}
+    assert {"mtty-1", "mtty-2", "mbochs-small", "mdpy-vga"} <= set(types)
+    # mtty types have no description file; the others describe themselves
+    assert r["mtty_description_files"] == {"mtty-1": False, "mtty-2": False}
+    assert "description" not in types["mtty-1"] and "description" not in types["mtty-2"]
+    assert types["mbochs-small"]["description"].startswith("virtual display")
+    assert types["mtty-2"]["name"] == "Dual port serial"
+    assert {v["name"]: (v["state"], v["managed"]) for v in r["alice"]["list"]} == \
+        {"tty0": ("active", True), "fb0": ("active", True)}
+
+
+def test_polkitd_refuses_define_and_a_rule_lets_create_through(guest: Results) -> None:
+    p = guest.step(1, "polkit")
+    assert p["alice_define"]["rc"] == 1
+    assert "Not authorized" in p["alice_define"]["err"]
+    assert "io.github.gvtd1.manage" in p["alice_define"]["err"]
+    # 50-gvtd-e2e.rules grants alice io.github.gvtd1.vgpu, and nobody else
+    assert p["alice_create"]["rc"] == 0, p["alice_create"]
+    assert p["alice_created"] == {"type": "mtty-1", "parent": "mtty"}
+    assert p["bob_create"]["rc"] == 1 and "io.github.gvtd1.vgpu" in p["bob_create"]["err"]
+    assert p["bob_created"] is None
+    assert p["alice_remove"]["rc"] == 0 and p["alice_removed"] is None
+    calls = [v for v in p.values() if isinstance(v, dict) and "err" in v]
+    assert calls and not [c for c in calls if "Traceback" in c["err"]]
+
+
+def test_mdev_removed_through_sysfs_is_recreated(guest: Results) -> None:
+    s = guest.step(1, "sysfs_remove")
+    assert s["written"] is None  # the kernel removed it
+    assert s["wait_rc"] == 0 and s["now"] == {"type": "mtty-2", "parent": "mtty"}
+    assert [v["state"] for v in s["list"] if v["name"] == "tty0"] == ["active"]
+    messages = [e["MESSAGE"] for e in guest.step(2, "journal")["entries"]]
+    assert any("was removed outside gvtd; recreating it" in m for m in messages), messages
+
+
+def test_rmmod_makes_vgpus_parent_missing_and_modprobe_brings_them_back(guest: Results) -> None:
+    m = guest.step(1, "reload_module")
+    assert m["rmmod"]["rc"] == 0 and m["mdev_during"] is None
+    assert m["event"]["properties"]["State"] == "parent-missing"
+    assert [v["state"] for v in m["list_during"] if v["name"] == "tty0"] == ["parent-missing"]
+    assert m["modprobe"]["rc"] == 0 and m["wait_rc"] == 0
+    assert m["event_after"]["properties"]["State"] == "active"
+    assert m["mdev_after"] == {"type": "mtty-2", "parent": "mtty"}
+
+
+@pytest.mark.parametrize("parent,errno", [("mtty", "ENOSPC"), ("mbochs", "ENOSPC"),
+                                          ("mdpy", "EUSERS")])
+def test_create_beyond_available_instances_is_no_capacity(guest: Results, parent: str,
+                                                          errno: str) -> None:
+    f = guest.step(1, "errors")[parent]
+    assert f["made"] > 0 and f["available"] == "0"
+    assert f["errno"] == errno  # what the real kernel answers
+    assert f["gvtd_error"][0] == "NoCapacity"  # gvtd's sysfs layer, on that errno
+    assert "No room for another" in f["gvtd_error"][1]
+    assert f["client_create"]["rc"] == 1 and "No room for another" in f["client_create"]["err"]
+
+
+def test_duplicate_uuid_is_refused_ignoring_case(guest: Results) -> None:
+    e = guest.step(1, "errors")
+    assert e["upper_errno"] == "EEXIST"
+    assert e["duplicate_gvtd_error"][0] == "Busy"
+    assert "already exists" in e["duplicate_gvtd_error"][1]
+
+
+def test_vgpus_are_back_after_reboot_before_ready(guest: Results) -> None:
+    a = guest.step(2, "after_reboot")
+    assert a["boot_id"] != a["before"]["boot_id"]
+    assert set(a["before"]["uuids"]) == {"tty0", "fb0"}
+    assert a["sysfs"] == {"tty0": {"type": "mtty-2", "parent": "mtty"},
+                          "fb0": {"type": "mbochs-small", "parent": "mbochs"}}
+    started = int(a["show"]["ExecMainStartTimestampMonotonic"])
+    ready = int(a["show"]["ActiveEnterTimestampMonotonic"])  # READY=1 received
+    created = {e["VGPU_NAME"]: int(e["__MONOTONIC_TIMESTAMP"]) for e in a["created"]}
+    assert set(created) == {"tty0", "fb0"}, a["created"]
+    assert all(started < t < ready for t in created.values()), (started, created, ready)
+    assert a["show"]["StatusText"] == "2 vGPUs active on 2 parents"
+
+
+def test_journal_entries_carry_structured_fields(guest: Results) -> None:
+    uuid = guest.step(2, "after_reboot")["before"]["uuids"]["tty0"]
+    entries = guest.step(2, "journal")["entries"]
+    created = [e for e in entries if e["MESSAGE"].startswith("Created vGPU tty0")]
+    assert created, entries
+    for e in created:
+        assert (e["VGPU_NAME"], e["VGPU_UUID"], e["PARENT"]) == ("tty0", uuid, "mtty")
+        assert (e["PRIORITY"], e["SYSLOG_IDENTIFIER"], e["_SYSTEMD_UNIT"]) == \
+            ("6", "gvtd", "gvtd.service")
+        assert e["LOGGER"] == "gvtd.host" and e["CODE_FUNC"] == "_create"
+
+
+def test_stopping_gvtd_leaves_the_mdevs(guest: Results) -> None:
+    s = guest.step(2, "stop")
+    assert s["stop"]["rc"] == 0 and s["active"] == "inactive"
+    assert s["sysfs"] == {"tty0": {"type": "mtty-2", "parent": "mtty"},
+                          "fb0": {"type": "mbochs-small", "parent": "mbochs"}}
+    guest.step(2, "done")
+    assert guest.run.returncode == 0
