@@ -122,6 +122,7 @@ def package() -> Path:
         digest.update(f.encode() + b"\0" + (TOP / f).read_bytes() + b"\0")
     out = CACHE / f"deb-{digest.hexdigest()[:16]}"
     if not out.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="gvtd-deb-", dir=CACHE))
         try:
             build(work / "out", work / "build")
