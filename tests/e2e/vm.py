@@ -191,7 +191,7 @@ class Run:
 
     def log_paths(self) -> str:
         return (f"console: {self.dir / 'console.log'}, journal: {self.dir / 'journal.txt'}, "
-                f"results: {self.dir / 'results.jsonl'}")
+                f"results: {self.dir / 'results.jsonl'}, qemu: {self.dir / 'qemu.log'}")
 
 
 def boot(img: Path, run_dir: Path, timeout: float = 600) -> Run:
@@ -209,13 +209,15 @@ def boot(img: Path, run_dir: Path, timeout: float = 600) -> Run:
            "-drive", f"file={disk},format=raw,if=virtio,cache=unsafe",
            "-serial", f"file:{run_dir / 'console.log'}",
            "-serial", f"file:{run_dir / 'results.jsonl'}"]
-    try:
-        rc: int | None = subprocess.run(cmd, timeout=timeout, stdin=subprocess.DEVNULL,
-                                        capture_output=True).returncode
-    except subprocess.TimeoutExpired:
-        rc = None
+    with open(run_dir / "qemu.log", "w") as log:
+        try:
+            rc: int | None = subprocess.run(cmd, timeout=timeout, stdin=subprocess.DEVNULL,
+                                            stdout=log, stderr=subprocess.STDOUT).returncode
+        except subprocess.TimeoutExpired:
+            rc = None
     results = []
-    for line in (run_dir / "results.jsonl").read_text(errors="replace").splitlines():
+    out = run_dir / "results.jsonl"
+    for line in (out.read_text(errors="replace") if out.exists() else "").splitlines():
         line = line.strip()
         if line.startswith("{"):
             try:

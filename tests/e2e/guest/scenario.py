@@ -129,11 +129,36 @@ class Monitor:
         self.proc.wait()
 
 
-def state_of(name: str) -> Callable[[dict[str, Any]], bool]:
+def state_of(name: str, wanted: str, seen: list[str]) -> Callable[[dict[str, Any]], bool]:
+    """A monitor event that sets vGPU `name` to state `wanted`; every state on the way is
+    appended to `seen`."""
     def pred(event: dict[str, Any]) -> bool:
-        return bool(event.get("kind") == "vgpu" and event.get("name") == name
-                    and "State" in event.get("properties", {}))
+        state = event.get("properties", {}).get("State")
+        if event.get("kind") != "vgpu" or event.get("name") != name or state is None:
+            return False
+        seen.append(state)
+        return bool(state == wanted)
     return pred
+
+
+def bus_error(method: str, signature: str, *body: Any) -> str | None:
+    """Call a Manager method on the system bus; the D-Bus error name it answers, if any."""
+    import asyncio
+
+    from dbus_fast import BusType, Message, MessageType
+    from dbus_fast.aio import MessageBus
+
+    async def call() -> str | None:
+        bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+        try:
+            reply = await bus.call(Message(
+                destination="io.github.gvtd1", path="/io/github/gvtd1",
+                interface="io.github.gvtd1.Manager", member=method, signature=signature,
+                body=list(body)))
+        finally:
+            bus.disconnect()
+        return reply.error_name if reply and reply.message_type == MessageType.ERROR else None
+    return asyncio.run(call())
 
 
 # -- boot 1 ---------------------------------------------------------------------------------
@@ -196,15 +221,17 @@ def reload_module() -> None:
     mon = Monitor()
     try:
         rmmod = sh("rmmod", "mtty")
-        missing = mon.until(state_of("tty0"))
+        states: list[str] = []
+        missing = mon.until(state_of("tty0", "parent-missing", states))
         during = client_json("list")
         gone = mdev(u)
         modprobe = sh("modprobe", "mtty")
         back = udev_wait(u)
-        active = mon.until(lambda e: state_of("tty0")(e) and e["properties"]["State"] == "active")
+        active = mon.until(state_of("tty0", "active", states))
     finally:
         mon.close()
-    emit("reload_module", rmmod=rmmod, event=missing, list_during=during, mdev_during=gone,
+    emit("reload_module", rmmod=rmmod, event=missing, states=states, list_during=during,
+         mdev_during=gone,
          modprobe=modprobe, wait_rc=back, event_after=active, mdev_after=mdev(u))
 
 
@@ -233,6 +260,7 @@ def fill(parent: str, type_id: str) -> dict[str, Any]:
         out["gvtd_error"] = [type(e).__name__, e.message]
     client("define", "over", "--type", type_id, "--parent", parent, "--start", "manual")
     out["client_create"] = client("create", "over")
+    out["bus_error"] = bus_error("CreateVGPU", "s", "over")
     client("undefine", "over")
     for u in made:
         write(MDEVS / u / "remove", "1")
@@ -275,14 +303,20 @@ def after_reboot() -> None:
     before = json.loads(STATE.read_text())
     journal = sh("journalctl", "-b", "-u", "gvtd", "-o", "json", "--no-pager")["out"]
     entries = [json.loads(line) for line in journal.splitlines() if line.startswith("{")]
+    # when gvtd sent each entry (journald's socket timestamp), against when systemd saw the
+    # process start and READY=1 arrive: all CLOCK_REALTIME microseconds
     created = [{k: e.get(k) for k in ("MESSAGE", "VGPU_NAME", "VGPU_UUID", "PARENT",
-                                       "__MONOTONIC_TIMESTAMP")}
+                                       "_SOURCE_REALTIME_TIMESTAMP")}
                for e in entries if str(e.get("MESSAGE", "")).startswith("Created vGPU")]
+    unit = "/org/freedesktop/systemd1/unit/gvtd_2eservice"
+    times = {prop: sh("busctl", "get-property", "org.freedesktop.systemd1", unit,
+                      f"org.freedesktop.systemd1.{iface}", prop)["out"].strip()
+             for iface, prop in (("Service", "ExecMainStartTimestamp"),
+                                 ("Unit", "ActiveEnterTimestamp"))}
     emit("after_reboot", before=before,
          boot_id=Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
-         show=show("gvtd", "ActiveState", "ExecMainStartTimestampMonotonic",
-                   "ActiveEnterTimestampMonotonic", "StatusText"),
-         created=created, sysfs={name: mdev(u) for name, u in before["uuids"].items()},
+         show=show("gvtd", "ActiveState", "StatusText"), times=times, created=created,
+         sysfs={name: mdev(u) for name, u in before["uuids"].items()},
          list=client_json("list"))
 
 
