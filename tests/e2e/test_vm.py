@@ -8,6 +8,7 @@ the guest's journal and the raw results stay in .cache/e2e/last-run/ after every
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -162,3 +163,18 @@ def test_stopping_gvtd_leaves_the_mdevs(guest: Results) -> None:
                           "fb0": {"type": "mbochs-small", "parent": "mbochs"}}
     guest.step(2, "done")
     assert guest.run.returncode == 0
+
+
+def test_doctor_reads_the_real_host_from_inside_the_sandbox(guest: Results) -> None:
+    d = guest.step(1, "doctor")
+    assert d["result"]["rc"] == 1 and "checks failed" in d["result"]["err"]  # no Intel GPU
+    assert "Traceback" not in d["result"]["err"]
+    checks = {c["id"]: c for c in json.loads(d["checks"]["out"])}
+    assert checks["platform"]["severity"] == "fail"
+    assert checks["module.mdev"]["severity"] == "pass"
+    assert checks["kernel"]["severity"] == "pass" and "sends mdev parent uevents" in \
+        checks["kernel"]["message"]
+    # /dev/kmsg readable through the unit's DeviceAllow= and CAP_SYSLOG
+    assert checks["log"]["severity"] == "pass", checks["log"]
+    # no IOMMU in this VM: the mdevs' emulated groups do not count
+    assert checks["iommu"]["severity"] == "fail", checks["iommu"]

@@ -188,6 +188,11 @@ def reads() -> None:
     emit("reads", **out, mtty_description_files=desc)
 
 
+def doctor() -> None:
+    """Diagnose reads the real /sys, /proc and kernel log from inside gvtd's sandbox."""
+    emit("doctor", result=client("doctor"), checks=client_json("doctor"))
+
+
 def polkit() -> None:
     for name in ("m1", "m2"):
         client("define", name, "--type", "mtty-1", "--parent", "mtty", "--start", "manual")
@@ -288,7 +293,8 @@ def errors() -> None:
 
 def phase1() -> None:
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    for step in (service, define, reads, polkit, sysfs_remove, reload_module, errors):
+    for step in (service, define, reads, doctor, polkit, sysfs_remove, reload_module,
+                 errors):
         run(step)
     STATE.parent.mkdir(parents=True, exist_ok=True)
     STATE.write_text(json.dumps({"boot_id": boot_id, "uuids": uuids()}))
