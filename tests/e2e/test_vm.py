@@ -125,6 +125,8 @@ def test_create_beyond_available_instances_is_no_capacity(guest: Results, parent
 def test_duplicate_uuid_is_refused_ignoring_case(guest: Results) -> None:
     e = guest.step(1, "errors")
     assert e["upper_errno"] == "EEXIST"
+    assert e["upper_define"]["rc"] == 1 and "lower-case" in e["upper_define"]["err"]
+    assert e["upper_define_file"] is False
     assert e["duplicate_gvtd_error"][0] == "Busy"
     assert "already exists" in e["duplicate_gvtd_error"][1]
 
@@ -178,3 +180,11 @@ def test_doctor_reads_the_real_host_from_inside_the_sandbox(guest: Results) -> N
     assert checks["log"]["severity"] == "pass", checks["log"]
     # no IOMMU in this VM: the mdevs' emulated groups do not count
     assert checks["iommu"]["severity"] == "fail", checks["iommu"]
+
+
+def test_guest_journal_is_kept_and_gvtd_never_failed(guest: Results) -> None:
+    text = (guest.run.dir / "journal.txt").read_text(errors="replace")
+    assert "Started gvtd.service" in text and "Created vGPU tty0" in text  # both boots read
+    assert text.count("Started gvtd.service") == 2
+    for bad in ("Traceback", "gvtd.service: Failed", "gvtd.service: Watchdog timeout"):
+        assert bad not in text, f"{bad!r} in {guest.run.dir / 'journal.txt'}"

@@ -282,6 +282,10 @@ def errors() -> None:
     # the same UUID in upper case on another parent: the kernel compares ignoring case
     tdir = BUS / "mdpy/mdev_supported_types/mdpy-vga"
     out["upper_errno"] = write(tdir / "create", u.upper())
+    # gvtd takes only the lower-case form, so it never gets that far
+    out["upper_define"] = client("define", "up", "--type", "mdpy-vga", "--parent", "mdpy",
+                                 "--start", "manual", "--uuid", u.upper())
+    out["upper_define_file"] = Path("/etc/gvtd/vgpus.d/up.toml").exists()
     sysfs = Sysfs()
     try:
         sysfs.create(sysfs.parent("mdpy"), "mdpy-vga", u)  # type: ignore[arg-type]
