@@ -74,18 +74,22 @@ def write(path: Path, text: str) -> str | None:
     return None
 
 
-def mdev(u: str) -> dict[str, str] | None:
+def mdev(u: str) -> dict[str, str | None] | None:
+    """What sysfs shows of an mdev. Its `mdev_type` link comes a moment after the device
+    (and its uevents): a device seen in between has type None."""
     dev = MDEVS / u
     if not dev.exists():
         return None
-    return {"type": os.path.basename(os.readlink(dev / "mdev_type")),
-            "parent": os.path.basename(os.path.dirname(os.path.realpath(dev)))}
+    try:
+        type_id: str | None = os.path.basename(os.readlink(dev / "mdev_type"))
+    except OSError:
+        type_id = None
+    return {"type": type_id, "parent": os.path.basename(os.path.dirname(os.path.realpath(dev)))}
 
 
-def udev_wait(u: str, removed: bool = False) -> int | None:
-    """Until the mdev exists (or is gone), on udev's events."""
-    flag = "--removed" if removed else "--initialized=no"
-    return sh("udevadm", "wait", flag, f"--timeout={WAIT}", str(MDEVS / u),
+def udev_wait(u: str) -> int | None:
+    """Until the mdev exists, on udev's events."""
+    return sh("udevadm", "wait", "--initialized=no", f"--timeout={WAIT}", str(MDEVS / u),
               timeout=WAIT + 10)["rc"]
 
 
@@ -213,12 +217,19 @@ def polkit() -> None:
 
 
 def sysfs_remove() -> None:
+    """Remove by hand, then wait for gvtd to say the vGPU is active again (its create has
+    returned, so the mdev is complete)."""
     u = uuids()["tty0"]
-    written = write(MDEVS / u / "remove", "1")
-    gone = mdev(u)
-    back = udev_wait(u)
-    emit("sysfs_remove", written=written, right_after=gone, wait_rc=back, now=mdev(u),
-         list=client_json("list"))
+    mon = Monitor()
+    try:
+        written = write(MDEVS / u / "remove", "1")
+        gone = mdev(u)
+        states: list[str] = []
+        back = mon.until(state_of("tty0", "active", states))
+    finally:
+        mon.close()
+    emit("sysfs_remove", written=written, right_after=gone, event=back, states=states,
+         now=mdev(u), list=client_json("list"))
 
 
 def reload_module() -> None:
