@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from gvtd import gvt, names
-from gvtd.config import Settings
+from gvtd.config import UUID_RE, Settings
 from gvtd.mdev import list_dir, parse_int, read_attr, render_nodes
 
 Severity = Literal["pass", "warn", "fail"]
@@ -333,13 +333,22 @@ def check_modules(sysfs: Path) -> list[Check]:
 
 
 def check_iommu(sysfs: Path) -> Check:
-    groups = list_dir(sysfs / "kernel" / "iommu_groups")
+    """Groups of real devices only: the mdev core gives each mdev an emulated group of its
+    own, which exists with the IOMMU off (seen on a real 6.12 kernel with the sample
+    drivers), so a group holding nothing but mdevs proves nothing."""
+    root = sysfs / "kernel" / "iommu_groups"
+    groups = [g for g in list_dir(root)
+              if not _only_mdevs(list_dir(root / g / "devices"))]
     if groups:
         return Check("iommu", "pass", f"The IOMMU is on ({len(groups)} IOMMU groups).")
     return Check("iommu", "fail", "No IOMMU groups: the IOMMU is off, so VFIO cannot give a VM "
                  "a device.",
                  "Enable VT-d in the firmware setup and put intel_iommu=on on the kernel "
                  "command line, then reboot.")
+
+
+def _only_mdevs(devices: list[str]) -> bool:
+    return bool(devices) and all(UUID_RE.fullmatch(d) for d in devices)
 
 
 def check_mdev_types(gpu: Gpu | None) -> Check:

@@ -36,20 +36,25 @@ SUITE = "trixie"
 MIRROR = "http://deb.debian.org/debian"
 
 
-def build_depends() -> list[str]:
-    """Package names of packaging/debian/control's Build-Depends (versions dropped)."""
+def control_field(name: str) -> list[str]:
+    """Package names of a relation field of packaging/debian/control (versions dropped; of
+    alternatives the first; substitution variables skipped)."""
     text = (TOP / "packaging/debian/control").read_text()
-    field = re.search(r"^Build-Depends:(.*?)^[A-Za-z-]+:", text, re.S | re.M)
-    assert field, "no Build-Depends in control"
+    field = re.search(rf"^{name}:(.*?)^[A-Za-z-]+:", text, re.S | re.M)
+    assert field, f"no {name} in control"
     names = []
     for line in field.group(1).splitlines():
         if line.startswith("#"):
             continue
         for item in line.split(","):
-            name = re.sub(r"\(.*?\)", "", item).strip()
-            if name:
+            name = re.sub(r"\(.*?\)", "", item.split("|")[0]).strip()
+            if name and not name.startswith("${"):
                 names.append(name)
     return names
+
+
+def build_depends() -> list[str]:
+    return control_field("Build-Depends")
 
 
 def _tarball(variant: str, include: list[str]) -> Path:
@@ -173,6 +178,25 @@ def build_arch(outdir: Path, work: Path) -> Path:
     made = next(build.glob("gvtd-*.pkg.tar.gz"))
     outdir.mkdir(parents=True, exist_ok=True)
     return Path(shutil.copy2(made, outdir / made.name))
+
+
+def package() -> Path:
+    """The .deb of the current sources, built once per content of the source files (the
+    tests, which the package does not hold, left out): a directory under .cache/debroot/
+    with the .deb, .changes and .buildinfo."""
+    digest = hashlib.sha256()
+    for f in sorted(f for f in source_files() if not f.startswith("tests/")):
+        digest.update(f.encode() + b"\0" + (TOP / f).read_bytes() + b"\0")
+    out = CACHE / f"deb-{digest.hexdigest()[:16]}"
+    if not out.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="gvtd-deb-", dir=CACHE))
+        try:
+            build(work / "out", work / "build")
+            (work / "out").rename(out)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return out
 
 
 def install(deb: Path, work: Path) -> Path:

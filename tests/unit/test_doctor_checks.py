@@ -109,6 +109,15 @@ def _mdevctl_auto(h: Host) -> None:
     write(h.mdevctl / GPU / UUID, json.dumps({"mdev_type": "i915-GVTg_V5_4", "start": "auto"}))
 
 
+def _mdev_groups_only(h: Host) -> None:
+    """IOMMU off, two vGPUs: the mdev core's emulated groups, one mdev in each."""
+    h.rmtree("sys/kernel/iommu_groups/0")
+    for group, uuid in enumerate((UUID, UUID.replace("0", "1"))):
+        devices = h.sys / "kernel" / "iommu_groups" / str(group) / "devices"
+        devices.mkdir(parents=True)
+        os.symlink(f"../../../../devices/virtual/mtty/mtty/{uuid}", devices / uuid)
+
+
 def _storm(h: Host) -> None:
     h.log_lines(*[f"gvt: vgpu 1: invalid untracked MMIO 0x{r:x} len 4" for r in range(30)])
 
@@ -158,6 +167,7 @@ FAILURES: list[tuple[str, Callable[[Host], None], str, str, str]] = [
      "module.vfio_iommu_type1", "fail", "modprobe vfio_iommu_type1"),
     ("no IOMMU groups", lambda h: h.rmtree("sys/kernel/iommu_groups/0"), "iommu", "fail",
      "VT-d"),
+    ("only the groups of mdevs", _mdev_groups_only, "iommu", "fail", "VT-d"),
     ("no mdev_supported_types", lambda h: h.rmtree(
         "sys/devices/pci0000:00/0000:00:02.0/mdev_supported_types"), "mdev_types", "fail",
      "GVT-g is not working"),
