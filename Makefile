@@ -15,15 +15,27 @@ DEB_PACKAGES = pkg-config gcc python3-dev libgirepository1.0-dev libcairo2-dev \
 	umockdev gir1.2-umockdev-1.0 fuse3 dbus-daemon libxml2-utils systemd mdevctl \
 	polkitd libvirt-daemon-system libvirt-clients qemu-system-x86
 
+# doctor's gtk-gl check runs xhost as QEMU's user against a real X server (Xvfb in tests).
+DEB_PACKAGES += xvfb x11-xserver-utils xauth
+
 # Packaging: man-db renders the generated man pages; bash, zsh and fish run the generated
 # completions; debhelper, dh-python and lintian build and check the .deb, and
-# mmdebstrap makes the fresh Debian roots it is built and installed in.
+# mmdebstrap makes the fresh Debian roots it is built and installed in (the RPM and the Arch
+# package are built in one too); rpm (rpmspec, rpm -q) and rpmlint read and check the RPM.
+# python3-dbus-fast: a private libvirtd runs the libvirt hook with the system's python3.
 DEB_PACKAGES += man-db zsh fish debhelper dh-python pybuild-plugin-pyproject \
-	python3-setuptools lintian mmdebstrap
+	python3-setuptools lintian mmdebstrap python3-dbus-fast rpm rpmlint
 # strace kills gvtd at one chosen syscall (fault injection) in the crash tests.
 DEB_PACKAGES += strace
 
-.PHONY: all setup deps test demo bench clean
+# gdbus (libglib2.0-bin) runs the gdbus script in examples/ (busctl comes with systemd).
+DEB_PACKAGES += libglib2.0-bin
+
+# End-to-end VM (tests/e2e): mke2fs -d makes its disk from a directory and debugfs reads
+# the guest's journal back out of it; QEMU (above) boots it.
+DEB_PACKAGES += e2fsprogs
+
+.PHONY: all setup deps test e2e demo bench docs clean
 all: test
 
 $(VENV)/.debs: Makefile
@@ -47,11 +59,19 @@ setup: $(VENV)/.installed
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# The VM test alone (also part of `make test`); docs/e2e.md.
+e2e: setup
+	$(PY) -m pytest -q tests/e2e $(PYTEST_ARGS)
+
 demo: setup
 	$(PY) -m gvtd.sim.demo
 
 bench: setup
 	$(PY) bench/run.py
+
+# Generated reference pages (a test fails when the committed copy is stale).
+docs: setup
+	$(PY) -m gvtd.apidoc docs/dbus-api.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info

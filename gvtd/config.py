@@ -165,7 +165,10 @@ class Settings(BaseModel):
     kernel_log: StrictStr = Field("/dev/kmsg", description="the kernel log doctor scans for "
                                   'GVT-g errors: /dev/kmsg or a file; "" skips the check')
     mdevctl_dir: StrictStr = Field("/etc/mdevctl.d", description="mdevctl's definitions, "
-                                   "which doctor checks for clashes and import-mdevctl reads")
+                                   "which doctor checks for a UUID both tools start at boot")
+    qemu_conf: StrictStr = Field("/etc/libvirt/qemu.conf", description="libvirt's QEMU "
+                                 "settings, whose user doctor names in the X display access "
+                                 "a gtk-gl VM needs")
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,9 @@ class Daemon:
         self.settings, self.settings_problems = self.config.load_settings()
         self.host = Host(self.config, Sysfs(Path(self.settings.sysfs_root)),
                          Ownership(args.state_dir), self.settings.restore_removed)
-        self.domains = Domains(self.host, self.settings.libvirt_uri)
+        self.domains = Domains(self.host, self.settings.libvirt_uri,
+                               Path(self.settings.sysfs_root), args.state_dir,
+                               Path(self.settings.qemu_conf))
         self.suspend = Suspend(self.host, self.domains, self.settings.suspend, self.host.publish)
         domain_problems = self.host.extra_problems
         self.host.extra_problems = lambda: domain_problems() + self.suspend.problems()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pwd
 import re
 import stat
 from collections.abc import Iterable
@@ -18,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from gvtd import gvt
-from gvtd.config import Settings
+from gvtd import gvt, names
+from gvtd.config import UUID_RE, Settings
 from gvtd.mdev import list_dir, parse_int, read_attr, render_nodes
 
 Severity = Literal["pass", "warn", "fail"]
@@ -115,6 +116,51 @@ def read_kernel_log(path: Path) -> str:
         if st.st_size > LOG_TAIL_BYTES:
             f.seek(st.st_size - LOG_TAIL_BYTES)
         return f.read().decode(errors="replace")
+
+
+_QEMU_USER_RE = re.compile(r'^\s*user\s*=\s*"([^"]*)"', re.MULTILINE)
+# What libvirt runs QEMU as when qemu.conf does not say: its build default, libvirt-qemu on
+# Debian and Ubuntu, qemu on Fedora and Arch.
+BUILD_DEFAULT_USERS = ("libvirt-qemu", "qemu")
+
+
+def qemu_user(qemu_conf: Path) -> str:
+    """The user libvirt's system instance runs QEMU as: qemu.conf's `user` (a name, or
+    +UID), else the distribution's build default."""
+    try:
+        found = _QEMU_USER_RE.findall(qemu_conf.read_text(errors="replace"))
+    except OSError:
+        found = []
+    if found:
+        user = found[-1]
+        if user.startswith("+") and user[1:].isdigit():
+            try:
+                return pwd.getpwuid(int(user[1:])).pw_name
+            except KeyError:
+                return user
+        return user
+    for user in BUILD_DEFAULT_USERS:
+        try:
+            return pwd.getpwnam(user).pw_name
+        except KeyError:
+            continue
+    return "root"
+
+
+def check_x_access(display: str, user: str, domains: list[str]) -> Check:
+    """gtk-gl: QEMU opens its window on the desktop's X display as `user`. Whether that X
+    server lets the user in only the desktop session can see (gvt-client doctor looks when
+    run there); the daemon says what is needed."""
+    which = ", ".join(domains)
+    return Check(f"{names.CHECK_X_ACCESS}{user}@{display}", "warn",
+                 f"{which} open{'s' if len(domains) == 1 else ''} QEMU's own window (gtk-gl) "
+                 f"on X display {display} as user {user}: unless that X server lets {user} "
+                 "in, QEMU fails to start (\"cannot open display\"). Run `gvt-client doctor` "
+                 "in the desktop session to check it.",
+                 f"In the desktop session, run `xhost si:localuser:{user}` (after every login: "
+                 "put it in the session's autostart). Never `xhost +`: it lets every user and "
+                 "every host that reaches the display open windows on it and read what you "
+                 "type.")
 
 
 # -- checks ---------------------------------------------------------------------------------
@@ -282,18 +328,27 @@ def check_modules(sysfs: Path) -> list[Check]:
             names = " or ".join(alternatives)
             out.append(Check(f"module.{check_id}", "fail", f"{names} is not loaded ({why}).",
                              f"modprobe {alternatives[-1]}; to load it at every boot: echo "
-                             f"{alternatives[-1]} > /etc/modules-load.d/gvt.conf"))
+                             f"{alternatives[-1]} >> /etc/modules-load.d/gvt.conf"))
     return out
 
 
 def check_iommu(sysfs: Path) -> Check:
-    groups = list_dir(sysfs / "kernel" / "iommu_groups")
+    """Groups of real devices only: the mdev core gives each mdev an emulated group of its
+    own, which exists with the IOMMU off (seen on a real 6.12 kernel with the sample
+    drivers), so a group holding nothing but mdevs proves nothing."""
+    root = sysfs / "kernel" / "iommu_groups"
+    groups = [g for g in list_dir(root)
+              if not _only_mdevs(list_dir(root / g / "devices"))]
     if groups:
         return Check("iommu", "pass", f"The IOMMU is on ({len(groups)} IOMMU groups).")
     return Check("iommu", "fail", "No IOMMU groups: the IOMMU is off, so VFIO cannot give a VM "
                  "a device.",
                  "Enable VT-d in the firmware setup and put intel_iommu=on on the kernel "
                  "command line, then reboot.")
+
+
+def _only_mdevs(devices: list[str]) -> bool:
+    return bool(devices) and all(UUID_RE.fullmatch(d) for d in devices)
 
 
 def check_mdev_types(gpu: Gpu | None) -> Check:

@@ -6,21 +6,30 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
 
-from gvtd import doctor
-from gvtd.errors import Busy, Failed, InvalidArgument
+from gvtd import cputopo, doctor, names
+from gvtd.config import atomic_write
+from gvtd.errors import Busy, Failed, InvalidArgument, NotFound
 from gvtd.host import Host
-from gvtd.virt import domxml
+from gvtd.virt import domxml, tune
 from gvtd.virt.connection import DomainInfo, Libvirt
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STOP_TIMEOUT = 120
+BACKUP_DIR = "tune"  # under STATE_DIRECTORY: each domain's XML before its last tune
 
 
 class Domains:
-    def __init__(self, host: Host, uri: str) -> None:
+    def __init__(self, host: Host, uri: str, sysfs: Path = Path("/sys"),
+                 state_dir: Path = Path("/var/lib/gvtd"),
+                 qemu_conf: Path = Path("/etc/libvirt/qemu.conf")) -> None:
         self.host = host
+        self.qemu_conf = qemu_conf
+        self.sysfs = sysfs
+        self.backups = state_dir / BACKUP_DIR
         self.libvirt = Libvirt(uri, self._changed)
         self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._active: set[str] = set()
@@ -127,6 +136,62 @@ class Domains:
             before = self.libvirt.domain_xml(name)
             return await self._edit(name, before, domxml.detach(before, view.uuid), False)
 
+    def backup_path(self, name: str) -> Path:
+        return self.backups / f"{names.escape_path_element(name)}.xml"
+
+    async def tune(self, name: str, opts: TuneOptions) -> str:
+        """The guide's tuning step on the domain's persistent XML; returns the diff, then
+        one `# warning:` line per piece of the guide's advice the XML does not follow.
+        The XML before a change is kept so that revert can put it back exactly."""
+        async with self.locks[name]:
+            before = self.libvirt.domain_xml(name)
+            if opts.revert:
+                return await self._revert(name, before, opts.dry_run)
+            topology = await asyncio.to_thread(cputopo.read, self.sysfs) if opts.cpu else None
+            hyperv = await self.libvirt.hyperv_features(before) if opts.hyperv else None
+            spec = tune.TuneSpec(topology, opts.vcpus, opts.pinning, opts.first_core, hyperv,
+                                 opts.spice)
+            after = tune.tune(before, spec)
+            change = domxml.diff(domxml.serialize(domxml.parse(before)), after, name)
+            if change and not opts.dry_run:
+                await asyncio.to_thread(self._save_backup, name, before)
+                log.info("Tuning domain %s:\n%s", name, change, extra={"DOMAIN": name})
+                await self.libvirt.define(name, after)
+            warnings = [f"# warning: {message}. Fix: {fix}\n"
+                        for _, message, fix in tune.checks(after)]
+            missing = [f for f in tune.HYPERV if f not in tune.hyperv_wanted(hyperv)] \
+                if hyperv is not None else []
+            if missing:
+                warnings.insert(0, "# warning: libvirt offers no Hyper-V "
+                                f"{', '.join(missing)} for this domain (its domain "
+                                "capabilities), so Windows runs without them. Fix: use the "
+                                "kvm domain type on a host whose KVM has Hyper-V support "
+                                "(`virsh domcapabilities --virttype kvm` lists them).\n")
+            return change + "".join(warnings)
+
+    def _save_backup(self, name: str, xml: str) -> None:
+        self.backups.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write(self.backup_path(name), xml, mode=0o600)
+
+    async def _revert(self, name: str, current: str, dry_run: bool) -> str:
+        path = self.backup_path(name)
+        try:
+            saved = await asyncio.to_thread(path.read_text, encoding="utf-8")
+        except FileNotFoundError:
+            raise NotFound(f"There is no tune of {name} to revert (no {path}): gvtd keeps "
+                           "the XML from before the last `gvt-client tune` that changed "
+                           "it.") from None
+        if domxml.parse(saved).findtext("name") != name:
+            raise Failed(f"{path} is not {name}'s XML; remove it by hand.")
+        change = domxml.diff(domxml.serialize(domxml.parse(current)),
+                             domxml.serialize(domxml.parse(saved)), name)
+        if not dry_run:
+            log.info("Reverting the tune of domain %s:\n%s", name, change,
+                     extra={"DOMAIN": name})
+            await self.libvirt.define(name, saved)
+            await asyncio.to_thread(path.unlink)
+        return change
+
     async def _edit(self, name: str, before: str, after: str, dry_run: bool) -> str:
         change = domxml.diff(domxml.serialize(domxml.parse(before)), after, name)
         if change and not dry_run:
@@ -152,7 +217,23 @@ class Domains:
                 "opregion", "warn", f"libvirt {shown} is older than 8.2: OpRegion can only be "
                 "set with -set device.ALIAS.x-igd-opregion=on, which QEMU 7 and newer reject "
                 "(JSON -device).", "Use libvirt 8.2 or newer with QEMU 7 and newer."))
-        return out
+        return out + self._display_checks()
+
+    def _display_checks(self) -> list[doctor.Check]:
+        """One X access finding per (user, display) that gtk-gl domains open windows on."""
+        users: dict[tuple[str, str], list[str]] = {}
+        default: str | None = None
+        for name, info in sorted(self.libvirt.domains.items()):
+            display = domxml.gtk_display(info.xml)
+            if display is None:
+                continue
+            user = domxml.dac_user(info.xml)
+            if user is None:
+                default = default or doctor.qemu_user(self.qemu_conf)
+                user = default
+            users.setdefault((user, display), []).append(name)
+        return [doctor.check_x_access(display, user, domains)
+                for (user, display), domains in sorted(users.items())]
 
     def problems(self) -> list[tuple[str, str, str, str]]:
         """The guide's pitfalls in every domain gvtd shows, and a UUID used twice."""
@@ -212,3 +293,43 @@ def stop_options(options: dict[str, object]) -> tuple[bool, float]:
         raise InvalidArgument("StopDomain options are force (b) and timeout (u, seconds, at "
                               "most 3600).")
     return force, float(timeout)
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """TuneDomain's a{sv}: which parts of the guide's tuning to make."""
+
+    dry_run: bool = False
+    revert: bool = False
+    cpu: bool = True
+    vcpus: int | None = None
+    pinning: bool = True
+    first_core: bool = False
+    hyperv: bool = True
+    spice: bool = True
+
+
+TUNE_KEYS = {"dry_run": bool, "revert": bool, "cpu": bool, "vcpus": int, "pinning": bool,
+             "first_core": bool, "hyperv": bool, "spice": bool}
+
+
+def tune_options(options: dict[str, object]) -> TuneOptions:
+    usage = ("TuneDomain options are dry_run, revert, cpu, pinning, first_core, hyperv, "
+             "spice (b) and vcpus (u, 1 to 512).")
+    for key, value in options.items():
+        kind = TUNE_KEYS.get(key)
+        # bool is an int in Python: a b for vcpus must not pass as 0 or 1
+        if kind is None or not isinstance(value, kind) or (kind is int and
+                                                           isinstance(value, bool)):
+            raise InvalidArgument(f"Bad option {key[:40]!r}. {usage}")
+    vcpus = options.get("vcpus")
+    if vcpus is not None and not 1 <= vcpus <= 512:  # type: ignore[operator]
+        raise InvalidArgument(f"vcpus {vcpus} is out of range. {usage}")
+    opts = TuneOptions(**options)  # type: ignore[arg-type]
+    if opts.revert and set(options) - {"revert", "dry_run"}:
+        raise InvalidArgument("revert puts back the XML from before the last tune; it takes "
+                              "no other option than dry_run.")
+    if not opts.cpu and (vcpus is not None or "pinning" in options or opts.first_core):
+        raise InvalidArgument("vcpus, pinning and first_core are part of the CPU tuning, "
+                              "which cpu=false leaves out.")
+    return opts

@@ -20,30 +20,45 @@ class GvtdError(Exception):
 
 
 class InvalidArgument(GvtdError):
+    """The request itself is wrong (a name, key, type or value); as is, it fails again."""
+
     name = "InvalidArgument"
 
 
 class NotFound(GvtdError):
+    """No such definition, vGPU, domain or UUID."""
+
     name = "NotFound"
 
 
 class NoCapacity(GvtdError):
+    """The GPU has no room for the type: its aperture or fences are used up (ENOSPC)."""
+
     name = "NoCapacity"
 
 
 class ParentMissing(GvtdError):
+    """The vGPU's parent device is not registered (for GVT-g: kvmgt is not loaded)."""
+
     name = "ParentMissing"
 
 
 class Busy(GvtdError):
+    """In the way: a VM has the vGPU open, the UUID exists already, the domain has a
+    vGPU already, or it did not shut down in time."""
+
     name = "Busy"
 
 
 class LibvirtUnavailable(GvtdError):
+    """libvirtd cannot be reached; gvtd reconnects by itself."""
+
     name = "LibvirtUnavailable"
 
 
 class Failed(GvtdError):
+    """Anything else, such as the kernel or libvirt refusing for another reason."""
+
     name = "Failed"
 
 

@@ -30,6 +30,10 @@ DOMAIN_PREFIX = f"{ROOT_PATH}/domain"
 ERROR_PREFIX = "io.github.gvtd1.Error."
 ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
 
+# Diagnose's finding about the X display a gtk-gl VM opens its window on: the daemon emits
+# x-access:USER@DISPLAY, and gvt-client doctor checks it in the desktop session.
+CHECK_X_ACCESS = "x-access:"
+
 # polkit action ids
 ACTION_MANAGE = "io.github.gvtd1.manage"
 ACTION_VGPU = "io.github.gvtd1.vgpu"

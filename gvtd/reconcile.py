@@ -37,6 +37,7 @@ class VgpuView:
     domain: str
     managed: bool
     last_error: str
+    attrs: tuple[tuple[str, str], ...] = ()
 
 
 def choose_type(parent: Parent, want: tuple[int, int]) -> str:
@@ -140,7 +141,7 @@ def views(definitions: dict[str, Definition], parents: list[Parent], mdevs: dict
             else:
                 state, error, type_id = "active", "", mdev.type_id
         out[d.uuid] = VgpuView(d.uuid, name, parent, type_id, state, d.start,
-                               d.domain or domain_of(d.uuid), True, error)
+                               d.domain or domain_of(d.uuid), True, error, tuple(d.attrs))
     for uuid, mdev in mdevs.items():
         if uuid in out:
             continue

@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""Build the .deb in a clean Debian root and install it into a fresh one.
+"""Build the .deb in a clean Debian root and install it into a fresh one; build the RPM and
+the Arch package in one.
 
 The package targets Debian 13 (trixie): gvtd needs pydantic 2, and Debian 12 ships only
 python3-pydantic 1.10 (see packaging/README.md). So the build runs in a trixie root made by
@@ -12,6 +13,8 @@ unshare (util-linux).
 
     packaging/debroot.py build OUTDIR    # OUTDIR/gvtd_*.deb and the .changes
     packaging/debroot.py install DEB     # a fresh root with it installed; prints its path
+    packaging/debroot.py rpm OUTDIR      # OUTDIR/gvtd-*.noarch.rpm (rpmbuild)
+    packaging/debroot.py arch OUTDIR     # OUTDIR/gvtd-*-any.pkg.tar.gz (makepkg)
 """
 
 from __future__ import annotations
@@ -33,20 +36,25 @@ SUITE = "trixie"
 MIRROR = "http://deb.debian.org/debian"
 
 
-def build_depends() -> list[str]:
-    """Package names of packaging/debian/control's Build-Depends (versions dropped)."""
+def control_field(name: str) -> list[str]:
+    """Package names of a relation field of packaging/debian/control (versions dropped; of
+    alternatives the first; substitution variables skipped)."""
     text = (TOP / "packaging/debian/control").read_text()
-    field = re.search(r"^Build-Depends:(.*?)^[A-Za-z-]+:", text, re.S | re.M)
-    assert field, "no Build-Depends in control"
+    field = re.search(rf"^{name}:(.*?)^[A-Za-z-]+:", text, re.S | re.M)
+    assert field, f"no {name} in control"
     names = []
     for line in field.group(1).splitlines():
         if line.startswith("#"):
             continue
         for item in line.split(","):
-            name = re.sub(r"\(.*?\)", "", item).strip()
-            if name:
+            name = re.sub(r"\(.*?\)", "", item.split("|")[0]).strip()
+            if name and not name.startswith("${"):
                 names.append(name)
     return names
+
+
+def build_depends() -> list[str]:
+    return control_field("Build-Depends")
 
 
 def _tarball(variant: str, include: list[str]) -> Path:
@@ -108,6 +116,89 @@ def build(outdir: Path, work: Path) -> list[Path]:
     return made
 
 
+# The RPM and the Arch package are built in a trixie root too: Debian's rpm (rpmbuild) and
+# makepkg, with Debian's Python tools standing in for the distributions' own.
+FOREIGN_TOOLS = ["rpm", "python3-build", "python3-installer", "python3-wheel", "makepkg",
+                 "pacman-package-manager", "fakeroot", "libarchive-tools", "python-is-python3"]
+
+
+def version() -> str:
+    import tomllib
+
+    return tomllib.loads((TOP / "pyproject.toml").read_text())["project"]["version"]
+
+
+def source_tarball(dest: Path) -> Path:
+    """gvtd-VERSION.tar.gz with the top directory a release archive has."""
+    import tarfile
+
+    top = f"gvtd-{version()}"
+    path = dest / f"{top}.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for f in source_files():
+            tar.add(TOP / f, arcname=f"{top}/{f}")
+    return path
+
+
+def foreign_root(work: Path) -> Path:
+    return extract(_tarball("minbase", ["build-essential", *build_depends(), *FOREIGN_TOOLS]),
+                   work)
+
+
+def build_rpm(outdir: Path, work: Path) -> Path:
+    """rpmbuild -bb of packaging/rpm/gvtd.spec. --nodeps: the BuildRequires are Fedora's
+    names, installed here under Debian's; DEB_PYTHON_INSTALL_LAYOUT=deb makes Debian's
+    python3 install into /usr as Fedora's does inside rpmbuild."""
+    root = foreign_root(work / "root")
+    (root / "build/rpm/SOURCES").mkdir(parents=True)
+    source_tarball(root / "build/rpm/SOURCES")
+    shutil.copy2(TOP / "packaging/rpm/gvtd.spec", root / "build/rpm/gvtd.spec")
+    run_in(root, "cd /build/rpm && DEB_PYTHON_INSTALL_LAYOUT=deb rpmbuild -bb --nodeps "
+                 "--define '_topdir /build/rpm' gvtd.spec")
+    made = next((root / "build/rpm/RPMS/noarch").glob("gvtd-*.rpm"))
+    outdir.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy2(made, outdir / made.name))
+
+
+def build_arch(outdir: Path, work: Path) -> Path:
+    """makepkg of packaging/arch/PKGBUILD, as an unprivileged user (makepkg refuses root),
+    with the release tarball already in place of the download; Debian's python3 installs
+    into /usr (DEB_PYTHON_INSTALL_LAYOUT=deb) as Arch's does."""
+    root = foreign_root(work / "root")
+    build = root / "build/arch"
+    build.mkdir(parents=True)
+    for f in ("PKGBUILD", "gvtd.install"):
+        shutil.copy2(TOP / "packaging/arch" / f, build / f)
+    source_tarball(build)
+    run_in(root, "mkdir -p /var/lib/pacman && chown -R nobody /build/arch && cd /build/arch && "
+                 "runuser -u nobody -- env HOME=/build/arch PKGEXT=.pkg.tar.gz "
+                 "DEB_PYTHON_INSTALL_LAYOUT=deb "
+                 "makepkg --nodeps --noconfirm >/build/arch/makepkg.log 2>&1 "
+                 "|| { cat /build/arch/makepkg.log >&2; exit 1; }")
+    made = next(build.glob("gvtd-*.pkg.tar.gz"))
+    outdir.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy2(made, outdir / made.name))
+
+
+def package() -> Path:
+    """The .deb of the current sources, built once per content of the source files (the
+    tests, which the package does not hold, left out): a directory under .cache/debroot/
+    with the .deb, .changes and .buildinfo."""
+    digest = hashlib.sha256()
+    for f in sorted(f for f in source_files() if not f.startswith("tests/")):
+        digest.update(f.encode() + b"\0" + (TOP / f).read_bytes() + b"\0")
+    out = CACHE / f"deb-{digest.hexdigest()[:16]}"
+    if not out.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="gvtd-deb-", dir=CACHE))
+        try:
+            build(work / "out", work / "build")
+            (work / "out").rename(out)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
 def install(deb: Path, work: Path) -> Path:
     """A fresh minimal root with the package installed by apt, Depends from Debian."""
     root = extract(_tarball("minbase", []), work / "installed")
@@ -124,14 +215,20 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("outdir", type=Path)
     i = sub.add_parser("install", help="install DEB into a fresh root and print its path")
     i.add_argument("deb", type=Path)
+    for name in ("rpm", "arch"):
+        sub.add_parser(name, help=f"build the {name} package into OUTDIR").add_argument(
+            "outdir", type=Path)
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         ap.error("must run as root (mmdebstrap --mode=root and chroot)")
     work = Path(tempfile.mkdtemp(prefix="gvtd-deb-"))
-    if args.command == "build":
+    if args.command in ("build", "rpm", "arch"):
         try:
-            for path in build(args.outdir, work):
-                print(path)
+            if args.command == "build":
+                for path in build(args.outdir, work):
+                    print(path)
+            else:
+                print((build_rpm if args.command == "rpm" else build_arch)(args.outdir, work))
         finally:
             shutil.rmtree(work, ignore_errors=True)
     else:

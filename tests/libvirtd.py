@@ -31,6 +31,8 @@ MOUNTS = {"etc": "/etc/libvirt", "lib": "/var/lib/libvirt", "cache": "/var/cache
 
 # Runs inside the namespace. /run/libvirt exists only while a host libvirtd has run; when
 # it does not, a tmpfs over /run makes a place for it without creating anything on the host.
+# With a bus socket as $2, that bus is the system bus there: libvirtd runs hooks with a
+# cleared environment, so a hook finds the system bus only at /run/dbus/system_bus_socket.
 #
 # The namespace starts as a copy of every mount on the host, including the FUSE file systems
 # of emulated kernels running at that moment (ours or another session's). A copy held by
@@ -46,8 +48,13 @@ mount --bind "$T/etc" /etc/libvirt
 mount --bind "$T/lib" /var/lib/libvirt
 mount --bind "$T/cache" /var/cache/libvirt
 mount --bind "$T/log" /var/log/libvirt
-if [ ! -d /run/libvirt ]; then mount -t tmpfs -o mode=0755 tmpfs /run; mkdir /run/libvirt; fi
+if [ ! -d /run/libvirt ] || { [ -n "$2" ] && [ ! -d /run/dbus ]; }; then
+    mount -t tmpfs -o mode=0755 tmpfs /run; mkdir /run/libvirt /run/dbus
+fi
 mount --bind "$T/run" /run/libvirt
+if [ -n "$2" ]; then
+    mount -t tmpfs -o mode=0755 tmpfs /run/dbus; ln -s "$2" /run/dbus/system_bus_socket
+fi
 exec libvirtd --daemon --config "$T/etc/libvirtd.conf" --pid-file "$T/libvirtd.pid"
 """
 
@@ -75,11 +82,19 @@ def wait_exit(pid: int, timeout: float = TIMEOUT) -> bool:
 class PrivateLibvirtd:
     """libvirtd on a socket of its own; `uri` is what gvtd and virsh connect to."""
 
-    def __init__(self) -> None:
+    def __init__(self, hooks: tuple[Path, ...] = (), system_bus: str = "") -> None:
+        """hooks: scripts installed as its etc/libvirt/hooks/qemu.d/, which libvirtd looks
+        at when it starts; system_bus: the path of a bus socket to be its system bus."""
         self.dir = Path(tempfile.mkdtemp(prefix="gvtd-libvirtd-"))
         for name in MOUNTS:
             (self.dir / name).mkdir()
         (self.dir / "etc" / "qemu").mkdir()
+        self.system_bus = system_bus
+        for hook in hooks:
+            target = self.dir / "etc" / "hooks" / "qemu.d" / hook.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(hook, target)
+            target.chmod(0o755)
         self.socket = self.dir / "run" / "libvirt-sock"
         self.uri = f"qemu+unix:///system?socket={self.socket}"
         self.log = self.dir / "log" / "libvirtd.log"
@@ -97,7 +112,8 @@ class PrivateLibvirtd:
         for stale in self.dir.glob("run/libvirt*-sock*"):  # a killed libvirtd leaves them
             stale.unlink()
         p = subprocess.run(["unshare", "--mount", "--propagation", "private",
-                            "sh", "-c", NAMESPACE_SCRIPT, "sh", str(self.dir)],
+                            "sh", "-c", NAMESPACE_SCRIPT, "sh", str(self.dir),
+                            self.system_bus],
                            capture_output=True, text=True, timeout=TIMEOUT)
         if p.returncode != 0 or not self.socket.is_socket():
             raise RuntimeError(f"libvirtd did not start (status {p.returncode}): "

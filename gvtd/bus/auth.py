@@ -163,6 +163,7 @@ def authorized(action: str, detail: Details = None) -> Callable[[Callable[..., A
             await gate.check(msg, action, _details(detail, args))
             return await fn(self, *args)
 
+        wrapper.polkit_action = action  # type: ignore[attr-defined]  # for docs/dbus-api.md
         return wrapper
 
     return decorate

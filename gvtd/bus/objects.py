@@ -18,7 +18,7 @@ from dbus_fast.service import ServiceInterface, dbus_property, method
 
 from gvtd import __version__, doctor, names
 from gvtd.bus.auth import authorized, define_details
-from gvtd.domains import attach_options, hook_options, stop_options
+from gvtd.domains import attach_options, hook_options, stop_options, tune_options
 from gvtd.errors import Busy, Failed, GvtdError, InvalidArgument
 from gvtd.mdev import Parent
 from gvtd.reconcile import VgpuView
@@ -183,6 +183,13 @@ class ManagerInterface(_Mirror):
 
     @method()
     @dbus_errors
+    @authorized(names.ACTION_DOMAIN, detail="domain")
+    async def TuneDomain(self, domain: "s", options: "a{sv}") -> "s":  # noqa: F821
+        opts = tune_options({k: v.value for k, v in options.items()})
+        return await self.daemon.domains.tune(domain, opts)
+
+    @method()
+    @dbus_errors
     async def Diagnose(self) -> "a(ssss)":  # noqa: F821
         """Host checks (gvtd.doctor) over the roots gvtd.toml names; a read, open to all.
         In a worker thread: reading the kernel log must not hold up uevents or calls."""
@@ -277,7 +284,7 @@ class VgpuInterface(_Mirror):
         v = self.view
         return {"Name": v.name, "UUID": v.uuid, "Parent": v.parent, "Type": v.type_id,
                 "State": v.state, "Start": v.start, "Domain": v.domain, "Managed": v.managed,
-                "LastError": v.last_error}
+                "LastError": v.last_error, "Attrs": [list(a) for a in v.attrs]}
 
     @dbus_property(access=PropertyAccess.READ)
     def Name(self) -> "s":  # noqa: F821
@@ -314,6 +321,10 @@ class VgpuInterface(_Mirror):
     @dbus_property(access=PropertyAccess.READ)
     def LastError(self) -> "s":  # noqa: F821
         return self._props["LastError"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Attrs(self) -> "a(ss)":  # noqa: F821
+        return self._props["Attrs"]
 
 
 class DomainInterface(_Mirror):

@@ -11,12 +11,14 @@ import asyncio
 import json
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from gvtd import __version__, names
+from gvtd.client import xaccess
 
 EPILOG = """\
 examples:
@@ -209,6 +211,10 @@ async def cmd_doctor(c: Client, args: argparse.Namespace) -> None:
     (found,) = await c.call("Diagnose")
     checks = [{"id": i, "severity": sev, "message": msg, "fix": fix}
               for i, sev, msg, fix in found]
+    for ch in checks:  # only this (desktop) session can see its X server's access list
+        if ch["id"].startswith(names.CHECK_X_ACCESS):
+            ch["severity"], ch["message"], ch["fix"] = xaccess.recheck(
+                ch["id"], ch["severity"], ch["message"], ch["fix"])
     lines = []
     for ch in checks:
         lines.append(f"[{_MARK.get(ch['severity'], ch['severity'])}] {ch['id']}: {ch['message']}")
@@ -247,6 +253,31 @@ async def cmd_detach(c: Client, args: argparse.Namespace) -> None:
     print(f"Detached {args.vgpu} from {args.domain}")
 
 
+async def cmd_tune(c: Client, args: argparse.Namespace) -> None:
+    """Only what was asked for goes to the daemon, so that it can refuse a mix that does not
+    make sense (--revert with --vcpus) instead of the client dropping half of it."""
+    options = {k: Variant("b", v) for k, v in (
+        ("dry_run", args.dry_run), ("revert", args.revert), ("cpu", args.cpu),
+        ("pinning", args.pinning), ("first_core", args.first_core), ("hyperv", args.hyperv),
+        ("spice", args.spice)) if v != (k in ("cpu", "pinning", "hyperv", "spice"))}
+    if args.vcpus is not None:
+        options["vcpus"] = Variant("u", args.vcpus)
+    (text,) = await c.call("TuneDomain", "sa{sv}", [args.domain, options])
+    lines = text.splitlines(True)
+    warnings = [line[2:] for line in lines if line.startswith("# warning: ")]
+    change = "".join(line for line in lines if not line.startswith("# warning: "))
+    if args.dry_run:
+        print(change or f"{args.domain} is already tuned this way.\n", end="")
+    elif args.revert:
+        print(f"Reverted {args.domain} to its XML from before the last tune")
+    else:
+        print(f"Tuned {args.domain} (takes effect at its next start; `gvt-client tune "
+              f"{args.domain} --revert` undoes it)" if change else
+              f"{args.domain} is already tuned this way")
+    for warning in warnings:
+        print(warning, end="", file=sys.stderr)
+
+
 async def cmd_stop(c: Client, args: argparse.Namespace) -> None:
     options = {"force": Variant("b", args.force), "timeout": Variant("u", args.timeout)}
     path = names.domain_path(args.domain)
@@ -266,6 +297,88 @@ async def cmd_stop(c: Client, args: argparse.Namespace) -> None:
           + (", then forcing it off)" if args.force else ")") + "...", flush=True)
     await c.call("StopDomain", "sa{sv}", [args.domain, options])
     print(f"{args.domain} is off (gvtd removed its on-demand vGPUs, if it had any)")
+
+
+async def cmd_import_mdevctl(c: Client, args: argparse.Namespace) -> None:
+    """Define mdevctl's definitions in gvtd, all or none; auto ones only with --take-over."""
+    from gvtd.client import mdevctl
+
+    try:
+        entries = mdevctl.read_dir(args.dir)
+    except mdevctl.MdevctlError as e:
+        raise ClientError(str(e)) from None
+    defined = {v["uuid"]: v["name"] for v in _vgpus(await c.objects()) if v["name"]}
+    taken = set(defined.values())
+    plan, lines = [], []
+    for e in entries:
+        what = f"{e.uuid} ({e.type_id} on {e.parent}, mdevctl start {e.start})"
+        if e.uuid in defined:
+            lines.append(f"skipped {what}: already defined in gvtd as {defined[e.uuid]}")
+        elif e.start == "auto" and not args.take_over:
+            lines.append(f"skipped {what}: mdevctl creates it at boot and gvtd never starts a "
+                         "UUID mdevctl auto-starts; --take-over imports it as start auto")
+        else:
+            name = next(n for n in (f"mdev-{e.uuid[:8]}", f"mdev-{e.uuid}") if n not in taken)
+            taken.add(name)
+            plan.append((name, e))
+            lines.append(f"{'would import' if args.dry_run else 'imported'} {what} as {name}, "
+                         f"start {e.start}")
+            if e.start == "auto":
+                lines.append(f"  then let gvtd alone start it: mdevctl undefine --uuid {e.uuid}")
+    done: list[str] = []
+    for name, e in [] if args.dry_run else plan:
+        opts = {"name": Variant("s", name), "uuid": Variant("s", e.uuid),
+                "parent": Variant("s", e.parent), "type": Variant("s", e.type_id),
+                "start": Variant("s", e.start),
+                "attrs": Variant("a(ss)", [list(a) for a in e.attrs])}
+        try:
+            await c.call("Define", "a{sv}", [opts])
+        except ClientError as err:
+            for n in reversed(done):
+                await c.call("Undefine", "s", [n])
+            raise ClientError(f"{args.dir / e.parent / e.uuid}: {err} Nothing was imported.") \
+                from None
+        done.append(name)
+    lines.append(f"{'Dry run: would import' if args.dry_run else 'Imported'} {len(plan)} of "
+                 f"{len(entries)} mdevctl definitions from {args.dir}"
+                 + ("; nothing was defined." if args.dry_run else "."))
+    print("\n".join(lines))
+
+
+async def cmd_export(c: Client, args: argparse.Namespace) -> None:
+    """gvtd's definitions in mdevctl's format: on stdout as `mdevctl list --defined
+    --dumpjson` prints them, or as mdevctl's own files under --dir."""
+    from gvtd.client import mdevctl
+
+    entries, unplaced = [], []
+    for ifaces in (await c.objects()).values():
+        v = ifaces.get(names.VGPU_IFACE)
+        if v is None or not v["Name"]:
+            continue
+        if v["Parent"] == "auto" or not v["Type"]:
+            unplaced.append(v["Name"])
+            continue
+        entries.append(mdevctl.Entry(v["UUID"], v["Parent"], v["Type"],
+                                     "auto" if v["Start"] == "auto" else "manual",
+                                     tuple((a, b) for a, b in v.get("Attrs", []))))
+    if unplaced:
+        raise ClientError(f"{', '.join(sorted(unplaced))}: no registered parent or type yet "
+                          "(parent auto or min_resolution), and mdevctl needs both; define "
+                          "them with --parent and --type to export. Nothing was written.")
+    if args.dir is None:
+        print(mdevctl.dumpjson(entries))
+        return
+    try:
+        written = mdevctl.write_dir(args.dir, entries)
+    except mdevctl.MdevctlError as e:
+        raise ClientError(str(e)) from None
+    auto = sum(e.start == "auto" for e in entries)
+    print("\n".join([f"wrote {p}" for p in written]
+                    + [f"Exported {len(entries)} definitions to {args.dir} "
+                       f"({len(entries) - len(written)} already there)."]
+                    + ([f"note: mdevctl auto-starts the {auto} with start auto from there; "
+                        "if that is /etc/mdevctl.d, hand them over with `gvt-client undefine "
+                        "NAME` (doctor fails while both tools start one)."] if auto else [])))
 
 
 def _describe(path: str, ifaces: dict[str, dict[str, Any]]) -> tuple[str, str, str]:
@@ -422,12 +535,48 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("detach", "remove a vGPU from a domain's XML", cmd_detach)
     s.add_argument("domain", help="libvirt domain name")
     s.add_argument("vgpu", help="vGPU name or UUID")
+    s = add("tune", "tune a domain's XML as the guide does for Windows: CPU topology and "
+            "pinning on SMT siblings, Hyper-V enlightenments, SPICE for a local viewer; "
+            "warns about the rest of its advice", cmd_tune)
+    s.add_argument("domain", help="libvirt domain name")
+    s.add_argument("--dry-run", action="store_true",
+                   help="print the change as a unified diff and change nothing")
+    s.add_argument("--revert", action="store_true",
+                   help="put back the XML from before the last tune that changed it")
+    s.add_argument("--vcpus", type=int, metavar="N",
+                   help="guest vCPUs, even on an SMT host (default: every host thread "
+                        "outside CPU 0's core)")
+    s.add_argument("--no-pinning", dest="pinning", action="store_false",
+                   help="no vcpupin (and remove an earlier one)")
+    s.add_argument("--use-cpu0", dest="first_core", action="store_true",
+                   help="allow CPU 0's core, which is otherwise left to the host")
+    s.add_argument("--no-cpu", dest="cpu", action="store_false",
+                   help="leave the vCPUs, topology and pinning alone")
+    s.add_argument("--no-hyperv", dest="hyperv", action="store_false",
+                   help="leave the Hyper-V enlightenments alone")
+    s.add_argument("--no-spice", dest="spice", action="store_false",
+                   help="leave the SPICE display alone")
     s = add("stop", "shut a domain down, then remove its on-demand vGPUs", cmd_stop)
     s.add_argument("domain", help="libvirt domain name")
     s.add_argument("--force", action="store_true",
                    help="turn it off if it has not shut down when the timeout ends")
     s.add_argument("--timeout", type=int, default=120, metavar="SECONDS",
                    help="how long to wait for the guest to shut down (default 120)")
+    s = add("import-mdevctl", "define mdevctl's persistent mdevs in gvtd (those mdevctl "
+            "starts at boot only with --take-over)", cmd_import_mdevctl)
+    s.add_argument("--dir", type=Path, default=Path("/etc/mdevctl.d"),
+                   help="mdevctl's definitions (default /etc/mdevctl.d)")
+    s.add_argument("--dry-run", action="store_true",
+                   help="show what would be defined, and under which names; define nothing")
+    s.add_argument("--take-over", action="store_true",
+                   help="also import definitions mdevctl starts at boot, as start auto; then "
+                        "remove them from mdevctl (mdevctl undefine --uuid UUID)")
+    s = add("export", "write gvtd's definitions in another tool's format", cmd_export)
+    s.add_argument("--format", choices=["mdevctl"], required=True,
+                   help="mdevctl: its JSON, as `mdevctl list --defined --dumpjson` prints it")
+    s.add_argument("--dir", type=Path, metavar="DIR",
+                   help="write one file per vGPU as mdevctl keeps them (DIR/PARENT/UUID) "
+                        "instead of printing")
     add("doctor", "check the host for what GVT-g needs, with the fix for each problem "
         "(exit status 1 when a check fails)", cmd_doctor, read=True)
     add("monitor", "print every change as it happens (JSON lines with --json) until "

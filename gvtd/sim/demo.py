@@ -103,6 +103,13 @@ def main() -> int:
             "SPICE GL on the render node): first as a dry run, then for real")
         client(env, "attach", "win10", "win10", "--dry-run")
         client(env, "attach", "win10", "win10")
+        say("The guide's VM tuning step: CPU topology and pinning on the host's SMT "
+            "siblings (this laptop pairs cpu0+cpu4, cpu1+cpu5, ...; CPU 0's core stays "
+            "the host's), Hyper-V enlightenments, SPICE for a local viewer; warnings for "
+            "the rest of its advice")
+        client(env, "tune", "win10", "--dry-run")
+        client(env, "tune", "win10")
+        client(env, "tune", "win10", "--revert", "--dry-run")
         say("The command users came for: start the VM with its vGPU, and stop it")
         client(env, "start", "win10")
         say("(The libvirt test driver behind the simulation drops the qemu: namespace, so the "

@@ -102,6 +102,8 @@ class Kernel:
         self.mdevs: dict[str, Mdev] = {}
         self.writes: list[WriteRecord] = []
         self._next_vfio = 0
+        # /sys/devices/system/cpu: each core's SMT siblings (the machine's facts set them)
+        self.cpu_cores: tuple[tuple[int, ...], ...] = ()
 
     # -- queries -----------------------------------------------------------------------
     def parent(self, name: str) -> Parent:

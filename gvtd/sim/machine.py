@@ -1,12 +1,14 @@
 """The emulated machine around the emulated kernel: what `gvt-client doctor` reads.
 
-The kernel model (:mod:`gvtd.sim.kernel`) covers the mdev ABI under ``/sys/devices``; the
-rest of the host a doctor looks at (kernel command line and version, loaded modules, i915
-parameters, IOMMU groups, the GPU's render node, the kernel log, mdevctl's definitions) is
-plain files: ``/sys/module``, ``/sys/kernel/iommu_groups`` and ``/sys/class/drm`` inside the
-testbed (the preload shows them as ``/sys``), and a proc tree, a log file and an mdevctl
-directory in the simulation's work directory, named in the gvtd.toml it writes (umockdev does
-not redirect ``/proc``). Each simulation profile may change some of these facts.
+The kernel model (:mod:`gvtd.sim.kernel`) covers the mdev ABI under ``/sys/devices``, and
+the CPU topology `gvt-client tune` pins to (``/sys/devices/system/cpu``, in the same FUSE
+tree); the rest of the host a doctor looks at (kernel command line and version, loaded
+modules, i915 parameters, IOMMU groups, the GPU's render node, the kernel log, mdevctl's
+definitions) is plain files: ``/sys/module``, ``/sys/kernel/iommu_groups`` and
+``/sys/class/drm`` inside the testbed (the preload shows them as ``/sys``), and a proc tree,
+a log file and an mdevctl directory in the simulation's work directory, named in the
+gvtd.toml it writes (umockdev does not redirect ``/proc``). Each simulation profile may
+change some of these facts.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ class HostFacts:
     enable_guc: str = "0"
     iommu_groups: int = 14
     render_node: bool = True
+    # Each core's SMT siblings, numbered as on a Kaby Lake laptop (i7-8550U: 4 cores,
+    # 8 threads): the kernel lists every core's first thread, then the second ones.
+    cpu_cores: tuple[tuple[int, ...], ...] = ((0, 4), (1, 5), (2, 6), (3, 7))
     kernel_log: tuple[str, ...] = field(default_factory=lambda: (
         "DMAR: IOMMU enabled",
         "i915 0000:00:02.0: [drm] Initialized i915 1.6.0 20201103 for 0000:00:02.0 on minor 0",
@@ -105,6 +110,7 @@ def install(facts: HostFacts, host: EmulatedHost, workdir: Path) -> None:
                 tb.mkdir(f"/sys/class/drm/{node}")
                 _write(root / "class" / "drm" / node / "dev", f"226:{number}\n")
                 tb.link(f"/sys/class/drm/{node}/device", "/sys" + gpu.devpath)
+    host.kernel.cpu_cores = facts.cpu_cores  # /sys/devices is the kernel's (FUSE)
     proc = workdir / PROC_DIR
     _write(proc / "cmdline", facts.cmdline + "\n")
     _write(proc / "sys" / "kernel" / "osrelease", facts.osrelease + "\n")

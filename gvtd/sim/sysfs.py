@@ -87,7 +87,22 @@ class Tree:
         return node
 
     def root(self) -> Dir:
-        return self._prefix_dir("/devices")
+        devices = self._prefix_dir("/devices")
+        return Dir(lambda: {**devices.entries(), "system": Dir(lambda: {"cpu": self._cpus()})})
+
+    def _cpus(self) -> Dir:
+        """``system/cpu/cpuN/topology``: what vCPU pinning reads (x86: cpu0 has no
+        ``online``, it cannot go offline)."""
+
+        def cpu(n: int, core_id: int, core: tuple[int, ...]) -> Dir:
+            topology = {"thread_siblings_list": File(lambda: ",".join(map(str, core)) + "\n"),
+                        "core_id": File(lambda: f"{core_id}\n"),
+                        "physical_package_id": File(lambda: "0\n")}
+            return Dir(lambda: {"topology": Dir(lambda: topology),
+                                **({"online": File(lambda: "1\n")} if n else {})})
+
+        return Dir(lambda: {f"cpu{n}": cpu(n, i, core)
+                            for i, core in enumerate(self.k.cpu_cores) for n in core})
 
     def _prefix_dir(self, path: str) -> Dir:
         """A directory on the way to some parents' devpaths (``pci0000:00``, ``virtual/mtty``)."""

@@ -16,7 +16,7 @@ import libvirt
 import libvirtaio
 
 from gvtd.errors import Failed, LibvirtUnavailable, NotFound
-from gvtd.virt.domxml import mdev_uuids
+from gvtd.virt.domxml import mdev_uuids, parse
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,10 @@ STATES = {
 }
 ACTIVE = {"running", "paused", "shutting-down", "suspended"}
 MIN_DELAY, MAX_DELAY = 0.5, 30.0
+# libvirt's domain format documents relaxed, vapic and spinlocks since 1.1.0 and the rest
+# of these since 1.3.3
+HYPERV_SINCE_1_3_3 = frozenset({"relaxed", "vapic", "spinlocks", "vpindex", "runtime",
+                                "synic", "stimer"})
 
 _event_impl_registered = False
 
@@ -206,6 +210,36 @@ class Libvirt:
         if self.conn is None:
             raise LibvirtUnavailable(f"libvirt is not reachable at {self.uri}.")
         return int(self.conn.getLibVersion())
+
+    async def hyperv_features(self, xml: str) -> frozenset[str]:
+        """The Hyper-V enlightenments libvirt accepts for this domain: its domain capabilities
+        (QEMU driver, libvirt 8.0 and newer) list them for the domain's emulator, arch,
+        machine and type; a driver without domain capabilities (test:///) or an older
+        libvirt gets those its version documents (every one the guide names since 1.3.3)."""
+        if self.conn is None:
+            raise LibvirtUnavailable(f"libvirt is not reachable at {self.uri}.")
+        root = parse(xml)
+        os_type = root.find("./os/type")
+        emulator = root.findtext("./devices/emulator")
+        try:
+            caps = await asyncio.to_thread(
+                self.conn.getDomainCapabilities, emulator,
+                os_type.get("arch") if os_type is not None else None,
+                os_type.get("machine") if os_type is not None else None,
+                root.get("type"))
+        except libvirt.libvirtError as e:
+            if e.get_error_code() not in (libvirt.VIR_ERR_NO_SUPPORT,
+                                          libvirt.VIR_ERR_OPERATION_UNSUPPORTED):
+                raise Failed(f"libvirt cannot say what the domain's emulator supports: "
+                             f"{e.get_error_message()}") from e
+            caps = ""
+        hyperv = parse(caps).find("./features/hyperv") if caps else None
+        if hyperv is None:
+            return HYPERV_SINCE_1_3_3 if self.version() >= 1_003_003 else frozenset()
+        if hyperv.get("supported") != "yes":
+            return frozenset()
+        return frozenset(v.text or "" for v in
+                         hyperv.findall("./enum[@name='features']/value"))
 
     async def define(self, name: str, xml: str) -> None:
         """Replace a domain's persistent definition (virsh define)."""

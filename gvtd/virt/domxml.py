@@ -193,6 +193,30 @@ def _set_gtk(root: ET.Element, on: bool, x_display: str) -> None:
         ET.SubElement(cmd, Q + "env", name="GDK_SCALE", value="1.0")  # QEMU's HiDPI is broken
 
 
+def gtk_display(xml: str) -> str | None:
+    """The X display a gtk-gl attach opens QEMU's window on (its DISPLAY), or None."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    values = [a.get("value") for a in root.iterfind(f"{Q}commandline/{Q}arg")]
+    if not any(values[i:i + 2] == list(GTK_ARGS) for i in range(len(values) - 1)):
+        return None
+    env = root.find(f"{Q}commandline/{Q}env[@name='DISPLAY']")
+    return env.get("value", ":0") if env is not None else ":0"
+
+
+def dac_user(xml: str) -> str | None:
+    """The user of a static DAC label (<seclabel model='dac'><label>USER:GROUP), which
+    overrides qemu.conf's user for this domain."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    label = root.findtext("seclabel[@model='dac'][@type='static']/label")
+    return label.partition(":")[0] if label else None
+
+
 def _set_spice_gl(devices: ET.Element, render_node: str) -> None:
     graphics = _sub(devices, "graphics", type="spice")
     for attr in ("port", "autoport", "listen", "tlsPort"):

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +21,12 @@ import pytest
 from dbus_fast import Message, Variant
 
 from gvtd import names
+from gvtd.cputopo import Topology
+from gvtd.virt import domxml, tune
 from gvtd.virt.connection import MAX_DELAY
 from harness import CallError, DBusDaemon, Simulation, plain
 from libvirtd import PowerdownWatch, PrivateLibvirtd, domain_xml, wait_exit
+from xserver import Xvfb
 
 U1 = "3f1c6a2e-8d4b-4f0a-9c57-1e2d3c4b5a69"
 ERR = names.ERROR_PREFIX
@@ -49,7 +55,8 @@ def lv(libvirtd: PrivateLibvirtd) -> Iterator[PrivateLibvirtd]:
 @pytest.fixture
 def gvtd(dbus: DBusDaemon, lv: PrivateLibvirtd, tmp_path: Path) -> Iterator[Simulation]:
     """`gvtd --simulate` (emulated kernel) whose libvirt is the private libvirtd."""
-    (tmp_path / "gvtd.toml").write_text(f'libvirt_uri = "{lv.uri}"\n')
+    (tmp_path / "gvtd.toml").write_text(f'libvirt_uri = "{lv.uri}"\n'
+                                        f'qemu_conf = "{lv.dir / "etc" / "qemu.conf"}"\n')
     sim = Simulation(dbus, config_dir=tmp_path)
     try:
         if not manager(sim)["LibvirtConnected"]:
@@ -216,6 +223,98 @@ def test_attach_detach_round_trip_keeps_the_qemu_namespace(gvtd: Simulation,
     back = lv.virsh("dumpxml", "--inactive", "win").stdout
     assert U1 not in back and "x-igd-opregion" not in back and "gtk,gl=on" not in back
     assert "type=2" in back
+
+
+def test_tune_survives_a_define_and_reverts_byte_for_byte(gvtd: Simulation,
+                                                          lv: PrivateLibvirtd) -> None:
+    """What the test driver cannot show: QEMU's libvirt checks the pins, topology and
+    enlightenments against its schema and validation, offers only the enlightenments its
+    KVM has (domain capabilities), and writes the XML back in its own form, against which
+    tune must be idempotent; revert gives it back exactly what it had."""
+    lv.define(domain_xml("win").replace("<devices>", "<devices><graphics type='spice'/>"))
+    caps = ET.fromstring(lv.virsh("domcapabilities", "--virttype", "qemu", "--arch", "x86_64",
+                                  "--machine", "q35").stdout)
+    offered = {v.text for v in caps.findall("./features/hyperv/enum[@name='features']/value")}
+    before = lv.virsh("dumpxml", "--inactive", "win").stdout
+    text = gvtd.client.call("TuneDomain", "sa{sv}", ["win", {}])[0]
+    assert text.startswith("--- win.xml")
+    after = ET.fromstring(lv.virsh("dumpxml", "--inactive", "win").stdout)
+    assert [(p.get("vcpu"), p.get("cpuset")) for p in after.findall("cputune/vcpupin")] == \
+        [("0", "1"), ("1", "5"), ("2", "2"), ("3", "6"), ("4", "3"), ("5", "7")]
+    assert after.find("cpu").get("mode") == "host-passthrough"
+    topology = after.find("cpu/topology")
+    assert (topology.get("sockets"), topology.get("cores"), topology.get("threads")) == \
+        ("1", "3", "2")
+    spice = after.find("devices/graphics")
+    assert spice.find("listen").get("type") == "none"
+    assert spice.find("zlib").get("compression") == "never"
+    assert spice.find("streaming").get("mode") == "off"
+    # exactly the guide's enlightenments this libvirt offers, and a warning for the rest
+    added = {e.tag for e in after.findall("features/hyperv/*")}
+    assert added == set(tune.hyperv_wanted(frozenset(offered)))
+    assert "spinlocks" in added and after.find("features/hyperv/spinlocks").get("retries") == \
+        "8191"
+    missing = [f for f in tune.HYPERV if f not in added]
+    if missing:
+        assert f"# warning: libvirt offers no Hyper-V {', '.join(missing)}" in text
+    again = gvtd.client.call("TuneDomain", "sa{sv}", ["win", {}])[0]
+    assert not [line for line in again.splitlines() if not line.startswith("# warning: ")]
+    gvtd.client.call("TuneDomain", "sa{sv}", ["win", {"revert": Variant("b", True)}])
+    assert lv.virsh("dumpxml", "--inactive", "win").stdout == before
+
+
+def test_every_enlightenment_survives_a_define(lv: PrivateLibvirtd) -> None:
+    """Where KVM offers all of them (a real laptop), the XML tune writes is what the QEMU
+    driver accepts and keeps, dependencies included (vpindex for synic, hypervclock for
+    stimer), and tuning libvirt's form of it again changes nothing."""
+    spec = tune.TuneSpec(Topology(((0, 4), (1, 5), (2, 6), (3, 7))),
+                         hyperv=frozenset(tune.HYPERV))
+    lv.define(tune.tune(domain_xml("win"), spec))
+    back = lv.virsh("dumpxml", "--inactive", "win").stdout
+    root = ET.fromstring(back)
+    assert [e.tag for e in root.findall("features/hyperv/*")] == list(tune.HYPERV)
+    assert root.find("clock/timer[@name='hypervclock']").get("present") == "yes"
+    assert len(root.findall("cputune/vcpupin")) == 6
+    assert tune.tune(back, spec) == domxml.serialize(domxml.parse(back))
+
+
+def test_doctor_checks_the_x_display_a_gtk_gl_vm_opens(gvtd: Simulation,
+                                                       lv: PrivateLibvirtd) -> None:
+    """gtk-gl: QEMU (as qemu.conf's user, libvirt-qemu here) opens a window on the desktop's
+    X display. The daemon names the access it needs; `gvt-client doctor` in the desktop
+    session checks the X server's list, and its verdict is what QEMU's user can open."""
+    x = Xvfb()
+    try:
+        lv.define(domain_xml("win"))
+        gvtd.client.define(name="g", type="i915-GVTg_V5_4", uuid=U1, start="manual")
+        gvtd.client.call("AttachVGPU", "ssa{sv}", ["win", "g", {
+            "display": Variant("s", "gtk-gl"), "x_display": Variant("s", x.display)}])
+        check_id = f"x-access:libvirt-qemu@{x.display}"
+        checks = {c[0]: c for c in gvtd.client.call("Diagnose")[0]}
+        assert checks[check_id][1] == "warn" and "win opens QEMU's own window" in \
+            checks[check_id][2]
+        env = {k: v for k, v in gvtd.env.items() if k not in ("DISPLAY", "XAUTHORITY")}
+
+        def doctor(session: dict[str, str]) -> str:
+            p = subprocess.run([sys.executable, "-m", "gvtd.client.main", "--session",
+                                "doctor"], env=session, capture_output=True, text=True,
+                               timeout=60)
+            lines = p.stdout.splitlines()
+            i = next(i for i, line in enumerate(lines) if check_id in line)
+            return "\n".join([lines[i], *[f for f in lines[i + 1:i + 2] if "fix:" in f]])
+
+        desktop = dict(env, DISPLAY=x.display, XAUTHORITY=str(x.auth))
+        out = doctor(desktop)
+        assert out.startswith("[WARN]") and "does not let libvirt-qemu in" in out
+        assert "fix: Run `xhost si:localuser:libvirt-qemu`" in out
+        assert not x.reachable_as("libvirt-qemu")
+        x.xhost("+si:localuser:libvirt-qemu")
+        assert doctor(desktop).startswith(f"[ok  ] {check_id}: X display {x.display} lets "
+                                          "libvirt-qemu in")
+        assert x.reachable_as("libvirt-qemu")
+        assert "Run `gvt-client doctor` in the desktop session" in doctor(env)  # elsewhere
+    finally:
+        x.stop()
 
 
 def test_sigterm_during_a_long_stop_domain(gvtd: Simulation, lv: PrivateLibvirtd) -> None:

@@ -34,12 +34,10 @@ EXPECTED = [
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    work = tmp_path_factory.mktemp("deb")
-    made = debroot.build(work / "out", work / "build")
-    shutil.rmtree(work / "build")
-    assert [p.name for p in made if p.suffix == ".deb"] == [f"gvtd_{__version__}-1_all.deb"]
-    yield work / "out"
+def built() -> Path:
+    out = debroot.package()  # shared with tests/e2e: built once per source content
+    assert [p.name for p in out.glob("*.deb")] == [f"gvtd_{__version__}-1_all.deb"]
+    return out
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ def calls(vgpu: str) -> dict[str, tuple[str, list[Any]]]:
         "ReleaseDomain": ("sa{sv}", [DOMAIN, {}]),
         "AttachVGPU": ("ssa{sv}", [DOMAIN, vgpu, {}]),
         "DetachVGPU": ("ss", [DOMAIN, vgpu]),
+        "TuneDomain": ("sa{sv}", [DOMAIN, {"dry_run": Variant("b", True)}]),
         "RemoveVGPU": ("s", [vgpu]),
         "Reload": ("", []),
         "Undefine": ("s", [vgpu]),

@@ -29,10 +29,11 @@ ACTIONS = {
     "StartDomain": names.ACTION_DOMAIN, "StopDomain": names.ACTION_DOMAIN,
     "PrepareDomain": names.ACTION_DOMAIN, "ReleaseDomain": names.ACTION_DOMAIN,
     "AttachVGPU": names.ACTION_DOMAIN, "DetachVGPU": names.ACTION_DOMAIN,
+    "TuneDomain": names.ACTION_DOMAIN,
 }
 # In the order a permitted caller makes them, so that each one can succeed.
 ORDER = ["Define", "CreateVGPU", "StartDomain", "StopDomain", "PrepareDomain",
-         "ReleaseDomain", "AttachVGPU", "DetachVGPU",
+         "ReleaseDomain", "AttachVGPU", "DetachVGPU", "TuneDomain",
          "RemoveVGPU", "Reload", "Undefine"]
 # Methods whose success the permitted run checks; the domain methods need libvirt's test
 # driver to cooperate, so for them the matrix checks only that the gate let them through.
@@ -164,7 +165,7 @@ def test_polkit_subject_is_the_caller_not_gvtd(world: World) -> None:
     assert details["Define"] == {"vgpu": "subject", "domain": "win10"}
     assert details["CreateVGPU"] == details["RemoveVGPU"] == {"vgpu": "subject"}
     assert details["Reload"] == {}
-    for m in ("StartDomain", "StopDomain", "PrepareDomain", "ReleaseDomain"):
+    for m in ("StartDomain", "StopDomain", "PrepareDomain", "ReleaseDomain", "TuneDomain"):
         if m in details:
             assert details[m] == {"domain": "win10"}
     for m in ("AttachVGPU", "DetachVGPU"):

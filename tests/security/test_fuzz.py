@@ -107,6 +107,7 @@ calls = st.one_of(
     st.tuples(strings, stop_options).map(lambda a: call("StopDomain", "sa{sv}", *a)),
     st.tuples(strings, strings, options).map(lambda a: call("AttachVGPU", "ssa{sv}", *a)),
     st.tuples(strings, strings).map(lambda a: call("DetachVGPU", "ss", *a)),
+    st.tuples(strings, options).map(lambda a: call("TuneDomain", "sa{sv}", *a)),
     st.tuples(st.sampled_from([names.MANAGER_IFACE, names.PARENT_IFACE, names.VGPU_IFACE,
                                names.DOMAIN_IFACE]) | strings.filter(bool), strings,
               object_paths)
@@ -116,7 +117,8 @@ calls = st.one_of(
     object_paths.map(lambda p: call("GetManagedObjects", "", iface=names.OBJECT_MANAGER_IFACE,
                                     path=p)),
     st.tuples(st.sampled_from(["Define", "Undefine", "CreateVGPU", "RemoveVGPU", "StartDomain",
-                               "StopDomain", "AttachVGPU", "DetachVGPU", "Reload", "Diagnose"]),
+                               "StopDomain", "AttachVGPU", "DetachVGPU", "TuneDomain", "Reload",
+                               "Diagnose"]),
               wrong_bodies)
     .map(lambda a: call(a[0], a[1][0], *a[1][1])),
 )

@@ -109,6 +109,15 @@ def _mdevctl_auto(h: Host) -> None:
     write(h.mdevctl / GPU / UUID, json.dumps({"mdev_type": "i915-GVTg_V5_4", "start": "auto"}))
 
 
+def _mdev_groups_only(h: Host) -> None:
+    """IOMMU off, two vGPUs: the mdev core's emulated groups, one mdev in each."""
+    h.rmtree("sys/kernel/iommu_groups/0")
+    for group, uuid in enumerate((UUID, UUID.replace("0", "1"))):
+        devices = h.sys / "kernel" / "iommu_groups" / str(group) / "devices"
+        devices.mkdir(parents=True)
+        os.symlink(f"../../../../devices/virtual/mtty/mtty/{uuid}", devices / uuid)
+
+
 def _storm(h: Host) -> None:
     h.log_lines(*[f"gvt: vgpu 1: invalid untracked MMIO 0x{r:x} len 4" for r in range(30)])
 
@@ -158,6 +167,7 @@ FAILURES: list[tuple[str, Callable[[Host], None], str, str, str]] = [
      "module.vfio_iommu_type1", "fail", "modprobe vfio_iommu_type1"),
     ("no IOMMU groups", lambda h: h.rmtree("sys/kernel/iommu_groups/0"), "iommu", "fail",
      "VT-d"),
+    ("only the groups of mdevs", _mdev_groups_only, "iommu", "fail", "VT-d"),
     ("no mdev_supported_types", lambda h: h.rmtree(
         "sys/devices/pci0000:00/0000:00:02.0/mdev_supported_types"), "mdev_types", "fail",
      "GVT-g is not working"),
@@ -264,3 +274,22 @@ def test_large_log_file_is_read_from_its_tail(host: Host) -> None:
     with open(host.log, "a") as f:
         f.write("x" * (doctor.LOG_TAIL_BYTES + 10) + "\n")
     assert "Unsupported" not in doctor.read_kernel_log(host.log)
+
+
+def test_qemu_user_from_qemu_conf(tmp_path: Path) -> None:
+    conf = tmp_path / "qemu.conf"
+    conf.write_text('# user = "root"\n#user = "x"\nuser = "nobody"\ngroup = "kvm"\n')
+    assert doctor.qemu_user(conf) == "nobody"
+    conf.write_text('user = "+0"\n')
+    assert doctor.qemu_user(conf) == "root"
+    conf.write_text('#user = "nobody"\n')  # commented out: libvirt's build default
+    assert doctor.qemu_user(conf) == "libvirt-qemu"  # Debian's, and this host's
+    assert doctor.qemu_user(tmp_path / "missing") == "libvirt-qemu"
+
+
+def test_x_access_names_the_user_and_the_exact_fix() -> None:
+    check = doctor.check_x_access(":1", "nobody", ["win10", "win11"])
+    assert check.id == "x-access:nobody@:1" and check.severity == "warn"
+    assert check.message.startswith("win10, win11 open QEMU's own window (gtk-gl) on X "
+                                    "display :1 as user nobody")
+    assert "`xhost si:localuser:nobody`" in check.fix and "Never `xhost +`" in check.fix

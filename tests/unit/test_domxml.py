@@ -128,3 +128,14 @@ def test_lint_is_quiet_after_attach() -> None:
 def test_mdev_uuids() -> None:
     assert domxml.mdev_uuids(spice(dom()).replace(U, U.upper())) == [U]
     assert domxml.mdev_uuids("not xml") == []
+
+
+def test_gtk_display_and_dac_user() -> None:
+    gtk = domxml.attach(dom(), AttachSpec(U, "gtk-gl", x_display=":1"))
+    assert domxml.gtk_display(gtk) == ":1"
+    assert domxml.gtk_display(spice(dom())) is None
+    assert domxml.gtk_display(domxml.detach(gtk, U)) is None
+    assert domxml.dac_user(gtk) is None
+    labelled = dom(extra="<seclabel type='static' model='dac'><label>qemu:kvm</label>"
+                   "</seclabel>")
+    assert domxml.dac_user(labelled) == "qemu"

@@ -1,0 +1,375 @@
+#!/usr/bin/python3
+"""The end-to-end scenario, run inside the VM by gvtd-e2e.service at every boot.
+
+It records what it sees as JSON lines on the second serial port (/dev/ttyS1) and decides
+nothing: the host's pytest asserts each step. Boot 1 drives gvtd through the real kernel's
+mdev core with the sample drivers (mtty, mdpy, mbochs), then reboots; boot 2 looks at what
+came back, stops gvtd and powers off. Waits are on events (udevadm wait, gvt-client
+monitor), each with a deadline so that a broken step is reported instead of hanging.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import queue
+import subprocess
+import threading
+import traceback
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+STATE = Path("/var/lib/gvtd-e2e/state.json")
+PORT = "/dev/ttyS1"
+MDEVS = Path("/sys/bus/mdev/devices")
+BUS = Path("/sys/class/mdev_bus")
+USERS = {"alice": 1000, "bob": 1001}
+DEFINED = {"tty0": ("mtty-2", "mtty"), "fb0": ("mbochs-small", "mbochs")}
+WAIT = 60  # seconds: the deadline of every wait
+
+
+def emit(step: str, **data: Any) -> None:
+    line = json.dumps({"phase": PHASE, "step": step, **data}) + "\n"
+    fd = os.open(PORT, os.O_WRONLY | os.O_NOCTTY)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def sh(*cmd: str, user: str | None = None, timeout: float = 120) -> dict[str, Any]:
+    if user is not None:
+        uid = USERS[user]
+        cmd = ("setpriv", f"--reuid={uid}", f"--regid={uid}", "--init-groups", *cmd)
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                           env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"})
+    except subprocess.TimeoutExpired:
+        return {"cmd": list(cmd), "rc": None, "out": "", "err": "timed out"}
+    return {"cmd": list(cmd), "rc": p.returncode, "out": p.stdout, "err": p.stderr}
+
+
+def client(*args: str, user: str | None = None) -> dict[str, Any]:
+    return sh("gvt-client", *args, user=user)
+
+
+def client_json(*args: str, user: str | None = None) -> Any:
+    r = client(*args, "--json", user=user)
+    return json.loads(r["out"]) if r["rc"] == 0 else r
+
+
+def write(path: Path, text: str) -> str | None:
+    """Write as `echo > file` does; the errno's name when the kernel refuses."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        return errno.errorcode.get(e.errno or 0, str(e.errno))
+    return None
+
+
+def mdev(u: str) -> dict[str, str | None] | None:
+    """What sysfs shows of an mdev. Its `mdev_type` link comes a moment after the device
+    (and its uevents): a device seen in between has type None."""
+    dev = MDEVS / u
+    if not dev.exists():
+        return None
+    try:
+        type_id: str | None = os.path.basename(os.readlink(dev / "mdev_type"))
+    except OSError:
+        type_id = None
+    return {"type": type_id, "parent": os.path.basename(os.path.dirname(os.path.realpath(dev)))}
+
+
+def udev_wait(u: str) -> int | None:
+    """Until the mdev exists, on udev's events."""
+    return sh("udevadm", "wait", "--initialized=no", f"--timeout={WAIT}", str(MDEVS / u),
+              timeout=WAIT + 10)["rc"]
+
+
+def show(unit: str, *props: str) -> dict[str, str]:
+    out = sh("systemctl", "show", unit, "-p", ",".join(props))["out"]
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def uuids() -> dict[str, str]:
+    vgpus = client_json("list")
+    return {v["name"]: v["uuid"] for v in vgpus if v["name"]} if isinstance(vgpus, list) else {}
+
+
+class Monitor:
+    """`gvt-client monitor --json` in the background, its lines on a queue."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(["gvt-client", "monitor", "--json"],
+                                     stdout=subprocess.PIPE, text=True)
+        self.lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.until(lambda e: e.get("event") == "ready")
+
+    def _read(self) -> None:
+        assert self.proc.stdout
+        for line in self.proc.stdout:
+            self.lines.put(json.loads(line))
+        self.lines.put(None)
+
+    def until(self, pred: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+        while True:
+            try:
+                event = self.lines.get(timeout=WAIT)
+            except queue.Empty:
+                return None
+            if event is None or pred(event):
+                return event
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def state_of(name: str, wanted: str, seen: list[str]) -> Callable[[dict[str, Any]], bool]:
+    """A monitor event that sets vGPU `name` to state `wanted`; every state on the way is
+    appended to `seen`."""
+    def pred(event: dict[str, Any]) -> bool:
+        state = event.get("properties", {}).get("State")
+        if event.get("kind") != "vgpu" or event.get("name") != name or state is None:
+            return False
+        seen.append(state)
+        return bool(state == wanted)
+    return pred
+
+
+def bus_error(method: str, signature: str, *body: Any) -> str | None:
+    """Call a Manager method on the system bus; the D-Bus error name it answers, if any."""
+    import asyncio
+
+    from dbus_fast import BusType, Message, MessageType
+    from dbus_fast.aio import MessageBus
+
+    async def call() -> str | None:
+        bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+        try:
+            reply = await bus.call(Message(
+                destination="io.github.gvtd1", path="/io/github/gvtd1",
+                interface="io.github.gvtd1.Manager", member=method, signature=signature,
+                body=list(body)))
+        finally:
+            bus.disconnect()
+        return reply.error_name if reply and reply.message_type == MessageType.ERROR else None
+    return asyncio.run(call())
+
+
+# -- boot 1 ---------------------------------------------------------------------------------
+
+def service() -> None:
+    emit("service", active=sh("systemctl", "is-active", "gvtd")["out"].strip(),
+         show=show("gvtd", "Type", "ActiveState", "SubState", "StatusText", "NRestarts"),
+         status=sh("systemctl", "status", "--no-pager", "gvtd")["out"])
+
+
+def define() -> None:
+    results = [client("define", name, "--type", t, "--parent", p, "--start", "auto")
+               for name, (t, p) in DEFINED.items()]
+    ids = uuids()
+    emit("define", results=results, uuids=ids,
+         sysfs={name: mdev(u) for name, u in ids.items()},
+         parents={p.name: os.path.realpath(p) for p in BUS.iterdir()})
+
+
+def reads() -> None:
+    out: dict[str, Any] = {}
+    for user in (None, "alice"):
+        out[user or "root"] = {cmd: client_json(cmd, user=user)
+                               for cmd in ("parents", "types", "list")}
+    desc = {t.name: (t / "description").exists()
+            for t in (BUS / "mtty/mdev_supported_types").iterdir()}
+    emit("reads", **out, mtty_description_files=desc)
+
+
+def doctor() -> None:
+    """Diagnose reads the real /sys, /proc and kernel log from inside gvtd's sandbox."""
+    emit("doctor", result=client("doctor"), checks=client_json("doctor"))
+
+
+def polkit() -> None:
+    for name in ("m1", "m2"):
+        client("define", name, "--type", "mtty-1", "--parent", "mtty", "--start", "manual")
+    ids = uuids()
+    out = {
+        "alice_define": client("define", "m3", "--type", "mtty-1", "--parent", "mtty",
+                               "--start", "manual", user="alice"),
+        "alice_create": client("create", "m1", user="alice"),
+        "alice_created": mdev(ids.get("m1", "")),
+        "bob_create": client("create", "m2", user="bob"),
+        "bob_created": mdev(ids.get("m2", "")),
+        "alice_remove": client("remove", "m1", user="alice"),
+        "alice_removed": mdev(ids.get("m1", "")),
+    }
+    for name in ("m1", "m2"):
+        client("undefine", name)
+    emit("polkit", **out)
+
+
+def sysfs_remove() -> None:
+    """Remove by hand, then wait for gvtd to say the vGPU is active again (its create has
+    returned, so the mdev is complete)."""
+    u = uuids()["tty0"]
+    mon = Monitor()
+    try:
+        written = write(MDEVS / u / "remove", "1")
+        gone = mdev(u)
+        states: list[str] = []
+        back = mon.until(state_of("tty0", "active", states))
+    finally:
+        mon.close()
+    emit("sysfs_remove", written=written, right_after=gone, event=back, states=states,
+         now=mdev(u), list=client_json("list"))
+
+
+def reload_module() -> None:
+    u = uuids()["tty0"]
+    mon = Monitor()
+    try:
+        rmmod = sh("rmmod", "mtty")
+        states: list[str] = []
+        missing = mon.until(state_of("tty0", "parent-missing", states))
+        during = client_json("list")
+        gone = mdev(u)
+        modprobe = sh("modprobe", "mtty")
+        back = udev_wait(u)
+        active = mon.until(state_of("tty0", "active", states))
+    finally:
+        mon.close()
+    emit("reload_module", rmmod=rmmod, event=missing, states=states, list_during=during,
+         mdev_during=gone,
+         modprobe=modprobe, wait_rc=back, event_after=active, mdev_after=mdev(u))
+
+
+def fill(parent: str, type_id: str) -> dict[str, Any]:
+    """Create mdevs by hand until the kernel says no; then ask gvtd's own sysfs code and
+    gvt-client for one more, and clean up."""
+    from gvtd.errors import GvtdError
+    from gvtd.mdev import Sysfs
+
+    tdir = BUS / parent / "mdev_supported_types" / type_id
+    made: list[str] = []
+    refused = None
+    for _ in range(64):
+        u = str(uuid.uuid4())
+        refused = write(tdir / "create", u)
+        if refused:
+            break
+        made.append(u)
+    out: dict[str, Any] = {"made": len(made), "errno": refused,
+                           "available": (tdir / "available_instances").read_text().strip()}
+    sysfs = Sysfs()
+    try:
+        sysfs.create(sysfs.parent(parent), type_id, str(uuid.uuid4()))  # type: ignore[arg-type]
+        out["gvtd_error"] = None
+    except GvtdError as e:
+        out["gvtd_error"] = [type(e).__name__, e.message]
+    client("define", "over", "--type", type_id, "--parent", parent, "--start", "manual")
+    out["client_create"] = client("create", "over")
+    out["bus_error"] = bus_error("CreateVGPU", "s", "over")
+    client("undefine", "over")
+    for u in made:
+        write(MDEVS / u / "remove", "1")
+    return out
+
+
+def errors() -> None:
+    from gvtd.errors import GvtdError
+    from gvtd.mdev import Sysfs
+
+    u = uuids()["tty0"]
+    out = {"mtty": fill("mtty", "mtty-2"), "mbochs": fill("mbochs", "mbochs-large"),
+           "mdpy": fill("mdpy", "mdpy-vga")}
+    # the same UUID in upper case on another parent: the kernel compares ignoring case
+    tdir = BUS / "mdpy/mdev_supported_types/mdpy-vga"
+    out["upper_errno"] = write(tdir / "create", u.upper())
+    # gvtd takes only the lower-case form, so it never gets that far
+    out["upper_define"] = client("define", "up", "--type", "mdpy-vga", "--parent", "mdpy",
+                                 "--start", "manual", "--uuid", u.upper())
+    out["upper_define_file"] = Path("/etc/gvtd/vgpus.d/up.toml").exists()
+    sysfs = Sysfs()
+    try:
+        sysfs.create(sysfs.parent("mdpy"), "mdpy-vga", u)  # type: ignore[arg-type]
+        out["duplicate_gvtd_error"] = None
+    except GvtdError as e:
+        out["duplicate_gvtd_error"] = [type(e).__name__, e.message]
+    emit("errors", **out)
+
+
+def phase1() -> None:
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    for step in (service, define, reads, doctor, polkit, sysfs_remove, reload_module,
+                 errors):
+        run(step)
+    STATE.parent.mkdir(parents=True, exist_ok=True)
+    STATE.write_text(json.dumps({"boot_id": boot_id, "uuids": uuids()}))
+    os.sync()
+    emit("rebooting", boot_id=boot_id, list=client_json("list"))
+    sh("systemctl", "reboot", "--no-block")
+
+
+# -- boot 2 ---------------------------------------------------------------------------------
+
+def after_reboot() -> None:
+    before = json.loads(STATE.read_text())
+    journal = sh("journalctl", "-b", "-u", "gvtd", "-o", "json", "--no-pager")["out"]
+    entries = [json.loads(line) for line in journal.splitlines() if line.startswith("{")]
+    # when gvtd sent each entry (journald's socket timestamp), against when systemd saw the
+    # process start and READY=1 arrive: all CLOCK_REALTIME microseconds
+    created = [{k: e.get(k) for k in ("MESSAGE", "VGPU_NAME", "VGPU_UUID", "PARENT",
+                                       "_SOURCE_REALTIME_TIMESTAMP")}
+               for e in entries if str(e.get("MESSAGE", "")).startswith("Created vGPU")]
+    unit = "/org/freedesktop/systemd1/unit/gvtd_2eservice"
+    times = {prop: sh("busctl", "get-property", "org.freedesktop.systemd1", unit,
+                      f"org.freedesktop.systemd1.{iface}", prop)["out"].strip()
+             for iface, prop in (("Service", "ExecMainStartTimestamp"),
+                                 ("Unit", "ActiveEnterTimestamp"))}
+    emit("after_reboot", before=before,
+         boot_id=Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+         show=show("gvtd", "ActiveState", "StatusText"), times=times, created=created,
+         sysfs={name: mdev(u) for name, u in before["uuids"].items()},
+         list=client_json("list"))
+
+
+def journal() -> None:
+    out = sh("journalctl", "-u", "gvtd", "-o", "json", "--no-pager", "VGPU_NAME=tty0")["out"]
+    entries = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    emit("journal", entries=[{k: v for k, v in e.items() if not k.startswith("__")}
+                             for e in entries])
+
+
+def stop() -> None:
+    ids = json.loads(STATE.read_text())["uuids"]
+    r = sh("systemctl", "stop", "gvtd")
+    emit("stop", stop=r, active=sh("systemctl", "is-active", "gvtd")["out"].strip(),
+         sysfs={name: mdev(u) for name, u in ids.items()})
+
+
+def phase2() -> None:
+    for step in (after_reboot, journal, stop):
+        run(step)
+    emit("done")
+    sh("systemctl", "poweroff", "--no-block")
+
+
+def run(step: Callable[[], None]) -> None:
+    try:
+        step()
+    except Exception:
+        emit(step.__name__, error=traceback.format_exc())
+
+
+PHASE = 2 if STATE.exists() else 1
+
+if __name__ == "__main__":
+    phase1() if PHASE == 1 else phase2()

@@ -1,0 +1,191 @@
+"""gvtd on a real kernel: a Debian 13 VM with the kernel's sample mdev drivers (mtty, mdpy,
+mbochs), real udev, systemd as PID 1, the system bus and polkitd, across a real reboot.
+
+One VM run (tests/e2e/vm.py) serves the whole module; the guest only records what it sees
+(tests/e2e/guest/scenario.py) and each test here asserts one step of it. The console log,
+the guest's journal and the raw results stay in .cache/e2e/last-run/ after every run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import vm  # noqa: E402
+
+pytestmark = pytest.mark.timeout(900)
+
+
+class Results:
+    def __init__(self, run: vm.Run) -> None:
+        self.run = run
+
+    def step(self, phase: int, name: str) -> dict[str, Any]:
+        found = [r for r in self.run.results if r["phase"] == phase and r["step"] == name]
+        where = self.run.log_paths()
+        assert found, f"the guest reported no step {name!r} in boot {phase} ({where})"
+        assert "error" not in found[-1], f"{name}: {found[-1]['error']} ({where})"
+        return found[-1]
+
+
+@pytest.fixture(scope="module")
+def guest() -> Results:
+    run = vm.run(timeout=600)
+    print(f"e2e run kept in {run.dir}")
+    assert run.returncode is not None, f"the VM did not power off in time ({run.log_paths()})"
+    return Results(run)
+
+
+def test_gvtd_service_is_active_with_its_status(guest: Results) -> None:
+    s = guest.step(1, "service")
+    assert s["active"] == "active"
+    assert s["show"]["Type"] == "notify" and s["show"]["NRestarts"] == "0"
+    assert s["show"]["StatusText"]
+    assert f"Status: \"{s['show']['StatusText']}\"" in s["status"]
+
+
+def test_auto_definitions_on_virtual_parents_are_created(guest: Results) -> None:
+    d = guest.step(1, "define")
+    assert [r["rc"] for r in d["results"]] == [0, 0], d["results"]
+    assert d["sysfs"] == {"tty0": {"type": "mtty-2", "parent": "mtty"},
+                          "fb0": {"type": "mbochs-small", "parent": "mbochs"}}
+    # the samples are virtual devices, not PCI functions
+    assert d["parents"] == {p: f"/sys/devices/virtual/{p}/{p}" for p in ("mtty", "mdpy", "mbochs")}
+
+
+def test_client_reads_as_root_and_as_an_unprivileged_user(guest: Results) -> None:
+    r = guest.step(1, "reads")
+    assert r["root"] == r["alice"]
+    parents = r["alice"]["parents"]
+    assert [(p["address"], p["registered"]) for p in parents] == \
+        [("mbochs", True), ("mdpy", True), ("mtty", True)]
+    types = {t["id"]: t for t in r["alice"]["types"]}
+    assert {"mtty-1", "mtty-2", "mbochs-small", "mdpy-vga"} <= set(types)
+    # mtty types have no description file; the others describe themselves
+    assert r["mtty_description_files"] == {"mtty-1": False, "mtty-2": False}
+    assert "description" not in types["mtty-1"] and "description" not in types["mtty-2"]
+    assert types["mbochs-small"]["description"].startswith("virtual display")
+    assert types["mtty-2"]["name"] == "Dual port serial"
+    assert {v["name"]: (v["state"], v["managed"]) for v in r["alice"]["list"]} == \
+        {"tty0": ("active", True), "fb0": ("active", True)}
+
+
+def test_polkitd_refuses_define_and_a_rule_lets_create_through(guest: Results) -> None:
+    p = guest.step(1, "polkit")
+    assert p["alice_define"]["rc"] == 1
+    assert "Not authorized" in p["alice_define"]["err"]
+    assert "io.github.gvtd1.manage" in p["alice_define"]["err"]
+    # 50-gvtd-e2e.rules grants alice io.github.gvtd1.vgpu, and nobody else
+    assert p["alice_create"]["rc"] == 0, p["alice_create"]
+    assert p["alice_created"] == {"type": "mtty-1", "parent": "mtty"}
+    assert p["bob_create"]["rc"] == 1 and "io.github.gvtd1.vgpu" in p["bob_create"]["err"]
+    assert p["bob_created"] is None
+    assert p["alice_remove"]["rc"] == 0 and p["alice_removed"] is None
+    calls = [v for v in p.values() if isinstance(v, dict) and "err" in v]
+    assert calls and not [c for c in calls if "Traceback" in c["err"]]
+
+
+def test_mdev_removed_through_sysfs_is_recreated(guest: Results) -> None:
+    s = guest.step(1, "sysfs_remove")
+    assert s["written"] is None  # the kernel removed it
+    assert s["event"], f"tty0 never became active again; states seen: {s['states']}"
+    assert s["now"] == {"type": "mtty-2", "parent": "mtty"}
+    assert [v["state"] for v in s["list"] if v["name"] == "tty0"] == ["active"]
+    messages = [e["MESSAGE"] for e in guest.step(2, "journal")["entries"]]
+    assert any("was removed outside gvtd; recreating it" in m for m in messages), messages
+
+
+def test_rmmod_makes_vgpus_parent_missing_and_modprobe_brings_them_back(guest: Results) -> None:
+    m = guest.step(1, "reload_module")
+    assert m["rmmod"]["rc"] == 0 and m["mdev_during"] is None
+    assert m["event"], f"tty0 never became parent-missing; states seen: {m['states']}"
+    assert [v["state"] for v in m["list_during"] if v["name"] == "tty0"] == ["parent-missing"]
+    assert m["modprobe"]["rc"] == 0 and m["wait_rc"] == 0
+    assert m["event_after"], f"tty0 never became active again; states seen: {m['states']}"
+    assert m["mdev_after"] == {"type": "mtty-2", "parent": "mtty"}
+
+
+@pytest.mark.parametrize("parent,errno", [("mtty", "ENOSPC"), ("mbochs", "ENOSPC"),
+                                          ("mdpy", "EUSERS")])
+def test_create_beyond_available_instances_is_no_capacity(guest: Results, parent: str,
+                                                          errno: str) -> None:
+    f = guest.step(1, "errors")[parent]
+    assert f["made"] > 0 and f["available"] == "0"
+    assert f["errno"] == errno  # what the real kernel answers
+    assert f["gvtd_error"][0] == "NoCapacity"  # gvtd's sysfs layer, on that errno
+    assert "No room for another" in f["gvtd_error"][1]
+    assert f["client_create"]["rc"] == 1 and "No room for another" in f["client_create"]["err"]
+    assert f["bus_error"] == "io.github.gvtd1.Error.NoCapacity"  # CreateVGPU on the system bus
+
+
+def test_duplicate_uuid_is_refused_ignoring_case(guest: Results) -> None:
+    e = guest.step(1, "errors")
+    assert e["upper_errno"] == "EEXIST"
+    assert e["upper_define"]["rc"] == 1 and "lower-case" in e["upper_define"]["err"]
+    assert e["upper_define_file"] is False
+    assert e["duplicate_gvtd_error"][0] == "Busy"
+    assert "already exists" in e["duplicate_gvtd_error"][1]
+
+
+def test_vgpus_are_back_after_reboot_before_ready(guest: Results) -> None:
+    a = guest.step(2, "after_reboot")
+    assert a["boot_id"] != a["before"]["boot_id"]
+    assert set(a["before"]["uuids"]) == {"tty0", "fb0"}
+    assert a["sysfs"] == {"tty0": {"type": "mtty-2", "parent": "mtty"},
+                          "fb0": {"type": "mbochs-small", "parent": "mbochs"}}
+    # busctl prints "t USEC"; the entries' time is when gvtd sent them
+    started = int(a["times"]["ExecMainStartTimestamp"].split()[1])
+    ready = int(a["times"]["ActiveEnterTimestamp"].split()[1])  # READY=1 received
+    created = {e["VGPU_NAME"]: int(e["_SOURCE_REALTIME_TIMESTAMP"]) for e in a["created"]}
+    assert set(created) == {"tty0", "fb0"}, a["created"]
+    assert all(started < t < ready for t in created.values()), (started, created, ready)
+    assert a["show"]["StatusText"] == "2 vGPUs active on 2 parents"
+
+
+def test_journal_entries_carry_structured_fields(guest: Results) -> None:
+    uuid = guest.step(2, "after_reboot")["before"]["uuids"]["tty0"]
+    entries = guest.step(2, "journal")["entries"]
+    created = [e for e in entries if e["MESSAGE"].startswith("Created vGPU tty0")]
+    assert created, entries
+    for e in created:
+        assert (e["VGPU_NAME"], e["VGPU_UUID"], e["PARENT"]) == ("tty0", uuid, "mtty")
+        assert (e["PRIORITY"], e["SYSLOG_IDENTIFIER"], e["_SYSTEMD_UNIT"]) == \
+            ("6", "gvtd", "gvtd.service")
+        assert e["LOGGER"] == "gvtd.host" and e["CODE_FUNC"] == "_create"
+
+
+def test_stopping_gvtd_leaves_the_mdevs(guest: Results) -> None:
+    s = guest.step(2, "stop")
+    assert s["stop"]["rc"] == 0 and s["active"] == "inactive"
+    assert s["sysfs"] == {"tty0": {"type": "mtty-2", "parent": "mtty"},
+                          "fb0": {"type": "mbochs-small", "parent": "mbochs"}}
+    guest.step(2, "done")
+    assert guest.run.returncode == 0
+
+
+def test_doctor_reads_the_real_host_from_inside_the_sandbox(guest: Results) -> None:
+    d = guest.step(1, "doctor")
+    assert d["result"]["rc"] == 1 and "checks failed" in d["result"]["err"]  # no Intel GPU
+    assert "Traceback" not in d["result"]["err"]
+    checks = {c["id"]: c for c in json.loads(d["checks"]["out"])}
+    assert checks["platform"]["severity"] == "fail"
+    assert checks["module.mdev"]["severity"] == "pass"
+    assert checks["kernel"]["severity"] == "pass" and "sends mdev parent uevents" in \
+        checks["kernel"]["message"]
+    # /dev/kmsg readable through the unit's DeviceAllow= and CAP_SYSLOG
+    assert checks["log"]["severity"] == "pass", checks["log"]
+    # no IOMMU in this VM: the mdevs' emulated groups do not count
+    assert checks["iommu"]["severity"] == "fail", checks["iommu"]
+
+
+def test_guest_journal_is_kept_and_gvtd_never_failed(guest: Results) -> None:
+    text = (guest.run.dir / "journal.txt").read_text(errors="replace")
+    assert "Started gvtd.service" in text and "Created vGPU tty0" in text  # both boots read
+    assert text.count("Started gvtd.service") == 2
+    for bad in ("Traceback", "gvtd.service: Failed", "gvtd.service: Watchdog timeout"):
+        assert bad not in text, f"{bad!r} in {guest.run.dir / 'journal.txt'}"
