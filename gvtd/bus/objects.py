@@ -77,6 +77,8 @@ class _Mirror(ServiceInterface):
     def __init__(self, iface: str) -> None:
         super().__init__(iface)
         self._props: dict[str, Any] = {}
+        # Called on every change; the object tree drops its GetManagedObjects reply then.
+        self.on_change: Callable[[], None] = lambda: None
 
     def _compute(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -85,8 +87,15 @@ class _Mirror(ServiceInterface):
         new = self._compute()
         changed = {k: v for k, v in new.items() if self._props.get(k) != v}
         self._props = new
+        if changed:
+            self.on_change()
         if changed and emit:
             self.emit_properties_changed(changed)
+
+    def variants(self) -> dict[str, Variant]:
+        """Every property as GetAll shows it, from the snapshot (no getter calls)."""
+        return {p.name: Variant(p.signature, self._props[p.name])
+                for p in ServiceInterface._get_properties(self) if not p.disabled}
 
 
 
