@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dbus_calls  # noqa: E402
 import events  # noqa: E402
+import libvirt_start  # noqa: E402
 import mdevctl  # noqa: E402
 import profiles  # noqa: E402
 import startup  # noqa: E402
@@ -36,6 +37,7 @@ BENCHMARKS: dict[str, tuple[Callable[[], Section], Callable[[], Section]]] = {
     "mdevctl": (lambda: mdevctl.measure(False), lambda: mdevctl.measure(True)),
     "dbus": (lambda: dbus_calls.measure(False), lambda: dbus_calls.measure(True)),
     "profile": (lambda: profiles.measure(False), lambda: profiles.measure(True)),
+    "libvirt": (lambda: libvirt_start.measure(15), lambda: libvirt_start.measure(2)),
 }
 
 DOC_INTRO = """\

@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
-from gvtd import doctor
 from gvtd.errors import Busy, Failed, InvalidArgument
 from gvtd.host import Host
 from gvtd.virt import domxml
 from gvtd.virt.connection import DomainInfo, Libvirt
+
+if TYPE_CHECKING:
+    from gvtd import doctor
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +139,8 @@ class Domains:
 
     def checks(self) -> list[doctor.Check]:
         """doctor's libvirt findings: reachable, and how OpRegion can be set."""
+        from gvtd import doctor  # only for Diagnose: not on the way to READY=1
+
         lv = self.libvirt
         if not lv.connected:
             return [doctor.Check("libvirt", "fail", f"libvirt is not reachable at {lv.uri}.",

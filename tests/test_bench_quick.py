@@ -47,6 +47,9 @@ EXPECTED = [
     "GetId, 4 clients: latency",
     "GetManagedObjects (64 vGPUs), 4 clients: latency",
     "under cProfile: rate",
+    "StartDomain, real libvirtd",
+    "libvirt-python create(), same domain",
+    "StartDomain, test:/// driver",
 ]
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from dbus_fast import DBusError, PropertyAccess, Variant
 from dbus_fast.service import ServiceInterface, dbus_property, method
 
-from gvtd import __version__, doctor, names
+from gvtd import __version__, names
 from gvtd.bus.auth import authorized, define_details
 from gvtd.domains import attach_options, hook_options, stop_options
 from gvtd.errors import Failed, GvtdError, InvalidArgument
@@ -191,6 +191,8 @@ class ManagerInterface(_Mirror):
     async def Diagnose(self) -> "a(ssss)":  # noqa: F821
         """Host checks (gvtd.doctor) over the roots gvtd.toml names; a read, open to all.
         In a worker thread: reading the kernel log must not hold up uevents or calls."""
+        from gvtd import doctor  # only here: not on the way to READY=1
+
         roots = doctor.HostRoots.from_settings(self.daemon.settings)
         uuids = [d.uuid for d in self.host.definitions.values()]
         checks = await asyncio.to_thread(doctor.diagnose, roots, uuids)
