@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dbus_calls  # noqa: E402
 import events  # noqa: E402
+import libvirt_start  # noqa: E402
 import mdevctl  # noqa: E402
 import profiles  # noqa: E402
 import soak  # noqa: E402
@@ -39,6 +40,7 @@ BENCHMARKS: dict[str, tuple[Callable[[], Section], Callable[[], Section]]] = {
     "dbus": (lambda: dbus_calls.measure(False), lambda: dbus_calls.measure(True)),
     "profile": (lambda: profiles.measure(False), lambda: profiles.measure(True)),
     "soak": (lambda: soak.measure(1800.0), lambda: soak.measure(10.0)),
+    "libvirt": (lambda: libvirt_start.measure(15), lambda: libvirt_start.measure(2)),
 }
 
 DOC_INTRO = """\

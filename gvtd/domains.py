@@ -8,13 +8,17 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gvtd import cputopo, doctor, names
+from gvtd import cputopo, names
 from gvtd.config import atomic_write
 from gvtd.errors import Busy, Failed, InvalidArgument, NotFound
 from gvtd.host import Host
 from gvtd.virt import domxml, tune
 from gvtd.virt.connection import DomainInfo, Libvirt
+
+if TYPE_CHECKING:
+    from gvtd import doctor
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +205,8 @@ class Domains:
 
     def checks(self) -> list[doctor.Check]:
         """doctor's libvirt findings: reachable, and how OpRegion can be set."""
+        from gvtd import doctor  # only for Diagnose: not on the way to READY=1
+
         lv = self.libvirt
         if not lv.connected:
             return [doctor.Check("libvirt", "fail", f"libvirt is not reachable at {lv.uri}.",
@@ -221,6 +227,7 @@ class Domains:
 
     def _display_checks(self) -> list[doctor.Check]:
         """One X access finding per (user, display) that gtk-gl domains open windows on."""
+        from gvtd import doctor
         users: dict[tuple[str, str], list[str]] = {}
         default: str | None = None
         for name, info in sorted(self.libvirt.domains.items()):

@@ -218,16 +218,17 @@ class Host:
 
     async def _converge(self) -> None:
         """Adopt what exists, create every `auto` vGPU that should exist and does not."""
+        adopted: dict[str, str] = {}
         for name, d in self.definitions.items():
             mdev = self.mdevs.get(d.uuid)
             if mdev is not None and (d.type is None or mdev.type_id == d.type):
                 if d.uuid not in self.ownership:
                     log.info("Adopting existing mdev %s for %s", d.uuid, name,
                              extra=_fields(name, d.uuid, mdev.parent))
-                self.ownership.add(d.uuid, name)
+                adopted[d.uuid] = name
                 self.blocked.pop(d.uuid, None)
-        touched_parents: set[str] = set()
-        touched: set[str] = set()
+        self.ownership.add_all(adopted)
+        plan: list[tuple[str, reconcile.Target, int]] = []
         for name, target in reconcile.to_create(self.definitions, list(self.parents.values()),
                                                 self.mdevs):
             uuid = self.definitions[name].uuid
@@ -241,10 +242,22 @@ class Host:
                     continue  # nothing changed since it failed: no retry storm
             if not self._may_create(name, uuid):
                 continue
+            plan.append((name, target, available))
+        try:  # the whole batch in one durable write, before any create: see state.py
+            self.ownership.add_all({self.definitions[n].uuid: n for n, _, _ in plan})
+        except OSError as e:
+            for name, target, _ in plan:
+                self._unrecorded(name, target, e)
+                self.blocked[self.definitions[name].uuid] = None
+            plan = []
+        touched_parents: set[str] = set()
+        touched: set[str] = set()
+        for name, target, available in plan:
+            uuid = self.definitions[name].uuid
             try:
                 reconcile.check_capacity(target, lambda: self.sysfs.no_capacity_message(
                     target.parent.name, target.type_id))
-                await self._create(name, target)
+                await self._create(name, target, recorded=True)
                 self.blocked.pop(uuid, None)
             except GvtdError as e:
                 self.errors[name] = e.message
@@ -254,25 +267,34 @@ class Host:
             touched.add(uuid)
         if touched:
             self._reread(touched_parents, touched)
+            # recorded for the batch but never written (no room left): not gvtd's after all
+            self.ownership.discard_all([u for u in touched if u not in self.mdevs])
         self.publish()
 
-    async def _create(self, name: str, target: reconcile.Target) -> None:
+    def _unrecorded(self, name: str, target: reconcile.Target, e: OSError) -> Failed:
+        """A vGPU not created because the state file could not record it first."""
+        self.errors[name] = (f"Cannot record the vGPU in {self.ownership.path}: "
+                             f"{e.strerror}; it was not created. Free space there.")
+        log.error("Not creating vGPU %s: %s", name, self.errors[name],
+                  extra=_fields(name, self.definitions[name].uuid, target.parent.name))
+        return Failed(self.errors[name])
+
+    async def _create(self, name: str, target: reconcile.Target, recorded: bool = False) -> None:
+        """Record (unless the caller recorded a batch), then write the create."""
         d = self.definitions[name]
         fields = _fields(name, d.uuid, target.parent.name)
-        try:
-            self.ownership.add(d.uuid, name)  # before the write: see state.py
-        except OSError as e:
-            self.errors[name] = (f"Cannot record the vGPU in {self.ownership.path}: "
-                                 f"{e.strerror}; it was not created. Free space there.")
-            log.error("Not creating vGPU %s: %s", name, self.errors[name], extra=fields)
-            raise Failed(self.errors[name]) from e
+        if not recorded:
+            try:
+                self.ownership.add(d.uuid, name)  # before the write: see state.py
+            except OSError as e:
+                raise self._unrecorded(name, target, e) from e
         try:
             await asyncio.to_thread(self.sysfs.create, target.parent, target.type_id, d.uuid)
             for attr, value in d.attrs:
                 await asyncio.to_thread(self.sysfs.write_attr, d.uuid, attr, value)
         except GvtdError as e:
             self.errors[name] = e.message
-            if d.uuid not in self.sysfs.mdevs():
+            if self.sysfs.mdev(d.uuid) is None:
                 self.ownership.discard(d.uuid)
             log.error("Could not create vGPU %s: %s", name, e.message, extra=fields)
             raise

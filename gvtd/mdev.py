@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gvtd import gvt
-from gvtd.config import ATTR_NAME_RE, UUID_RE
+from gvtd.config import ATTR_NAME_RE, TYPE_RE, UUID_RE
 from gvtd.errors import Busy, Failed, GvtdError, InvalidArgument, NoCapacity, NotFound, ParentMissing
 
 PCI_DISPLAY_CLASS = 0x03
@@ -184,7 +184,12 @@ class Sysfs:
         type_id = _link_name(dev / "mdev_type")
         if not type_id:
             return None
-        parent_dir = os.path.dirname(os.path.realpath(dev))
+        # The bus's entry links straight to the device's directory below its parent: one
+        # readlink, where realpath would look up every component of the path again.
+        try:
+            parent_dir = os.path.dirname(os.readlink(dev))
+        except OSError:
+            return None
         return Mdev(uuid=uuid, parent=os.path.basename(parent_dir), type_id=type_id)
 
     def mdevs(self) -> dict[str, Mdev]:
@@ -200,18 +205,25 @@ class Sysfs:
         this returns, the mdev exists."""
         _check_uuid(uuid)
         types_dir = Path(parent.syspath) / "mdev_supported_types"
-        listed = list_dir(types_dir)  # what the kernel lists now, not what we saw before
-        if not listed:
-            raise ParentMissing(
-                f"The mdev parent {parent.name} is not registered: for GVT-g, check that "
-                "i915.enable_gvt=1 is on the kernel command line and the kvmgt module is "
-                "loaded (`gvt-client doctor` checks both)."
-            )
-        if type_id not in listed:
-            raise InvalidArgument(f"{parent.name} has no mdev type {type_id!r}; it offers: "
-                                  f"{', '.join(listed)}.")
         try:
+            if not TYPE_RE.fullmatch(type_id):  # never a path of its own
+                raise FileNotFoundError
             self._write(types_dir / type_id / "create", uuid)
+        except FileNotFoundError:
+            # Only now ask why: what the kernel lists now, not what we saw before. (Listing
+            # before every create cost a directory read per vGPU.)
+            listed = list_dir(types_dir)
+            if not listed:
+                raise ParentMissing(
+                    f"The mdev parent {parent.name} is not registered: for GVT-g, check that "
+                    "i915.enable_gvt=1 is on the kernel command line and the kvmgt module is "
+                    "loaded (`gvt-client doctor` checks both)."
+                ) from None
+            if type_id not in listed:
+                raise InvalidArgument(f"{parent.name} has no mdev type {type_id!r}; it offers: "
+                                      f"{', '.join(listed)}.") from None
+            raise Failed(f"Creating a {type_id} vGPU on {parent.name} failed: its create "
+                         "file is missing.") from None
         except OSError as e:
             raise self._create_error(e, parent, type_id, uuid) from e
 

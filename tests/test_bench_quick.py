@@ -50,6 +50,9 @@ EXPECTED = [
     "soak: RSS slope",
     "soak: open fd slope",
     "soak: unexpected errors",
+    "StartDomain, real libvirtd",
+    "libvirt-python create(), same domain",
+    "StartDomain, test:/// driver",
 ]
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from dbus_fast import DBusError, PropertyAccess, Variant
 from dbus_fast.service import ServiceInterface, dbus_property, method
 
-from gvtd import __version__, doctor, names
+from gvtd import __version__, names
 from gvtd.bus.auth import authorized, define_details
 from gvtd.domains import attach_options, hook_options, stop_options, tune_options
 from gvtd.errors import Busy, Failed, GvtdError, InvalidArgument
@@ -81,6 +81,8 @@ class _Mirror(ServiceInterface):
     def __init__(self, iface: str) -> None:
         super().__init__(iface)
         self._props: dict[str, Any] = {}
+        # Called on every change; the object tree drops its GetManagedObjects reply then.
+        self.on_change: Callable[[], None] = lambda: None
 
     def _compute(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -89,8 +91,15 @@ class _Mirror(ServiceInterface):
         new = self._compute()
         changed = {k: v for k, v in new.items() if self._props.get(k) != v}
         self._props = new
+        if changed:
+            self.on_change()
         if changed and emit:
             self.emit_properties_changed(changed)
+
+    def variants(self) -> dict[str, Variant]:
+        """Every property as GetAll shows it, from the snapshot (no getter calls)."""
+        return {p.name: Variant(p.signature, self._props[p.name])
+                for p in ServiceInterface._get_properties(self) if not p.disabled}
 
 
 
@@ -193,6 +202,8 @@ class ManagerInterface(_Mirror):
     async def Diagnose(self) -> "a(ssss)":  # noqa: F821
         """Host checks (gvtd.doctor) over the roots gvtd.toml names; a read, open to all.
         In a worker thread: reading the kernel log must not hold up uevents or calls."""
+        from gvtd import doctor  # only here: not on the way to READY=1
+
         roots = doctor.HostRoots.from_settings(self.daemon.settings)
         uuids = [d.uuid for d in self.host.definitions.values()]
         checks = await asyncio.to_thread(doctor.diagnose, roots, uuids)

@@ -212,6 +212,44 @@ def test_undefine_removes_what_gvtd_created(sim: Simulation) -> None:
     assert e.value.name == ERR + "NotFound"
 
 
+def _objects_by_getall(sim: Simulation) -> dict[str, dict[str, dict[str, object]]]:
+    """What GetManagedObjects must answer, asked another way: the object paths from
+    introspection, each interface's properties from Properties.GetAll."""
+    out = {}
+    for prefix in (names.PARENT_PREFIX, names.VGPU_PREFIX, names.DOMAIN_PREFIX):
+        xml = sim.client.call("Introspect", path=prefix,
+                              iface="org.freedesktop.DBus.Introspectable")[0]
+        for node in ET.fromstring(xml).findall("node"):
+            path = f"{prefix}/{node.get('name')}"
+            xml = sim.client.call("Introspect", path=path,
+                                  iface="org.freedesktop.DBus.Introspectable")[0]
+            out[path] = {i.get("name", ""): sim.client.props(path, i.get("name", ""))
+                         for i in ET.fromstring(xml).iter("interface")
+                         if i.get("name", "").startswith("io.github.gvtd1")}
+    return out
+
+
+def test_managed_objects_follow_every_change(sim: Simulation) -> None:
+    """GetManagedObjects answers from a reply built once per change: after an object is
+    added, changed or removed it must show exactly what each object says itself."""
+    assert sim.client.objects() == _objects_by_getall(sim)
+    path = sim.client.define(name="win10", type="i915-GVTg_V5_4", domain="win10")
+    sim.client.wait_for(lambda m: m.member == "InterfacesAdded"
+                        and m.body[0] == names.domain_path("win10"))
+    objects = sim.client.objects()
+    assert objects[path][names.VGPU_IFACE]["State"] == "active"
+    assert objects == _objects_by_getall(sim)
+    sim.client.call("RemoveVGPU", "s", ["win10"])
+    objects = sim.client.objects()
+    assert objects[path][names.VGPU_IFACE]["State"] == "inactive"
+    assert objects == _objects_by_getall(sim)
+    sim.client.call("Undefine", "s", ["win10"])
+    sim.client.wait_for(lambda m: m.member == "InterfacesRemoved" and m.body[0] == path)
+    objects = sim.client.objects()
+    assert path not in objects
+    assert objects == _objects_by_getall(sim)
+
+
 def test_state_directory_records_what_gvtd_created(sim: Simulation) -> None:
     sim.client.define(name="win10", type="i915-GVTg_V5_4", uuid=UUID)
     assert UUID in (sim.state_dir / "created.json").read_text()

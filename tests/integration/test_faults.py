@@ -53,6 +53,29 @@ def test_killed_around_the_create_write(sim: Simulation, phase: str) -> None:
     assert (sim.config_dir / "vgpus.d" / "win10.toml").read_text().count(U) == 1
 
 
+@pytest.mark.parametrize("phase", ["before", "after"])
+def test_killed_in_a_batch_of_creates(sim: Simulation, phase: str) -> None:
+    """A reload that creates three vGPUs records all three in one write before the first
+    create; killed at that create, the restart leaks none and creates none twice. The GPU
+    has room for two: the third's record is dropped again, since it was never made."""
+    uuids = [f"fff6f017-3417-4ad3-b05e-17ae3e1a46{i:02}" for i in range(3)]
+    (sim.config_dir / "vgpus.d").mkdir(exist_ok=True)
+    for i, u in enumerate(uuids):
+        (sim.config_dir / "vgpus.d" / f"vm{i}.toml").write_text(
+            f'uuid = "{u}"\ntype = "i915-GVTg_V5_8"\n')
+    sim.sim_call("KillOnWrite", "ss", ["/create", phase])
+    with pytest.raises(CallError):
+        sim.client.call("Reload")
+    restarted(sim)
+    v = sim.client.vgpus()
+    assert [v[n]["State"] for n in ("vm0", "vm1", "vm2")] == ["active", "active", "failed"]
+    assert "No room" in v["vm2"]["LastError"]
+    made = uuids[:2]
+    assert sorted(p.name for p in (sim.root / "sys/bus/mdev/devices").iterdir()) == made
+    assert sorted(c for c in creates(sim) if c[1] == "ok") == [(u, "ok") for u in made]
+    assert owned(sim) == {made[0]: "vm0", made[1]: "vm1"}
+
+
 @pytest.mark.parametrize("phase, state", [("before", "active"), ("after", "inactive")])
 def test_killed_around_the_remove_write(sim: Simulation, phase: str, state: str) -> None:
     sim.client.define(name="m", type="i915-GVTg_V5_4", uuid=U, start="manual")
