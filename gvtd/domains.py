@@ -72,7 +72,7 @@ class Domains:
     def _changed(self, names: set[str]) -> None:
         now = {n for n, i in self.libvirt.domains.items() if i.active}
         for name in sorted(names & (self._active - now)):
-            if self.libvirt.connected:  # off, not merely out of sight
+            if self.libvirt.conn is not None:  # off, not merely out of sight
                 asyncio.get_running_loop().create_task(self._stopped(name))
         self._active = now
         self.host.publish()

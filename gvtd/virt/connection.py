@@ -64,10 +64,13 @@ class Libvirt:
         self._reconnecting: asyncio.Task[None] | None = None
         self._stopped: dict[str, list[asyncio.Future[None]]] = {}
         self._closing = False
+        self._synced: libvirt.virConnect | None = None  # the connection whose domains are read
 
     @property
     def connected(self) -> bool:
-        return self.conn is not None
+        """True once the connection's domains have been read: a client that sees
+        LibvirtConnected never sees the domains (and their problems) still missing."""
+        return self.conn is not None and self._synced is self.conn
 
     async def start(self) -> None:
         global _event_impl_registered
@@ -112,6 +115,7 @@ class Libvirt:
         log.info("Connected to libvirt at %s", self.uri)
         await self.resync()
         if self.conn is conn:
+            self._synced = conn
             self.on_change(set())  # LibvirtConnected, even when the resync failed
         return True
 
