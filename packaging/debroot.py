@@ -33,7 +33,25 @@ from pathlib import Path
 TOP = Path(__file__).resolve().parent.parent
 CACHE = TOP / ".cache" / "debroot"
 SUITE = "trixie"
-MIRROR = "http://deb.debian.org/debian"
+
+
+def host_mirror() -> str:
+    """The Debian mirror this machine's apt uses (its sources, deb822 or one-line), so the
+    roots come from wherever the host is allowed to fetch packages."""
+    sources = Path("/etc/apt/sources.list.d")
+    for f in sorted(sources.glob("*.sources")) if sources.is_dir() else []:
+        for m in re.finditer(r"^URIs:\s*(\S+)", f.read_text(), re.M):
+            if m.group(1).rstrip("/").endswith("/debian"):
+                return m.group(1)
+    listed = Path("/etc/apt/sources.list")
+    text = listed.read_text() if listed.exists() else ""
+    for m in re.finditer(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)", text, re.M):
+        if m.group(1).rstrip("/").endswith("/debian"):
+            return m.group(1)
+    raise SystemExit("No Debian mirror in /etc/apt/sources.list(.d): add one to build roots.")
+
+
+MIRROR = host_mirror()
 
 
 def control_field(name: str) -> list[str]:
