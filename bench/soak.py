@@ -1,6 +1,7 @@
 """Soak: random creates, removes, domain starts and stops and kernel events against one
 gvtd for a while; its RSS and open file descriptors must stay flat, and every error it
-answers must be one the operation can expect.
+answers must be one the operation can expect. At the end, once gvtd has caught up, the
+vGPUs it shows active must be exactly the mdevs the kernel holds (none leaked, none lost).
 
     .venv/bin/python bench/soak.py [--duration SECONDS] [--seed N]   # default 30 min
     .venv/bin/python bench/soak.py --quick                          # 10 s
@@ -26,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import SIM, Client, Figure, Section, sim_props, text_table  # noqa: E402
+from common import SIM, Client, Figure, Section, settle, sim_props, text_table  # noqa: E402
 from harness import CallError  # noqa: E402
 
 from gvtd import names  # noqa: E402
@@ -49,6 +50,23 @@ def usage(pid: int) -> tuple[float, int]:
     rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text()
                .splitlines() if line.startswith("VmRSS:"))
     return float(rss), len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+def disagreement(client: Client) -> list[str]:
+    """What gvtd shows against what the kernel holds once gvtd has caught up: every mdev in
+    the kernel must be a vGPU gvtd shows active, and nothing gvtd shows active may be gone."""
+    devices = Path(sim_props(client)["Root"]) / "sys/bus/mdev/devices"
+
+    def kernel() -> set[str]:
+        return {d.name for d in devices.iterdir()} if devices.is_dir() else set()
+
+    def agree(view: dict[str, dict[str, object]]) -> bool:
+        return {str(v["UUID"]) for v in view.values() if v["State"] == "active"} == kernel()
+
+    shown = {str(v["UUID"]) for v in settle(client, agree).values() if v["State"] == "active"}
+    held = kernel()
+    return [f"gvtd shows {u} active, the kernel has no such mdev" for u in sorted(shown - held)] \
+        + [f"the kernel has {u}, gvtd does not show it active" for u in sorted(held - shown)]
 
 
 def slope_per_minute(times: list[float], values: list[float]) -> float:
@@ -124,6 +142,7 @@ def measure(duration: float = 1800.0, seed: int = 1) -> Section:
             if op == "vanish":  # let gvtd follow (and restore) before the next step
                 client.call("Ping", dest=names.BUS_NAME, iface="org.freedesktop.DBus.Peer")
         sim("RegisterParent", "s", [PARENT])
+        unexpected += disagreement(client)
         if sim_props(client)["DaemonPid"] != pid:
             unexpected.append("gvtd restarted during the soak")
         elapsed = time.monotonic() - started
