@@ -6,8 +6,10 @@ vGPUs it shows active must be exactly the mdevs the kernel holds (none leaked, n
     .venv/bin/python bench/soak.py [--duration SECONDS] [--seed N]   # default 30 min
     .venv/bin/python bench/soak.py --quick                          # 10 s
 
-The slopes are least-squares fits over the samples after the first tenth of the run (the
-caches and the allocator's arenas fill then), per minute. Errors gvtd answers that the
+The slopes are least-squares fits, per minute, over the samples after the first tenth of the
+run (the caches and the allocator's arenas fill then) and over its second half: memory that
+grows in steps while bounded caches fill (dbus-fast keeps up to 1,024 validated object paths,
+the interpreter's table of interned strings doubles once) shows in the first, a leak in both. Errors gvtd answers that the
 operation can meet on a healthy host (no room, a parent away, a stop that times out) are
 counted, as are the emulated kernel's refusals of an event (no room for a foreign mdev,
 nothing to remove); any other error from gvtd, or gvtd restarting, is unexpected.
@@ -69,9 +71,9 @@ def disagreement(client: Client) -> list[str]:
         + [f"the kernel has {u}, gvtd does not show it active" for u in sorted(held - shown)]
 
 
-def slope_per_minute(times: list[float], values: list[float]) -> float:
-    """Least-squares slope after the first tenth of the samples, per minute."""
-    start = len(times) // 10
+def slope_per_minute(times: list[float], values: list[float], skip: float = 0.1) -> float:
+    """Least-squares slope per minute, leaving out the first `skip` of the samples."""
+    start = int(len(times) * skip)
     t, v = times[start:], values[start:]
     if len(t) < 2 or t[-1] == t[0]:
         return float("nan")
@@ -151,11 +153,16 @@ def measure(duration: float = 1800.0, seed: int = 1) -> Section:
                        higher=True))
         sec.add(Figure("soak: daemon RSS", rss, unit="KiB"))
         sec.add(Figure("soak: RSS slope", [slope_per_minute(times, rss)], unit="KiB/min"))
+        sec.add(Figure("soak: RSS slope, second half", [slope_per_minute(times, rss, 0.5)],
+                       unit="KiB/min"))
         sec.add(Figure("soak: open fds", fds, unit="fds"))
         sec.add(Figure("soak: open fd slope", [slope_per_minute(times, fds)], unit="fds/min"))
         sec.add(Figure("soak: unexpected errors", [float(len(unexpected))], unit="errors"))
         sec.notes.append(f"{total} operations in {elapsed:.0f} s: " + ", ".join(
             f"{k} {v}" for k, v in sorted(done.items())))
+        tenths = [rss[min(len(rss) - 1, len(rss) * i // 10)] for i in range(11)]
+        sec.notes.append("RSS (KiB) at each tenth of the run: "
+                         + ", ".join(f"{r:,.0f}" for r in tenths))
         sec.notes.append("expected errors: " + (", ".join(
             f"{k} {v}" for k, v in sorted(expected.items())) or "none"))
         sec.notes += [f"UNEXPECTED {u}" for u in unexpected[:20]]

@@ -20,10 +20,11 @@ import filelists  # noqa: E402
 
 
 def without_modules(paths: set[str]) -> set[str]:
-    """A listing's files and empty directories, less the Python tree and the docs."""
+    """A listing's files and empty directories, less the Python tree, the docs and the
+    license text (%doc and %license in the spec)."""
     out = {p.rstrip("/") for p in paths}
     leaves = {p for p in out if not any(q.startswith(p + "/") for q in out)}
-    return {p for p in leaves if "-packages/" not in p and "/doc/" not in p}
+    return {p for p in leaves if not any(s in p for s in ("-packages/", "/doc/", "/licenses/"))}
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,7 @@ def test_rpm_ships_what_the_spec_names(rpm: Path) -> None:
     listed = set(rpm_query(rpm, "-l"))
     assert filelists.normal(without_modules(listed)) == filelists.rpm()
     assert any(p.endswith("-packages/gvtd/daemon.py") for p in listed)
+    assert any("/licenses/gvtd" in p and p.endswith("/COPYING") for p in listed)
     assert rpm_query(rpm, "-c") == ["/etc/gvtd/gvtd.toml"]
     assert {"python3-pydantic", "python3-dbus-fast", "polkit"} <= set(rpm_query(rpm, "-R"))
 
