@@ -65,6 +65,7 @@ class Libvirt:
         self._stopped: dict[str, list[asyncio.Future[None]]] = {}
         self._closing = False
         self._synced: libvirt.virConnect | None = None  # the connection whose domains are read
+        self._failure: str | None = None  # why the last attempt failed: said once, not per retry
 
     @property
     def connected(self) -> bool:
@@ -100,24 +101,34 @@ class Libvirt:
         try:
             conn = await asyncio.to_thread(libvirt.open, self.uri)
         except libvirt.libvirtError as e:
-            log.warning("Cannot connect to libvirt at %s: %s", self.uri, e.get_error_message())
+            self._failed(e.get_error_message())
             return False
         try:
             conn.registerCloseCallback(self._on_close, None)
             conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
                                         self._on_lifecycle, None)
         except libvirt.libvirtError as e:  # libvirtd went away right after accepting us
-            log.warning("Lost libvirt at %s while connecting: %s", self.uri,
-                        e.get_error_message())
+            self._failed(f"lost while connecting: {e.get_error_message()}")
             _drop(conn)
             return False
         self.conn = conn
+        self._failure = None
         log.info("Connected to libvirt at %s", self.uri)
         await self.resync()
         if self.conn is conn:
             self._synced = conn
             self.on_change(set())  # LibvirtConnected, even when the resync failed
         return True
+
+    def _failed(self, why: str) -> None:
+        """A warning when libvirt becomes unreachable or fails differently; the retries that
+        fail the same way (every 30 s while libvirtd is stopped) only at debug level."""
+        if why == self._failure:
+            log.debug("Still cannot connect to libvirt at %s: %s", self.uri, why)
+            return
+        self._failure = why
+        log.warning("Cannot connect to libvirt at %s: %s; retrying in the background, "
+                    "domains are unavailable until then", self.uri, why)
 
     def _reconnect_later(self) -> None:
         if self._closing or (self._reconnecting and not self._reconnecting.done()):
