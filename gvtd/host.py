@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 RESTORE_LIMIT = 3  # automatic re-creations of one vGPU after its first ...
 RESTORE_WINDOW = 60.0  # ... within this many seconds, before gvtd gives up on it
+ARRIVING_RETRIES = 10  # re-reads of an mdev still without its type link: 10 ms doubling,
+ARRIVING_MAX_DELAY = 1.0  # at most 1 s apart (about 4 s in all)
 
 
 def _fields(name: str = "", uuid: str = "", parent: str = "") -> dict[str, str]:
@@ -70,6 +72,7 @@ class Host:
         self.lock = asyncio.Lock()
         self._pending: list[Uevent] = []
         self._drainer: asyncio.Task[None] | None = None
+        self._arriving: dict[str, int] = {}  # mdev UUID -> re-reads so far (see _reread)
         # Set by gvtd.domains when libvirt is wired in: which domain uses a UUID, and which
         # running domain does.
         self.domain_of: Callable[[str], str] = lambda uuid: ""
@@ -120,8 +123,12 @@ class Host:
             mdev = self.sysfs.mdev(uuid)
             if mdev is None:
                 self.mdevs.pop(uuid, None)
+                if self.sysfs.mdev_arriving(uuid):
+                    self._read_again(uuid)
+                    continue
             else:
                 self.mdevs[uuid] = mdev
+            self._arriving.pop(uuid, None)
         for name in parents:
             parent = self.sysfs.parent(name)
             if parent is not None and parent.registered:
@@ -132,6 +139,20 @@ class Host:
             elif parent is not None:
                 self.parents[name] = parent
         self.parents = dict(sorted(self.parents.items()))
+
+    def _read_again(self, uuid: str) -> None:
+        """No event follows the `mdev_type` link of a new mdev: read it again shortly, so
+        that an mdev created by someone else is not missed for having been read too early."""
+        tries = self._arriving.get(uuid, 0)
+        if tries >= ARRIVING_RETRIES:
+            del self._arriving[uuid]
+            log.warning("mdev %s still has no mdev_type link; ignoring it until its next "
+                        "event", uuid, extra=_fields(uuid=uuid))
+            return
+        self._arriving[uuid] = tries + 1
+        asyncio.get_running_loop().call_later(
+            min(0.01 * 2 ** tries, ARRIVING_MAX_DELAY), self.on_uevents,
+            [Uevent("settle", mdev=uuid)])
 
     def on_uevents(self, events: list[Uevent]) -> None:
         """Queue events; one pass handles all that arrived, once the lock is free."""

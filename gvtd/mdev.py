@@ -192,6 +192,12 @@ class Sysfs:
             return None
         return Mdev(uuid=uuid, parent=os.path.basename(parent_dir), type_id=type_id)
 
+    def mdev_arriving(self, uuid: str) -> bool:
+        """The mdev is on the bus but its `mdev_type` link is not there yet: Linux adds the
+        link after the mdev's add and bind uevents, so a reader quick enough meets this."""
+        return UUID_RE.fullmatch(uuid) is not None and os.path.lexists(self._mdevs / uuid) \
+            and not os.path.lexists(self._mdevs / uuid / "mdev_type")
+
     def mdevs(self) -> dict[str, Mdev]:
         """Every mdev the kernel has, on any parent. The type comes from the `mdev_type`
         link (uevents carry no type)."""

@@ -20,7 +20,8 @@ The owner process must run under ``umockdev-wrapper``. Children (the daemon, ude
 tests) get ``child_env()``: the inherited ``LD_PRELOAD`` plus ``UMOCKDEV_DIR=<root>``.
 
 Every change is synchronous and emits the uevents Linux 6.1 emits, in its order:
-create: ``add`` mdev, ``add`` vfio-dev/vfioN, ``bind`` mdev (DRIVER=<mdev driver>);
+create: ``add`` mdev, ``add`` vfio-dev/vfioN, ``bind`` mdev (DRIVER=<mdev driver>), and
+only then the ``mdev_type`` link (and the type's ``devices/`` entry), with no event of its own;
 remove: ``remove`` vfioN, ``unbind`` mdev, ``remove`` mdev; a create that the driver's probe
 refuses (ENOSPC): ``add`` then ``remove`` of the mdev; register/unregister: ``change`` on the
 parent with ``MDEV_STATE=registered``/``unregistered`` (unregistering removes mdevs first).
@@ -63,6 +64,7 @@ class EmulatedHost:
         self._stalled: threading.Event | None = None  # see stall_writes()
         self._stall_hit = threading.Event()
         self._stalled_path = ""
+        self._untyped_next = False  # see add_untyped_mdev()
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -157,6 +159,26 @@ class EmulatedHost:
             raise _err(errno.EINVAL)
         with self._op:
             return self._create(parent, type_id, str(uuidlib.uuid4()))
+
+    def add_untyped_mdev(self, parent: str, type_id: str) -> str:
+        """As add_foreign_mdev, but the ``mdev_type`` link stays missing until
+        :meth:`type_mdev`: the moment a reader can meet on Linux between the uevents and
+        the link, held open."""
+        with self._lock:
+            self._untyped_next = True
+        try:
+            return self.add_foreign_mdev(parent, type_id)
+        finally:
+            with self._lock:
+                self._untyped_next = False
+
+    def type_mdev(self, uuid: str) -> None:
+        """Add the held ``mdev_type`` link, without an event, as Linux does."""
+        with self._lock:
+            m = self.kernel.mdevs.get(uuid)
+            if m is None:
+                raise _err(errno.ENOENT)
+            m.typed = True
 
     def forget_mdevs(self) -> None:
         """A reboot: every mdev is gone at once, without uevents (nobody listens across it)."""
@@ -280,6 +302,8 @@ class EmulatedHost:
             m.bound = True
         self.tb.link(f"/sys/bus/mdev/drivers/{p.mdev_driver}/{uuid}", dev)
         self.tb.send(dev, "bind")
+        with self._lock:
+            m.typed = not self._untyped_next
         return uuid
 
     def _failed_probe(self, p: Parent, type_id: str, uuid: str) -> None:

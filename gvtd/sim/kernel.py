@@ -84,6 +84,7 @@ class Mdev:
     bound: bool = False
     vfio_present: bool = False
     removing: bool = False
+    typed: bool = False  # the mdev_type link: Linux adds it after the add and bind uevents
 
 
 class WriteRecord(NamedTuple):

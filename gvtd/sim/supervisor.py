@@ -90,6 +90,16 @@ class SimulatorInterface(ServiceInterface):
         return self._do(self.sup.host.add_foreign_mdev, parent, type_id)
 
     @method()
+    def AddUntypedMdev(self, parent: "s", type_id: "s") -> "s":  # noqa: F821
+        """AddForeignMdev, but its mdev_type link is held back until TypeMdev: what a
+        reader can meet on Linux between an mdev's uevents and the link that follows them."""
+        return self._do(self.sup.host.add_untyped_mdev, parent, type_id)
+
+    @method()
+    def TypeMdev(self, uuid: "s") -> None:  # noqa: F821
+        self._do(self.sup.host.type_mdev, uuid)
+
+    @method()
     async def Reboot(self) -> None:
         await self.sup.reboot()
 

@@ -160,7 +160,7 @@ class Tree:
                         {
                             m.uuid: f"{p.devpath}/{m.uuid}"
                             for m in self.k.mdevs_of(p.name)
-                            if m.type_id == type_id and not m.removing
+                            if m.type_id == type_id and m.typed and not m.removing
                         },
                     )
                 ),
@@ -181,7 +181,9 @@ class Tree:
                 ),
                 "remove": File(None, lambda text: self.h.remove(m.uuid, text)),
             }
-            links = {"mdev_type": f"{p.devpath}/mdev_supported_types/{m.type_id}", "subsystem": "/bus/mdev"}
+            links = {"subsystem": "/bus/mdev"}
+            if m.typed:
+                links["mdev_type"] = f"{p.devpath}/mdev_supported_types/{m.type_id}"
             if m.bound:
                 links["driver"] = f"/bus/mdev/drivers/{p.mdev_driver}"
             out.update(self._links(at, links))

@@ -152,3 +152,17 @@ def test_failed_create_is_not_retried_on_every_event(sim: Simulation) -> None:
     b = names.vgpu_path(sim.client.vgpus()["b"]["UUID"])
     sim.client.call("Undefine", "s", ["a"])  # room appears (its uevents say so): b is created
     changed(sim, b, "State", "active")
+
+
+def test_mdev_read_before_its_type_link_is_shown_once_the_link_is_there(
+        sim: Simulation) -> None:
+    """Linux sends an mdev's add and bind uevents before it adds the `mdev_type` link, and
+    no event after it: gvtd reading the mdev in between must read it again by itself."""
+    early = sim.sim_call("AddUntypedMdev", "ss", [PARENT, "i915-GVTg_V5_8"])[0]
+    mark(sim)  # the events of `early` are handled: gvtd read it without its type link
+    assert names.vgpu_path(early) not in sim.client.objects()
+    sim.sim_call("TypeMdev", "s", [early])  # the link appears; no uevent goes out
+    sim.client.wait_for(lambda m: m.member == "InterfacesAdded"
+                        and m.body[0] == names.vgpu_path(early))
+    vgpu = sim.client.props(names.vgpu_path(early), names.VGPU_IFACE)
+    assert (vgpu["Parent"], vgpu["Type"], vgpu["State"]) == (PARENT, "i915-GVTg_V5_8", "active")
