@@ -20,6 +20,7 @@ unshare (util-linux).
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -35,6 +36,7 @@ CACHE = TOP / ".cache" / "debroot"
 SUITE = "trixie"
 
 
+@functools.cache
 def host_mirror() -> str:
     """The Debian mirror this machine's apt uses (its sources, deb822 or one-line), so the
     roots come from wherever the host is allowed to fetch packages."""
@@ -50,8 +52,6 @@ def host_mirror() -> str:
             return m.group(1)
     raise SystemExit("No Debian mirror in /etc/apt/sources.list(.d): add one to build roots.")
 
-
-MIRROR = host_mirror()
 
 
 def control_field(name: str) -> list[str]:
@@ -77,7 +77,7 @@ def build_depends() -> list[str]:
 
 def _tarball(variant: str, include: list[str]) -> Path:
     """A cached mmdebstrap root of SUITE with these packages, made once per content."""
-    key = hashlib.sha256(json.dumps([SUITE, MIRROR, variant, sorted(include)]).encode())
+    key = hashlib.sha256(json.dumps([SUITE, host_mirror(), variant, sorted(include)]).encode())
     path = CACHE / f"{SUITE}-{variant}-{key.hexdigest()[:16]}.tar"
     if not path.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
@@ -85,7 +85,7 @@ def _tarball(variant: str, include: list[str]) -> Path:
         cmd = ["mmdebstrap", "--mode=root", "--format=tar", f"--variant={variant}", "--quiet"]
         if include:
             cmd.append("--include=" + ",".join(include))
-        subprocess.run([*cmd, SUITE, str(tmp), MIRROR], check=True)
+        subprocess.run([*cmd, SUITE, str(tmp), host_mirror()], check=True)
         tmp.rename(path)
     return path
 
