@@ -100,6 +100,15 @@ def test_mdev_removed_through_sysfs_is_recreated(guest: Results) -> None:
     assert any("was removed outside gvtd; recreating it" in m for m in messages), messages
 
 
+def test_mdev_created_by_hand_is_shown_with_its_type_and_forgotten(guest: Results) -> None:
+    s = guest.step(1, "foreign")
+    assert s["written"] is None and s["removed"] is None  # the kernel did both
+    assert s["added"], "gvtd never showed the mdev created by hand"
+    props = s["added"]["properties"]
+    assert (props["Parent"], props["Type"], props["State"]) == ("mtty", "mtty-1", "active")
+    assert s["gone"], "gvtd still shows the mdev removed by hand"
+
+
 def test_rmmod_makes_vgpus_parent_missing_and_modprobe_brings_them_back(guest: Results) -> None:
     m = guest.step(1, "reload_module")
     assert m["rmmod"]["rc"] == 0 and m["mdev_during"] is None

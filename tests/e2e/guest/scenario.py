@@ -232,6 +232,24 @@ def sysfs_remove() -> None:
          now=mdev(u), list=client_json("list"))
 
 
+def foreign() -> None:
+    """An mdev created by hand: Linux sends its uevents before it adds the `mdev_type` link,
+    and nothing after; gvtd must still show it, with its type, and forget it when removed."""
+    from gvtd import names
+
+    u = str(uuid.uuid4())
+    path = names.vgpu_path(u)
+    mon = Monitor()
+    try:
+        written = write(BUS / "mtty/mdev_supported_types/mtty-1/create", u)
+        added = mon.until(lambda e: e.get("event") == "added" and e.get("path") == path)
+        removed = write(MDEVS / u / "remove", "1")
+        gone = mon.until(lambda e: e.get("event") == "removed" and e.get("path") == path)
+    finally:
+        mon.close()
+    emit("foreign", written=written, added=added, removed=removed, gone=gone)
+
+
 def reload_module() -> None:
     u = uuids()["tty0"]
     mon = Monitor()
@@ -308,7 +326,7 @@ def errors() -> None:
 
 def phase1() -> None:
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    for step in (service, define, reads, doctor, polkit, sysfs_remove, reload_module,
+    for step in (service, define, reads, doctor, polkit, sysfs_remove, foreign, reload_module,
                  errors):
         run(step)
     STATE.parent.mkdir(parents=True, exist_ok=True)
