@@ -92,6 +92,16 @@ def markdown(sections: list[Section], findings: str, seconds: float, quick: bool
     return "\n".join(parts)
 
 
+def refresh_findings(doc: Path) -> int:
+    text = doc.read_text()
+    head, rest = text.split("## Findings\n", 1)
+    machine_part = rest[rest.index("## Machine\n"):]
+    findings = (Path(__file__).resolve().parent / "findings.md").read_text()
+    doc.write_text(head + findings + "\n" + machine_part)
+    print(f"wrote {doc}", file=sys.stderr)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,7 +110,12 @@ def main() -> int:
     ap.add_argument("--out", type=Path, help="markdown report (full run default: "
                     "docs/benchmarks.md)")
     ap.add_argument("--json", type=Path, help="every figure as JSON, for the tests")
+    ap.add_argument("--refresh-findings", action="store_true",
+                    help="measure nothing: put bench/findings.md, as edited since the last "
+                    "run, into docs/benchmarks.md between that run's results and machine")
     args = ap.parse_args()
+    if args.refresh_findings:
+        return refresh_findings(args.out or ROOT / "docs" / "benchmarks.md")
     out = args.out or (None if args.quick else ROOT / "docs" / "benchmarks.md")
     started = time.monotonic()
     sections = []
