@@ -119,6 +119,10 @@ class Host:
         parent's mdevs, so an mdev seen gone next to a parent seen registered afterwards
         really was removed by someone, not taken down with its parent.
         """
+        self._reread_mdevs(mdevs)
+        self._reread_parents(parents)
+
+    def _reread_mdevs(self, mdevs: set[str]) -> None:
         for uuid in mdevs:
             mdev = self.sysfs.mdev(uuid)
             if mdev is None:
@@ -129,6 +133,8 @@ class Host:
             else:
                 self.mdevs[uuid] = mdev
             self._arriving.pop(uuid, None)
+
+    def _reread_parents(self, parents: set[str]) -> None:
         for name in parents:
             parent = self.sysfs.parent(name)
             if parent is not None and parent.registered:
@@ -178,8 +184,14 @@ class Host:
         if any(not e.parents and e.mdev is None for e in events):
             self.refresh()
         else:
-            self._reread({p for e in events for p in e.parents},
-                         {e.mdev for e in events if e.mdev})
+            self._reread_mdevs({e.mdev for e in events if e.mdev})
+            new = set(self.mdevs) - before_mdevs
+            if new and before_mdevs <= set(self.mdevs) \
+                    and all(self.mdevs[u].parent in self.parents for u in new):
+                # Only additions, on parents already shown: a new mdev's view depends on the
+                # mdev alone, so show it now. Its parent's counts (a file per type) follow.
+                self.publish()
+            self._reread_parents({p for e in events for p in e.parents})
         now_reg = {n for n, p in self.parents.items() if p.registered}
         for name in sorted(now_reg - before_reg):
             log.info("mdev parent %s registered", name, extra=_fields(parent=name))

@@ -36,11 +36,13 @@ def classify(action: str, subsystem: str | None, sys_path: str,
     """What one kernel event asks gvtd to re-read, or None for an unrelated event.
 
     mdev events carry no type or parent: both come from sysfs (the mdev's parent is the
-    directory its device lives in).
+    directory its device lives in). An mdev's driver binding after its add, or unbinding
+    before its remove, changes nothing gvtd reads: re-reading for them only doubled the
+    work of every create and remove.
     """
     name = os.path.basename(sys_path)
     if subsystem == "mdev":
-        if not UUID_RE.fullmatch(name):
+        if not UUID_RE.fullmatch(name) or action in ("bind", "unbind"):
             return None
         parent = os.path.basename(os.path.dirname(sys_path))
         return Uevent(action, frozenset({parent}), name)

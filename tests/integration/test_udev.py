@@ -109,6 +109,18 @@ def test_foreign_mdevs_come_and_go(sim: Simulation) -> None:
     assert uuid not in sim.client.vgpus()
 
 
+def test_a_new_mdev_is_shown_before_its_parent_is_read_again(sim: Simulation) -> None:
+    """The add uevent's mdev is shown as soon as it is read: the parent's counts (a file per
+    type) follow in a signal of their own instead of holding it back."""
+    parent = names.parent_path(PARENT)
+    uuid = sim.sim_call("AddForeignMdev", "ss", [PARENT, "i915-GVTg_V5_8"])[0]
+    counted = sim.client.wait_for(lambda m: m.member == "PropertiesChanged" and m.path == parent
+                                  and "Types" in m.body[1])
+    before = sim.client.signals[:sim.client.signals.index(counted)]
+    assert any(m.member == "InterfacesAdded" and m.body[0] == names.vgpu_path(uuid)
+               for m in before)
+
+
 def test_bursts_converge_to_what_sysfs_shows(dbus: DBusDaemon) -> None:
     sim = Simulation(dbus, profile="multi")
     try:
