@@ -20,8 +20,8 @@ The owner process must run under ``umockdev-wrapper``. Children (the daemon, ude
 tests) get ``child_env()``: the inherited ``LD_PRELOAD`` plus ``UMOCKDEV_DIR=<root>``.
 
 Every change is synchronous and emits the uevents Linux 6.1 emits, in its order:
-create: ``add`` mdev, ``add`` vfio-dev/vfioN, ``bind`` mdev (DRIVER=<mdev driver>), and
-only then the ``mdev_type`` link (and the type's ``devices/`` entry), with no event of its own;
+create: ``add`` mdev, then the ``mdev_type`` link (and the type's ``devices/`` entry) with no
+event of its own, ``add`` vfio-dev/vfioN, ``bind`` mdev (DRIVER=<mdev driver>);
 remove: ``remove`` vfioN, ``unbind`` mdev, ``remove`` mdev; a create that the driver's probe
 refuses (ENOSPC): ``add`` then ``remove`` of the mdev; register/unregister: ``change`` on the
 parent with ``MDEV_STATE=registered``/``unregistered`` (unregistering removes mdevs first).
@@ -295,6 +295,10 @@ class EmulatedHost:
         self.tb.link(f"/sys/bus/mdev/devices/{uuid}", dev)
         self.tb.send(dev, "add")
         with self._lock:
+            # Linux adds the link after the bind too; each emulated uevent takes milliseconds
+            # where Linux's take microseconds, so the link follows the add here to keep the
+            # gap as short as a reader meets it on Linux (AddUntypedMdev holds it open).
+            m.typed = not self._untyped_next
             m.vfio_present = True
         self.tb.link(f"/sys/class/vfio-dev/vfio{m.vfio}", f"{dev}/vfio-dev/vfio{m.vfio}")
         self.tb.send(f"{dev}/vfio-dev/vfio{m.vfio}", "add")
@@ -302,8 +306,6 @@ class EmulatedHost:
             m.bound = True
         self.tb.link(f"/sys/bus/mdev/drivers/{p.mdev_driver}/{uuid}", dev)
         self.tb.send(dev, "bind")
-        with self._lock:
-            m.typed = not self._untyped_next
         return uuid
 
     def _failed_probe(self, p: Parent, type_id: str, uuid: str) -> None:
