@@ -8,9 +8,9 @@ vGPUs it shows active must be exactly the mdevs the kernel holds (none leaked, n
 
 The slopes are least-squares fits, per minute, over the samples after the first tenth of the
 run (the caches and the allocator's arenas fill then) and over its second half: memory that
-grows in steps while bounded caches fill (dbus-fast keeps up to 1,024 validated object paths,
-the interpreter's table of interned strings doubles once) shows in the first, a leak in both. Errors gvtd answers that the
-operation can meet on a healthy host (no room, a parent away, a stop that times out) are
+grows in steps while bounded tables fill (dbus-fast keeps up to 1,024 validated object paths,
+the interpreter's table of interned strings is rebuilt larger once) shows in the first, a
+leak in both. Errors gvtd answers that the operation can meet on a healthy host (no room, a parent away, a stop that times out) are
 counted, as are the emulated kernel's refusals of an event (no room for a foreign mdev,
 nothing to remove); any other error from gvtd, or gvtd restarting, is unexpected.
 """

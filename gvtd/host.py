@@ -72,7 +72,7 @@ class Host:
         self.lock = asyncio.Lock()
         self._pending: list[Uevent] = []
         self._drainer: asyncio.Task[None] | None = None
-        self._arriving: dict[str, int] = {}  # mdev UUID -> re-reads so far (see _reread)
+        self._arriving: dict[str, int] = {}  # mdev UUID -> re-reads so far (_read_again)
         # Set by gvtd.domains when libvirt is wired in: which domain uses a UUID, and which
         # running domain does.
         self.domain_of: Callable[[str], str] = lambda uuid: ""
