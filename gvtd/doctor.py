@@ -471,8 +471,8 @@ def check_mdevctl(mdevctl: Path, uuids: Iterable[str]) -> Check:
             if uuid.lower() not in mine:
                 continue
             try:
-                data = json.loads(read_attr(mdevctl / parent / uuid) or "")
-            except ValueError:
+                data = json.loads((mdevctl / parent / uuid).read_text())
+            except (OSError, ValueError):  # a file, not a sysfs attribute: any size
                 continue
             if isinstance(data, dict) and data.get("start") == "auto":
                 clashes.append(f"{mdevctl / parent / uuid}")

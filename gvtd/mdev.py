@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,12 +65,25 @@ class Mdev:
     type_id: str
 
 
-def read_attr(path: Path) -> str | None:
-    """A sysfs attribute's text, or None when it cannot be read (gone, no permission)."""
+# sysfs renders an attribute into one page and hands it whole to the first read
+ATTR_MAX = 4096
+
+
+def read_attr(path: Path | str, dir_fd: int | None = None) -> str | None:
+    """A sysfs attribute's text, or None when it cannot be read (gone, no permission).
+
+    One open, one read, one close: a buffered text read adds two fstats, an ioctl, two
+    lseeks and a read that meets the end, each a round trip through the kernel."""
     try:
-        return path.read_text(errors="replace")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
         return None
+    try:
+        return os.read(fd, ATTR_MAX).decode(errors="replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def parse_int(text: str | None, base: int = 0) -> int | None:
@@ -76,10 +91,6 @@ def parse_int(text: str | None, base: int = 0) -> int | None:
         return int(text.strip(), base) if text is not None else None
     except ValueError:
         return None
-
-
-def read_int(path: Path, base: int = 0) -> int | None:
-    return parse_int(read_attr(path), base)
 
 
 def list_dir(path: Path) -> list[str]:
@@ -90,11 +101,33 @@ def list_dir(path: Path) -> list[str]:
         return []
 
 
-def _link_name(path: Path) -> str:
+def _link_name(path: Path | str, dir_fd: int | None = None) -> str:
     try:
-        return os.path.basename(os.readlink(path))
+        return os.path.basename(os.readlink(path, dir_fd=dir_fd))
     except OSError:
         return ""
+
+
+@contextmanager
+def _opened(path: Path | str, dir_fd: int | None = None, listing: bool = False) -> Iterator[int]:
+    """A directory held open, to open its files relative to it: each file is then one
+    lookup instead of the whole path resolved again (sysfs paths run ten components deep).
+    O_PATH unless it is to be listed. Raises OSError when it is gone."""
+    fd = os.open(path, (os.O_RDONLY if listing else os.O_PATH) | os.O_DIRECTORY | os.O_CLOEXEC,
+                 dir_fd=dir_fd)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _resolve(link: Path) -> str:
+    """Where a /sys/class or /sys/bus entry points: those are relative links straight to the
+    device's directory, so one readlink does what realpath does with a lookup per component."""
+    try:
+        return os.path.normpath(os.path.join(os.path.dirname(link), os.readlink(link)))
+    except OSError:
+        return os.path.realpath(link)  # not a link (a test tree, a bind mount): as it is
 
 
 @dataclass
@@ -127,8 +160,12 @@ class Sysfs:
         for name in list_dir(pci):
             if name in found:
                 continue
-            vendor = read_int(pci / name / "vendor", 16)
-            cls = read_int(pci / name / "class", 16)
+            try:
+                with _opened(pci / name) as d:
+                    vendor = parse_int(read_attr("vendor", d), 16)
+                    cls = parse_int(read_attr("class", d), 16)
+            except OSError:
+                continue  # gone since listed
             if vendor == gvt.INTEL_VENDOR and cls is not None and cls >> 16 == PCI_DISPLAY_CLASS:
                 found[name] = self._parent(name, pci / name, False)
         return sorted(found.values(), key=lambda p: p.name)
@@ -142,38 +179,49 @@ class Sysfs:
     def _parent(self, name: str, link: Path, registered: bool) -> Parent:
         cached = self._static.get(name) if registered else None
         if cached is None:
-            syspath = os.path.realpath(link)
-            path = Path(syspath)
-            base = Parent(name=name, syspath=syspath, driver=_link_name(path / "driver"),
-                          vendor=read_int(path / "vendor", 16),
-                          device=read_int(path / "device", 16), registered=registered)
+            syspath = _resolve(link)
+            try:
+                with _opened(syspath) as d:
+                    base = Parent(name=name, syspath=syspath, driver=_link_name("driver", d),
+                                  vendor=parse_int(read_attr("vendor", d), 16),
+                                  device=parse_int(read_attr("device", d), 16),
+                                  registered=registered)
+            except OSError:  # gone since it was listed: what a read of its files would say
+                base = Parent(name=name, syspath=syspath, driver="", vendor=None, device=None,
+                              registered=registered)
             cached = (base, {})
             if registered:
                 self._static[name] = cached
         base, types = cached
         if not registered:
             return base
-        return dataclasses.replace(base, types=tuple(self._types(Path(base.syspath), types)))
+        return dataclasses.replace(base, types=tuple(self._types(base.syspath, types)))
 
     @staticmethod
-    def _types(parent: Path, known: dict[str, MdevType]) -> list[MdevType]:
-        base = parent / "mdev_supported_types"
+    def _types(parent: str, known: dict[str, MdevType]) -> list[MdevType]:
         out = []
-        for type_id in list_dir(base):
-            d = base / type_id
-            static = known.get(type_id)
-            if static is None:
-                description = read_attr(d / "description")
-                known[type_id] = static = MdevType(
-                    id=type_id,
-                    name=(read_attr(d / "name") or type_id).strip(),
-                    description=description,
-                    device_api=(read_attr(d / "device_api") or "").strip(),
-                    available=0,
-                    gvt=gvt.parse_description(description),
-                )
-            available = read_int(d / "available_instances") or 0
-            out.append(dataclasses.replace(static, available=available))
+        try:
+            with _opened(os.path.join(parent, "mdev_supported_types"), listing=True) as base:
+                for type_id in sorted(os.listdir(base)):
+                    try:
+                        with _opened(type_id, base) as d:
+                            static = known.get(type_id)
+                            if static is None:
+                                description = read_attr("description", d)
+                                known[type_id] = static = MdevType(
+                                    id=type_id,
+                                    name=(read_attr("name", d) or type_id).strip(),
+                                    description=description,
+                                    device_api=(read_attr("device_api", d) or "").strip(),
+                                    available=0,
+                                    gvt=gvt.parse_description(description),
+                                )
+                            available = parse_int(read_attr("available_instances", d)) or 0
+                    except OSError:
+                        continue  # the type went away while listed
+                    out.append(dataclasses.replace(static, available=available))
+        except OSError:
+            pass  # no types (any more): the parent is unregistering
         return out
 
     def mdev(self, uuid: str) -> Mdev | None:
