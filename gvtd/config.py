@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import tomli_w
-from pydantic import (
+
+# pydantic lets any installed package hook into validation (its "pydantic" entry points);
+# gvtd's configuration is validated by gvtd alone, and finding those hooks reads the
+# metadata of every installed package: tens of ms of each start. Set before the models below
+# are built, which is when pydantic looks.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+
+from pydantic import (  # noqa: E402
     AfterValidator,
     BaseModel,
     ConfigDict,

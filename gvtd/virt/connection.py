@@ -8,28 +8,55 @@ gvtd keeps running: it retries with a growing delay and resyncs every domain whe
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import libvirt
-import libvirtaio
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from gvtd.errors import Failed, LibvirtUnavailable, NotFound
 from gvtd.virt.domxml import mdev_uuids, parse
 
+
+def _on_first_use(name: str) -> ModuleType:
+    """The module, imported when one of its names is first used. libvirt-python and the
+    client library it loads cost about 20 ms, and gvtd connects to libvirt only after
+    READY=1: importing it up front delayed every start by that much."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"No module named {name!r}", name=name)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+if TYPE_CHECKING:
+    import libvirt
+else:
+    libvirt = _on_first_use("libvirt")
+
 log = logging.getLogger(__name__)
 
-STATES = {
-    libvirt.VIR_DOMAIN_NOSTATE: "unknown",
-    libvirt.VIR_DOMAIN_RUNNING: "running",
-    libvirt.VIR_DOMAIN_BLOCKED: "running",
-    libvirt.VIR_DOMAIN_PAUSED: "paused",
-    libvirt.VIR_DOMAIN_SHUTDOWN: "shutting-down",
-    libvirt.VIR_DOMAIN_SHUTOFF: "shut-off",
-    libvirt.VIR_DOMAIN_CRASHED: "crashed",
-    libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
-}
+
+def _state(code: int) -> str:
+    """A libvirt domain state (virDomainState) as gvtd names it."""
+    return {
+        libvirt.VIR_DOMAIN_RUNNING: "running",
+        libvirt.VIR_DOMAIN_BLOCKED: "running",
+        libvirt.VIR_DOMAIN_PAUSED: "paused",
+        libvirt.VIR_DOMAIN_SHUTDOWN: "shutting-down",
+        libvirt.VIR_DOMAIN_SHUTOFF: "shut-off",
+        libvirt.VIR_DOMAIN_CRASHED: "crashed",
+        libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
+    }.get(code, "unknown")
+
+
 ACTIVE = {"running", "paused", "shutting-down", "suspended"}
 MIN_DELAY, MAX_DELAY = 0.5, 30.0
 # libvirt's domain format documents relaxed, vapic and spinlocks since 1.1.0 and the rest
@@ -77,6 +104,8 @@ class Libvirt:
         global _event_impl_registered
         self.loop = asyncio.get_running_loop()
         if not _event_impl_registered:
+            import libvirtaio  # loads libvirt here, on the loop's thread, before any worker
+
             libvirtaio.virEventRegisterAsyncIOImpl(loop=self.loop)
             # libvirt prints every error to stderr by default; gvtd reports the ones that
             # matter itself, with what to do.
@@ -331,7 +360,7 @@ def _drop(conn: libvirt.virConnect) -> None:
 def _info(dom: libvirt.virDomain) -> DomainInfo:
     state, _ = dom.state()
     xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-    return DomainInfo(dom.name(), STATES.get(state, "unknown"), mdev_uuids(xml), xml)
+    return DomainInfo(dom.name(), _state(state), mdev_uuids(xml), xml)
 
 
 def _read_all(conn: libvirt.virConnect) -> dict[str, DomainInfo]:
