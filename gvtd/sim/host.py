@@ -268,9 +268,9 @@ class EmulatedHost:
         self.tb.unlink(f"/sys/bus/mdev/drivers/{p.mdev_driver}/{m.uuid}")
         self.tb.unlink(f"/sys/class/vfio-dev/vfio{m.vfio}")
 
-    def _log(self, path: str, data: str, result: str) -> None:
+    def _log(self, path: str, data: str, result: str, seconds: float = 0.0) -> None:
         with self._lock:
-            self.kernel.log_write(path, data, result)
+            self.kernel.log_write(path, data, result, seconds)
 
     def _change(self, p: Parent, state: str) -> None:
         with self._lock:

@@ -93,6 +93,7 @@ class WriteRecord(NamedTuple):
     path: str
     data: str
     result: str  # "ok" or an errno name such as "ENOSPC"
+    seconds: float = 0.0  # how long the emulated kernel took to answer it
 
 
 class Kernel:
@@ -169,9 +170,9 @@ class Kernel:
         self.mdevs.clear()
         self._next_vfio = 0
 
-    def log_write(self, path: str, data: str, result: str) -> None:
+    def log_write(self, path: str, data: str, result: str, seconds: float = 0.0) -> None:
         """Record a write attempt for :meth:`EmulatedHost.write_log`."""
-        self.writes.append(WriteRecord(path, data, result))
+        self.writes.append(WriteRecord(path, data, result, seconds))
 
 
 # -- profiles -------------------------------------------------------------------------------

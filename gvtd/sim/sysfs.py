@@ -210,7 +210,7 @@ class SysfsOps(mfusepy.Operations):
 
     use_ns = True
 
-    def __init__(self, tree: Tree, lock: threading.Lock, log: Callable[[str, str, str], None]) -> None:
+    def __init__(self, tree: Tree, lock: threading.Lock, log: Callable[..., None]) -> None:
         self.tree = tree
         self._mlock = lock
         self.log = log
@@ -294,6 +294,7 @@ class SysfsOps(mfusepy.Operations):
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         """Synchronous like kernfs: the handler's work (and uevents) is done when this returns."""
+        started = time.perf_counter()
         text = data.decode(errors="replace")
         full = "/sys/devices" + path
         try:
@@ -310,9 +311,10 @@ class SysfsOps(mfusepy.Operations):
                 self.fault("after", full, text)
         except OSError as e:
             code = e.errno or errno.EIO
-            self.log(full, text, errno.errorcode.get(code, str(code)))
+            self.log(full, text, errno.errorcode.get(code, str(code)),
+                     time.perf_counter() - started)
             raise mfusepy.FuseOSError(code) from None
-        self.log(full, text, "ok")
+        self.log(full, text, "ok", time.perf_counter() - started)
         return len(data)
 
     def statfs(self, path: str) -> dict[str, int]:

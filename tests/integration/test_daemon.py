@@ -73,6 +73,11 @@ def test_reboot_recreates_auto_vgpus_only(sim: Simulation) -> None:
     assert v["auto1"]["State"] == "active"
     assert v["later"]["State"] == "inactive"
     assert [c[1] for c in creates(sim)] == [UUID, v["later"]["UUID"], UUID]
+    # the start's time includes the emulated kernel's answer to that create, and says so
+    start = sim.sim_props()
+    assert 0 < start["StartupKernelMs"] < start["StartupMs"]
+    sim.sim_call("RestartDaemon")  # nothing to create
+    assert sim.sim_props()["StartupKernelMs"] == 0
 
 
 def test_existing_mdev_is_adopted_not_recreated(sim: Simulation) -> None:

@@ -150,7 +150,9 @@ def test_write_log(host: HostProc) -> None:
     assert write(host.sys(create), "x") == "EINVAL"
     assert write(host.sys(f"{GPU}/{U1}/remove"), "1\n") == "ok"
     assert write(host.sys(f"{GPU}/class"), "0\n") == "EACCES"  # refused at open: no data seen
-    assert host.call("write_log") == [
+    log = host.call("write_log")
+    assert all(0 <= r[3] < 30 for r in log)  # how long the kernel took to answer
+    assert [r[:3] for r in log] == [
         [create, U1 + "\n", "ok"],
         [create, U1 + "\n", "EEXIST"],
         [create, "x", "EINVAL"],
