@@ -27,6 +27,20 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
+def memory_mb(pid: int) -> dict[str, float]:
+    """Rss, Pss and what is the process's alone (Private_*), from smaps_rollup: RSS counts
+    every page of every shared library mapped, most of them shared with other processes
+    (libvirt's 56 libraries with libvirtd)."""
+    out = {"Private": 0.0}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("Rss", "Pss"):
+            out[key] = int(rest.split()[0]) / 1024
+        elif key in ("Private_Clean", "Private_Dirty"):
+            out["Private"] += int(rest.split()[0]) / 1024
+    return out
+
+
 def measure(rounds: int = 15, verbose: bool = False) -> Section:
     sec = Section("Start-up")
     args = argparse.Namespace(rounds=rounds, verbose=verbose)
@@ -72,6 +86,7 @@ def measure(rounds: int = 15, verbose: bool = False) -> Section:
         pid = client.props(names.SIMULATOR_PATH, names.SIMULATOR_IFACE,
                            dest=names.SIMULATOR_BUS_NAME)["DaemonPid"]
         rss = rss_mb(pid)
+        mem = memory_mb(pid)
 
         b = sec.add(Figure("floor: python3 -c pass (start-up rounds)", baseline))
         sec.add(goal_max(Figure("start to READY=1, 8 auto vGPUs recreated", ready, baseline=b),
@@ -84,6 +99,8 @@ def measure(rounds: int = 15, verbose: bool = False) -> Section:
         b = sec.add(Figure("floor: python3 -c pass (list rounds)", list_base))
         sec.add(goal_max(Figure("gvt-client list --json (8 vGPUs)", listing, baseline=b), 120))
         sec.add(goal_max(Figure("daemon RSS after start", [rss], unit="MB"), 50))
+        sec.add(Figure("  ... its proportional share (PSS)", [mem["Pss"]], unit="MB"))
+        sec.add(Figure("  ... its own pages alone (USS)", [mem["Private"]], unit="MB"))
         return sec
     finally:
         client.close()
