@@ -122,6 +122,13 @@ class Host:
         self._reread_mdevs(mdevs)
         self._reread_parents(parents)
 
+    def _reread_around(self, uuid: str, parent: str) -> None:
+        """Before acting on one vGPU, re-read what the act depends on: the mdev and the
+        parents it may be on (all known ones for `auto`). Events keep the rest current; a
+        full refresh() here re-read every parent and every mdev, hundreds of files on a
+        host with many, for each request."""
+        self._reread(set(self.parents) if parent == "auto" else {parent}, {uuid})
+
     def _reread_mdevs(self, mdevs: set[str]) -> None:
         for uuid in mdevs:
             mdev = self.sysfs.mdev(uuid)
@@ -404,7 +411,7 @@ class Host:
         for other, d in self.definitions.items():
             if d.uuid == definition.uuid:
                 raise InvalidArgument(f"UUID {definition.uuid} is already used by {other!r}.")
-        self.refresh()
+        self._reread_around(definition.uuid, definition.parent)
         foreign = self.mdevs.get(definition.uuid)
         if foreign is not None and definition.uuid not in self.ownership and definition.type \
                 and foreign.type_id != definition.type:
@@ -421,7 +428,7 @@ class Host:
         self.definitions[name] = definition
         log.info("Defined vGPU %s (%s)", name, definition.uuid,
                  extra=_fields(name, definition.uuid))
-        await self.reconcile()
+        await self._converge()
         return definition.uuid
 
     async def undefine(self, name: str) -> None:
@@ -433,8 +440,10 @@ class Host:
         d = self.definitions.get(name)
         if d is None:
             raise NotFound(f"There is no vGPU definition named {name!r}.")
-        self.refresh()
+        self._reread(set(), {d.uuid})  # the mdev alone: see _reread_around
+        parent = None
         if d.uuid in self.mdevs and d.uuid in self.ownership:
+            parent = self.mdevs[d.uuid].parent
             await self._remove(d.uuid, name)
         self.config.delete_definition(name)
         del self.definitions[name]
@@ -443,7 +452,7 @@ class Host:
         self.blocked.pop(d.uuid, None)
         self.ownership.discard(d.uuid)
         log.info("Undefined vGPU %s", name, extra=_fields(name, d.uuid))
-        self.refresh()
+        self._reread({parent} if parent else set(), {d.uuid})
         self.publish()
 
     async def create(self, key: str) -> str:
@@ -454,7 +463,7 @@ class Host:
         view = self.find(key)
         if not view.name or view.name not in self.definitions:
             raise InvalidArgument(f"{key!r} has no definition; define it first.")
-        self.refresh()
+        self._reread_around(view.uuid, self.definitions[view.name].parent)
         self.held.discard(view.uuid)
         self.blocked.pop(view.uuid, None)
         self._restores.pop(view.uuid, None)
@@ -481,9 +490,10 @@ class Host:
 
     async def _remove_now(self, key: str) -> None:
         view = self.find(key)
-        self.refresh()
+        self._reread(set(), {view.uuid})  # the mdev alone: see _reread_around
         if view.uuid not in self.mdevs:
             return
+        parent = self.mdevs[view.uuid].parent
         if view.uuid not in self.ownership:
             raise InvalidArgument(
                 f"The mdev {view.uuid} was not created by gvtd, and gvtd never removes what it "
@@ -493,7 +503,7 @@ class Host:
         await self._remove(view.uuid, view.name)
         if view.name not in self.definitions:
             self.ownership.discard(view.uuid)
-        self.refresh()
+        self._reread({parent}, {view.uuid})
         self.publish()
 
     async def _remove(self, uuid: str, name: str) -> None:
