@@ -209,7 +209,7 @@ def python_start_ms() -> float:
 
 def write_definitions(config_dir: Path, defs: list[dict[str, str]]) -> None:
     """vgpus.d/NAME.toml files as a person would write them (Reload reads them): far quicker
-    than hundreds of Define calls, each of which re-reads the whole emulated sysfs."""
+    than hundreds of Define calls, each a D-Bus round trip, a file and a create."""
     d = config_dir / "vgpus.d"
     d.mkdir(parents=True, exist_ok=True)
     for item in defs:

@@ -191,7 +191,12 @@ class Host:
         if any(not e.parents and e.mdev is None for e in events):
             self.refresh()
         else:
-            self._reread_mdevs({e.mdev for e in events if e.mdev})
+            named = {e.mdev for e in events if e.mdev}
+            # The add of an mdev already known (gvtd's own create, recorded when its write
+            # returned) says nothing new: the kernel never changes an existing mdev's parent
+            # or type, and whatever else befell it (a remove) brings events of its own.
+            settled = (named & set(self.mdevs)) - {e.mdev for e in events if e.action != "add"}
+            self._reread_mdevs(named - settled)
             new = set(self.mdevs) - before_mdevs
             if new and before_mdevs <= set(self.mdevs) \
                     and all(self.mdevs[u].parent in self.parents for u in new):
@@ -292,6 +297,7 @@ class Host:
             plan = []
         touched_parents: set[str] = set()
         touched: set[str] = set()
+        failed: set[str] = set()
         for name, target, available in plan:
             uuid = self.definitions[name].uuid
             try:
@@ -303,10 +309,11 @@ class Host:
                 self.errors[name] = e.message
                 retry = isinstance(e, (NoCapacity, ParentMissing))
                 self.blocked[uuid] = available if retry else None
+                failed.add(uuid)
             touched_parents.add(target.parent.name)
             touched.add(uuid)
         if touched:
-            self._reread(touched_parents, touched)
+            self._reread(touched_parents, failed)  # the created ones are known: see _create
             # recorded for the batch but never written (no room left): not gvtd's after all
             self.ownership.discard_all([u for u in touched if u not in self.mdevs])
         self.publish()
@@ -338,6 +345,9 @@ class Host:
                 self.ownership.discard(d.uuid)
             log.error("Could not create vGPU %s: %s", name, e.message, extra=fields)
             raise
+        # The kernel creates synchronously: the write returned, so the mdev is there, on this
+        # parent, of this type. Reading it back cost two lookups per vGPU on a busy sysfs.
+        self.mdevs[d.uuid] = Mdev(d.uuid, target.parent.name, target.type_id)
         self.errors.pop(name, None)
         log.info("Created vGPU %s (%s, %s on %s)", name, d.uuid, target.type_id,
                  target.parent.name, extra=fields)
