@@ -207,6 +207,15 @@ def python_start_ms() -> float:
     return wall_ms([sys.executable, "-c", "pass"])
 
 
+def kernel_split(sec: Section, starts: list[tuple[float, float]], what: str,
+                 baseline: Figure | None = None) -> None:
+    """Starts given as (StartupMs, StartupKernelMs): the emulated kernel's share of them
+    (its answers to gvtd's creates), and the rest, gvtd's own part."""
+    sec.add(Figure(f"  ... of which the emulated kernel's {what}", [k for _, k in starts]))
+    sec.add(Figure("  ... less those: gvtd's own part", [s - k for s, k in starts],
+                   baseline=baseline))
+
+
 def write_definitions(config_dir: Path, defs: list[dict[str, str]]) -> None:
     """vgpus.d/NAME.toml files as a person would write them (Reload reads them): far quicker
     than hundreds of Define calls, each a D-Bus round trip, a file and a create."""

@@ -28,7 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (SIM, Client, Figure, Section, clear_definitions, goal_max,  # noqa: E402
-                    python_start_ms, settle, sim_props, wall_ms, write_definitions)
+                    kernel_split, python_start_ms, settle, sim_props, wall_ms,
+                    write_definitions)
 from mdevns import MdevctlNamespace  # noqa: E402
 
 from gvtd import names  # noqa: E402
@@ -118,12 +119,6 @@ def reboot(client: Client) -> tuple[float, float]:
     client.call("Reboot", **SIM, timeout=600)
     props = sim_props(client)
     return props["StartupMs"], props["StartupKernelMs"]
-
-
-def kernel_split(sec: Section, starts: list[tuple[float, float]], what: str) -> None:
-    """The emulated kernel's share of those starts, and the rest: gvtd's own part."""
-    sec.add(Figure(f"  ... of which the emulated kernel's {what}", [k for _, k in starts]))
-    sec.add(Figure("  ... less those: gvtd's own part", [s - k for s, k in starts]))
 
 
 def plain_copy(sys_tree: Path, dest: Path) -> None:

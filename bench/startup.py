@@ -13,18 +13,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (Client, Figure, Section, goal_max, python_start_ms, text_table,  # noqa: E402
-                    wall_ms)
+from common import (Client, Figure, Section, goal_max, kernel_split,  # noqa: E402
+                    python_start_ms, text_table, wall_ms)
 
 from gvtd import names  # noqa: E402
 from gvtd.sim.session import DBusDaemon, SimulatedHost  # noqa: E402
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 def memory_mb(pid: int) -> dict[str, float]:
@@ -85,20 +78,16 @@ def measure(rounds: int = 15, verbose: bool = False) -> Section:
 
         pid = client.props(names.SIMULATOR_PATH, names.SIMULATOR_IFACE,
                            dest=names.SIMULATOR_BUS_NAME)["DaemonPid"]
-        rss = rss_mb(pid)
         mem = memory_mb(pid)
 
         b = sec.add(Figure("floor: python3 -c pass (start-up rounds)", baseline))
         sec.add(goal_max(Figure("start to READY=1, 8 auto vGPUs recreated", ready, baseline=b),
                          400))
-        sec.add(Figure("  ... of which the emulated kernel's 8 create writes", kernel))
-        sec.add(Figure("  ... less those writes: gvtd's own part", [r - k for r, k in
-                                                                   zip(ready, kernel)],
-                       baseline=b))
+        kernel_split(sec, list(zip(ready, kernel)), "8 creates", baseline=b)
         sec.add(Figure("start to READY=1, 8 vGPUs already present", restart, baseline=b))
         b = sec.add(Figure("floor: python3 -c pass (list rounds)", list_base))
         sec.add(goal_max(Figure("gvt-client list --json (8 vGPUs)", listing, baseline=b), 120))
-        sec.add(goal_max(Figure("daemon RSS after start", [rss], unit="MB"), 50))
+        sec.add(goal_max(Figure("daemon RSS after start", [mem["Rss"]], unit="MB"), 50))
         sec.add(Figure("  ... its proportional share (PSS)", [mem["Pss"]], unit="MB"))
         sec.add(Figure("  ... its own pages alone (USS)", [mem["Private"]], unit="MB"))
         return sec

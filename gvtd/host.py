@@ -125,7 +125,7 @@ class Host:
     def _reread_around(self, uuid: str, parent: str) -> None:
         """Before acting on one vGPU, re-read what the act depends on: the mdev and the
         parents it may be on (all known ones for `auto`). Events keep the rest current; a
-        full refresh() here re-read every parent and every mdev, hundreds of files on a
+        full refresh() would re-read every parent and every mdev, hundreds of files on a
         host with many, for each request."""
         self._reread(set(self.parents) if parent == "auto" else {parent}, {uuid})
 

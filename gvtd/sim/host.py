@@ -295,9 +295,9 @@ class EmulatedHost:
         self.tb.link(f"/sys/bus/mdev/devices/{uuid}", dev)
         self.tb.send(dev, "add")
         with self._lock:
-            # Linux adds the link after the bind too; each emulated uevent takes milliseconds
-            # where Linux's take microseconds, so the link follows the add here to keep the
-            # gap as short as a reader meets it on Linux (AddUntypedMdev holds it open).
+            # Linux adds the link after the bind; each emulated uevent takes milliseconds where
+            # Linux's take microseconds, so here the link follows the add, to keep the gap as
+            # short as a reader meets it on Linux (AddUntypedMdev holds it open).
             m.typed = not self._untyped_next
             m.vfio_present = True
         self.tb.link(f"/sys/class/vfio-dev/vfio{m.vfio}", f"{dev}/vfio-dev/vfio{m.vfio}")
