@@ -216,7 +216,8 @@ class SysfsOps(mfusepy.Operations):
         self.log = log
         self.ready = threading.Event()
         # Called as fault(phase, path, data) with phase "before" or "after" around every
-        # write; it may raise OSError to fail the write. Fault-injection tests use it.
+        # write, and "read" (data "") before every read; it may raise OSError to fail the
+        # write or read, or block to hold it. Fault-injection tests use it.
         self.fault: Callable[[str, str, str], None] | None = None
         self.stamp = time.time_ns()
         self.uid, self.gid = os.getuid(), os.getgid()
@@ -285,6 +286,11 @@ class SysfsOps(mfusepy.Operations):
         return 0
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        if self.fault is not None:
+            try:
+                self.fault("read", "/sys/devices" + path, "")
+            except OSError as e:
+                raise mfusepy.FuseOSError(e.errno or errno.EIO) from None
         node = self._node(path)
         if not isinstance(node, File) or node.read is None:
             raise mfusepy.FuseOSError(errno.EACCES)
