@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from gvtd.errors import Busy, Failed, LibvirtUnavailable, NotFound
+from gvtd.errors import Busy, Failed, GvtdError, LibvirtUnavailable, NotFound
 from gvtd.virt.domxml import mdev_uuids, parse
 
 
@@ -317,9 +317,12 @@ class Libvirt:
                            "edit`?); nothing was changed; run the command again.")
             if first is not None:
                 first()
-            assert self.conn is not None
+            conn = self.conn
+            if conn is None:
+                raise LibvirtUnavailable(f"lost the connection to libvirt at {self.uri}; "
+                                         "nothing was changed.")
             try:
-                self.conn.defineXML(xml)
+                conn.defineXML(xml)
             except libvirt.libvirtError as e:
                 raise Failed(f"libvirt refused the new XML of {name}: "
                              f"{e.get_error_message()}") from e
@@ -327,7 +330,7 @@ class Libvirt:
         await asyncio.to_thread(define)
         await self._refresh_one(name)
 
-    def _lost_or_failed(self, e: libvirt.libvirtError, what: str) -> Exception:
+    def _lost_or_failed(self, e: libvirt.libvirtError, what: str) -> GvtdError:
         if _lost(e):
             return LibvirtUnavailable(f"lost the connection to libvirt at {self.uri}; gvtd "
                                       "reconnects as soon as libvirtd is back.")
