@@ -127,9 +127,11 @@ class Domains:
         async with self.locks[name]:
             view = self.host.find(key)
             before = await self.libvirt.read_xml(name)
+            render_node = await asyncio.to_thread(self.host.render_node, view.parent) \
+                if display == "spice-gl" else None  # a sysfs scan
             spec = domxml.AttachSpec(
                 uuid=view.uuid, display=display,  # type: ignore[arg-type]
-                render_node=self.host.render_node(view.parent) if display == "spice-gl" else None,
+                render_node=render_node,
                 x_display=x_display,
                 override=self.libvirt.version() >= domxml.OVERRIDE_VERSION)
             return await self._edit(name, before, domxml.attach(before, spec), dry_run)

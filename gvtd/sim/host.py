@@ -194,7 +194,7 @@ class EmulatedHost:
 
     def set_fault(self, fault: Callable[[str, str, str], None] | None) -> None:
         """fault(phase, path, data) runs before and after every write ("before"/"after")
-        and before every read ("read", data "")."""
+        and before every read and lookup ("read", data "")."""
         self._ops.fault = fault
 
     def stall_writes(self, suffix: str) -> None:
@@ -204,8 +204,9 @@ class EmulatedHost:
         self._stall("before", suffix)
 
     def stall_reads(self, suffix: str) -> None:
-        """Reads of paths ending in suffix hang until release_writes(): a test then knows
-        gvtd is in the middle of that read, and can change the world before it goes on."""
+        """Reads and lookups of paths ending in suffix (existing or not) hang until
+        release_writes(): a test then knows gvtd is in the middle of that read, and can
+        change the world before it goes on."""
         self._stall("read", suffix)
 
     def _stall(self, phase: str, suffix: str) -> None:

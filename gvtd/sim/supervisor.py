@@ -143,8 +143,9 @@ class SimulatorInterface(ServiceInterface):
 
     @method()
     def StallReads(self, suffix: "s") -> None:  # noqa: F821
-        """gvtd's reads of paths ending in suffix hang until ReleaseWrites(): a test can
-        change something while gvtd is in the middle of an operation that reads them."""
+        """gvtd's reads and lookups of paths ending in suffix hang until ReleaseWrites():
+        a test can change something while gvtd is in the middle of an operation that
+        reads them."""
         if not suffix:
             raise DBusError(names.ERROR_PREFIX + "InvalidArgument", "StallReads(suffix)")
         self.sup.host.stall_reads(suffix)

@@ -300,6 +300,25 @@ def test_tune_loses_no_virsh_edit_made_while_it_works(gvtd: Simulation,
     assert (gvtd.state_dir / "tune" / "win.xml").read_text() == edited
 
 
+def test_attach_loses_no_virsh_edit_made_while_it_works(gvtd: Simulation,
+                                                        lv: PrivateLibvirtd) -> None:
+    """AttachVGPU looks up the GPU's render node in sysfs between reading the XML and
+    defining it: a `virsh edit` landing there is kept (Busy), and the attach run again
+    applies on top of it."""
+    lv.define(domain_xml("win"))
+    gvtd.client.define(name="g", type="i915-GVTg_V5_4", uuid=U1, start="manual")
+    gvtd.sim_call("StallReads", "s", ["/0000:00:02.0/drm"])
+    reply = gvtd.client.send_call("AttachVGPU", "ssa{sv}", ["win", "g", {}])
+    assert gvtd.sim_call("WaitStalled")[0].endswith("/0000:00:02.0/drm")
+    edited = edit_by_hand(lv)
+    gvtd.sim_call("ReleaseWrites")
+    assert busy(reply()) == BUSY
+    assert lv.virsh("dumpxml", "--inactive", "win").stdout == edited
+    assert gvtd.client.call("AttachVGPU", "ssa{sv}", ["win", "g", {}])[0]
+    after = lv.virsh("dumpxml", "--inactive", "win").stdout
+    assert "<description>mine</description>" in after and U1 in after
+
+
 def test_revert_loses_no_virsh_edit_made_while_it_works(gvtd: Simulation,
                                                         lv: PrivateLibvirtd) -> None:
     """tune --revert reads its saved copy between reading the XML and defining: with the
