@@ -2,7 +2,8 @@
 
 Pydantic models validate every value at the edge (a file or a D-Bus request), so the rest of
 the daemon only ever sees well-formed definitions. Every write is atomic: a crash leaves
-either the old file or the new one, never a partial one.
+either the old file or the new one, never a partial one; and a definition gvtd writes never
+replaces a file it did not load.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from pydantic import (  # noqa: E402
     model_validator,
 )
 
-from gvtd.errors import Failed, InvalidArgument
+from gvtd.errors import Busy, Failed, InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +243,8 @@ class ConfigDir:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.definitions_dir = path / DEFINITIONS_DIR
+        # Files of the last load that failed validation: a Define of their name says so.
+        self.invalid: set[str] = set()
 
     def load_settings(self) -> tuple[Settings, list[Problem]]:
         try:
@@ -284,19 +287,33 @@ class ConfigDir:
                 continue
             by_uuid[definition.uuid] = name
             defs[name] = definition
+        self.invalid = {p.file for p in problems}
         return defs, problems
 
     def definition_path(self, name: str) -> Path:
         return self.definitions_dir / f"{validate_name(name)}.toml"
 
     def save_definition(self, name: str, definition: Definition) -> None:
+        """Write a new NAME.toml, never over a file already there: gvtd did not load it
+        (written by hand since the last reload, or invalid), so it is someone's to keep."""
         path = self.definition_path(name)
         try:
             self.definitions_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, definition.to_toml())
+            create_new(path, definition.to_toml())
+        except FileExistsError:
+            raise self._in_the_way(path) from None
         except OSError as e:
             raise Failed(f"Could not write {path}: {e.strerror}. Nothing was changed; "
                          "check that the disk has room and the directory is writable.") from e
+
+    def _in_the_way(self, path: Path) -> Busy:
+        if str(path) in self.invalid:
+            return Busy(f"{path} already exists and failed validation (`gvt-client status` "
+                        "says why), so gvtd leaves it alone and wrote nothing. Fix it and "
+                        "run `gvt-client reload`, or remove it and define again.")
+        return Busy(f"{path} already exists and gvtd has not loaded it (written since the "
+                    "last reload), so gvtd leaves it alone and wrote nothing. Run `gvt-client "
+                    "reload` to use it, or remove it and define again.")
 
     def delete_definition(self, name: str) -> None:
         path = self.definition_path(name)
@@ -337,11 +354,8 @@ def remove_temporaries(directory: Path, entries: list[str]) -> None:
                             directory / entry, e.strerror)
 
 
-def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write a file so that a crash at any point leaves the old or the new content.
-
-    Temporary file in the same directory, fsync, rename over the target, fsync the directory.
-    """
+def _write_temporary(path: Path, text: str, mode: int) -> str:
+    """A synced temporary file beside path (.NAME.XXXXXXXX.tmp) holding text; its name."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -349,11 +363,44 @@ def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
             f.flush()
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return tmp
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write a file so that a crash at any point leaves the old or the new content.
+
+    Temporary file in the same directory, fsync, rename over the target, fsync the directory.
+    """
+    tmp = _write_temporary(path, text, mode)
+    try:
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _unlink_quietly(tmp)
         raise
+    fsync_dir(path.parent)
+
+
+def create_new(path: Path, text: str, mode: int = 0o644) -> None:
+    """Create a file that must not exist, whole or not at all; FileExistsError if it does.
+
+    link(2) of the synced temporary file to the name fails with EEXIST whenever anything is
+    there, even a file that appeared after any check a caller made: there is no window in
+    which another file could be replaced. A crash leaves no file or the whole one (and at
+    worst the temporary file, which load removes).
+    """
+    tmp = _write_temporary(path, text, mode)
+    try:
+        os.link(tmp, path)
+    finally:
+        _unlink_quietly(tmp)
     fsync_dir(path.parent)

@@ -126,10 +126,12 @@ class Domains:
         """Edit the domain's persistent XML as the guide does by hand; returns the diff."""
         async with self.locks[name]:
             view = self.host.find(key)
-            before = self.libvirt.domain_xml(name)
+            before = await self.libvirt.read_xml(name)
+            render_node = await asyncio.to_thread(self.host.render_node, view.parent) \
+                if display == "spice-gl" else None  # a sysfs scan
             spec = domxml.AttachSpec(
                 uuid=view.uuid, display=display,  # type: ignore[arg-type]
-                render_node=self.host.render_node(view.parent) if display == "spice-gl" else None,
+                render_node=render_node,
                 x_display=x_display,
                 override=self.libvirt.version() >= domxml.OVERRIDE_VERSION)
             return await self._edit(name, before, domxml.attach(before, spec), dry_run)
@@ -137,7 +139,7 @@ class Domains:
     async def detach(self, name: str, key: str) -> str:
         async with self.locks[name]:
             view = self.host.find(key)
-            before = self.libvirt.domain_xml(name)
+            before = await self.libvirt.read_xml(name)
             return await self._edit(name, before, domxml.detach(before, view.uuid), False)
 
     def backup_path(self, name: str) -> Path:
@@ -148,7 +150,7 @@ class Domains:
         one `# warning:` line per piece of the guide's advice the XML does not follow.
         The XML before a change is kept so that revert can put it back exactly."""
         async with self.locks[name]:
-            before = self.libvirt.domain_xml(name)
+            before = await self.libvirt.read_xml(name)
             if opts.revert:
                 return await self._revert(name, before, opts.dry_run)
             topology = await asyncio.to_thread(cputopo.read, self.sysfs) if opts.cpu else None
@@ -158,9 +160,11 @@ class Domains:
             after = tune.tune(before, spec)
             change = domxml.diff(domxml.serialize(domxml.parse(before)), after, name)
             if change and not opts.dry_run:
-                await asyncio.to_thread(self._save_backup, name, before)
                 log.info("Tuning domain %s:\n%s", name, change, extra={"DOMAIN": name})
-                await self.libvirt.define(name, after)
+                # the copy for --revert is replaced only once libvirt is known to still
+                # have `before`, and before the define: a crash between them loses nothing
+                await self.libvirt.define(name, after, before,
+                                          first=lambda: self._save_backup(name, before))
             warnings = [f"# warning: {message}. Fix: {fix}\n"
                         for _, message, fix in tune.checks(after)]
             missing = [f for f in tune.HYPERV if f not in tune.hyperv_wanted(hyperv)] \
@@ -192,7 +196,7 @@ class Domains:
         if not dry_run:
             log.info("Reverting the tune of domain %s:\n%s", name, change,
                      extra={"DOMAIN": name})
-            await self.libvirt.define(name, saved)
+            await self.libvirt.define(name, saved, current)
             await asyncio.to_thread(path.unlink)
         return change
 
@@ -200,7 +204,7 @@ class Domains:
         change = domxml.diff(domxml.serialize(domxml.parse(before)), after, name)
         if change and not dry_run:
             log.info("Changing the XML of domain %s:\n%s", name, change, extra={"DOMAIN": name})
-            await self.libvirt.define(name, after)
+            await self.libvirt.define(name, after, before)
         return change
 
     def checks(self) -> list[doctor.Check]:

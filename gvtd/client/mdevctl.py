@@ -128,33 +128,70 @@ def file_text(entry: Entry) -> str:
 
 def write_dir(top: Path, entries: list[Entry]) -> list[Path]:
     """Write top/PARENT/UUID for each entry. A file already there with other content is an
-    MdevctlError before anything is written; the same content is left as it is."""
+    MdevctlError before anything is written; the same content is left as it is. A file that
+    appears while exporting is never replaced either (see _create)."""
     plan = []
     for e in entries:
         path, text = top / e.parent / e.uuid, file_text(e)
-        try:
-            old = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            plan.append((path, text))
-            continue
-        except (OSError, UnicodeDecodeError) as err:
-            raise MdevctlError(f"{path}: cannot be read ({err}); nothing was written.") from err
-        if old.strip() != text:
-            raise MdevctlError(f"{path} already exists with another definition; nothing was "
-                               "written. Remove it (mdevctl undefine --uuid "
-                               f"{e.uuid}) or export to another --dir.")
-    written = []
-    for path, text in plan:
+        if _same(path, text, e.uuid, []) is None:
+            plan.append((path, text, e.uuid))
+    written: list[Path] = []
+    for path, text, uuid in plan:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                os.fchmod(f.fileno(), 0o644)
-            os.replace(tmp, path)
+            created = _create(path, text)
         except OSError as err:
             raise MdevctlError(f"{path}: cannot be written: {err.strerror}"
-                               + (f"; written before it: {', '.join(map(str, written))}."
-                                  if written else "; nothing was written.")) from err
-        written.append(path)
+                               + _so_far(written)) from err
+        if created:
+            written.append(path)
+        else:  # someone wrote it since the check: theirs, unless it is this very definition
+            _same(path, text, uuid, written)
     return written
+
+
+def _so_far(written: list[Path]) -> str:
+    return (f"; written before it: {', '.join(map(str, written))}." if written
+            else "; nothing was written.")
+
+
+def _same(path: Path, text: str, uuid: str, written: list[Path]) -> bool | None:
+    """None when path does not exist, True when it holds text; MdevctlError otherwise."""
+    try:
+        old = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as err:
+        raise MdevctlError(f"{path}: cannot be read ({err})" + _so_far(written)) from err
+    if old.strip() != text:
+        raise MdevctlError(f"{path} already exists with another definition"
+                           + _so_far(written)[:-1] + ". Remove it (mdevctl undefine --uuid "
+                           f"{uuid}) or export to another --dir.")
+    return True
+
+
+def _create(path: Path, text: str) -> bool:
+    """Create path holding text, whole or not at all; False if the name is taken.
+
+    A synced temporary file in the same directory is linked to the name: link(2) fails with
+    EEXIST whatever is there, even a file written after the caller looked, so nothing is
+    ever replaced. The temporary file goes on every path out; the directory is synced.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fchmod(f.fileno(), 0o644)
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return True

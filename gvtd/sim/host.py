@@ -193,20 +193,30 @@ class EmulatedHost:
             return list(self.kernel.writes)
 
     def set_fault(self, fault: Callable[[str, str, str], None] | None) -> None:
-        """fault(phase, path, data) runs before and after every write ("before"/"after")."""
+        """fault(phase, path, data) runs before and after every write ("before"/"after")
+        and before every read and lookup ("read", data "")."""
         self._ops.fault = fault
 
     def stall_writes(self, suffix: str) -> None:
         """Writes to paths ending in suffix hang before the kernel acts on them, as a remove
         does while a driver is stuck or a VM holds the device open, until release_writes().
         Other files keep answering (the FUSE server has many threads)."""
+        self._stall("before", suffix)
+
+    def stall_reads(self, suffix: str) -> None:
+        """Reads and lookups of paths ending in suffix (existing or not) hang until
+        release_writes(): a test then knows gvtd is in the middle of that read, and can
+        change the world before it goes on."""
+        self._stall("read", suffix)
+
+    def _stall(self, phase: str, suffix: str) -> None:
         gate = threading.Event()
         self.release_writes()
         self._stalled = gate
         self._stall_hit.clear()
 
-        def fault(phase: str, path: str, data: str) -> None:
-            if phase == "before" and path.endswith(suffix):
+        def fault(when: str, path: str, data: str) -> None:
+            if when == phase and path.endswith(suffix):
                 self._stalled_path = path
                 self._stall_hit.set()
                 gate.wait()
@@ -214,13 +224,14 @@ class EmulatedHost:
         self.set_fault(fault)
 
     def wait_stalled(self, timeout: float) -> str:
-        """The path of the first write that hangs since stall_writes(), once one does."""
+        """The path of the first write or read that hangs since stall_writes() or
+        stall_reads(), once one does."""
         if not self._stall_hit.wait(timeout):
-            raise TimeoutError(f"no write stalled within {timeout:.0f} s")
+            raise TimeoutError(f"nothing stalled within {timeout:.0f} s")
         return self._stalled_path
 
     def release_writes(self) -> None:
-        """Let every stalled write go on."""
+        """Let every stalled write or read go on."""
         gate, self._stalled = self._stalled, None
         if gate is not None:
             self.set_fault(None)

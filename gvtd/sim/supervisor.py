@@ -142,9 +142,18 @@ class SimulatorInterface(ServiceInterface):
         self.sup.host.stall_writes(suffix)
 
     @method()
+    def StallReads(self, suffix: "s") -> None:  # noqa: F821
+        """gvtd's reads and lookups of paths ending in suffix hang until ReleaseWrites():
+        a test can change something while gvtd is in the middle of an operation that
+        reads them."""
+        if not suffix:
+            raise DBusError(names.ERROR_PREFIX + "InvalidArgument", "StallReads(suffix)")
+        self.sup.host.stall_reads(suffix)
+
+    @method()
     async def WaitStalled(self) -> "s":  # noqa: F821
-        """The path of the first write hanging since StallWrites(), once one does (within
-        30 s, else Failed): a test knows gvtd is in the middle of that write."""
+        """The path of the first write or read hanging since StallWrites() or StallReads(),
+        once one does (within 30 s, else Failed): a test knows gvtd is in the middle of it."""
         try:
             return await asyncio.to_thread(self.sup.host.wait_stalled, 30.0)
         except TimeoutError as e:

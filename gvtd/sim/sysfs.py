@@ -216,7 +216,8 @@ class SysfsOps(mfusepy.Operations):
         self.log = log
         self.ready = threading.Event()
         # Called as fault(phase, path, data) with phase "before" or "after" around every
-        # write; it may raise OSError to fail the write. Fault-injection tests use it.
+        # write, and "read" (data "") before every read and lookup (getattr); it may raise
+        # OSError to fail the write or read, or block to hold it. Fault-injection tests use it.
         self.fault: Callable[[str, str, str], None] | None = None
         self.stamp = time.time_ns()
         self.uid, self.gid = os.getuid(), os.getgid()
@@ -237,8 +238,16 @@ class SysfsOps(mfusepy.Operations):
             raise mfusepy.FuseOSError(errno.ENOENT)
         return node
 
+    def _read_fault(self, path: str) -> None:
+        if self.fault is not None:
+            try:
+                self.fault("read", "/sys/devices" + path, "")
+            except OSError as e:
+                raise mfusepy.FuseOSError(e.errno or errno.EIO) from None
+
     def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
         """Files claim 4096 bytes like sysfs; direct_io makes reads stop at the real end."""
+        self._read_fault(path)  # every lookup of the path, even of one that is not there
         node = self._node(path)
         t = self.stamp
         base = {"st_uid": self.uid, "st_gid": self.gid, "st_atime": t, "st_mtime": t, "st_ctime": t}
@@ -285,6 +294,7 @@ class SysfsOps(mfusepy.Operations):
         return 0
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        self._read_fault(path)
         node = self._node(path)
         if not isinstance(node, File) or node.read is None:
             raise mfusepy.FuseOSError(errno.EACCES)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from gvtd.errors import Failed, LibvirtUnavailable, NotFound
+from gvtd.errors import Busy, Failed, GvtdError, LibvirtUnavailable, NotFound
 from gvtd.virt.domxml import mdev_uuids, parse
 
 
@@ -285,15 +285,56 @@ class Libvirt:
         return frozenset(v.text or "" for v in
                          hyperv.findall("./enum[@name='features']/value"))
 
-    async def define(self, name: str, xml: str) -> None:
-        """Replace a domain's persistent definition (virsh define)."""
+    async def read_xml(self, name: str) -> str:
+        """The domain's persistent XML, read off the loop: what an edit starts from and
+        passes to define() as `read`."""
+        def read() -> str:
+            try:
+                return self._domain(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            except libvirt.libvirtError as e:
+                raise self._lost_or_failed(e, f"libvirt cannot read the XML of {name}") from e
+
+        return await asyncio.to_thread(read)
+
+    async def define(self, name: str, xml: str, read: str,
+                     first: Callable[[], None] | None = None) -> None:
+        """Replace a domain's persistent definition (virsh define) with xml, an edit of
+        `read`, only if libvirt still has exactly `read`: a `virsh edit` made meanwhile is
+        not lost but refused with Busy. `first` (saving what it replaces) runs after that
+        check, before the define, in the same worker thread."""
         if self.conn is None:
             raise LibvirtUnavailable(f"libvirt is not reachable at {self.uri}.")
-        try:
-            await asyncio.to_thread(self.conn.defineXML, xml)
-        except libvirt.libvirtError as e:
-            raise Failed(f"libvirt refused the new XML of {name}: {e.get_error_message()}") from e
+
+        def define() -> None:
+            # libvirt has no compare-and-define: this re-read narrows the window to the
+            # two calls below, from the whole edit (which may ask libvirt and sysfs).
+            try:
+                now = self._domain(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            except libvirt.libvirtError as e:
+                raise self._lost_or_failed(e, f"libvirt cannot read the XML of {name}") from e
+            if now != read:
+                raise Busy(f"The XML of {name} changed while gvtd was editing it (a `virsh "
+                           "edit`?); nothing was changed; run the command again.")
+            if first is not None:
+                first()
+            conn = self.conn
+            if conn is None:
+                raise LibvirtUnavailable(f"lost the connection to libvirt at {self.uri}; "
+                                         "nothing was changed.")
+            try:
+                conn.defineXML(xml)
+            except libvirt.libvirtError as e:
+                raise Failed(f"libvirt refused the new XML of {name}: "
+                             f"{e.get_error_message()}") from e
+
+        await asyncio.to_thread(define)
         await self._refresh_one(name)
+
+    def _lost_or_failed(self, e: libvirt.libvirtError, what: str) -> GvtdError:
+        if _lost(e):
+            return LibvirtUnavailable(f"lost the connection to libvirt at {self.uri}; gvtd "
+                                      "reconnects as soon as libvirtd is back.")
+        return Failed(f"{what}: {e.get_error_message()}")
 
     async def create(self, name: str) -> None:
         """Start a defined domain (virsh start)."""

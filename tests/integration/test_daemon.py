@@ -205,6 +205,29 @@ def test_invalid_file_is_a_problem_and_others_work(sim: Simulation) -> None:
     assert (m["State"], m["Problems"]) == ("running", [])
 
 
+def test_define_leaves_a_file_it_did_not_load_alone(sim: Simulation) -> None:
+    """A definition written by hand and not reloaded yet, and one that failed validation,
+    are not replaced by a Define of their name: Busy names the file and what to do, nothing
+    is written or created; after a reload the hand-written one is what runs."""
+    d = sim.config_dir / "vgpus.d"
+    d.mkdir(exist_ok=True)
+    (d / "bad.toml").write_text(f'uuid = "{UUID}"\ntype = 5\n')
+    sim.client.call("Reload")
+    (d / "hand.toml").write_text('uuid = "11111111-2222-4333-8444-555555555555"\n'
+                                 'type = "i915-GVTg_V5_8"\n')
+    etc = tree_snapshot(sim.config_dir)
+    for name, why in (("hand", "gvtd has not loaded it"), ("bad", "failed validation")):
+        with pytest.raises(CallError) as e:
+            sim.client.define(name=name, type="i915-GVTg_V5_4")
+        assert e.value.name == ERR + "Busy"
+        assert f"{d / name}.toml already exists and {why}" in e.value.text
+        assert "gvt-client reload" in e.value.text and "remove it" in e.value.text
+    assert tree_snapshot(sim.config_dir) == etc
+    assert creates(sim) == []
+    sim.client.call("Reload")
+    assert sim.client.vgpus()["hand"]["Type"] == "i915-GVTg_V5_8"
+
+
 def test_undefine_removes_what_gvtd_created(sim: Simulation) -> None:
     path = sim.client.define(name="win10", type="i915-GVTg_V5_4")
     uuid = sim.client.vgpus()["win10"]["UUID"]

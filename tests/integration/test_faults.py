@@ -160,16 +160,18 @@ def test_full_or_read_only_configuration(dbus, tmp_path) -> None:  # type: ignor
         subprocess.run(["umount", "-l", str(etc)], check=False)
 
 
-# A Define writes two files the same way (config.atomic_write): the definition, then the
-# ownership record as it creates the vGPU. Each syscall of those writes, in order, with what
-# has happened when gvtd is killed on entering it.
+# A Define writes two files: the definition as a new file (config.create_new: linked to its
+# name, never over another), then the ownership record as it creates the vGPU (atomic_write:
+# renamed over the old one). Each syscall of those writes, in order, with what has happened
+# when gvtd is killed on entering it.
 DEFINE_STEPS = {
     "definition temp created, empty": ("write", 1, "vgpus.d/.win10.toml."),
     "definition temp written, not synced": ("fsync", 1, "vgpus.d/.win10.toml."),
-    "definition temp synced, not renamed": ("rename", 1, "vgpus.d/.win10.toml."),
-    "definition renamed, directory not synced": ("fsync", 2, "vgpus.d>"),
+    "definition temp synced, not linked": ("link", 1, "vgpus.d/.win10.toml."),
+    "definition linked, temp not removed": ("unlink", 1, "vgpus.d/.win10.toml."),
+    "definition linked, directory not synced": ("fsync", 2, "vgpus.d>"),
     "ownership temp created, empty": ("write", 2, "state/.created.json."),
-    "ownership temp synced, not renamed": ("rename", 2, "state/.created.json."),
+    "ownership temp synced, not renamed": ("rename", 1, "state/.created.json."),
     "ownership renamed, directory not synced": ("fsync", 4, "state>"),
 }
 
@@ -182,7 +184,7 @@ class Strace:
         self.log = log
         self.proc = subprocess.Popen(
             ["strace", "-p", str(pid), "-y", "-o", str(log),
-             "-e", "trace=write,fchmod,fsync,rename",
+             "-e", "trace=write,fchmod,fsync,rename,link,unlink",
              "-e", f"inject={syscall}:signal=KILL:when={nth}"],
             stderr=subprocess.PIPE, text=True)
         assert self.proc.stderr is not None

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dbus_fast import Message, Variant
+from dbus_fast import Message, MessageType, Variant
 
 from gvtd import names
 from gvtd.cputopo import Topology
@@ -261,6 +261,82 @@ def test_tune_survives_a_define_and_reverts_byte_for_byte(gvtd: Simulation,
     assert not [line for line in again.splitlines() if not line.startswith("# warning: ")]
     gvtd.client.call("TuneDomain", "sa{sv}", ["win", {"revert": Variant("b", True)}])
     assert lv.virsh("dumpxml", "--inactive", "win").stdout == before
+
+
+BUSY = ("The XML of win changed while gvtd was editing it (a `virsh edit`?); nothing was "
+        "changed; run the command again.")
+
+
+def edit_by_hand(lv: PrivateLibvirtd) -> str:
+    """What `virsh edit win` does: define a changed XML. Returns what libvirt then has."""
+    xml = lv.virsh("dumpxml", "--inactive", "win").stdout
+    lv.define(xml.replace("</name>", "</name><description>mine</description>", 1))
+    return lv.virsh("dumpxml", "--inactive", "win").stdout
+
+
+def busy(answer: Message) -> str:
+    assert answer.message_type == MessageType.ERROR, answer.body
+    assert answer.error_name == ERR + "Busy"
+    return answer.body[0]
+
+
+def test_tune_loses_no_virsh_edit_made_while_it_works(gvtd: Simulation,
+                                                      lv: PrivateLibvirtd) -> None:
+    """A `virsh edit` that lands between TuneDomain's read of the XML and its define (gvtd
+    held there inside its read of the CPU topology) is kept: Busy, libvirt still has the
+    edit, no copy for --revert is made; run again, the tune applies on top of the edit."""
+    lv.define(domain_xml("win"))
+    gvtd.sim_call("StallReads", "s", ["/thread_siblings_list"])
+    reply = gvtd.client.send_call("TuneDomain", "sa{sv}", ["win", {}])
+    assert gvtd.sim_call("WaitStalled")[0].endswith("/topology/thread_siblings_list")
+    edited = edit_by_hand(lv)
+    gvtd.sim_call("ReleaseWrites")
+    assert busy(reply()) == BUSY
+    assert lv.virsh("dumpxml", "--inactive", "win").stdout == edited
+    assert not (gvtd.state_dir / "tune" / "win.xml").exists()
+    assert gvtd.client.call("TuneDomain", "sa{sv}", ["win", {}])[0].startswith("--- win.xml")
+    after = lv.virsh("dumpxml", "--inactive", "win").stdout
+    assert "<description>mine</description>" in after and "vcpupin" in after
+    assert (gvtd.state_dir / "tune" / "win.xml").read_text() == edited
+
+
+def test_attach_loses_no_virsh_edit_made_while_it_works(gvtd: Simulation,
+                                                        lv: PrivateLibvirtd) -> None:
+    """AttachVGPU looks up the GPU's render node in sysfs between reading the XML and
+    defining it: a `virsh edit` landing there is kept (Busy), and the attach run again
+    applies on top of it."""
+    lv.define(domain_xml("win"))
+    gvtd.client.define(name="g", type="i915-GVTg_V5_4", uuid=U1, start="manual")
+    gvtd.sim_call("StallReads", "s", ["/0000:00:02.0/drm"])
+    reply = gvtd.client.send_call("AttachVGPU", "ssa{sv}", ["win", "g", {}])
+    assert gvtd.sim_call("WaitStalled")[0].endswith("/0000:00:02.0/drm")
+    edited = edit_by_hand(lv)
+    gvtd.sim_call("ReleaseWrites")
+    assert busy(reply()) == BUSY
+    assert lv.virsh("dumpxml", "--inactive", "win").stdout == edited
+    assert gvtd.client.call("AttachVGPU", "ssa{sv}", ["win", "g", {}])[0]
+    after = lv.virsh("dumpxml", "--inactive", "win").stdout
+    assert "<description>mine</description>" in after and U1 in after
+
+
+def test_revert_loses_no_virsh_edit_made_while_it_works(gvtd: Simulation,
+                                                        lv: PrivateLibvirtd) -> None:
+    """tune --revert reads its saved copy between reading the XML and defining: with the
+    copy a FIFO, gvtd opening it is the moment to `virsh edit`. Busy; the edit stays, and
+    so does the saved copy."""
+    lv.define(domain_xml("win"))
+    gvtd.client.call("TuneDomain", "sa{sv}", ["win", {}])
+    saved = gvtd.state_dir / "tune" / "win.xml"
+    text = saved.read_text()
+    saved.unlink()
+    os.mkfifo(saved, 0o600)
+    reply = gvtd.client.send_call("TuneDomain", "sa{sv}", ["win", {"revert": Variant("b", True)}])
+    with open(saved, "w") as fifo:  # returns once gvtd has opened it: it is reverting
+        edited = edit_by_hand(lv)
+        fifo.write(text)
+    assert busy(reply()) == BUSY
+    assert lv.virsh("dumpxml", "--inactive", "win").stdout == edited
+    assert saved.exists()
 
 
 def test_every_enlightenment_survives_a_define(lv: PrivateLibvirtd) -> None:

@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from gvtd.config import ConfigDir, Definition, Settings, atomic_write, request_error, validate_name
-from gvtd.errors import Failed, InvalidArgument
+from gvtd.errors import Busy, Failed, InvalidArgument
 
 UUID = "fff6f017-3417-4ad3-b05e-17ae3e1a4615"
 
@@ -123,3 +123,44 @@ def test_load_removes_only_what_an_interrupted_write_left(tmp_path: Path) -> Non
     assert list(defs) == ["a"] and problems == []
     assert sorted(os.listdir(cfg.definitions_dir)) == [".a.toml.swp", ".hidden.tmp",
                                                         "a.toml", "a.toml~"]
+
+
+def test_save_never_replaces_a_file_gvtd_did_not_load(tmp_path: Path) -> None:
+    """A file written by hand after the load, or one that failed validation, is someone's:
+    a Define of its name is Busy with the file and what to do, and it stays byte for byte."""
+    cfg = ConfigDir(tmp_path)
+    cfg.definitions_dir.mkdir()
+    (cfg.definitions_dir / "bad.toml").write_text("type = 5\n")
+    cfg.load_definitions()
+    (cfg.definitions_dir / "hand.toml").write_text(f'uuid = "{UUID}"\ntype = "mine"\n')
+    before = {p.name: p.read_bytes() for p in cfg.definitions_dir.iterdir()}
+    d = Definition(uuid="11111111-2222-3333-4444-555555555555", type="i915-GVTg_V5_4")
+    with pytest.raises(Busy) as e:
+        cfg.save_definition("hand", d)
+    assert str(cfg.definitions_dir / "hand.toml") in e.value.message
+    assert "not loaded" in e.value.message and "gvt-client reload" in e.value.message
+    with pytest.raises(Busy) as e:
+        cfg.save_definition("bad", d)
+    assert "failed validation" in e.value.message and "remove it" in e.value.message
+    assert {p.name: p.read_bytes() for p in cfg.definitions_dir.iterdir()} == before
+
+
+def test_save_does_not_clobber_a_file_that_appears_during_the_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file created by someone else after gvtd looked, while its temporary file is being
+    synced, is kept: the final name is taken with link(2), which refuses a name in use."""
+    cfg = ConfigDir(tmp_path)
+    cfg.definitions_dir.mkdir()
+    target = cfg.definitions_dir / "late.toml"
+    real_fsync = os.fsync
+
+    def someone_writes_it_meanwhile(fd: int) -> None:
+        real_fsync(fd)
+        if not target.exists() and os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp"):
+            target.write_text("# theirs\n")
+
+    monkeypatch.setattr(os, "fsync", someone_writes_it_meanwhile)
+    with pytest.raises(Busy, match="late.toml already exists"):
+        cfg.save_definition("late", Definition(uuid=UUID, type="i915-GVTg_V5_4"))
+    assert target.read_text() == "# theirs\n"
+    assert os.listdir(cfg.definitions_dir) == ["late.toml"]  # no temporary file left

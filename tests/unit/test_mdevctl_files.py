@@ -1,7 +1,10 @@
 """mdevctl's definition files: what import-mdevctl refuses to guess about, and writing them
 without clobbering another definition."""
 
+import errno
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -60,3 +63,38 @@ def test_write_checks_every_file_before_writing_any(tmp_path: Path) -> None:
         write_dir(tmp_path, [b, other])
     assert not (tmp_path / GPU / U2).exists()
     assert (tmp_path / GPU / U1).read_text() == file_text(a)
+
+
+def test_write_never_replaces_a_file_that_appears_while_exporting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mdevctl (or a person) writes a definition of the same UUID after the export looked:
+    theirs stays, the error names it and what to do, and no temporary file is left."""
+    a, b = Entry(U1, GPU, "t", "manual"), Entry(U2, GPU, "t", "auto")
+    real_mkstemp = tempfile.mkstemp
+    theirs = '{"mdev_type": "other", "start": "auto"}'
+
+    def someone_defines_u2_meanwhile(*args, **kwargs):  # type: ignore[no-untyped-def]
+        out = real_mkstemp(*args, **kwargs)
+        if os.path.basename(out[1]).startswith(f".{U2}."):
+            (tmp_path / GPU / U2).write_text(theirs)
+        return out
+
+    monkeypatch.setattr(tempfile, "mkstemp", someone_defines_u2_meanwhile)
+    with pytest.raises(MdevctlError) as e:
+        write_dir(tmp_path, [a, b])
+    assert str(e.value) == (f"{tmp_path / GPU / U2} already exists with another definition; "
+                            f"written before it: {tmp_path / GPU / U1}. Remove it (mdevctl "
+                            f"undefine --uuid {U2}) or export to another --dir.")
+    assert (tmp_path / GPU / U2).read_text() == theirs
+    assert sorted(os.listdir(tmp_path / GPU)) == sorted([U1, U2])
+
+
+def test_write_that_fails_leaves_no_temporary_file(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_space(fd: int, mode: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fchmod", no_space)
+    with pytest.raises(MdevctlError, match="No space left on device; nothing was written"):
+        write_dir(tmp_path, [Entry(U1, GPU, "t", "manual")])
+    assert os.listdir(tmp_path / GPU) == []
