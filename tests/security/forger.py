@@ -4,8 +4,9 @@ straight to each --to name, in order; then a round trip to the bus driver makes 
 bus has routed them all before this exits. Prints its own unique name as JSON.
 
 SIGNAL is `sleep` (PrepareForSleep(true), as logind emits it), `left=OWNER`
-(NameOwnerChanged: logind's OWNER left) or `handover=OWNER` (NameOwnerChanged: logind's
-name passed from OWNER to this connection)."""
+(NameOwnerChanged: logind's OWNER left), `handover=OWNER` (NameOwnerChanged: logind's
+name passed from OWNER to this connection), `gvtd-gone=OWNER` (NameOwnerChanged: gvtd's
+OWNER left) or `degraded` (gvtd's Manager.State changed to degraded)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import asyncio
 import json
 import sys
 
-from dbus_fast import Message, MessageType
+from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
+
+from gvtd import names
 
 LOGIND = "org.freedesktop.login1"
 DBUS = "org.freedesktop.DBus"
@@ -29,10 +32,16 @@ def forged(spec: str, me: str, destination: str | None) -> Message:
         return Message(message_type=MessageType.SIGNAL, destination=destination,
                        path="/org/freedesktop/login1", interface="org.freedesktop.login1.Manager",
                        member="PrepareForSleep", signature="b", body=[True])
-    new = {"left": "", "handover": me}[what]
+    if what == "degraded":
+        return Message(message_type=MessageType.SIGNAL, destination=destination,
+                       path=names.ROOT_PATH, interface=names.PROPERTIES_IFACE,
+                       member="PropertiesChanged", signature="sa{sv}as",
+                       body=[names.MANAGER_IFACE, {"State": Variant("s", "degraded")}, []])
+    name, new = {"left": (LOGIND, ""), "handover": (LOGIND, me),
+                 "gvtd-gone": (names.BUS_NAME, "")}[what]
     return Message(message_type=MessageType.SIGNAL, destination=destination, path=DBUS_PATH,
                    interface=DBUS, member="NameOwnerChanged", signature="sss",
-                   body=[LOGIND, owner, new])
+                   body=[name, owner, new])
 
 
 async def main() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -81,17 +82,20 @@ class World:
     def manager(self) -> dict:
         return self.sim.client.props(names.ROOT_PATH, names.MANAGER_IFACE)
 
+    def bus_call(self, member: str, signature: str = "", body: list | None = None):  # type: ignore[no-untyped-def]
+        return self.sim.client.call(member, signature, body, dest=DBUS,
+                                    path="/org/freedesktop/DBus", iface=DBUS)[0]
+
+    def connections_of(self, pid: int) -> list[str]:
+        """The unique names of every connection the process pid has on the bus."""
+        every = self.bus_call("ListNames")
+        return [n for n in every if n.startswith(":")
+                and self.bus_call("GetConnectionUnixProcessID", "s", [n]) == pid]
+
     def gvtd_connections(self) -> list[str]:
         """Every unique name of gvtd's process: its API connection and its suspend one."""
-        c = self.sim.client
-
-        def pid(name: str) -> int:
-            return c.call("GetConnectionUnixProcessID", "s", [name], dest=DBUS,
-                          path="/org/freedesktop/DBus", iface=DBUS)[0]
-
-        gvtd = pid(names.BUS_NAME)
-        every = c.call("ListNames", dest=DBUS, path="/org/freedesktop/DBus", iface=DBUS)[0]
-        found = [n for n in every if n.startswith(":") and pid(n) == gvtd]
+        found = self.connections_of(self.bus_call("GetConnectionUnixProcessID", "s",
+                                                  [names.BUS_NAME]))
         assert len(found) >= 2, found  # the API and the system bus for logind
         return found
 
@@ -154,11 +158,12 @@ def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
         bus.stop()
 
 
-def forge(world: World, signals: list[str], uid: int, broadcast: bool = False) -> str:
-    """Run forger.py as uid, sending signals to every gvtd connection (and broadcast);
-    returns the forger's unique name once gvtd logged ignoring its last signal."""
+def run_forger(world: World, signals: list[str], uid: int, to: list[str],
+               broadcast: bool = False) -> str:
+    """Run forger.py as uid, sending signals to the unique names to (and broadcast);
+    returns the forger's unique name once the bus has routed them all."""
     cmd = [sys.executable, str(HERE / "forger.py"), world.bus.address, *signals,
-           *(a for n in world.gvtd_connections() for a in ("--to", n))]
+           *(a for n in to for a in ("--to", n))]
     if broadcast:
         cmd.append("--broadcast")
     if uid != 0:
@@ -168,7 +173,13 @@ def forge(world: World, signals: list[str], uid: int, broadcast: bool = False) -
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env,
                           cwd="/")
     assert proc.returncode == 0, proc.stderr
-    forger = json.loads(proc.stdout)["unique_name"]
+    return json.loads(proc.stdout)["unique_name"]
+
+
+def forge(world: World, signals: list[str], uid: int, broadcast: bool = False) -> str:
+    """Forge signals to every gvtd connection (and broadcast), and wait until gvtd logged
+    ignoring the last one; returns the forger's unique name."""
+    forger = run_forger(world, signals, uid, world.gvtd_connections(), broadcast)
     member = "PrepareForSleep" if signals[-1] == "sleep" else "NameOwnerChanged"
     try:
         world.log.wait_for(f"Ignored a {member} signal from {forger}:")
@@ -238,3 +249,37 @@ def test_logind_leaving_and_coming_back_is_followed(world: World) -> None:
     world.logind.prepare_for_sleep(True)
     wait_suspend(world, "sleeping", after=mark)
     assert [p.split("/")[-2] for p in world.removes()] == [IDLE]
+
+
+def test_gvt_client_monitor_believes_only_gvtd_and_the_bus(world: World) -> None:
+    """gvt-client monitor, sent "gvtd left" and a change of Manager.State by nobody: it
+    neither quits nor shows the change, and still shows gvtd's own next change."""
+    proc = subprocess.Popen([sys.executable, "-m", "gvtd.client.main", "--system", "monitor"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        for line in proc.stdout:
+            if line.startswith("-- watching"):
+                break
+        else:
+            raise AssertionError(f"monitor ended before watching: {proc.stderr.read()}")
+        gvtd = world.bus_call("GetNameOwner", "s", [names.BUS_NAME])
+        run_forger(world, [f"gvtd-gone={gvtd}", "degraded"], NOBODY,
+                   world.connections_of(proc.pid))
+        world.sim.client.define(name="late", type="i915-GVTg_V5_8", start="manual")
+        lines = []
+        for line in proc.stdout:  # gvtd's change comes after what the forger sent
+            lines.append(line)
+            if line.startswith("vgpu late: added"):
+                break
+        else:
+            raise AssertionError(f"monitor ended: {lines} {proc.stderr.read()}")
+        assert not [x for x in lines if "degraded" in x], lines
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(TIMEOUT) == 0
+        assert proc.stderr.read() == ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(TIMEOUT)
