@@ -22,9 +22,10 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 import pytest
+from dbus_fast import Message
 
 from gvtd import names
 from gvtd.suspend import DELAY_WHY
@@ -79,10 +80,11 @@ class World:
     sim: Simulation
     log: StderrLines
 
-    def manager(self) -> dict:
+    def manager(self) -> dict[str, Any]:
         return self.sim.client.props(names.ROOT_PATH, names.MANAGER_IFACE)
 
-    def bus_call(self, member: str, signature: str = "", body: list | None = None):  # type: ignore[no-untyped-def]
+    def bus_call(self, member: str, signature: str = "", body: list[Any] | None = None) -> Any:
+        """One call to the bus driver, its first return value."""
         return self.sim.client.call(member, signature, body, dest=DBUS,
                                     path="/org/freedesktop/DBus", iface=DBUS)[0]
 
@@ -112,20 +114,21 @@ class World:
         assert self.removes() == []
 
 
-def changed(m, path: str = names.ROOT_PATH) -> dict:  # type: ignore[no-untyped-def]
+def changed(m: Message, path: str = names.ROOT_PATH) -> dict[str, Any]:
+    """The changed properties of a PropertiesChanged signal on path ({} for others)."""
     if m.member != "PropertiesChanged" or m.path != path:
         return {}
     return plain(m.body[1])
 
 
-def wait_suspend(world: World, state: str, after=None) -> None:  # type: ignore[no-untyped-def]
+def wait_suspend(world: World, state: str, after: Message | None = None) -> None:
     """Wait until Manager.Suspend is state: now (without `after`) or by a later signal."""
     if after is None and world.manager()["Suspend"] == state:
         return
     world.sim.client.wait_for(lambda m: changed(m).get("Suspend") == state, after=after)
 
 
-def last(world: World):  # type: ignore[no-untyped-def]
+def last(world: World) -> Message | None:
     return world.sim.client.signals[-1] if world.sim.client.signals else None
 
 
@@ -133,7 +136,7 @@ def last(world: World):  # type: ignore[no-untyped-def]
 def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     bus = SystemBus()
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", bus.address)
-    logind = sim = log = None
+    logind = sim = None
     try:
         logind = Logind(bus)  # type: ignore[arg-type]
         read, write = os.pipe()
