@@ -13,6 +13,13 @@ part in logind's sleep protocol (https://systemd.io/INHIBITOR_LOCKS/):
 logind lives on the system bus even when gvtd serves the session bus (simulation), so this
 module opens its own system bus connection (DBUS_SYSTEM_BUS_ADDRESS points it elsewhere).
 Inhibit() returns a file descriptor: the lock is held while gvtd keeps it open.
+
+gvtd acts on a signal only when its sender is the current owner of the name that emits it:
+logind's unique name (GetNameOwner at start, then the bus driver's NameOwnerChanged) for
+PrepareForSleep, the bus driver itself for NameOwnerChanged. Match rules name the sender
+too, but they only filter broadcasts: a signal addressed to gvtd's connection is delivered
+whatever they say, so any local user could otherwise make gvtd tear down vGPUs or believe
+that logind left. A forged signal is logged once at debug level and ignored.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ LOGIND = "org.freedesktop.login1"
 LOGIND_PATH = "/org/freedesktop/login1"
 LOGIND_MANAGER = "org.freedesktop.login1.Manager"
 DBUS = "org.freedesktop.DBus"
+DBUS_PATH = "/org/freedesktop/DBus"
+FORGED_MEMORY = 64  # (sender, member) pairs of forged signals remembered, each logged once
 
 DEFAULT_DELAY_MAX = 5.0  # logind's default InhibitDelayMaxSec
 DELAY_SHARE = 0.8  # of InhibitDelayMaxSec that the removals may take before gvtd lets go
@@ -76,6 +85,9 @@ class Suspend:
         self._problems: dict[str, Problem] = {}
         self._bus: MessageBus | None = None
         self._logind = False  # whether logind owns its name now
+        self._logind_owner = ""  # logind's unique name: the only sender of PrepareForSleep
+        self._owner_changes = 0  # NameOwnerChanged signals followed, newer than a GetNameOwner
+        self._forged: dict[tuple[str, str], None] = {}  # logged already, oldest first
         self._delay_fd: int | None = None
         self._block_fd: int | None = None
         self._block_for: list[str] = []  # the domains the block lock names
@@ -102,23 +114,25 @@ class Suspend:
             return
         bus = self._bus
         bus.add_message_handler(self._on_message)
-        for rule in (f"type='signal',sender='{DBUS}',member='NameOwnerChanged',arg0='{LOGIND}'",
-                     f"type='signal',interface='{LOGIND_MANAGER}',member='PrepareForSleep',"
-                     f"path='{LOGIND_PATH}'"):
-            await self._call(DBUS, "/org/freedesktop/DBus", DBUS, "AddMatch", "s", [rule])
+        for rule in (f"type='signal',sender='{DBUS}',path='{DBUS_PATH}',interface='{DBUS}',"
+                     f"member='NameOwnerChanged',arg0='{LOGIND}'",
+                     f"type='signal',sender='{LOGIND}',interface='{LOGIND_MANAGER}',"
+                     f"member='PrepareForSleep',path='{LOGIND_PATH}'"):
+            await self._call(DBUS, DBUS_PATH, DBUS, "AddMatch", "s", [rule])
         if self.policy == "block-while-running":
             self.host.listeners.append(self._domains_changed)
-        reply = await self._call(DBUS, "/org/freedesktop/DBus", DBUS, "NameHasOwner", "s",
-                                 [LOGIND])
-        if reply.body and reply.body[0]:
-            await self._logind_appeared()
-        else:
-            self._off("Suspend handling is off: systemd-logind is not running (no "
-                      f"{LOGIND} on the system bus); gvtd takes part in suspend as soon as "
-                      "it appears.")
         lost = asyncio.ensure_future(bus.wait_for_disconnect())
         lost.add_done_callback(self._bus_closed)
         self._tasks.add(lost)
+        changes = self._owner_changes
+        reply = await self._call(DBUS, DBUS_PATH, DBUS, "GetNameOwner", "s", [LOGIND])
+        if self._owner_changes == changes:  # else a NameOwnerChanged came first: it is newer
+            self._follow_owner(reply.body[0] if reply.message_type == MessageType.METHOD_RETURN
+                               else "")
+        if not self._logind_owner:
+            self._off("Suspend handling is off: systemd-logind is not running (no "
+                      f"{LOGIND} on the system bus); gvtd takes part in suspend as soon as "
+                      "it appears.")
 
     def close(self) -> None:
         """Release every lock (by closing its descriptor) and the system bus."""
@@ -240,6 +254,7 @@ class Suspend:
             return  # close()
         self._bus = None
         self._logind = False
+        self._logind_owner = ""
         self._close_fds()
         self._off("Suspend handling is off: the connection to the system bus was lost.")
 
@@ -261,18 +276,44 @@ class Suspend:
             log.error("Suspend handling failed", exc_info=task.exception())
 
     def _on_message(self, msg: Message) -> None:
+        """logind's and the bus driver's signals, each acted on only from its real sender."""
         if msg.message_type != MessageType.SIGNAL:
             return
-        if msg.member == "NameOwnerChanged" and msg.interface == DBUS and msg.body \
-                and msg.body[0] == LOGIND:
-            if msg.body[2] and not self._logind:
-                log.info("systemd-logind appeared on the system bus")
-                self._spawn(self._logind_appeared())
-            elif not msg.body[2] and self._logind:
-                self._logind_vanished()
+        if msg.member == "NameOwnerChanged" and msg.interface == DBUS \
+                and msg.path == DBUS_PATH and msg.signature == "sss" and msg.body[0] == LOGIND:
+            if self._genuine(msg, DBUS, DBUS):
+                self._owner_changes += 1
+                self._follow_owner(msg.body[2])
         elif msg.member == "PrepareForSleep" and msg.interface == LOGIND_MANAGER \
                 and msg.path == LOGIND_PATH and msg.signature == "b":
-            self._spawn(self._before_sleep() if msg.body[0] else self._after_sleep())
+            if self._genuine(msg, LOGIND, self._logind_owner):
+                self._spawn(self._before_sleep() if msg.body[0] else self._after_sleep())
+
+    def _genuine(self, msg: Message, name: str, owner: str) -> bool:
+        """Whether msg comes from owner, the unique name behind name; if not, log it once
+        per sender and member (in bounded memory) and tell the caller to ignore it."""
+        if owner and msg.sender == owner:
+            return True
+        key = (msg.sender or "", msg.member or "")
+        if key not in self._forged:
+            if len(self._forged) >= FORGED_MEMORY:
+                del self._forged[next(iter(self._forged))]
+            self._forged[key] = None
+            log.debug("Ignored a %s signal from %s: only %s (%s) sends it", msg.member,
+                      msg.sender or "no sender", name, owner or "not on the bus")
+        return False
+
+    def _follow_owner(self, owner: str) -> None:
+        """logind's name changed hands (or was read at start): the locks of an old owner
+        died with it; a new owner gets gvtd's locks."""
+        old, self._logind_owner = self._logind_owner, owner
+        if owner == old:
+            return
+        if old:
+            self._logind_vanished()
+        if owner:
+            log.info("systemd-logind is on the system bus (%s)", owner)
+            self._spawn(self._logind_appeared())
 
     # -- sleep and resume ---------------------------------------------------------------
 

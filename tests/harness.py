@@ -143,12 +143,13 @@ class Simulation:
     """`gvtd --simulate` on a private bus: the emulated kernel plus the real daemon."""
 
     def __init__(self, bus: DBusDaemon, profile: str = "default",
-                 config_dir: Path | None = None, extra: list[str] | None = None) -> None:
+                 config_dir: Path | None = None, extra: list[str] | None = None,
+                 stderr: int | None = None) -> None:
         self.bus = bus
         args = list(extra or [])
         if config_dir is not None:
             args += ["--config-dir", str(config_dir), "--state-dir", str(config_dir / "state")]
-        self.host = SimulatedHost(bus.address, profile, args)
+        self.host = SimulatedHost(bus.address, profile, args, stderr=stderr)
         self.env = self.host.env
         self.proc = self.host.proc
         self.client = Client(bus.address)

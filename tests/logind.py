@@ -39,14 +39,29 @@ class Logind:
     def start(self) -> None:
         """Run the mock and return once it owns org.freedesktop.login1."""
         env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.bus.address)
+        mark = self.last_signal()  # a restart waits for its own NameOwnerChanged
         self.proc = subprocess.Popen([sys.executable, "-m", "dbusmock", "--system",
                                       "--template", "logind"], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.client.wait_for(lambda m: m.member == "NameOwnerChanged"
-                             and m.body[0] == LOGIND and m.body[2] != "")
+                             and m.body[0] == LOGIND and m.body[2] != "", after=mark)
         if self.delay_max_usec is not None:
             self.mock("AddProperty", "ssv",
                       [MANAGER, "InhibitDelayMaxUSec", Variant("t", self.delay_max_usec)])
+
+    def quit(self) -> None:
+        """End the mock (logind leaving the bus) and return once its name is gone."""
+        assert self.proc is not None
+        mark = self.last_signal()
+        self.proc.terminate()
+        self.proc.wait(TIMEOUT)
+        self.client.wait_for(lambda m: m.member == "NameOwnerChanged"
+                             and m.body[0] == LOGIND and m.body[2] == "", after=mark)
+
+    def owner(self) -> str:
+        """logind's unique name now."""
+        return self.client.call("GetNameOwner", "s", [LOGIND], dest=DBUS,
+                                path="/org/freedesktop/DBus", iface=DBUS)[0]
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -31,6 +31,9 @@ Every read command takes --json for scripts. Mutating commands are authorized by
 """
 
 
+BUS_DRIVER = "org.freedesktop.DBus"  # the sender of the bus's own signals
+
+
 class ClientError(Exception):
     """A failure to report as one line on stderr, exit status 1."""
 
@@ -69,6 +72,14 @@ class Client:
                 raise ClientError(f"Not authorized: {text}")
             raise ClientError(str(text))
         return reply.body
+
+    async def owner(self) -> str:
+        """gvtd's unique name: the only sender whose signals a watcher believes, since any
+        connection may send a signal straight to this one, past its match rules."""
+        (owner,) = await self.call("GetNameOwner", "s", [names.BUS_NAME],
+                                   path="/org/freedesktop/DBus", interface=BUS_DRIVER,
+                                   destination=BUS_DRIVER)
+        return owner
 
     async def objects(self) -> dict[str, dict[str, dict[str, Any]]]:
         (objs,) = await self.call("GetManagedObjects", interface=names.OBJECT_MANAGER_IFACE)
@@ -281,9 +292,11 @@ async def cmd_tune(c: Client, args: argparse.Namespace) -> None:
 async def cmd_stop(c: Client, args: argparse.Namespace) -> None:
     options = {"force": Variant("b", args.force), "timeout": Variant("u", args.timeout)}
     path = names.domain_path(args.domain)
+    gvtd = await c.owner()
 
     def progress(msg: Message) -> None:  # the domain's state as libvirt reports it
-        if msg.member == "PropertiesChanged" and msg.path == path:
+        if msg.member == "PropertiesChanged" and msg.path == path and msg.sender == gvtd \
+                and msg.interface == names.PROPERTIES_IFACE and msg.signature == "sa{sv}as":
             state = _plain(msg.body[1]).get("State")
             if state:
                 print(f"  {args.domain}: {state}", flush=True)
@@ -415,10 +428,11 @@ async def cmd_monitor(c: Client, args: argparse.Namespace) -> None:
 
     c.bus.add_message_handler(on_message)
     for rule in (f"type='signal',sender='{names.BUS_NAME}'",
-                 "type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',"
+                 f"type='signal',sender='{BUS_DRIVER}',member='NameOwnerChanged',"
                  f"arg0='{names.BUS_NAME}'"):
         await c.call("AddMatch", "s", [rule], path="/org/freedesktop/DBus",
-                     interface="org.freedesktop.DBus", destination="org.freedesktop.DBus")
+                     interface=BUS_DRIVER, destination=BUS_DRIVER)
+    gvtd = await c.owner()  # after subscribing: a later change of owner is a signal
     loop.add_signal_handler(signal.SIGINT, queue.put_nowait, None)
     loop.add_signal_handler(signal.SIGTERM, queue.put_nowait, None)
     objects = await c.objects()
@@ -442,11 +456,15 @@ async def cmd_monitor(c: Client, args: argparse.Namespace) -> None:
         print("-- watching for changes; Ctrl-C stops", flush=True)
     while (msg := await queue.get()) is not None:
         body = _plain(msg.body)
-        if msg.member == "NameOwnerChanged":
+        if msg.member == "NameOwnerChanged" and msg.sender == BUS_DRIVER \
+                and msg.signature == "sss" and body[0] == names.BUS_NAME:
             if not body[2]:
                 raise ClientError("gvtd went away (it stopped or crashed); "
                                   "`systemctl status gvtd` says why.")
+            gvtd = body[2]
             continue
+        if msg.sender != gvtd:
+            continue  # not gvtd's: signals sent straight to this connection pass any rule
         if msg.member == "InterfacesAdded":
             objects[body[0]] = body[1]
             out("added", body[0], body[1], "added, " + _describe(body[0], body[1])[2])

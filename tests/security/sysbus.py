@@ -2,8 +2,8 @@
 monitor, and callers running as other uids: the parts of the authorization tests.
 
 The bus configuration is the system bus's default policy (as Debian's system.conf has it)
-plus an <include> of dbus-policy/io.github.gvtd1.conf, and a test-only block for the two
-names a test needs besides gvtd's: the simulation's supervisor and polkit (dbusmock).
+plus an <include> of dbus-policy/io.github.gvtd1.conf, and test-only blocks for the names a
+test needs besides gvtd's: the simulation's supervisor, polkit and logind (dbusmock).
 """
 
 from __future__ import annotations
@@ -68,6 +68,11 @@ CONFIG = """\
     <allow send_destination="io.github.gvtd1.Simulator"/>
     <allow own="org.freedesktop.PolicyKit1"/>
     <allow send_destination="org.freedesktop.PolicyKit1"/>
+  </policy>
+  <!-- test only: systemd-logind (dbusmock) runs as root, and root calls it -->
+  <policy user="root">
+    <allow own="org.freedesktop.login1"/>
+    <allow send_destination="org.freedesktop.login1"/>
   </policy>
   <!-- test only: the real polkitd, to check the shipped actions, runs as its own user -->
   <policy user="polkitd">
