@@ -113,6 +113,14 @@ class _BusAs(MessageBus):
         return sock, sock.makefile("rwb"), options["path"]
 
 
+async def connect_as(address: str, uid: int = STRANGER) -> MessageBus:
+    """A connection that the bus knows as uid: the process's own, or another's taken at
+    connect(2) (the stranger's group is nogroup, another uid's the same number)."""
+    if uid == os.geteuid():
+        return await MessageBus(bus_address=address).connect()
+    return await _BusAs(address, uid, STRANGER_GID if uid == STRANGER else uid).connect()
+
+
 def unix_user(bus: MessageBus, loop: asyncio.AbstractEventLoop, name: str) -> int:
     """The uid the bus daemon knows a connection by."""
     reply = loop.run_until_complete(bus.call(Message(
@@ -131,13 +139,7 @@ class Client:
         self.loop = asyncio.new_event_loop()
         self.uid = uid
 
-        async def connect() -> MessageBus:
-            if uid == os.geteuid():
-                return await MessageBus(bus_address=address).connect()
-            gid = STRANGER_GID if uid == STRANGER else uid
-            return await _BusAs(address, uid, gid).connect()
-
-        self.bus: MessageBus = self.loop.run_until_complete(connect())
+        self.bus: MessageBus = self.loop.run_until_complete(connect_as(address, uid))
         assert self.bus.unique_name is not None
         seen = unix_user(self.bus, self.loop, self.bus.unique_name)
         if seen != uid:
@@ -431,14 +433,16 @@ def tree_snapshot(path: Path) -> dict[str, bytes]:
     return out
 
 
-def pipelined(address: str, batches: list[list[Message]], timeout: float = 120) -> list[list[Message]]:
-    """Send each batch on its own connection, all at once without waiting for any reply,
-    and return the replies in the order of the calls. The connections wait when their
-    socket is full (gvtd.bus.flow), so a burst measures the daemon, not the client."""
+def pipelined(address: str, batches: list[list[Message]], timeout: float = 120,
+              uid: int = STRANGER) -> list[list[Message]]:
+    """Send each batch on its own connection (as uid: the stranger unless told), all at
+    once without waiting for any reply, and return the replies in the order of the calls.
+    The connections wait when their socket is full (gvtd.bus.flow), so a burst measures
+    the daemon, not the client."""
     from gvtd.bus.flow import patient
 
     async def one(batch: list[Message]) -> list[Message]:
-        bus = patient(await MessageBus(bus_address=address).connect())
+        bus = patient(await connect_as(address, uid))
         replies: dict[int, Message] = {}
         done = asyncio.Event()
 
