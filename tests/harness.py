@@ -266,8 +266,12 @@ class Polkit:
         if self._ready:
             return
         if not self.owner():
-            self.control.wait_for(lambda m: m.member == "NameOwnerChanged"
-                                  and m.body[0] == POLKIT and bool(m.body[2]))
+            try:
+                self.control.wait_for(lambda m: m.member == "NameOwnerChanged"
+                                      and m.body[0] == POLKIT and bool(m.body[2]))
+            except TimeoutError:
+                raise RuntimeError("python-dbusmock's polkitd did not take its name (exit "
+                                   f"status {self.proc.poll()})") from None
         self._ready = True
         self.allow(GVTD_ACTIONS)
 
