@@ -30,6 +30,7 @@ def untouched(sim: Simulation) -> tuple[list[tuple[str, str, str]], dict[str, by
 
 
 def test_the_client_is_the_stranger_as_the_bus_sees_it(sim: Simulation) -> None:
+    """Asked by root, a third party: the bus's own record of each connection."""
     assert sim.client.bus.unique_name is not None
     creds = plain(sim.root_client.call("GetConnectionCredentials", "s",
                                        [sim.client.bus.unique_name], **DBUS)[0])
@@ -43,7 +44,7 @@ def test_polkit_refusing_makes_ordinary_calls_access_denied_and_writes_nothing(
         sim: Simulation) -> None:
     assert sim.polkit is not None
     sim.client.define(name=KEPT, type="i915-GVTg_V5_8", start="manual", domain="win10")
-    gvtd = sim.root_client.call("GetNameOwner", "s", [names.BUS_NAME], **DBUS)[0]
+    gvtd = sim.client.call("GetNameOwner", "s", [names.BUS_NAME], **DBUS)[0]
     monitor = Monitor(sim.bus.address, [
         "type='method_call',interface='org.freedesktop.PolicyKit1.Authority',"
         "member='CheckAuthorization'"])
