@@ -298,7 +298,6 @@ class Simulation:
         args = list(extra or [])
         if config_dir is not None:
             args += ["--config-dir", str(config_dir), "--state-dir", str(config_dir / "state")]
-        self.client: Client | None = None
         # Root, for the Simulator (the emulated kernel's controls), polkit's mock controls
         # and the libvirt hook's methods: what is root's by design, never an ordinary call.
         self.root_client = Client(bus.address, uid=0)
@@ -369,10 +368,11 @@ class Simulation:
         return proc
 
     def stop(self) -> None:
-        for c in (self.client, self.root_client):
+        for name in ("client", "root_client"):
+            c = getattr(self, name, None)
             if c is not None:
                 c.close()
-        self.client = self.root_client = None  # type: ignore[assignment]
+                setattr(self, name, None)
         if self.polkit is not None:
             self.polkit.stop()
         if getattr(self, "host", None) is not None:
