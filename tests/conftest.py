@@ -14,8 +14,8 @@ from logind import Logind  # noqa: E402
 @pytest.fixture(autouse=True, scope="session")
 def system_logind() -> Iterator[Logind]:
     """A host has systemd-logind on its system bus, so every gvtd under test finds one (and
-    takes its suspend lock there); tests of suspend run their own."""
-    bus = DBusDaemon()
+    takes its suspend lock there); tests of suspend run their own. Only root uses it."""
+    bus = DBusDaemon(guests=())
     logind = Logind(bus)
     saved = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS")
     os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = bus.address
@@ -30,6 +30,7 @@ def system_logind() -> Iterator[Logind]:
 
 @pytest.fixture
 def dbus() -> Iterator[DBusDaemon]:
+    """The simulation's bus, which the stranger may use too."""
     bus = DBusDaemon()
     yield bus
     bus.stop()

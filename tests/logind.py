@@ -26,7 +26,8 @@ class Logind:
                  start: bool = True) -> None:
         self.bus = bus
         self.proc: subprocess.Popen[bytes] | None = None
-        self.client = Client(bus.address)
+        # Root: the mock's controls and call log are the test's, not a caller of gvtd's.
+        self.client = Client(bus.address, uid=0)
         for rule in (f"type='signal',sender='{LOGIND}'",
                      f"type='signal',sender='{DBUS}',member='NameOwnerChanged',"
                      f"arg0='{LOGIND}'"):

@@ -12,26 +12,57 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 TIMEOUT = 30.0
 
 
-class DBusDaemon:
-    """A private session-type dbus-daemon."""
+# A session bus admits only the uid it runs as. Guests are let in by a policy added to the
+# distribution's own session configuration (limits, listen address and all).
+SESSION_CONF = Path("/usr/share/dbus-1/session.conf")
+GUEST_CONFIG = """\
+<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <include>{session}</include>
+  <policy context="default">
+{users}
+  </policy>
+</busconfig>
+"""
 
-    def __init__(self) -> None:
+
+class DBusDaemon:
+    """A private session-type dbus-daemon. `guests` are the uids that may connect besides
+    the bus's own (a test's unprivileged caller); without them it is the plain session bus
+    that `make demo`, bench/ and a person get."""
+
+    def __init__(self, guests: Sequence[int] = ()) -> None:
+        self.dir: Path | None = None
+        cmd = ["dbus-daemon", "--session"]
+        if guests:
+            self.dir = Path(tempfile.mkdtemp(prefix="gvtd-bus-"))
+            config = self.dir / "session.conf"
+            users = [os.geteuid(), *guests]
+            config.write_text(GUEST_CONFIG.format(session=SESSION_CONF, users="\n".join(
+                f'    <allow user="{uid}"/>' for uid in dict.fromkeys(users))))
+            cmd = ["dbus-daemon", f"--config-file={config}"]
         self.proc = subprocess.Popen(
-            ["dbus-daemon", "--session", "--nofork", "--nopidfile", "--print-address=1"],
+            [*cmd, "--nofork", "--nopidfile", "--print-address=1"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert self.proc.stdout is not None
         self.address = self.proc.stdout.readline().strip()
         if not self.address:
+            self.stop()
             raise RuntimeError("dbus-daemon did not start")
 
     def stop(self) -> None:
-        self.proc.terminate()
+        if self.proc.poll() is None:
+            self.proc.terminate()
         self.proc.wait(TIMEOUT)
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class NotifySocket:

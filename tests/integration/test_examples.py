@@ -1,6 +1,7 @@
 """The desktop scripts in examples/ against `gvtd --simulate` on a private bus: each starts a
 domain with its on-demand vGPU and exits 0 once it runs, names the problem for an unknown
-domain, and (gdbus, Python) follows the Domain's State signals while it is not running yet."""
+domain, and (gdbus, Python) follows the Domain's State signals while it is not running yet.
+They run as the stranger, as a desktop user runs them, with polkit deciding."""
 
 import os
 import select
@@ -43,7 +44,8 @@ def desk(dbus: DBusDaemon, tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def run(sim: Simulation, script: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*SCRIPTS[script], *args], env=dict(sim.env, **env), text=True,
+    return subprocess.run(sim.as_stranger([*SCRIPTS[script], *args]),
+                          env=dict(sim.stranger_env, **env), cwd=sim.home, text=True,
                           capture_output=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
 
 
@@ -81,7 +83,8 @@ def test_usage_errors_exit_2_before_touching_a_bus(script: str) -> None:
 def test_follows_the_state_signals_until_it_runs_or_stops(desk: Simulation, script: str) -> None:
     """held is paused, so StartDomain has nothing to do and it is not running: the script
     waits on the Domain's PropertiesChanged; when the domain stops, it says so and fails."""
-    proc = subprocess.Popen([*SCRIPTS[script], "--session", "held"], env=desk.env, text=True,
+    proc = subprocess.Popen(desk.as_stranger([*SCRIPTS[script], "--session", "held"]),
+                            env=desk.stranger_env, cwd=desk.home, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL)
     try:

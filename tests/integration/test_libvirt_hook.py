@@ -18,6 +18,7 @@ XML = """<domain type='kvm'><name>win10</name><devices>
 
 
 def hook(address: str, *args: str, xml: str = "") -> subprocess.CompletedProcess[str]:
+    """The hook as root, as libvirtd runs it: its methods are root's, not a user's."""
     env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=address)
     return subprocess.run([sys.executable, str(HOOK), *args], input=xml, env=env,
                           capture_output=True, text=True, timeout=30)

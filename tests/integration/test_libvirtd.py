@@ -372,6 +372,8 @@ def test_doctor_checks_the_x_display_a_gtk_gl_vm_opens(gvtd: Simulation,
         env = {k: v for k, v in gvtd.env.items() if k not in ("DISPLAY", "XAUTHORITY")}
 
         def doctor(session: dict[str, str]) -> str:
+            # As root, a read: the desktop session whose X server xhost asks is root's
+            # (the test's Xvfb and its authority file), so its user runs doctor.
             p = subprocess.run([sys.executable, "-m", "gvtd.client.main", "--session",
                                 "doctor"], env=session, capture_output=True, text=True,
                                timeout=60)

@@ -29,9 +29,10 @@ LATER = "9e8d7c6b-5a49-4387-a261-504f3e2d1c0b"
 
 @pytest.fixture
 def etc(sim: Simulation) -> Path:
-    """The simulated host's mdevctl_dir: the directory doctor checks."""
+    """The simulated host's mdevctl_dir: the directory doctor checks, which gvt-client (the
+    stranger) reads as a user reads /etc/mdevctl.d."""
     settings = tomllib.loads((sim.config_dir / "gvtd.toml").read_text())
-    return Path(settings["mdevctl_dir"])
+    return sim.reachable_by_stranger(Path(settings["mdevctl_dir"]))
 
 
 @pytest.fixture
@@ -88,7 +89,7 @@ def test_dry_run_then_import_keeps_mdevctls_auto_ones_unless_taken_over(
     assert doctor["mdevctl"]["severity"] == "pass"
 
 
-def test_export_is_what_mdevctl_defined(sim: Simulation, etc: Path, tmp_path: Path,
+def test_export_is_what_mdevctl_defined(sim: Simulation, etc: Path,
                                         mdevctl: MdevctlNamespace) -> None:
     define_with_mdevctl(mdevctl)
     original = dump(mdevctl)
@@ -98,7 +99,7 @@ def test_export_is_what_mdevctl_defined(sim: Simulation, etc: Path, tmp_path: Pa
     assert json.loads(sim.gvt_client("export", "--format", "mdevctl", check=True).stdout) \
         == original
     # as files, mdevctl reads them back as it wrote them, to the byte
-    out = tmp_path / "exported"
+    out = sim.home / "exported"  # where gvt-client, the stranger, may write
     p = sim.gvt_client("export", "--format", "mdevctl", "--dir", str(out), check=True)
     assert "Exported 2 definitions" in p.stdout and "auto-starts the 1" in p.stdout
     assert {p.name: p.read_bytes() for p in out.glob(f"{GPU}/*")} == written

@@ -11,8 +11,10 @@ PARENT = "0000:00:02.0"
 
 
 def start_monitor(sim: Simulation, *args: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "gvtd.client.main", "--session", "monitor",
-                             *args], env=sim.env, stdout=subprocess.PIPE,
+    """gvt-client monitor as the stranger, as a desktop user watches."""
+    proc = subprocess.Popen(sim.as_stranger([sys.executable, "-m", "gvtd.client.main",
+                                             "--session", "monitor", *args]),
+                            env=sim.stranger_env, cwd=sim.home, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     return proc
 

@@ -8,26 +8,22 @@ test needs besides gvtd's: the simulation's supervisor, polkit and logind (dbusm
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from dbus_fast import Message, MessageType
-from dbus_fast.aio import MessageBus
+from dbus_fast import Message
 
 from gvtd import names
-from harness import ROOT, TIMEOUT, Client
+from harness import (POLKIT, POLKIT_PATH, ROOT, STRANGER, TIMEOUT, Client,  # noqa: F401
+                     Monitor)
 
-NOBODY = 65534
+NOBODY = STRANGER
 HERE = Path(__file__).resolve().parent
-POLKIT = "org.freedesktop.PolicyKit1"
-POLKIT_PATH = "/org/freedesktop/PolicyKit1/Authority"
 MOCK_IFACE = "org.freedesktop.DBus.Mock"
 
 CONFIG = """\
@@ -118,7 +114,7 @@ class NameWatcher(Client):
     """A root client that sees every NameOwnerChanged, to wait for a name to come or go."""
 
     def __init__(self, address: str) -> None:
-        super().__init__(address)
+        super().__init__(address, uid=0)  # root: the test's own watcher, not a caller
         self.call("AddMatch", "s", ["type='signal',sender='org.freedesktop.DBus',"
                                     "member='NameOwnerChanged'"],
                   dest="org.freedesktop.DBus", path="/org/freedesktop/DBus",
@@ -166,51 +162,6 @@ class PolkitMock:
             self.proc.terminate()
             self.proc.wait(TIMEOUT)
         self.names.wait_owner(POLKIT, False)
-
-
-class Monitor:
-    """A bus monitor (BecomeMonitor) that records the method calls matching its rules."""
-
-    def __init__(self, address: str, rules: list[str]) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.calls: list[Message] = []
-        self._seen = asyncio.Event()
-
-        async def start() -> MessageBus:
-            bus = await MessageBus(bus_address=address).connect()
-            bus.add_message_handler(self._on_message)
-            reply = await bus.call(Message(
-                destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus.Monitoring", member="BecomeMonitor",
-                signature="asu", body=[rules, 0]))
-            assert reply is not None and reply.message_type is MessageType.METHOD_RETURN, reply
-            return bus
-
-        self.bus = self.loop.run_until_complete(start())
-
-    def _on_message(self, msg: Message) -> bool | None:
-        if msg.message_type is MessageType.METHOD_CALL:
-            self.calls.append(msg)
-            self._seen.set()
-            return True  # a monitor never answers
-        return None
-
-    def wait_calls(self, count: int, timeout: float = TIMEOUT) -> list[Message]:
-        deadline = time.monotonic() + timeout
-        while len(self.calls) < count:
-            self._seen.clear()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"saw {len(self.calls)} of {count} calls")
-            try:
-                self.loop.run_until_complete(asyncio.wait_for(self._seen.wait(), remaining))
-            except asyncio.TimeoutError:
-                continue
-        return self.calls
-
-    def close(self) -> None:
-        self.bus.disconnect()
-        self.loop.close()
 
 
 def run_caller(address: str, vgpu: str, members: list[str], uid: int = 0,

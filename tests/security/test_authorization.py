@@ -67,11 +67,13 @@ def world() -> Iterator[World]:
     sim = watcher = None
     w = None
     try:
-        sim = Simulation(bus, extra=["--system"])  # type: ignore[arg-type]
+        sim = Simulation(bus, extra=["--system"], polkit=False)  # type: ignore[arg-type]
         watcher = NameWatcher(bus.address)
         w = World(bus, sim, watcher, None)
         w.start_polkit()
-        sim.client.define(name=SHARED, type="i915-GVTg_V5_8", start="manual", domain="win10")
+        # Root defines it (no polkit asked), so that every role finds it in place.
+        sim.root_client.define(name=SHARED, type="i915-GVTg_V5_8", start="manual",
+                               domain="win10")
         yield w
     finally:
         if w is not None:
