@@ -17,7 +17,7 @@ from systemd import daemon as sd_daemon
 
 from gvtd import __version__, names
 from gvtd.bus.flow import patient
-from gvtd.config import DEFAULT_CONFIG_DIR, ConfigDir
+from gvtd.config import DEFAULT_CONFIG_DIR, MACHINE_ID_FILE, ConfigDir
 from gvtd.domains import Domains
 from gvtd.host import Host
 from gvtd.mdev import Sysfs
@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="state directory (default: $STATE_DIRECTORY or /var/lib/gvtd)")
     p.add_argument("--runtime-dir", type=Path,
                    help="runtime directory (default: $RUNTIME_DIRECTORY or /run/gvtd)")
+    p.add_argument("--machine-id-file", type=Path, default=MACHINE_ID_FILE, metavar="FILE",
+                   help="the machine id that the UUIDs of definitions written without one "
+                        "are derived from (default: /etc/machine-id; the simulation gives "
+                        "its own)")
     bus = p.add_mutually_exclusive_group()
     bus.add_argument("--system", dest="bus", action="store_const", const="system",
                      help="serve on the system bus (the default; with --simulate: the bus "
@@ -124,7 +128,7 @@ class Daemon:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.config = ConfigDir(args.config_dir)
+        self.config = ConfigDir(args.config_dir, args.machine_id_file)
         self.settings, self.settings_problems = self.config.load_settings()
         self.host = Host(self.config, Sysfs(Path(self.settings.sysfs_root)),
                          Ownership(args.state_dir), self.settings.restore_removed)

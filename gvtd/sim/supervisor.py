@@ -241,7 +241,8 @@ class Supervisor:
         env.pop("JOURNAL_STREAM", None)
         cmd = [sys.executable, "-m", "gvtd.daemon", f"--{self.args.bus}",
                "--config-dir", str(self.config_dir), "--state-dir", str(self.state_dir),
-               "--runtime-dir", str(self.runtime_dir)]
+               "--runtime-dir", str(self.runtime_dir),
+               "--machine-id-file", str(self.workdir / machine.MACHINE_ID_FILE)]
         if self.args.log_level:
             cmd += ["--log-level", self.args.log_level]
         self._ready = asyncio.get_running_loop().create_future()
