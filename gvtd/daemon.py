@@ -39,6 +39,7 @@ environment:
   STATE_DIRECTORY    where gvtd remembers which mdevs it created (default /var/lib/gvtd;
                      systemd sets it from StateDirectory=)
   RUNTIME_DIRECTORY  runtime files (default /run/gvtd; systemd sets it from RuntimeDirectory=)
+  (the flags above win over these; with --simulate, too)
 
 simulation:
   gvtd --simulate runs this same daemon over an emulated Kaby Lake host (an emulated kernel
@@ -85,17 +86,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if args.bus is None:
         args.bus = "session" if args.simulate else "system"
-    if not args.simulate:  # the simulation picks its own directories unless given
-        args.config_dir = args.config_dir or Path(os.environ.get("GVTD_CONFIG_DIR",
-                                                                 DEFAULT_CONFIG_DIR))
-        args.state_dir = args.state_dir or _env_dir("STATE_DIRECTORY", "/var/lib/gvtd")
-        args.runtime_dir = args.runtime_dir or _env_dir("RUNTIME_DIRECTORY", "/run/gvtd")
+    # Flags win over the environment. The simulation picks its own directories when
+    # neither names one.
+    config = os.environ.get("GVTD_CONFIG_DIR")
+    args.config_dir = args.config_dir or (Path(config) if config else None)
+    args.state_dir = args.state_dir or _env_dir("STATE_DIRECTORY")
+    args.runtime_dir = args.runtime_dir or _env_dir("RUNTIME_DIRECTORY")
+    if not args.simulate:
+        args.config_dir = args.config_dir or DEFAULT_CONFIG_DIR
+        args.state_dir = args.state_dir or Path("/var/lib/gvtd")
+        args.runtime_dir = args.runtime_dir or Path("/run/gvtd")
     return args
 
 
-def _env_dir(variable: str, default: str) -> Path:
+def _env_dir(variable: str) -> Path | None:
     """systemd may pass several colon-separated directories; the first is ours."""
-    return Path(os.environ.get(variable, default).split(":")[0])
+    first = os.environ.get(variable, "").split(":")[0]
+    return Path(first) if first else None
 
 
 def _journal_attached() -> bool:

@@ -176,6 +176,10 @@ class SimulatorInterface(ServiceInterface):
         return str(self.sup.state_dir)
 
     @dbus_property(access=PropertyAccess.READ)
+    def RuntimeDir(self) -> "s":  # noqa: F821
+        return str(self.sup.runtime_dir)
+
+    @dbus_property(access=PropertyAccess.READ)
     def DaemonPid(self) -> "u":  # noqa: F821
         return self.sup.child.pid if self.sup.child else 0
 
