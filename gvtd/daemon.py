@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from dbus_fast import BusType, Message
+from dbus_fast import BusType, DBusError, Message
 from dbus_fast.aio import MessageBus
 from dbus_fast.constants import NameFlag, RequestNameReply
 from systemd import daemon as sd_daemon
@@ -209,7 +209,15 @@ class Daemon:
         watcher.start(loop)
         async with self.host.lock:
             await self.host.reconcile()
-        reply = await bus.request_name(names.BUS_NAME, NameFlag.DO_NOT_QUEUE)
+        try:
+            reply = await bus.request_name(names.BUS_NAME, NameFlag.DO_NOT_QUEUE)
+        except DBusError as e:  # the policy's answer is an error, not a reply code
+            log.error("Cannot own %s on the %s bus: its policy refuses it (%s). The bus's "
+                      "configuration decides, through dbus-policy/io.github.gvtd1.conf "
+                      "(installed as /usr/share/dbus-1/system.d/io.github.gvtd1.conf, read "
+                      "when the bus starts or reloads) and gvtd must run as root",
+                      names.BUS_NAME, self.args.bus, e.text)
+            return 1
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
             log.error("Cannot own %s on the %s bus: another gvtd is running, or the bus policy "
                       "does not allow it (is io.github.gvtd1.conf installed?)",

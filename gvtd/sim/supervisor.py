@@ -336,12 +336,26 @@ class Supervisor:
             bus_type = BusType.SESSION if self.args.bus == "session" else BusType.SYSTEM
             bus = await MessageBus(bus_type=bus_type).connect()
             bus.export(names.SIMULATOR_PATH, SimulatorInterface(self))
-            reply = await bus.request_name(names.SIMULATOR_BUS_NAME, NameFlag.DO_NOT_QUEUE)
+            try:
+                reply = await bus.request_name(names.SIMULATOR_BUS_NAME, NameFlag.DO_NOT_QUEUE)
+            except DBusError as e:
+                log.error("Cannot own %s on the %s bus: its policy refuses it (%s). The "
+                          "bus's configuration decides: it needs an <allow own=\"%s\"/> for "
+                          "this user (dbus-policy/io.github.gvtd1.conf grants only %s)",
+                          names.SIMULATOR_BUS_NAME, self.args.bus, e.text,
+                          names.SIMULATOR_BUS_NAME, names.BUS_NAME)
+                return 1
             if reply != RequestNameReply.PRIMARY_OWNER:
                 log.error("Another simulation already owns %s on this bus",
                           names.SIMULATOR_BUS_NAME)
                 return 1
-            await self.start_daemon()
+            try:
+                await self.start_daemon()
+            except RuntimeError as e:
+                code = self.child.returncode if self.child else None
+                if code != 1:  # 1: gvtd has said why on its stderr, in one line
+                    log.error("%s", e)
+                return 1
             sd_daemon.notify("READY=1")
             log.info("Emulated host (%s) at %s; gvtd serves %s on the %s bus",
                      self.args.simulate_profile, self.host.root, names.BUS_NAME, self.args.bus)
