@@ -393,10 +393,10 @@ class Supervisor:
         loop.add_reader(self.notify.fileno(), self._on_notify)
         self._write_config()
         self.host.start()
-        await self._start_logind()
         machine.install(machine.facts_for(parse_profile(self.args.simulate_profile)[0]),
                         self.host, self.workdir)
         try:
+            await self._start_logind()
             bus_type = BusType.SESSION if self.args.bus == "session" else BusType.SYSTEM
             bus = self.bus = await MessageBus(bus_type=bus_type).connect()
             bus.add_message_handler(self._on_gvtd_signal)
