@@ -7,9 +7,9 @@ modules, i915 parameters, IOMMU groups, the GPU's render node, the kernel log, m
 definitions) is plain files: ``/sys/module``, ``/sys/kernel/iommu_groups`` and
 ``/sys/class/drm`` inside the testbed (the preload shows them as ``/sys``), and a proc tree,
 a log file and an mdevctl directory in the simulation's work directory, named in the
-gvtd.toml it writes (umockdev does not redirect ``/proc``), beside them the machine's id, which
-gvtd derives UUIDs from (the supervisor names it on gvtd's command line). Each simulation profile may
-change some of these facts.
+gvtd.toml it writes (umockdev does not redirect ``/proc``); beside them the machine's id,
+which gvtd derives UUIDs from (the supervisor names it on gvtd's command line). Each
+simulation profile may change some of these facts.
 """
 
 from __future__ import annotations
