@@ -8,12 +8,17 @@ replaces a file it did not load.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import re
+import stat
 import tempfile
 import tomllib
+import uuid as uuidlib
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -33,6 +38,8 @@ from pydantic import (  # noqa: E402
     StrictBool,
     StrictStr,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -41,6 +48,11 @@ from gvtd.errors import Busy, Failed, InvalidArgument
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_DIR = Path("/etc/gvtd")
+MACHINE_ID_FILE = Path("/etc/machine-id")
+# gvtd's application id in the sense of sd_id128_get_machine_app_specific(3): with the machine
+# id it gives the namespace of the UUIDs of definitions written without one. Never change it:
+# those UUIDs, and the domain XML that names them, would change with it.
+APP_ID = uuidlib.UUID("8c648488-62d9-4d38-a714-e4d6f085555f")
 SETTINGS_FILE = "gvtd.toml"
 DEFINITIONS_DIR = "vgpus.d"
 MAX_FILE_SIZE = 64 * 1024
@@ -108,8 +120,11 @@ class Definition(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # The descriptions are the reference: gvtd.toml(5) is generated from them.
-    uuid: Uuid = Field(description="the vGPU's UUID, lower case; `Define` generates one "
-                       "when none is given, and it never changes afterwards")
+    # None only until _derived_when_missing has run: a loaded Definition always has one.
+    uuid: Uuid = Field(None, validate_default=True,  # type: ignore[assignment]
+                       description="the vGPU's UUID, lower case; `Define` writes a random "
+                       "one when none is given; a file without one gets one derived from "
+                       "the machine id and the definition's name, the same at every load")
     parent: ParentName = Field("auto", description="the mdev parent: `auto` (the only GPU "
                                "with the type) or a device name from `gvt-client parents`, "
                                "such as 0000:00:02.0")
@@ -125,6 +140,18 @@ class Definition(BaseModel):
     attrs: list[tuple[AttrName, Annotated[StrictStr, Field(max_length=4096)]]] = Field(
         [], description="sysfs attributes of the mdev written in order after it is created, "
         'as [["name", "value"], ...], as mdevctl does')
+
+    @field_validator("uuid", mode="before")
+    @classmethod
+    def _derived_when_missing(cls, value: Any, info: ValidationInfo) -> Any:
+        """A hand-written file may leave the UUID out: the loader passes how to derive it
+        (ConfigDir.load_definitions); nothing else may."""
+        if value is not None:
+            return value
+        derive = (info.context or {}).get("derive_uuid")
+        if derive is None:
+            raise ValueError("Field required")
+        return derive()
 
     @model_validator(mode="after")
     def _type_or_resolution(self) -> "Definition":
@@ -223,7 +250,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
     return tomllib.loads(raw.decode("utf-8"))
 
 
-def _load_one(path: Path, model: type[BaseModel]) -> tuple[BaseModel | None, list[Problem]]:
+def _load_one(path: Path, model: type[BaseModel], context: dict[str, Any] | None = None
+              ) -> tuple[BaseModel | None, list[Problem]]:
     try:
         data = _read_toml(path)
     except FileNotFoundError:
@@ -232,19 +260,59 @@ def _load_one(path: Path, model: type[BaseModel]) -> tuple[BaseModel | None, lis
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         return None, [Problem(str(path), "", f"cannot be read: {reason}")]
     try:
-        return model.model_validate(data), []
+        return model.model_validate(data, context=context), []
     except ValidationError as e:
         return None, _problems_from(path, e)
+
+
+def uuid_namespace(machine_id_file: Path) -> uuidlib.UUID:
+    """`systemd-id128 machine-id --app-specific=APP_ID`: a per-machine namespace that does
+    not disclose the machine id itself (machine-id(5) asks for that). ValueError saying what
+    to do when the machine has no lasting id: a UUID made up now would change at the next
+    boot, and with it the domain XML that names it."""
+    fix = ("write a uuid into the file (`uuidgen` prints one) and run `gvt-client reload`"
+           ", or give the machine its id with systemd-machine-id-setup")
+    try:
+        st = os.lstat(machine_id_file)
+        text = machine_id_file.read_text(encoding="ascii", errors="replace").strip()
+    except FileNotFoundError:
+        raise ValueError(f"no uuid given, and {machine_id_file} does not exist to derive "
+                         f"a lasting one from: {fix}") from None
+    except OSError as e:
+        raise ValueError(f"no uuid given, and {machine_id_file} cannot be read "
+                         f"({e.strerror}) to derive a lasting one from: {fix}") from None
+    if not re.fullmatch(r"[0-9a-f]{32}", text):
+        what = "is empty" if not text else f"holds {text[:40]!r}, not a machine id"
+        raise ValueError(f"no uuid given, and {machine_id_file} {what}: {fix}")
+    if stat.S_ISREG(st.st_mode) and st.st_dev != os.stat(machine_id_file.parent).st_dev:
+        # systemd mounts a made-up id there for one boot when /etc cannot keep one
+        raise ValueError(f"no uuid given, and {machine_id_file} is mounted over for this "
+                         "boot only (/etc was read-only or the file empty at boot): a UUID "
+                         f"derived from it would change at the next boot; {fix} "
+                         "(systemd-machine-id-commit keeps the current one)")
+    digest = bytearray(hmac.new(bytes.fromhex(text), APP_ID.bytes, hashlib.sha256).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x40  # version 4 and the RFC 4122 variant, as systemd
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    return uuidlib.UUID(bytes=bytes(digest))
+
+
+def derived_uuid(namespace: uuidlib.UUID, name: str) -> str:
+    """The UUID of a definition written without one: name-based (RFC 4122 version 5), so
+    distinct names never share one and the same name always gets the same."""
+    return str(uuidlib.uuid5(namespace, name))
 
 
 class ConfigDir:
     """The configuration directory: settings plus the vgpus.d definitions."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, machine_id_file: Path = MACHINE_ID_FILE) -> None:
         self.path = path
+        self.machine_id_file = machine_id_file
         self.definitions_dir = path / DEFINITIONS_DIR
         # Files of the last load that failed validation: a Define of their name says so.
         self.invalid: set[str] = set()
+        # The namespace of derived UUIDs (or why there is none), during a load.
+        self._namespace: uuidlib.UUID | str | None = None
 
     def load_settings(self) -> tuple[Settings, list[Problem]]:
         try:
@@ -264,7 +332,8 @@ class ConfigDir:
         except OSError as e:
             return defs, [Problem(str(self.definitions_dir), "", f"cannot be read: {e.strerror}")]
         remove_temporaries(self.definitions_dir, entries)
-        by_uuid: dict[str, str] = {}
+        self._namespace = None  # read the machine id again: it may have been set up since
+        loaded: list[tuple[bool, str, Path, Definition]] = []
         for entry in entries:
             if entry.startswith(".") or not entry.endswith(".toml"):
                 continue  # editor backups and our own temporary files
@@ -273,22 +342,43 @@ class ConfigDir:
             if not NAME_RE.fullmatch(name):
                 problems.append(Problem(str(path), "", "file name is not a valid vGPU name"))
                 continue
+            derived: list[bool] = []  # whether the uuid was derived, set by _derive
             try:
-                definition, errs = _load_one(path, Definition)
+                definition, errs = _load_one(path, Definition, {"derive_uuid": partial(
+                    self._derive, name, derived)})
             except FileNotFoundError:
                 continue  # removed while we listed
             problems += errs
-            if definition is None:
-                continue
-            assert isinstance(definition, Definition)
+            if definition is not None:
+                assert isinstance(definition, Definition)
+                loaded.append((bool(derived), name, path, definition))
+        # A UUID written in a file wins over one derived for another file.
+        by_uuid: dict[str, str] = {}
+        for derived_one, name, path, definition in sorted(loaded, key=lambda t: t[:2]):
             if definition.uuid in by_uuid:
-                problems.append(Problem(str(path), "uuid",
-                                        f"already used by {by_uuid[definition.uuid]}"))
+                other = by_uuid[definition.uuid]
+                problems.append(Problem(str(path), "uuid", (
+                    f"{definition.uuid}, derived from the machine id and the name, is already "
+                    f"used by {other}: write a uuid of its own into this file")
+                    if derived_one else f"already used by {other}"))
                 continue
             by_uuid[definition.uuid] = name
             defs[name] = definition
+        defs = dict(sorted(defs.items()))
         self.invalid = {p.file for p in problems}
         return defs, problems
+
+    def _derive(self, name: str, derived: list[bool]) -> str:
+        """A file's missing uuid, from the machine id read once per load."""
+        if self._namespace is None:
+            try:
+                self._namespace = uuid_namespace(self.machine_id_file)
+            except ValueError as e:
+                self._namespace = str(e)
+        if isinstance(self._namespace, str):
+            raise ValueError(self._namespace)
+        derived.append(True)
+        return derived_uuid(self._namespace, name)
 
     def definition_path(self, name: str) -> Path:
         return self.definitions_dir / f"{validate_name(name)}.toml"

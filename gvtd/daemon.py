@@ -10,14 +10,14 @@ import signal
 import sys
 from pathlib import Path
 
-from dbus_fast import BusType, Message
+from dbus_fast import BusType, DBusError, Message
 from dbus_fast.aio import MessageBus
 from dbus_fast.constants import NameFlag, RequestNameReply
 from systemd import daemon as sd_daemon
 
 from gvtd import __version__, names
 from gvtd.bus.flow import patient
-from gvtd.config import DEFAULT_CONFIG_DIR, ConfigDir
+from gvtd.config import DEFAULT_CONFIG_DIR, MACHINE_ID_FILE, ConfigDir
 from gvtd.domains import Domains
 from gvtd.host import Host
 from gvtd.mdev import Sysfs
@@ -39,6 +39,7 @@ environment:
   STATE_DIRECTORY    where gvtd remembers which mdevs it created (default /var/lib/gvtd;
                      systemd sets it from StateDirectory=)
   RUNTIME_DIRECTORY  runtime files (default /run/gvtd; systemd sets it from RuntimeDirectory=)
+  (the flags above win over these; with --simulate, too)
 
 simulation:
   gvtd --simulate runs this same daemon over an emulated Kaby Lake host (an emulated kernel
@@ -60,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="state directory (default: $STATE_DIRECTORY or /var/lib/gvtd)")
     p.add_argument("--runtime-dir", type=Path,
                    help="runtime directory (default: $RUNTIME_DIRECTORY or /run/gvtd)")
+    p.add_argument("--machine-id-file", type=Path, default=MACHINE_ID_FILE, metavar="FILE",
+                   help="the machine id that the UUIDs of definitions written without one "
+                        "are derived from (default: /etc/machine-id; the simulation gives "
+                        "its own)")
     bus = p.add_mutually_exclusive_group()
     bus.add_argument("--system", dest="bus", action="store_const", const="system",
                      help="serve on the system bus (the default; with --simulate: the bus "
@@ -81,17 +86,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if args.bus is None:
         args.bus = "session" if args.simulate else "system"
-    if not args.simulate:  # the simulation picks its own directories unless given
-        args.config_dir = args.config_dir or Path(os.environ.get("GVTD_CONFIG_DIR",
-                                                                 DEFAULT_CONFIG_DIR))
-        args.state_dir = args.state_dir or _env_dir("STATE_DIRECTORY", "/var/lib/gvtd")
-        args.runtime_dir = args.runtime_dir or _env_dir("RUNTIME_DIRECTORY", "/run/gvtd")
+    # Flags win over the environment. The simulation picks its own directories when
+    # neither names one.
+    config = os.environ.get("GVTD_CONFIG_DIR")
+    args.config_dir = args.config_dir or (Path(config) if config else None)
+    args.state_dir = args.state_dir or _env_dir("STATE_DIRECTORY")
+    args.runtime_dir = args.runtime_dir or _env_dir("RUNTIME_DIRECTORY")
+    if not args.simulate:
+        args.config_dir = args.config_dir or DEFAULT_CONFIG_DIR
+        args.state_dir = args.state_dir or Path("/var/lib/gvtd")
+        args.runtime_dir = args.runtime_dir or Path("/run/gvtd")
     return args
 
 
-def _env_dir(variable: str, default: str) -> Path:
+def _env_dir(variable: str) -> Path | None:
     """systemd may pass several colon-separated directories; the first is ours."""
-    return Path(os.environ.get(variable, default).split(":")[0])
+    first = os.environ.get(variable, "").split(":")[0]
+    return Path(first) if first else None
 
 
 def _journal_attached() -> bool:
@@ -124,7 +135,7 @@ class Daemon:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.config = ConfigDir(args.config_dir)
+        self.config = ConfigDir(args.config_dir, args.machine_id_file)
         self.settings, self.settings_problems = self.config.load_settings()
         self.host = Host(self.config, Sysfs(Path(self.settings.sysfs_root)),
                          Ownership(args.state_dir), self.settings.restore_removed)
@@ -198,7 +209,15 @@ class Daemon:
         watcher.start(loop)
         async with self.host.lock:
             await self.host.reconcile()
-        reply = await bus.request_name(names.BUS_NAME, NameFlag.DO_NOT_QUEUE)
+        try:
+            reply = await bus.request_name(names.BUS_NAME, NameFlag.DO_NOT_QUEUE)
+        except DBusError as e:  # the policy's answer is an error, not a reply code
+            log.error("Cannot own %s on the %s bus: its policy refuses it (%s). The bus's "
+                      "configuration decides, through dbus-policy/io.github.gvtd1.conf "
+                      "(installed as /usr/share/dbus-1/system.d/io.github.gvtd1.conf, read "
+                      "when the bus starts or reloads) and gvtd must run as root",
+                      names.BUS_NAME, self.args.bus, e.text)
+            return 1
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
             log.error("Cannot own %s on the %s bus: another gvtd is running, or the bus policy "
                       "does not allow it (is io.github.gvtd1.conf installed?)",

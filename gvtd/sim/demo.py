@@ -78,6 +78,9 @@ def doctor_demo(env: dict[str, str]) -> None:
 
 
 def main() -> int:
+    # No system bus of the caller's: the simulation then brings its own, with a logind on it
+    # that the demo makes suspend the laptop.
+    os.environ.pop("DBUS_SYSTEM_BUS_ADDRESS", None)
     bus = DBusDaemon()
     host = None
     try:
@@ -116,6 +119,15 @@ def main() -> int:
             "lint below sees no OpRegion; libvirt's qemu driver keeps it.)")
         client(env, "status")
         client(env, "stop", "win10", "--timeout", "30")
+        say("The laptop suspends (the simulation's logind, python-dbusmock's, announces "
+            "PrepareForSleep(true)): GVT-g vGPUs do not survive suspend, so gvtd removes the "
+            "idle win10 vGPU, remembers it and lets go of its delay lock")
+        simulator(env, "PrepareForSleep", "b", "true")
+        client(env, "list")
+        say("It resumes (PrepareForSleep(false)): gvtd recreates exactly what it removed, "
+            "with the same UUID")
+        simulator(env, "PrepareForSleep", "b", "false")
+        client(env, "list")
         say("Reboot the emulated host: the kernel forgets every mdev, gvtd starts again "
             "and recreates win10 before it reports READY")
         simulator(env, "Reboot")

@@ -7,8 +7,9 @@ modules, i915 parameters, IOMMU groups, the GPU's render node, the kernel log, m
 definitions) is plain files: ``/sys/module``, ``/sys/kernel/iommu_groups`` and
 ``/sys/class/drm`` inside the testbed (the preload shows them as ``/sys``), and a proc tree,
 a log file and an mdevctl directory in the simulation's work directory, named in the
-gvtd.toml it writes (umockdev does not redirect ``/proc``). Each simulation profile may
-change some of these facts.
+gvtd.toml it writes (umockdev does not redirect ``/proc``); beside them the machine's id,
+which gvtd derives UUIDs from (the supervisor names it on gvtd's command line). Each
+simulation profile may change some of these facts.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ if TYPE_CHECKING:
 PROC_DIR = "proc"
 KERNEL_LOG = "kmsg.log"
 MDEVCTL_DIR = "mdevctl.d"
+MACHINE_ID_FILE = "machine-id"
+# The emulated laptop's /etc/machine-id, the same in every simulation: the UUIDs gvtd derives
+# for definitions written without one stay the same across its restarts, reboots and runs,
+# and never depend on (or disclose) the machine the simulation runs on.
+MACHINE_ID = "5c0ffee0d15ea5e5b0a710ad1e6a7e55"
 
 GOOD_CMDLINE = ("BOOT_IMAGE=/boot/vmlinuz-6.1.0-18-amd64 root=UUID=5b0a3c6e-2d4f-4c1e-9a37-"
                 "0f3c1d2e4b5a ro quiet i915.enable_gvt=1 kvm.ignore_msrs=1 intel_iommu=on "
@@ -116,3 +122,4 @@ def install(facts: HostFacts, host: EmulatedHost, workdir: Path) -> None:
     _write(proc / "sys" / "kernel" / "osrelease", facts.osrelease + "\n")
     _write(workdir / KERNEL_LOG, "".join(line + "\n" for line in facts.kernel_log))
     (workdir / MDEVCTL_DIR).mkdir(exist_ok=True)
+    _write(workdir / MACHINE_ID_FILE, MACHINE_ID + "\n")

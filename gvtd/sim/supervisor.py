@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dbus_fast import BusType, DBusError, PropertyAccess
+from dbus_fast import BusType, DBusError, Message, MessageType, PropertyAccess
 from dbus_fast.aio import MessageBus
 from dbus_fast.constants import NameFlag, RequestNameReply
 from dbus_fast.service import ServiceInterface, dbus_property, method
@@ -31,10 +31,12 @@ from systemd import daemon as sd_daemon
 
 from gvtd import names
 from gvtd.sim import machine
+from gvtd.sim.logind import Logind
 
 log = logging.getLogger("gvtd.sim")
 
 PRELOAD = "libumockdev-preload"
+PROPERTIES = "org.freedesktop.DBus.Properties"
 
 LIBVIRT_TEST_NODE = """\
 <node>
@@ -98,6 +100,15 @@ class SimulatorInterface(ServiceInterface):
     @method()
     def TypeMdev(self, uuid: "s") -> None:  # noqa: F821
         self._do(self.sup.host.type_mdev, uuid)
+
+    @method()
+    async def PrepareForSleep(self, sleeping: "b") -> None:  # noqa: F821
+        """The simulation's logind announces sleep (true) or resume (false); returns once
+        gvtd has acted on it (Manager.Suspend `sleeping`, or back from `resuming`)."""
+        try:
+            await self.sup.prepare_for_sleep(sleeping)
+        except (RuntimeError, TimeoutError) as e:
+            raise _sim_error(e) from e
 
     @method()
     async def Reboot(self) -> None:
@@ -176,6 +187,10 @@ class SimulatorInterface(ServiceInterface):
         return str(self.sup.state_dir)
 
     @dbus_property(access=PropertyAccess.READ)
+    def RuntimeDir(self) -> "s":  # noqa: F821
+        return str(self.sup.runtime_dir)
+
+    @dbus_property(access=PropertyAccess.READ)
     def DaemonPid(self) -> "u":  # noqa: F821
         return self.sup.child.pid if self.sup.child else 0
 
@@ -205,6 +220,12 @@ class Supervisor:
         self.child: asyncio.subprocess.Process | None = None
         self.startup_ms = 0.0
         self.startup_kernel_ms = 0.0
+        # The emulated machine's logind, unless the caller brings a system bus (a test's
+        # own logind) or gvtd serves the system bus itself (--system).
+        self.logind: Logind | None = None
+        self.bus: MessageBus | None = None
+        self._suspend = ""  # gvtd's Manager.Suspend, as its signals last said
+        self._suspend_changed = asyncio.Event()
         self.stopping = asyncio.Event()
         self.restarting = False
         self._watcher: asyncio.Future[None] | None = None
@@ -239,9 +260,12 @@ class Supervisor:
         env = dict(os.environ, UMOCKDEV_DIR=str(self.host.root),
                    NOTIFY_SOCKET=str(self.notify_path))
         env.pop("JOURNAL_STREAM", None)
+        if self.logind is not None:
+            env["DBUS_SYSTEM_BUS_ADDRESS"] = self.logind.address
         cmd = [sys.executable, "-m", "gvtd.daemon", f"--{self.args.bus}",
                "--config-dir", str(self.config_dir), "--state-dir", str(self.state_dir),
-               "--runtime-dir", str(self.runtime_dir)]
+               "--runtime-dir", str(self.runtime_dir),
+               "--machine-id-file", str(self.workdir / machine.MACHINE_ID_FILE)]
         if self.args.log_level:
             cmd += ["--log-level", self.args.log_level]
         self._ready = asyncio.get_running_loop().create_future()
@@ -306,6 +330,50 @@ class Supervisor:
 
         self.host.set_fault(fault)
 
+    async def prepare_for_sleep(self, sleeping: bool) -> None:
+        """Have logind announce sleep or resume, then wait (on gvtd's signals) until gvtd
+        is done with it."""
+        if self.logind is None:
+            raise RuntimeError("This simulation runs no logind of its own (it serves "
+                               "--system, or DBUS_SYSTEM_BUS_ADDRESS named a system bus "
+                               "when it started): send PrepareForSleep from that bus's logind.")
+        assert self.bus is not None
+        reply = await self.bus.call(Message(
+            destination=names.BUS_NAME, path=names.ROOT_PATH, interface=PROPERTIES,
+            member="Get", signature="ss", body=[names.MANAGER_IFACE, "Suspend"]))
+        if reply is not None and reply.message_type == MessageType.METHOD_RETURN:
+            self._suspend = reply.body[0].value
+        await self.logind.prepare_for_sleep(sleeping)
+        done = {"sleeping", "off"} if sleeping else {"on", "blocked", "off"}
+        try:
+            async with asyncio.timeout(30):
+                while self._suspend not in done:
+                    self._suspend_changed.clear()
+                    await self._suspend_changed.wait()
+        except TimeoutError:
+            raise TimeoutError(f"gvtd did not act on PrepareForSleep({str(sleeping).lower()}) "
+                               f"within 30 s: its Manager.Suspend is {self._suspend!r}") from None
+
+    def _on_gvtd_signal(self, msg: Message) -> None:
+        if msg.member == "PropertiesChanged" and msg.path == names.ROOT_PATH and msg.body \
+                and msg.body[0] == names.MANAGER_IFACE and "Suspend" in msg.body[1]:
+            self._suspend = msg.body[1]["Suspend"].value
+            self._suspend_changed.set()
+
+    async def _start_logind(self) -> None:
+        """The emulated machine's logind, so that suspend is simulated too; without it
+        gvtd runs on with suspend handling off."""
+        if self.args.bus != "session" or "DBUS_SYSTEM_BUS_ADDRESS" in os.environ:
+            return
+        logind = Logind()
+        try:
+            await logind.start()
+        except (RuntimeError, OSError, asyncio.TimeoutError) as e:
+            log.warning("Suspend is not simulated: %s", e)
+            await logind.stop()
+            return
+        self.logind = logind
+
     async def _watch(self, child: asyncio.subprocess.Process) -> None:
         """Restart gvtd when it dies on its own, as systemd's Restart=on-failure would."""
         code = await child.wait()
@@ -328,15 +396,36 @@ class Supervisor:
         machine.install(machine.facts_for(parse_profile(self.args.simulate_profile)[0]),
                         self.host, self.workdir)
         try:
+            await self._start_logind()
             bus_type = BusType.SESSION if self.args.bus == "session" else BusType.SYSTEM
-            bus = await MessageBus(bus_type=bus_type).connect()
+            bus = self.bus = await MessageBus(bus_type=bus_type).connect()
+            bus.add_message_handler(self._on_gvtd_signal)
+            await bus.call(Message(
+                destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus", member="AddMatch", signature="s",
+                body=[f"type='signal',sender='{names.BUS_NAME}',path='{names.ROOT_PATH}',"
+                      f"interface='{PROPERTIES}',member='PropertiesChanged'"]))
             bus.export(names.SIMULATOR_PATH, SimulatorInterface(self))
-            reply = await bus.request_name(names.SIMULATOR_BUS_NAME, NameFlag.DO_NOT_QUEUE)
+            try:
+                reply = await bus.request_name(names.SIMULATOR_BUS_NAME, NameFlag.DO_NOT_QUEUE)
+            except DBusError as e:
+                log.error("Cannot own %s on the %s bus: its policy refuses it (%s). The "
+                          "bus's configuration decides: it needs an <allow own=\"%s\"/> for "
+                          "this user (dbus-policy/io.github.gvtd1.conf grants only %s)",
+                          names.SIMULATOR_BUS_NAME, self.args.bus, e.text,
+                          names.SIMULATOR_BUS_NAME, names.BUS_NAME)
+                return 1
             if reply != RequestNameReply.PRIMARY_OWNER:
                 log.error("Another simulation already owns %s on this bus",
                           names.SIMULATOR_BUS_NAME)
                 return 1
-            await self.start_daemon()
+            try:
+                await self.start_daemon()
+            except RuntimeError as e:
+                code = self.child.returncode if self.child else None
+                if code != 1:  # 1: gvtd has said why on its stderr, in one line
+                    log.error("%s", e)
+                return 1
             sd_daemon.notify("READY=1")
             log.info("Emulated host (%s) at %s; gvtd serves %s on the %s bus",
                      self.args.simulate_profile, self.host.root, names.BUS_NAME, self.args.bus)
@@ -348,6 +437,8 @@ class Supervisor:
             bus.disconnect()
             return 0
         finally:
+            if self.logind is not None:
+                await self.logind.stop()
             self.host.close()
             self.notify.close()
             if self.own_workdir:

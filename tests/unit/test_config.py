@@ -164,3 +164,130 @@ def test_save_does_not_clobber_a_file_that_appears_during_the_write(
         cfg.save_definition("late", Definition(uuid=UUID, type="i915-GVTg_V5_4"))
     assert target.read_text() == "# theirs\n"
     assert os.listdir(cfg.definitions_dir) == ["late.toml"]  # no temporary file left
+
+
+# -- definitions written without a uuid ----------------------------------------------------
+
+MACHINE_ID = "3d1219c7c4c5404aaa1f6d2a48adfda4"
+
+
+def by_hand(config: Path, name: str, text: str = 'type = "i915-GVTg_V5_4"\nstart = "auto"\n'
+            ) -> Path:
+    (config / "vgpus.d").mkdir(parents=True, exist_ok=True)
+    path = config / "vgpus.d" / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def machine_id(tmp_path: Path, text: str = MACHINE_ID + "\n") -> Path:
+    path = tmp_path / "machine-id"
+    path.write_text(text)
+    return path
+
+
+def test_a_definition_without_uuid_gets_a_lasting_one(tmp_path: Path) -> None:
+    """The UUID is derived, not stored: every load (a reload, a restart, a reboot: a new
+    ConfigDir) gives the same one, and the file stays as its author wrote it."""
+    import uuid
+
+    from gvtd.config import derived_uuid, uuid_namespace
+
+    mid = machine_id(tmp_path)
+    path = by_hand(tmp_path / "etc", "win10")
+    written = path.read_bytes()
+    first, problems = ConfigDir(tmp_path / "etc", mid).load_definitions()
+    assert problems == []
+    u = first["win10"].uuid
+    assert uuid.UUID(u).version == 5 and u == derived_uuid(uuid_namespace(mid), "win10")
+    assert (first["win10"].type, first["win10"].start) == ("i915-GVTg_V5_4", "auto")
+    again, _ = ConfigDir(tmp_path / "etc", mid).load_definitions()
+    assert again["win10"].uuid == u
+    assert path.read_bytes() == written and os.listdir(path.parent) == ["win10.toml"]
+    # another machine (another machine id) gets another UUID for the same file
+    other, _ = ConfigDir(tmp_path / "etc", machine_id(tmp_path / "etc", "0" * 31 + "1\n")
+                         ).load_definitions()
+    assert other["win10"].uuid != u
+
+
+def test_namespace_is_systemds_app_specific_machine_id() -> None:
+    """What the docs tell a person to run gives the namespace gvtd uses: systemd's own
+    sd_id128_get_machine_app_specific over this host's /etc/machine-id."""
+    import subprocess
+
+    from gvtd.config import APP_ID, MACHINE_ID_FILE, uuid_namespace
+
+    out = subprocess.run(["systemd-id128", "machine-id", f"--app-specific={APP_ID.hex}"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert uuid_namespace(MACHINE_ID_FILE).hex == out
+
+
+def test_derived_uuids_never_collide_and_a_written_uuid_wins(tmp_path: Path) -> None:
+    from gvtd.config import derived_uuid, uuid_namespace
+
+    mid = machine_id(tmp_path)
+    etc = tmp_path / "etc"
+    for name in ("a", "b", "c"):
+        by_hand(etc, name)
+    defs, problems = ConfigDir(etc, mid).load_definitions()
+    assert problems == [] and len({d.uuid for d in defs.values()}) == 3
+    # "z" copied b's UUID (from `gvt-client list`) into its file: the written one is z's
+    # though b's file comes first, and b's problem says what to do
+    taken = derived_uuid(uuid_namespace(mid), "b")
+    by_hand(etc, "z", f'uuid = "{taken}"\ntype = "i915-GVTg_V5_4"\n')
+    defs, problems = ConfigDir(etc, mid).load_definitions()
+    assert list(defs) == ["a", "c", "z"] and defs["z"].uuid == taken
+    (p,) = problems
+    assert (Path(p.file).name, p.field) == ("b.toml", "uuid")
+    assert "already used by z" in p.reason and "write a uuid of its own" in p.reason
+
+
+@pytest.mark.parametrize("content, says", [
+    (None, "does not exist"),
+    ("", "is empty"),
+    ("uninitialized\n", "holds 'uninitialized', not a machine id"),
+])
+def test_no_machine_id_is_a_problem_of_that_file_alone(tmp_path: Path, content: str | None,
+                                                       says: str) -> None:
+    """No lasting UUID can be made: the file is reported (what is wrong, what to do) and
+    skipped, definitions with a uuid still load, and nothing is written."""
+    mid = tmp_path / "machine-id"
+    if content is not None:
+        mid.write_text(content)
+    etc = tmp_path / "etc"
+    path = by_hand(etc, "hand")
+    by_hand(etc, "written", f'uuid = "{UUID}"\ntype = "i915-GVTg_V5_4"\n')
+    defs, problems = ConfigDir(etc, mid).load_definitions()
+    assert list(defs) == ["written"]
+    (p,) = problems
+    assert (p.file, p.field) == (str(path), "uuid")
+    assert f"{mid} {says}" in p.reason and "uuidgen" in p.reason
+    assert sorted(os.listdir(etc / "vgpus.d")) == ["hand.toml", "written.toml"]
+
+
+def test_a_machine_id_for_this_boot_only_is_refused(tmp_path: Path) -> None:
+    """systemd mounts a made-up id over /etc/machine-id when /etc cannot keep one: a UUID
+    derived from it would change at the next boot. Seen in a mount namespace of its own."""
+    import subprocess
+    import sys
+
+    etc = tmp_path / "etc"
+    by_hand(etc, "hand")
+    mid = machine_id(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    script = ("import sys; from pathlib import Path; from gvtd.config import ConfigDir; "
+              "print([p.reason for p in ConfigDir(Path(sys.argv[1]), "
+              "Path(sys.argv[2])).load_definitions()[1]])")
+    out = subprocess.run(
+        ["unshare", "--mount", "sh", "-c",
+         f"mount -t tmpfs none {run} && echo {MACHINE_ID} > {run}/machine-id && "
+         f'mount --bind {run}/machine-id {mid} && exec "$@"', "sh",
+         sys.executable, "-c", script, str(etc), str(mid)],
+        capture_output=True, text=True, check=True).stdout
+    assert "mounted over for this boot only" in out and "systemd-machine-id-commit" in out
+    assert "hand" in ConfigDir(etc, mid).load_definitions()[0]  # the same id, kept: fine
+
+
+def test_only_a_file_may_leave_the_uuid_out() -> None:
+    with pytest.raises(ValidationError, match="uuid"):
+        Definition.model_validate({"type": "i915-GVTg_V5_4"})
