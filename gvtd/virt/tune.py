@@ -152,7 +152,10 @@ def _tune_hyperv(root: Element, accepted: frozenset[str]) -> None:
         if name == "spinlocks":
             el.set("retries", SPINLOCK_RETRIES)
     if "stimer" in wanted:  # hv-stimer needs hv-time: libvirt's hypervclock timer
-        _sub(_place(root, "clock"), "timer", name="hypervclock").set("present", "yes")
+        clock = _place(root, "clock")
+        if clock.get("offset") is None:  # libvirt wants one; without <clock> it means utc
+            clock.set("offset", "utc")
+        _sub(clock, "timer", name="hypervclock").set("present", "yes")
 
 
 def _tune_spice(root: Element) -> None:

@@ -1,7 +1,8 @@
 """Edits change only what they change: attach, detach and tune on the XML virt-manager 4
-defines for a Windows guest keep its prefixes, comments and layout, and their diff is the
-edit alone."""
+defines for a Windows guest keep its prefixes, comments and layout, their diff is the edit
+alone, and what they write is valid for libvirt's own schema (virt-xml-validate)."""
 
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -9,8 +10,11 @@ import pytest
 
 from gvtd.cputopo import Topology
 from gvtd.errors import InvalidArgument
+from gvtd.sim.supervisor import LIBVIRT_TEST_NODE
 from gvtd.virt import domxml, tune
 from gvtd.virt.domxml import Q, AttachSpec
+from libvirtd import domain_xml
+from test_tune_xml import WIN10
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 VIRT_MANAGER = (FIXTURES / "virt-manager-win10.xml").read_text()
@@ -147,3 +151,42 @@ def test_a_doctype_is_refused_by_name() -> None:
         domxml.attach(xml, AttachSpec(U, "vnc"))
     with pytest.raises(InvalidArgument, match="does not parse"):
         tune.tune("<domain><name>x</name>", TUNE)
+
+
+def validate(xml: str, tmp_path: Path) -> None:
+    path = tmp_path / "domain.xml"
+    path.write_text(xml)
+    p = subprocess.run(["virt-xml-validate", str(path), "domain"], capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+# The sim's test-driver domain without <test:runstate>, the one element the schema lacks.
+SIM = LIBVIRT_TEST_NODE[LIBVIRT_TEST_NODE.index("<domain"):].split("</node>")[0].replace(
+    "    <test:runstate>5</test:runstate>\n", "")
+DOMAINS = {"virt-manager": VIRT_MANAGER, "tune": WIN10, "sim": SIM,
+           "libvirtd": domain_xml("plain")}
+EDITS = {
+    **{f"attach-{d}": lambda x, d=d: domxml.attach(x, AttachSpec(U, d, RENDER))
+       for d in domxml.DISPLAYS},
+    "attach-set-before-8.2": lambda x: domxml.attach(x, AttachSpec(U, override=False,
+                                                                   render_node=RENDER)),
+    "detach": lambda x: domxml.detach(domxml.attach(x, AttachSpec(U, "gtk-gl")), U),
+    "tune": lambda x: tune.tune(x, TUNE),
+    "tune-no-pinning": lambda x: tune.tune(x, tune.TuneSpec(KABY_LAKE, 2, pinning=False,
+                                                            hyperv=frozenset())),
+    "tune-attached": lambda x: tune.tune(domxml.attach(x, AttachSpec(U, "spice-gl", RENDER)),
+                                         TUNE),
+}
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_revert_puts_back_valid_xml(domain: str, tmp_path: Path) -> None:
+    """tune --revert defines the XML from before the tune again: the fixture itself."""
+    validate(DOMAINS[domain], tmp_path)
+
+
+@pytest.mark.parametrize("edit", EDITS)
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_edits_are_valid_for_libvirt(domain: str, edit: str, tmp_path: Path) -> None:
+    validate(EDITS[edit](DOMAINS[domain]), tmp_path)
