@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -218,23 +219,43 @@ def _drop_if_empty(root: Element, tag: str) -> None:
         remove(el)
 
 
+def _arg_pairs(cmd: Element | None, match: Callable[[str, str], bool]) -> list[
+        tuple[Element, Element]]:
+    """Adjacent <qemu:arg> pairs of cmd whose two values match."""
+    args = cmd.findall(Q + "arg") if cmd is not None else []
+    return [(a, b) for a, b in zip(args, args[1:])
+            if match(a.get("value") or "", b.get("value") or "")]
+
+
+def _ours(first: str, second: str) -> bool:
+    """-set device.ALIAS.prop=value: a property of our hostdev before libvirt 8.2."""
+    return first == "-set" and second.startswith(f"device.{ALIAS}.")
+
+
 def _set_properties(root: Element, props: dict[str, str], override: bool) -> None:
     """QEMU device properties of our hostdev: <qemu:override> or, before libvirt 8.2,
-    `-set device.ALIAS.prop=value` on the command line."""
+    `-set device.ALIAS.prop=value` on the command line. Left in place when they are so
+    already (libvirt may have moved them)."""
+    bools = [(name, "bool", "true" if value == "on" else "false") for name, value in props.items()]
+    sets = [f"device.{ALIAS}.{name}={value}" for name, value in props.items()]
+    now = ([(p.get("name"), p.get("type"), p.get("value")) for p in root.iterfind(
+               f"{Q}override/{Q}device[@alias='{ALIAS}']/{Q}frontend/{Q}property")],
+           [b.get("value") for _, b in _arg_pairs(root.find(Q + "commandline"), _ours)])
+    if now == ((bools, []) if override else ([], sets)):
+        return
     _clear_properties(root)
     if not props:
         return
     if override:
         frontend = _sub(_sub(_sub(root, Q + "override"), Q + "device", alias=ALIAS),
                         Q + "frontend")
-        for name, value in props.items():
-            add(frontend, Q + "property", {"name": name, "type": "bool",
-                                           "value": "true" if value == "on" else "false"})
+        for name, kind, value in bools:
+            add(frontend, Q + "property", {"name": name, "type": kind, "value": value})
     else:
         cmd = _sub(root, Q + "commandline")
-        for name, value in props.items():
+        for value in sets:
             add(cmd, Q + "arg", {"value": "-set"})
-            add(cmd, Q + "arg", {"value": f"device.{ALIAS}.{name}={value}"})
+            add(cmd, Q + "arg", {"value": value})
 
 
 def _clear_properties(root: Element) -> None:
@@ -243,33 +264,39 @@ def _clear_properties(root: Element) -> None:
         remove(override.find(f"{Q}device[@alias='{ALIAS}']"))
         _drop_if_empty(root, Q + "override")
     cmd = root.find(Q + "commandline")
-    if cmd is not None:
-        args = list(cmd.findall(Q + "arg"))
-        for first, second in zip(args, args[1:]):
-            if first.get("value") == "-set" and \
-                    (second.get("value") or "").startswith(f"device.{ALIAS}."):
-                remove(first)
-                remove(second)
-        _drop_if_empty(root, Q + "commandline")
+    for first, second in _arg_pairs(cmd, _ours):
+        remove(first)
+        remove(second)
+    _drop_if_empty(root, Q + "commandline")
 
 
 GTK_ARGS = ("-display", "gtk,gl=on")
 
 
 def _set_gtk(root: Element, on: bool, x_display: str) -> None:
+    """QEMU's own GTK window with GL on x_display, or none. Left in place when it is so
+    already; a new <qemu:commandline> goes before <qemu:override>, where libvirt puts it."""
     cmd = root.find(Q + "commandline")
+    gtk = _arg_pairs(cmd, lambda first, second: (first, second) == GTK_ARGS)
+    env = {e.get("name"): e.get("value") for e in cmd.findall(Q + "env")} \
+        if cmd is not None else {}
+    if on and len(gtk) == 1 and (env.get("DISPLAY"), env.get("GDK_SCALE")) == \
+            (x_display, "1.0"):
+        return
     if cmd is not None:  # take out what a previous gtk-gl attach added
-        args = list(cmd.findall(Q + "arg"))
-        for first, second in zip(args, args[1:]):
-            if (first.get("value"), second.get("value")) == GTK_ARGS:
-                remove(first)
-                remove(second)
-        for env in cmd.findall(Q + "env"):
-            if env.get("name") in ("DISPLAY", "GDK_SCALE"):
-                remove(env)
+        for first, second in gtk:
+            remove(first)
+            remove(second)
+        for el in cmd.findall(Q + "env"):
+            if el.get("name") in ("DISPLAY", "GDK_SCALE"):
+                remove(el)
         _drop_if_empty(root, Q + "commandline")
     if on:
-        cmd = _sub(root, Q + "commandline")
+        cmd = root.find(Q + "commandline")
+        if cmd is None:
+            override = root.find(Q + "override")
+            cmd = add(root, Q + "commandline",
+                      index=root.index(override) if override is not None else None)
         for value in GTK_ARGS:
             add(cmd, Q + "arg", {"value": value})
         add(cmd, Q + "env", {"name": "DISPLAY", "value": x_display})

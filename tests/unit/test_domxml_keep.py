@@ -86,6 +86,20 @@ def test_detach_diff_takes_out_what_attach_put_in() -> None:
     assert domxml.attach(attached, AttachSpec(U, "vnc")) == vnc
 
 
+def test_attach_again_leaves_what_libvirt_moved_in_place() -> None:
+    """libvirt writes <qemu:commandline> before <qemu:override>, and a new commandline goes
+    there; attaching again to XML in either order changes nothing (attach used to take them
+    out and put them back last, a diff of lines that did not change)."""
+    spec = AttachSpec(U, "gtk-gl")
+    once = domxml.attach(VIRT_MANAGER, spec)
+    assert [c.tag for c in ET.fromstring(once)][-2:] == [Q + "commandline", Q + "override"]
+    head, cut, tail = once.partition("  <qemu:commandline")
+    block, end, rest = tail.partition("</qemu:commandline>\n")
+    moved = head + rest.replace("</domain>", cut + block + end + "</domain>")
+    assert [c.tag for c in ET.fromstring(moved)][-2:] == [Q + "override", Q + "commandline"]
+    assert domxml.attach(once, spec) == once and domxml.attach(moved, spec) == moved
+
+
 def test_tune_diff_is_the_edit_alone() -> None:
     after = tune.tune(VIRT_MANAGER, TUNE)
     assert changed(VIRT_MANAGER, after) == [
