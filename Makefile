@@ -9,7 +9,8 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # systemd-python; umockdev and FUSE for the emulated host; dbus-daemon for private buses;
 # mdevctl, which the benchmarks run side by side with gvtd; polkitd, whose DTD and daemon
 # check the shipped polkit actions; libvirtd with the QEMU driver (libvirt-daemon-system
-# creates the libvirt-qemu user it needs) and virsh, for the tests on a private libvirtd.
+# creates the libvirt-qemu user it needs) and virsh, for the tests on a private libvirtd;
+# virt-xml-validate (libvirt-clients, with xmllint from libxml2-utils) checks gvtd's XML edits.
 DEB_PACKAGES = pkg-config gcc python3-dev libgirepository1.0-dev libcairo2-dev \
 	libdbus-1-dev libglib2.0-dev libvirt-dev libsystemd-dev \
 	umockdev gir1.2-umockdev-1.0 fuse3 dbus-daemon libxml2-utils systemd mdevctl \

@@ -3,23 +3,34 @@
 attach() adds (or updates) the vGPU's hostdev the way that works: vfio-pci with display and
 ramfb as the display mode needs, a free PCI slot that is not after a Cirrus adapter, OpRegion
 through <qemu:override> on libvirt >= 8.2 (the old `-set device.hostdev0.x-igd-opregion=on`
-broke with QEMU 7's JSON -device), and the display itself. Everything else in the XML stays
-as it was. detach() undoes it; lint() finds the guide's pitfalls.
+broke with QEMU 7's JSON -device), and the display itself. detach() undoes it; lint() finds
+the guide's pitfalls.
+
+An edit changes only what it changes: parse() keeps comments, whitespace and each
+namespace's own prefix where the document declares it (lxml: xml.etree renames prefixes
+through one process-wide table and declares every namespace on the root), and add() and
+remove() indent and unindent only the lines they touch. Reading alone (mdev_uuids, lint, ...)
+needs none of that and stays on xml.etree, so the daemon's start does not load lxml.
 """
 
 from __future__ import annotations
 
 import difflib
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from gvtd.config import UUID_RE
 from gvtd.errors import Busy, InvalidArgument
 
+if TYPE_CHECKING:
+    from lxml.etree import _Element as Element  # an edit's tree, with xml.etree's API
+else:
+    Element = ET.Element  # at run time a name for annotations only
+
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 Q = f"{{{QEMU_NS}}}"
-ET.register_namespace("qemu", QEMU_NS)
 
 ALIAS = "ua-gvtd-vgpu"  # a user alias (libvirt wants the ua- prefix) that overrides can name
 OVERRIDE_VERSION = 8_002_000  # libvirt 8.2: <qemu:override>
@@ -36,17 +47,97 @@ class AttachSpec:
     override: bool = True  # libvirt >= 8.2
 
 
-def parse(xml: str) -> ET.Element:
-    parser = ET.XMLParser(target=ET.TreeBuilder(insert_comments=True))
+def parse(xml: str) -> Element:
+    """The domain XML as a tree to edit, with all that serialize() must give back. No DTD,
+    no entities, no network: whoever may define a domain writes this XML, and gvtd is root."""
+    from lxml import etree  # here, not at import: the daemon's start does not need it
+
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
     try:
-        return ET.fromstring(xml, parser=parser)
-    except ET.ParseError as e:
+        root = etree.fromstring(xml.encode(), parser)
+    except (etree.XMLSyntaxError, ValueError) as e:
         raise InvalidArgument(f"The domain XML does not parse: {e}.") from e
+    if root.getroottree().docinfo.internalDTD is not None:
+        raise InvalidArgument("The domain XML has a DOCTYPE, which libvirt's domain XML never "
+                              "has: remove it (virsh dumpxml gives the XML libvirt keeps).")
+    return root
 
 
-def serialize(root: ET.Element) -> str:
-    ET.indent(root, space="  ")
-    return ET.tostring(root, encoding="unicode") + "\n"
+def serialize(root: Element) -> str:
+    """The document again, each comment around the root element on its own line as it was
+    (libvirt's files under /etc/libvirt start with one)."""
+    from lxml import etree
+
+    nodes = [*reversed(list(root.itersiblings(preceding=True))), root, *root.itersiblings()]
+    return "".join(etree.tostring(n, encoding="unicode", with_tail=False) + "\n"
+                   for n in nodes)
+
+
+def _read(xml: str) -> ET.Element | None:
+    """The XML for reading only (xml.etree is loaded already), or None if it does not parse."""
+    try:
+        return ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+
+
+def _before(el: Element) -> str | None:
+    """The text between el and what precedes it: its indentation in a pretty document."""
+    prev = el.getprevious()
+    if prev is not None:
+        return prev.tail
+    parent = el.getparent()
+    return parent.text if parent is not None else None
+
+
+def _line_break(ws: str | None) -> str | None:
+    """ws if it is a line break and an indentation (a pretty-printed layout), else None."""
+    return ws if ws and "\n" in ws and not ws.strip() else None
+
+
+def add(parent: Element, tag: str, attrs: dict[str, str] | None = None,
+        index: int | None = None) -> Element:
+    """A new child of parent at index (default: last), on a line of its own indented like
+    its siblings where parent's children are on lines of their own, inline where they are
+    not; nothing else moves. A qemu element declares the namespace if nothing above does."""
+    nsmap = {"qemu": QEMU_NS} if tag.startswith(Q) and QEMU_NS not in \
+        parent.nsmap.values() else None
+    el = parent.makeelement(tag, attrs or {}, nsmap)
+    count = len(parent)
+    index = count if index is None else min(index, count)
+    parent.insert(index, el)
+    first = _line_break(parent.getroottree().getroot().text)
+    if first is None:  # the whole document on one line
+        return el
+    if count == 0:  # parent had no children: it is opened and closed on lines of its own now
+        outer = _line_break(_before(parent))
+        if outer is not None and not (parent.text or "").strip():
+            parent.text = outer + first.rpartition("\n")[2]  # one level (the root's) deeper
+            el.tail = outer
+        return el
+    inner = _line_break(parent.text)
+    if inner is None:
+        return el
+    if index == count:  # after the last child: it takes the closing line break
+        last = parent[index - 1]
+        el.tail, last.tail = last.tail, inner
+    else:
+        el.tail = inner
+    return el
+
+
+def remove(el: Element | None) -> None:
+    """Take el out with its line, leaving no blank line behind."""
+    parent = el.getparent() if el is not None else None
+    if el is None or parent is None:
+        return
+    if el.getnext() is None:  # the last child: the one before it closes the parent now
+        prev = el.getprevious()
+        if prev is not None:
+            prev.tail = el.tail
+        elif not (parent.text or "").strip():
+            parent.text = None
+    parent.remove(el)
 
 
 def diff(before: str, after: str, name: str) -> str:
@@ -66,9 +157,7 @@ def _uuid_of(hostdev: ET.Element) -> str:
 def mdev_uuids(xml: str) -> list[str]:
     """UUIDs of the domain's mdev hostdevs, in device order (lower case, as the kernel
     names them)."""
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
+    if (root := _read(xml)) is None:
         return []
     return [u for u in map(_uuid_of, mdev_hostdevs(root)) if UUID_RE.fullmatch(u)]
 
@@ -116,88 +205,107 @@ def _choose_slot(devices: ET.Element, hostdev: ET.Element) -> int:
     return free[0]
 
 
-def _sub(parent: ET.Element, tag: str, **attrs: str) -> ET.Element:
-    """The first child matching tag and attrs, created if missing."""
+def _sub(parent: Element, tag: str, **attrs: str) -> Element:
+    """The first child matching tag and attrs, added last if missing."""
     for child in parent.findall(tag):
         if all(child.get(k) == v for k, v in attrs.items()):
             return child
-    return ET.SubElement(parent, tag, attrs)
+    return add(parent, tag, attrs)
 
 
-def _remove(parent: ET.Element | None, child: ET.Element | None) -> None:
-    if parent is not None and child is not None and child in list(parent):
-        parent.remove(child)
-
-
-def _drop_if_empty(root: ET.Element, tag: str) -> None:
+def _drop_if_empty(root: Element, tag: str) -> None:
     el = root.find(tag)
     if el is not None and len(el) == 0:
-        root.remove(el)
+        remove(el)
 
 
-def _set_properties(root: ET.Element, props: dict[str, str], override: bool) -> None:
+def _arg_pairs(cmd: Element | None, match: Callable[[str, str], bool]) -> list[
+        tuple[Element, Element]]:
+    """Adjacent <qemu:arg> pairs of cmd whose two values match."""
+    args = cmd.findall(Q + "arg") if cmd is not None else []
+    return [(a, b) for a, b in zip(args, args[1:])
+            if match(a.get("value") or "", b.get("value") or "")]
+
+
+def _ours(first: str, second: str) -> bool:
+    """-set device.ALIAS.prop=value: a property of our hostdev before libvirt 8.2."""
+    return first == "-set" and second.startswith(f"device.{ALIAS}.")
+
+
+def _set_properties(root: Element, props: dict[str, str], override: bool) -> None:
     """QEMU device properties of our hostdev: <qemu:override> or, before libvirt 8.2,
-    `-set device.ALIAS.prop=value` on the command line."""
+    `-set device.ALIAS.prop=value` on the command line. Left in place when they are so
+    already (libvirt may have moved them)."""
+    bools = [(name, "bool", "true" if value == "on" else "false") for name, value in props.items()]
+    sets = [f"device.{ALIAS}.{name}={value}" for name, value in props.items()]
+    now = ([(p.get("name"), p.get("type"), p.get("value")) for p in root.iterfind(
+               f"{Q}override/{Q}device[@alias='{ALIAS}']/{Q}frontend/{Q}property")],
+           [b.get("value") for _, b in _arg_pairs(root.find(Q + "commandline"), _ours)])
+    if now == ((bools, []) if override else ([], sets)):
+        return
     _clear_properties(root)
     if not props:
         return
     if override:
         frontend = _sub(_sub(_sub(root, Q + "override"), Q + "device", alias=ALIAS),
                         Q + "frontend")
-        for name, value in props.items():
-            ET.SubElement(frontend, Q + "property", name=name, type="bool",
-                          value="true" if value == "on" else "false")
+        for name, kind, value in bools:
+            add(frontend, Q + "property", {"name": name, "type": kind, "value": value})
     else:
         cmd = _sub(root, Q + "commandline")
-        for name, value in props.items():
-            ET.SubElement(cmd, Q + "arg", value="-set")
-            ET.SubElement(cmd, Q + "arg", value=f"device.{ALIAS}.{name}={value}")
+        for value in sets:
+            add(cmd, Q + "arg", {"value": "-set"})
+            add(cmd, Q + "arg", {"value": value})
 
 
-def _clear_properties(root: ET.Element) -> None:
+def _clear_properties(root: Element) -> None:
     override = root.find(Q + "override")
     if override is not None:
-        _remove(override, override.find(f"{Q}device[@alias='{ALIAS}']"))
+        remove(override.find(f"{Q}device[@alias='{ALIAS}']"))
         _drop_if_empty(root, Q + "override")
     cmd = root.find(Q + "commandline")
-    if cmd is not None:
-        args = list(cmd.findall(Q + "arg"))
-        for first, second in zip(args, args[1:]):
-            if first.get("value") == "-set" and \
-                    (second.get("value") or "").startswith(f"device.{ALIAS}."):
-                cmd.remove(first)
-                cmd.remove(second)
-        _drop_if_empty(root, Q + "commandline")
+    for first, second in _arg_pairs(cmd, _ours):
+        remove(first)
+        remove(second)
+    _drop_if_empty(root, Q + "commandline")
 
 
 GTK_ARGS = ("-display", "gtk,gl=on")
 
 
-def _set_gtk(root: ET.Element, on: bool, x_display: str) -> None:
+def _set_gtk(root: Element, on: bool, x_display: str) -> None:
+    """QEMU's own GTK window with GL on x_display, or none. Left in place when it is so
+    already; a new <qemu:commandline> goes before <qemu:override>, where libvirt puts it."""
     cmd = root.find(Q + "commandline")
+    gtk = _arg_pairs(cmd, lambda first, second: (first, second) == GTK_ARGS)
+    env = {e.get("name"): e.get("value") for e in cmd.findall(Q + "env")} \
+        if cmd is not None else {}
+    if on and len(gtk) == 1 and (env.get("DISPLAY"), env.get("GDK_SCALE")) == \
+            (x_display, "1.0"):
+        return
     if cmd is not None:  # take out what a previous gtk-gl attach added
-        args = list(cmd.findall(Q + "arg"))
-        for first, second in zip(args, args[1:]):
-            if (first.get("value"), second.get("value")) == GTK_ARGS:
-                cmd.remove(first)
-                cmd.remove(second)
-        for env in cmd.findall(Q + "env"):
-            if env.get("name") in ("DISPLAY", "GDK_SCALE"):
-                cmd.remove(env)
+        for first, second in gtk:
+            remove(first)
+            remove(second)
+        for el in cmd.findall(Q + "env"):
+            if el.get("name") in ("DISPLAY", "GDK_SCALE"):
+                remove(el)
         _drop_if_empty(root, Q + "commandline")
     if on:
-        cmd = _sub(root, Q + "commandline")
+        cmd = root.find(Q + "commandline")
+        if cmd is None:
+            override = root.find(Q + "override")
+            cmd = add(root, Q + "commandline",
+                      index=root.index(override) if override is not None else None)
         for value in GTK_ARGS:
-            ET.SubElement(cmd, Q + "arg", value=value)
-        ET.SubElement(cmd, Q + "env", name="DISPLAY", value=x_display)
-        ET.SubElement(cmd, Q + "env", name="GDK_SCALE", value="1.0")  # QEMU's HiDPI is broken
+            add(cmd, Q + "arg", {"value": value})
+        add(cmd, Q + "env", {"name": "DISPLAY", "value": x_display})
+        add(cmd, Q + "env", {"name": "GDK_SCALE", "value": "1.0"})  # QEMU's HiDPI is broken
 
 
 def gtk_display(xml: str) -> str | None:
     """The X display a gtk-gl attach opens QEMU's window on (its DISPLAY), or None."""
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
+    if (root := _read(xml)) is None:
         return None
     values = [a.get("value") for a in root.iterfind(f"{Q}commandline/{Q}arg")]
     if not any(values[i:i + 2] == list(GTK_ARGS) for i in range(len(values) - 1)):
@@ -209,21 +317,19 @@ def gtk_display(xml: str) -> str | None:
 def dac_user(xml: str) -> str | None:
     """The user of a static DAC label (<seclabel model='dac'><label>USER:GROUP), which
     overrides qemu.conf's user for this domain."""
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
+    if (root := _read(xml)) is None:
         return None
     label = root.findtext("seclabel[@model='dac'][@type='static']/label")
     return label.partition(":")[0] if label else None
 
 
-def _set_spice_gl(devices: ET.Element, render_node: str) -> None:
+def _set_spice_gl(devices: Element, render_node: str) -> None:
     graphics = _sub(devices, "graphics", type="spice")
     for attr in ("port", "autoport", "listen", "tlsPort"):
         graphics.attrib.pop(attr, None)
     for listen in graphics.findall("listen"):
-        graphics.remove(listen)
-    graphics.insert(0, ET.Element("listen", type="none"))  # SPICE GL needs a local socket
+        remove(listen)
+    add(graphics, "listen", {"type": "none"}, 0)  # SPICE GL needs a local socket
     gl = _sub(graphics, "gl")
     gl.set("enable", "yes")
     gl.set("rendernode", render_node)  # a path: "auto" does not work with a vGPU
@@ -237,7 +343,7 @@ def attach(xml: str, spec: AttachSpec) -> str:
     root = parse(xml)
     devices = root.find("devices")
     if devices is None:
-        devices = ET.SubElement(root, "devices")
+        devices = add(root, "devices")
     ours = None
     for hostdev in mdev_hostdevs(root):
         if _uuid_of(hostdev) == spec.uuid:
@@ -246,9 +352,8 @@ def attach(xml: str, spec: AttachSpec) -> str:
             raise Busy(f"The domain already has the vGPU {_uuid_of(hostdev)}, and a VM can open "
                        "only one (the kernel refuses a second with EEXIST): detach it first.")
     if ours is None:
-        ours = ET.SubElement(devices, "hostdev")
-        address = ET.SubElement(ET.SubElement(ours, "source"), "address", uuid=spec.uuid)
-        del address
+        ours = add(devices, "hostdev")
+        add(add(ours, "source"), "address", {"uuid": spec.uuid})
     gl = spec.display == "spice-gl"
     ours.attrib.update({"mode": "subsystem", "type": "mdev", "managed": "no",
                         "model": "vfio-pci", "display": "on" if gl else "off"})
@@ -258,13 +363,13 @@ def attach(xml: str, spec: AttachSpec) -> str:
         ours.attrib.pop("ramfb", None)
     alias = ours.find("alias")
     if alias is None:
-        alias = ET.SubElement(ours, "alias")
+        alias = add(ours, "alias")
     alias.set("name", ALIAS)
     pci = ours.find("./address[@type='pci']")
     if pci is None:
         slot = _choose_slot(devices, ours)
-        ET.SubElement(ours, "address", type="pci", domain="0x0000", bus="0x00",
-                      slot=f"{slot:#04x}", function="0x0")
+        add(ours, "address", {"type": "pci", "domain": "0x0000", "bus": "0x00",
+                              "slot": f"{slot:#04x}", "function": "0x0"})
     if gl:
         if not spec.render_node:
             raise InvalidArgument("SPICE with GL needs the GPU's render node, and the parent "
@@ -281,12 +386,11 @@ def attach(xml: str, spec: AttachSpec) -> str:
 def detach(xml: str, uuid: str) -> str:
     """The domain XML without the vGPU and what attach() added for it."""
     root = parse(xml)
-    devices = root.find("devices")
     found = [h for h in mdev_hostdevs(root) if _uuid_of(h) == uuid]
     if not found:
         raise InvalidArgument(f"The domain has no vGPU {uuid}.")
     for hostdev in found:
-        _remove(devices, hostdev)
+        remove(hostdev)
     _clear_properties(root)
     _set_gtk(root, False, "")
     return serialize(root)
@@ -294,9 +398,7 @@ def detach(xml: str, uuid: str) -> str:
 
 def lint(xml: str) -> list[tuple[str, str, str]]:
     """(id, message, fix) for the guide's pitfalls in one domain."""
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
+    if (root := _read(xml)) is None:
         return []
     out: list[tuple[str, str, str]] = []
     devices = root.find("devices")

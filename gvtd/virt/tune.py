@@ -7,12 +7,11 @@ change on its own (the machine type or a disk bus cannot change under an install
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from gvtd.cputopo import Topology
 from gvtd.errors import InvalidArgument
-from gvtd.virt.domxml import _sub, parse, serialize
+from gvtd.virt.domxml import Element, _sub, add, parse, remove, serialize
 
 # The guide's enlightenments, plus vpindex: QEMU refuses hv-synic without hv-vpindex (and
 # hv-stimer without hv-synic and hv-time, the hypervclock timer below).
@@ -83,52 +82,47 @@ def plan_cpus(topo: Topology, vcpus: int | None, pinning: bool, first_core: bool
     return CpuPlan(vcpus, cores, threads, pins)
 
 
-def _place(root: ET.Element, tag: str) -> ET.Element:
+def _place(root: Element, tag: str) -> Element:
     """The domain's top-level tag, created in libvirt's order when missing."""
     el = root.find(tag)
     if el is not None:
         return el
-    el = ET.Element(tag)
     before = ORDER[:ORDER.index(tag)] if tag in ORDER else ORDER
     index = 0
     for i, child in enumerate(root):
         if child.tag in before:
             index = i + 1
-    root.insert(index, el)
-    return el
+    return add(root, tag, index=index)
 
 
-def _tune_cpu(root: ET.Element, plan: CpuPlan) -> None:
+def _tune_cpu(root: Element, plan: CpuPlan) -> None:
     vcpu = _place(root, "vcpu")
     vcpu.text = str(plan.vcpus)
     vcpu.set("placement", "static")
     vcpu.attrib.pop("current", None)  # all of them online
     vcpu.attrib.pop("cpuset", None)  # the pins say where
     vcpus = root.find("vcpus")  # per-vCPU settings for a count that may have changed
-    if vcpus is not None:
-        root.remove(vcpus)
+    remove(vcpus)
     cputune = root.find("cputune")
     if cputune is not None:
         for pin in cputune.findall("vcpupin"):
-            cputune.remove(pin)
+            remove(pin)
     if plan.pins:
         cputune = _place(root, "cputune")
         for i, cpu in reversed(list(enumerate(plan.pins))):  # vcpupin goes first
-            pin = ET.Element("vcpupin", vcpu=str(i), cpuset=str(cpu))
-            cputune.insert(0, pin)
+            add(cputune, "vcpupin", {"vcpu": str(i), "cpuset": str(cpu)}, 0)
     if cputune is not None and len(cputune) == 0 and not cputune.attrib:
-        root.remove(cputune)
+        remove(cputune)
     cpu = _place(root, "cpu")
     cpu.attrib.pop("match", None)  # (libvirt adds migratable='on' to host-passthrough)
     cpu.set("mode", "host-passthrough")
     cpu.set("check", "none")
     for tag in ("model", "vendor"):  # a named model means nothing with host-passthrough
         for child in cpu.findall(tag):
-            cpu.remove(child)
+            remove(child)
     topology = cpu.find("topology")
     if topology is None:
-        topology = ET.Element("topology")
-        cpu.insert(0, topology)
+        topology = add(cpu, "topology", index=0)
     topology.set("sockets", "1")
     if topology.get("dies") is not None:
         topology.set("dies", "1")
@@ -142,7 +136,7 @@ def hyperv_wanted(accepted: frozenset[str]) -> list[str]:
     return [f for f in out if all(n in out for n in NEEDS.get(f, ()))]
 
 
-def _tune_hyperv(root: ET.Element, accepted: frozenset[str]) -> None:
+def _tune_hyperv(root: Element, accepted: frozenset[str]) -> None:
     features = _place(root, "features")
     hyperv = features.find("hyperv")
     if hyperv is not None and hyperv.get("mode") == "passthrough":
@@ -151,30 +145,31 @@ def _tune_hyperv(root: ET.Element, accepted: frozenset[str]) -> None:
     if not wanted:
         return
     if hyperv is None:
-        hyperv = ET.SubElement(features, "hyperv", mode="custom")
+        hyperv = add(features, "hyperv", {"mode": "custom"})
     for name in wanted:
         el = _sub(hyperv, name)
         el.set("state", "on")
         if name == "spinlocks":
             el.set("retries", SPINLOCK_RETRIES)
     if "stimer" in wanted:  # hv-stimer needs hv-time: libvirt's hypervclock timer
-        _sub(_place(root, "clock"), "timer", name="hypervclock").set("present", "yes")
+        clock = _place(root, "clock")
+        if clock.get("offset") is None:  # libvirt wants one; without <clock> it means utc
+            clock.set("offset", "utc")
+        _sub(clock, "timer", name="hypervclock").set("present", "yes")
 
 
-def _tune_spice(root: ET.Element) -> None:
+def _tune_spice(root: Element) -> None:
     for graphics in root.findall("./devices/graphics[@type='spice']"):
         for attr in ("port", "autoport", "listen", "tlsPort", "defaultMode"):
             graphics.attrib.pop(attr, None)
         for listen in graphics.findall("listen"):
-            graphics.remove(listen)
-        graphics.insert(0, ET.Element("listen", type="none"))  # no network, not even loopback
+            remove(listen)
+        add(graphics, "listen", {"type": "none"}, 0)  # no network, not even loopback
         for tag, attr, value in SPICE_SETTINGS:
             el = graphics.find(tag)
             if el is None:
-                el = ET.Element(tag)
                 gl = graphics.find("gl")  # libvirt writes <gl> last
-                graphics.insert(list(graphics).index(gl) if gl is not None else len(graphics),
-                                el)
+                el = add(graphics, tag, index=graphics.index(gl) if gl is not None else None)
             el.set(attr, value)
 
 
@@ -222,7 +217,7 @@ def checks(xml: str) -> list[tuple[str, str, str]]:
                     "reinstall of its drivers."))
     devices = root.find("devices")
     if devices is None:
-        devices = ET.Element("devices")
+        devices = root.makeelement("devices", {})
     disks = devices.findall("disk[@device='disk']")
     slow = [d for d in disks if (t := d.find("target")) is not None
             and t.get("bus") in ("ide", "sata")]

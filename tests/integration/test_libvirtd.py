@@ -354,6 +354,29 @@ def test_every_enlightenment_survives_a_define(lv: PrivateLibvirtd) -> None:
     assert tune.tune(back, spec) == domxml.serialize(domxml.parse(back))
 
 
+def test_qemu_elements_declaring_their_namespace_survive_a_define(lv: PrivateLibvirtd) -> None:
+    """A domain virt-manager made declares no qemu namespace on <domain>, so attach's
+    <qemu:override> and <qemu:commandline> declare it themselves: the QEMU driver reads them
+    by namespace, keeps them (declared on <domain> from then on) and the libosinfo metadata
+    with its prefix, and attaching again to what it wrote back changes nothing."""
+    osinfo = ("<metadata><libosinfo:libosinfo xmlns:libosinfo='http://libosinfo.org/xmlns/"
+              "libvirt/domain/1.0'><libosinfo:os id='http://microsoft.com/win/10'/>"
+              "</libosinfo:libosinfo></metadata>")
+    spec = domxml.AttachSpec(U1, "gtk-gl")
+    attached = domxml.attach(domain_xml("win").replace("<memory", osinfo + "<memory"), spec)
+    assert attached.startswith('<domain type="qemu"><name>')  # nothing declared up there
+    lv.define(attached)
+    back = lv.virsh("dumpxml", "--inactive", "win").stdout
+    root, q = ET.fromstring(back), domxml.Q
+    assert [p.get("name") for p in
+            root.iterfind(f"{q}override/{q}device/{q}frontend/{q}property")] == \
+        ["x-igd-opregion", "display"]
+    assert [a.get("value") for a in root.iterfind(f"{q}commandline/{q}arg")] == \
+        ["-display", "gtk,gl=on"]
+    assert '<libosinfo:os id="http://microsoft.com/win/10"/>' in back
+    assert domxml.attach(back, spec) == domxml.serialize(domxml.parse(back))
+
+
 def test_doctor_checks_the_x_display_a_gtk_gl_vm_opens(gvtd: Simulation,
                                                        lv: PrivateLibvirtd) -> None:
     """gtk-gl: QEMU (as qemu.conf's user, libvirt-qemu here) opens a window on the desktop's

@@ -51,14 +51,14 @@ def test_dry_run_shows_the_guides_tuning_and_writes_nothing(sim: Simulation) -> 
     added = [line[1:].strip() for line in change.splitlines() if line.startswith("+")]
     # guest core i on host core i+1's siblings: (1,5), (2,6), (3,7); CPU 0's core stays free
     pins = [x for x in added if x.startswith("<vcpupin")]
-    assert pins == [f'<vcpupin vcpu="{v}" cpuset="{c}" />'
+    assert pins == [f'<vcpupin vcpu="{v}" cpuset="{c}"/>'
                     for v, c in enumerate((1, 5, 2, 6, 3, 7))]
-    assert '<topology sockets="1" cores="3" threads="2" />' in added
-    assert '<spinlocks state="on" retries="8191" />' in added
-    assert '<streaming mode="off" />' in added
+    assert '<topology sockets="1" cores="3" threads="2"/>' in added
+    assert '<spinlocks state="on" retries="8191"/>' in added
+    assert '<streaming mode="off"/>' in added
     # the test driver accepts every enlightenment (no domain capabilities: by version)
     for feature in ("relaxed", "vapic", "vpindex", "runtime", "synic", "stimer"):
-        assert f'<{feature} state="on" />' in added
+        assert f'<{feature} state="on"/>' in added
     # win10 is Q35 with SPICE but no USB 3 controller or channels
     text = "".join(warnings)
     assert "USB 3" in text and "spice-vdagent" in text and "guest agent" in text
@@ -89,7 +89,7 @@ def test_tune_is_idempotent_and_revert_restores_byte_for_byte(sim: Simulation) -
 def test_vcpus_and_parts(sim: Simulation) -> None:
     change, _ = split(tune(sim, dry_run=DRY, vcpus=Variant("u", 8),
                            first_core=Variant("b", True)))
-    assert '+    <vcpupin vcpu="0" cpuset="0" />' in change
+    assert '+    <vcpupin vcpu="0" cpuset="0"/>' in change
     change, _ = split(tune(sim, dry_run=DRY, cpu=Variant("b", False),
                            hyperv=Variant("b", False)))
     assert "vcpupin" not in change and "hyperv" not in change and "zlib" in change
