@@ -47,6 +47,12 @@ class Domains:
     def close(self) -> None:
         self.libvirt.close()
 
+    def retarget(self, uri: str) -> None:
+        """Reload: domains from another libvirt. Those of the old one that the new one does
+        not show are out of sight, not stopped: their on-demand vGPUs stay."""
+        self.libvirt.retarget(uri)
+        self._active = set()
+
     # -- what the bus shows -------------------------------------------------------------
 
     def uses(self, info: DomainInfo) -> list[str]:

@@ -126,6 +126,17 @@ class Libvirt:
             except libvirt.libvirtError:
                 pass
 
+    def retarget(self, uri: str) -> None:
+        """Reload named another URI: leave the old libvirt as when it goes away (its
+        domains stay known, the connection shows lost) and connect to uri in the
+        background, retrying as after a lost connection."""
+        self.close()
+        self._closing, self._reconnecting = False, None
+        self.uri, self._failure = uri, None
+        log.info("libvirt_uri changed: connecting to libvirt at %s", uri)
+        self.on_change(set(self.domains))
+        self._reconnect_later()
+
     async def _connect(self) -> bool:
         try:
             conn = await asyncio.to_thread(libvirt.open, self.uri)
@@ -197,6 +208,8 @@ class Libvirt:
         except libvirt.libvirtError as e:
             log.warning("Cannot list libvirt domains: %s", e.get_error_message())
             return
+        if conn is not self.conn:
+            return  # read on a connection closed meanwhile (lost, or another URI)
         changed = set(self.domains) | set(found)
         self.domains = found
         self._wake_stopped()
