@@ -19,6 +19,7 @@ from gvtd import __version__, names
 from gvtd.bus.flow import patient
 from gvtd.config import DEFAULT_CONFIG_DIR, MACHINE_ID_FILE, ConfigDir
 from gvtd.domains import Domains
+from gvtd.errors import InvalidArgument
 from gvtd.host import Host
 from gvtd.mdev import Sysfs
 from gvtd.state import Ownership
@@ -26,6 +27,10 @@ from gvtd.suspend import Suspend
 from gvtd.udev import UdevWatcher
 
 log = logging.getLogger("gvtd")
+
+# gvtd.toml settings that Reload cannot apply to a running gvtd: the host's model reads
+# that sysfs, and the udev monitor follows it, from the start.
+RESTART = ("sysfs_root",)
 
 DESCRIPTION = """\
 Keeps Intel GVT-g virtual GPUs (mdevs) as defined in /etc/gvtd/vgpus.d, recreates them at
@@ -144,10 +149,54 @@ class Daemon:
                                Path(self.settings.qemu_conf))
         self.suspend = Suspend(self.host, self.domains, self.settings.suspend, self.host.publish)
         domain_problems = self.host.extra_problems
-        self.host.extra_problems = lambda: domain_problems() + self.suspend.problems()
+        self.host.extra_problems = lambda: (domain_problems() + self.suspend.problems()
+                                            + self._restart_problems())
+        self.wanted = self.settings  # gvtd.toml as last loaded: what a restart would run
+        self._reloading = asyncio.Lock()
+        self._libvirt_started: asyncio.Future[None] | None = None
         self.ready = False
         self._last_status = ""
         self.stopping = asyncio.Event()
+
+    async def reload(self) -> None:
+        """Manager.Reload: apply what changed in gvtd.toml, live where it can be (see
+        RESTART), then re-read the definitions. A gvtd.toml that fails validation
+        changes nothing."""
+        async with self._reloading:
+            settings, problems = self.config.load_settings()
+            if problems:
+                self.host.reject_settings(problems)
+                raise InvalidArgument(
+                    "gvtd.toml is invalid, so nothing was reloaded: "
+                    + "; ".join(str(p) for p in problems)
+                    + ". Fix it and run `gvt-client reload` again.")
+            old = self.settings
+            if settings.libvirt_uri != old.libvirt_uri:
+                await _cancel_start(self._libvirt_started)
+                self.domains.retarget(settings.libvirt_uri)
+            if settings.restore_removed != old.restore_removed:
+                log.info("restore_removed is now %s", str(settings.restore_removed).lower())
+            self.host.restore_removed = settings.restore_removed
+            self.domains.qemu_conf = Path(settings.qemu_conf)
+            if settings.log_level != old.log_level and self.args.log_level is None:
+                logging.getLogger().setLevel(settings.log_level.upper())
+                log.info("Log level is now %s", settings.log_level)
+            self.wanted = settings
+            self.settings = settings.model_copy(
+                update={k: getattr(old, k) for k in RESTART})
+            for key in RESTART:
+                if getattr(settings, key) != getattr(old, key):
+                    log.warning("%s changed in gvtd.toml; it takes effect when gvtd restarts",
+                                key)
+            await self.host.reload()
+
+    def _restart_problems(self) -> list[tuple[str, str, str, str]]:
+        """A setting changed in gvtd.toml that only a restart applies."""
+        return [(f"settings:restart:{key}", "warn",
+                 f"{key} is {getattr(self.wanted, key)!r} in gvtd.toml, but gvtd uses "
+                 f"{getattr(self.settings, key)!r} until it restarts.",
+                 "Restart gvtd (systemctl restart gvtd) to use it.")
+                for key in RESTART if getattr(self.wanted, key) != getattr(self.settings, key)]
 
     def _notify(self, text: str) -> None:
         try:
@@ -230,7 +279,7 @@ class Daemon:
         log.info("Ready: %s", self.host.summary())
         # libvirt may be down or slow to answer: it never delays READY, and gvtd keeps
         # trying in the background.
-        libvirt_started = loop.create_task(self.domains.start())
+        self._libvirt_started = libvirt_started = loop.create_task(self.domains.start())
         libvirt_started.add_done_callback(_log_failure)
         # logind, like libvirt, may be absent: suspend handling starts beside READY.
         suspend_started = loop.create_task(self.suspend.start())
@@ -270,6 +319,14 @@ async def _abandon_calls(bus: MessageBus) -> None:
             interface="org.freedesktop.DBus.Peer", member="Ping")), 5)
     except (asyncio.TimeoutError, OSError, EOFError) as e:
         log.debug("Could not flush the last replies: %s", e)
+
+
+async def _cancel_start(task: "asyncio.Future[None] | None") -> None:
+    """A start (of libvirt) still under way at a reload is given up,
+    so that it cannot finish on the old setting after the new one is applied."""
+    if task is not None and not task.done():
+        task.cancel()
+        await asyncio.wait({task})
 
 
 def _log_failure(task: "asyncio.Task[None]") -> None:

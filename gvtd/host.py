@@ -18,7 +18,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from gvtd import reconcile
-from gvtd.config import ConfigDir, Definition, Problem, request_error, validate_name
+from gvtd.config import (SETTINGS_FILE, ConfigDir, Definition, Problem, request_error,
+                         validate_name)
 from gvtd.errors import Failed, GvtdError, InvalidArgument, NoCapacity, NotFound, ParentMissing
 from gvtd.mdev import Mdev, Parent, Sysfs, render_nodes
 from gvtd.reconcile import VgpuView
@@ -43,6 +44,12 @@ def _fields(name: str = "", uuid: str = "", parent: str = "") -> dict[str, str]:
     if parent:
         out["PARENT"] = parent
     return out
+
+
+def _not_restored(name: str) -> str:
+    """The LastError of a vGPU left removed because restore_removed is off."""
+    return (f"Removed outside gvtd and not recreated (restore_removed = false); `gvt-client "
+            f"create {name}` brings it back.")
 
 
 class Host:
@@ -238,9 +245,7 @@ class Host:
                             "(restore_removed = false)", name, uuid,
                             extra=_fields(name, uuid, parent.name))
                 self.held.add(uuid)
-                self.errors[name] = ("Removed outside gvtd and not recreated "
-                                     "(restore_removed = false); `gvt-client create "
-                                     f"{name}` brings it back.")
+                self.errors[name] = _not_restored(name)
         self.publish()
         await self._converge()
 
@@ -559,10 +564,25 @@ class Host:
             self.refresh()
             self.publish()
 
+    def reject_settings(self, problems: list[Problem]) -> None:
+        """Reload found gvtd.toml invalid and applies none of it: Problems says why, in
+        place of what it said about the file before."""
+        file = str(self.config.path / SETTINGS_FILE)
+        self.config_problems = problems + [p for p in self.config_problems if p.file != file]
+        for p in problems:
+            log.error("Not reloading: %s", p, extra={"CONFIG_FILE": p.file})
+        self.publish()
+
     async def _reload(self) -> None:
-        """Re-read the configuration directory (after a hand edit) and reconcile."""
-        _, settings_problems = self.config.load_settings()
-        self.load(settings_problems)
+        """Re-read the definitions (after a hand edit) and reconcile; gvtd.toml was read
+        and applied already (gvtd.daemon). With restore_removed now on, the vGPUs left
+        removed while it was off come back."""
+        self.load()
+        if self.restore_removed:
+            for name, d in self.definitions.items():
+                if self.errors.get(name) == _not_restored(name):
+                    del self.errors[name]
+                    self.held.discard(d.uuid)
         self.errors = {k: v for k, v in self.errors.items() if k in self.definitions}
         self.blocked.clear()
         self._restores.clear()

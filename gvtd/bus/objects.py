@@ -145,7 +145,7 @@ class ManagerInterface(_Mirror):
     @dbus_errors
     @authorized(names.ACTION_MANAGE)
     async def Reload(self) -> None:
-        await self.host.reload()
+        await self.daemon.reload()
 
     @method()
     @dbus_errors
