@@ -154,14 +154,15 @@ class Daemon:
         self.wanted = self.settings  # gvtd.toml as last loaded: what a restart would run
         self._reloading = asyncio.Lock()
         self._libvirt_started: asyncio.Future[None] | None = None
+        self._suspend_started: asyncio.Future[None] | None = None
         self.ready = False
         self._last_status = ""
         self.stopping = asyncio.Event()
 
     async def reload(self) -> None:
         """Manager.Reload: apply what changed in gvtd.toml, live where it can be (see
-        RESTART), then re-read the definitions. A gvtd.toml that fails validation
-        changes nothing."""
+        RESTART), then re-read the definitions. A gvtd.toml that fails validation, or a
+        new suspend policy while the host sleeps (Busy), changes nothing."""
         async with self._reloading:
             settings, problems = self.config.load_settings()
             if problems:
@@ -171,6 +172,9 @@ class Daemon:
                     + "; ".join(str(p) for p in problems)
                     + ". Fix it and run `gvt-client reload` again.")
             old = self.settings
+            if settings.suspend != old.suspend:
+                await _cancel_start(self._suspend_started)
+                await self.suspend.switch(settings.suspend)  # Busy: nothing changed yet
             if settings.libvirt_uri != old.libvirt_uri:
                 await _cancel_start(self._libvirt_started)
                 self.domains.retarget(settings.libvirt_uri)
@@ -282,7 +286,7 @@ class Daemon:
         self._libvirt_started = libvirt_started = loop.create_task(self.domains.start())
         libvirt_started.add_done_callback(_log_failure)
         # logind, like libvirt, may be absent: suspend handling starts beside READY.
-        suspend_started = loop.create_task(self.suspend.start())
+        self._suspend_started = suspend_started = loop.create_task(self.suspend.start())
         suspend_started.add_done_callback(_log_failure)
         self._start_watchdog(loop)
         disconnected = asyncio.ensure_future(bus.wait_for_disconnect())
@@ -322,7 +326,7 @@ async def _abandon_calls(bus: MessageBus) -> None:
 
 
 async def _cancel_start(task: "asyncio.Future[None] | None") -> None:
-    """A start (of libvirt) still under way at a reload is given up,
+    """A start (of libvirt or suspend handling) still under way at a reload is given up,
     so that it cannot finish on the old setting after the new one is applied."""
     if task is not None and not task.done():
         task.cancel()

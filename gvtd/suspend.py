@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Literal
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
+from gvtd.errors import Busy
 from gvtd.host import Host, Teardown
 
 if TYPE_CHECKING:
@@ -142,6 +143,26 @@ class Suspend:
         if self._bus is not None:
             bus, self._bus = self._bus, None
             bus.disconnect()
+
+    async def switch(self, policy: str) -> None:
+        """Reload: end this policy's handling (locks released, system bus closed, state
+        off) and start the new policy's as at start. Between sleep and resume it is Busy and
+        changes nothing: only this handling's resume recreates what went before the sleep."""
+        async with self._cycle:
+            if self._asleep:
+                raise Busy("The host is between sleep and resume, and the vGPUs gvtd removed "
+                           "before the sleep are recreated when it resumes; nothing was "
+                           "changed: run `gvt-client reload` again once it has resumed.")
+            self.close()
+            if self._domains_changed in self.host.listeners:
+                self.host.listeners.remove(self._domains_changed)
+            self._logind, self._logind_owner, self._block_pending = False, "", False
+            self._problems.clear()
+            self.state = "off"
+            self.changed()
+            log.info("Suspend policy changed from \"%s\" to \"%s\"", self.policy, policy)
+            self.policy = policy
+        await self.start()
 
     def problems(self) -> list[Problem]:
         return list(self._problems.values())

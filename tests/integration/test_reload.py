@@ -1,5 +1,6 @@
 """Reload applies what changed in gvtd.toml to the running daemon: restore_removed, the
-libvirt URI and the log level at once, and an invalid file not at all. Each change is made
+suspend policy, the libvirt URI and the log level at once, and an invalid file not at
+all. Each change is made
 the way a person makes it: edit the file, then Reload as an ordinary user."""
 
 from __future__ import annotations
@@ -8,13 +9,16 @@ import queue
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from dbus_fast import Message
 
 from gvtd import names
+from gvtd.suspend import DELAY_WHY
 from harness import TIMEOUT, CallError, DBusDaemon, Simulation, plain
+from logind import Logind
 
 WIN10 = "fff6f017-3417-4ad3-b05e-17ae3e1a4615"
 WIN11 = "11111111-2222-4333-8444-555555555555"
@@ -175,6 +179,63 @@ def test_invalid_settings_change_nothing_and_reload_says_why(
         sim.stop()
 
 
+@pytest.fixture
+def system_bus(monkeypatch: pytest.MonkeyPatch) -> Iterator[DBusDaemon]:
+    """This test's own system bus, with its logind: gvtd started from here uses it."""
+    bus = DBusDaemon()
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", bus.address)
+    yield bus
+    bus.stop()
+
+
+def test_suspend_policy_applies_at_reload(dbus: DBusDaemon, system_bus: DBusDaemon,
+                                          tmp_path: Path) -> None:
+    logind = Logind(system_bus)
+    uri = node(tmp_path, "win10", WIN10)
+    toml = tmp_path / "gvtd.toml"
+    toml.write_text(f'libvirt_uri = "{uri}"\nsuspend = "ignore"\n')
+    sim = Simulation(dbus, "desktop", config_dir=tmp_path)
+    try:
+        if not manager(sim)["LibvirtConnected"]:
+            wait_manager(sim, "LibvirtConnected", True)
+        assert manager(sim)["Suspend"] == "off" and logind.inhibit_calls() == []
+        sim.client.define(name="win10", type="i915-GVTg_V5_4", uuid=WIN10,
+                          start="on-demand", domain="win10")
+        sim.client.call("StartDomain", "sa{sv}", ["win10", {}])
+
+        # ignore -> the default: the delay lock
+        toml.write_text(f'libvirt_uri = "{uri}"\n')
+        mark = last(sim)
+        sim.client.call("Reload")
+        wait_manager(sim, "Suspend", "on", after=mark)
+        assert logind.inhibitors() == [("sleep", "gvtd", DELAY_WHY, "delay")]
+
+        # -> block-while-running: the old handling ends, the new one blocks for win10
+        toml.write_text(f'libvirt_uri = "{uri}"\nsuspend = "block-while-running"\n')
+        mark = last(sim)
+        sim.client.call("Reload")
+        off = wait_manager(sim, "Suspend", "off", after=mark)
+        wait_manager(sim, "Suspend", "blocked", after=off)
+        held = sorted(logind.inhibitors(), key=lambda i: i[3])
+        assert [i[3] for i in held] == ["block", "delay"] and "win10" in held[0][2]
+
+        # -> ignore: every lock is released
+        toml.write_text(f'libvirt_uri = "{uri}"\nsuspend = "ignore"\n')
+        mark = last(sim)
+        sim.client.call("Reload")
+        wait_manager(sim, "Suspend", "off", after=mark)
+        assert logind.inhibitors() == []
+        assert not [p for p in manager(sim)["Problems"] if p[0].startswith("suspend:")]
+        # and the domain's state changes no longer take a lock
+        calls = len(logind.inhibit_calls())
+        sim.client.call("StopDomain", "sa{sv}", ["win10", {}])
+        sim.client.call("StartDomain", "sa{sv}", ["win10", {}])
+        assert len(logind.inhibit_calls()) == calls and logind.inhibitors() == []
+    finally:
+        sim.stop()
+        logind.stop()
+
+
 def test_log_level_applies_at_reload(dbus: DBusDaemon, tmp_path: Path) -> None:
     """log_level = "debug" at a reload: the next uevent is logged, as only debug does."""
     (tmp_path / "gvtd.toml").write_text(f'libvirt_uri = "{node(tmp_path, "win10", WIN10)}"\n')
@@ -201,3 +262,42 @@ def test_log_level_applies_at_reload(dbus: DBusDaemon, tmp_path: Path) -> None:
         sim.stop()
         reader.join(TIMEOUT)
 
+
+def test_suspend_policy_waits_while_the_host_sleeps(dbus: DBusDaemon, system_bus: DBusDaemon,
+                                                    tmp_path: Path) -> None:
+    """Between sleep and resume a new policy would drop what gvtd must recreate: Busy, and
+    nothing changes; after the resume the same reload applies."""
+    logind = Logind(system_bus)
+    uri = node(tmp_path, "win10", WIN10)
+    toml = tmp_path / "gvtd.toml"
+    toml.write_text(f'libvirt_uri = "{uri}"\n')
+    sim = Simulation(dbus, config_dir=tmp_path)
+    try:
+        if not manager(sim)["LibvirtConnected"]:
+            wait_manager(sim, "LibvirtConnected", True)
+        sim.client.define(name="idle", type="i915-GVTg_V5_8", uuid=WIN11)
+        if manager(sim)["Suspend"] != "on":
+            wait_manager(sim, "Suspend", "on")
+        mark = last(sim)
+        logind.prepare_for_sleep(True)
+        wait_manager(sim, "Suspend", "sleeping", after=mark)
+        assert sim.client.vgpus()["idle"]["State"] == "inactive"
+
+        toml.write_text(f'libvirt_uri = "{uri}"\nsuspend = "ignore"\nrestore_removed = false\n')
+        with pytest.raises(CallError) as e:
+            sim.client.call("Reload")
+        assert e.value.name == names.ERROR_PREFIX + "Busy"
+        assert "nothing was changed" in e.value.text and "resumed" in e.value.text
+        assert manager(sim)["Suspend"] == "sleeping"
+
+        mark = last(sim)
+        logind.prepare_for_sleep(False)
+        wait_manager(sim, "Suspend", "on", after=mark)
+        assert sim.client.vgpus()["idle"]["State"] == "active"
+        mark = last(sim)
+        sim.client.call("Reload")
+        wait_manager(sim, "Suspend", "off", after=mark)
+        assert logind.inhibitors() == []
+    finally:
+        sim.stop()
+        logind.stop()
