@@ -239,8 +239,13 @@ async def cmd_doctor(c: Client, args: argparse.Namespace) -> None:
 
 
 async def cmd_reload(c: Client, args: argparse.Namespace) -> None:
+    """Reload, then what of gvtd.toml waits for a restart (Problems says so until then)."""
     await c.call("Reload")
     print("Reloaded the configuration")
+    m = await c.manager()
+    for p in m["Problems"]:
+        if p[0].startswith("settings:restart:"):
+            print(f"Needs a restart: {p[2]} {p[3]}")
 
 
 async def cmd_start(c: Client, args: argparse.Namespace) -> None:

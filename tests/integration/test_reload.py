@@ -1,6 +1,6 @@
 """Reload applies what changed in gvtd.toml to the running daemon: restore_removed, the
-suspend policy, the libvirt URI and the log level at once, and an invalid file not at
-all. Each change is made
+suspend policy and the libvirt URI at once, a sysfs root at the next restart (said in
+Problems and by `gvt-client reload`), and an invalid file not at all. Each change is made
 the way a person makes it: edit the file, then Reload as an ordinary user."""
 
 from __future__ import annotations
@@ -177,6 +177,24 @@ def test_invalid_settings_change_nothing_and_reload_says_why(
         wait_manager(sim, "LibvirtConnected", True, after=lost)
     finally:
         sim.stop()
+
+
+def test_sysfs_root_waits_for_a_restart_and_reload_says_so(sim: Simulation) -> None:
+    settings(sim, 'sysfs_root = "/elsewhere"\n')
+    out = sim.gvt_client("reload", check=True).stdout
+    assert "Reloaded the configuration" in out
+    assert "sysfs_root" in out and "/elsewhere" in out and "restart" in out
+    (problem,) = [p for p in manager(sim)["Problems"] if p[0] == "settings:restart:sysfs_root"]
+    assert problem[1] == "warn" and "'/sys'" in problem[2]
+    assert manager(sim)["State"] == "running"  # a warning, not a fault
+    # gvtd still reads the sysfs it started with
+    sim.client.define(name="win10", type="i915-GVTg_V5_4", uuid=WIN10)
+    assert sim.client.vgpus()["win10"]["State"] == "active"
+    # put back: nothing waits for a restart any more
+    settings(sim, "")
+    out = sim.gvt_client("reload", check=True).stdout
+    assert "restart" not in out
+    assert not [p for p in manager(sim)["Problems"] if p[0].startswith("settings:restart")]
 
 
 @pytest.fixture
