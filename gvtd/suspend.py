@@ -154,6 +154,7 @@ class Suspend:
                            "before the sleep are recreated when it resumes; nothing was "
                            "changed: run `gvt-client reload` again once it has resumed.")
             self.close()
+            self._tasks.clear()  # all cancelled: from now on it holds the new handling's
             if self._domains_changed in self.host.listeners:
                 self.host.listeners.remove(self._domains_changed)
             self._logind, self._logind_owner, self._block_pending = False, "", False
