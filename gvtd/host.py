@@ -19,7 +19,8 @@ from pydantic import ValidationError
 
 from gvtd import reconcile
 from gvtd.config import ConfigDir, Definition, Problem, request_error, validate_name
-from gvtd.errors import Failed, GvtdError, InvalidArgument, NoCapacity, NotFound, ParentMissing
+from gvtd.errors import (Busy, Failed, GvtdError, InvalidArgument, NoCapacity, NotFound,
+                         ParentMissing)
 from gvtd.mdev import Mdev, Parent, Sysfs, render_nodes
 from gvtd.reconcile import VgpuView
 from gvtd.state import Ownership
@@ -61,6 +62,11 @@ class Host:
         self.definitions: dict[str, Definition] = {}
         self.config_problems: list[Problem] = []
         self.errors: dict[str, str] = {}
+        # mdev UUIDs whose remove the kernel has not answered yet (QEMU may hold it for as
+        # long as it keeps the device open), and why the last remove of one was refused:
+        # shown as the still-active vGPU's LastError until it goes.
+        self.removing: set[str] = set()
+        self.refused: dict[str, str] = {}
         self.parents: dict[str, Parent] = {}
         self.mdevs: dict[str, Mdev] = {}
         self.views: dict[str, VgpuView] = {}
@@ -103,7 +109,7 @@ class Host:
         self._last_parent = {u: m.parent for u, m in self.mdevs.items()}
         owned = dict(self.ownership.items())
         self.views = reconcile.views(self.definitions, list(self.parents.values()), self.mdevs,
-                                     owned, self.errors, self.domain_of)
+                                     owned, self.errors, self.domain_of, self.refused)
         for listener in self.listeners:
             listener()
 
@@ -216,7 +222,8 @@ class Host:
         for uuid in sorted(before_mdevs - set(self.mdevs)):
             name = by_uuid.get(uuid, "")
             d = self.definitions.get(name)
-            if d is None or d.start != "auto" or uuid in self.held:
+            self.refused.pop(uuid, None)
+            if d is None or d.start != "auto" or uuid in self.held or uuid in self.removing:
                 log.info("mdev %s is gone", uuid, extra=_fields(name, uuid))
                 continue
             parent = self.parents.get(self._last_parent.get(uuid, ""))
@@ -279,7 +286,7 @@ class Host:
             uuid = self.definitions[name].uuid
             mtype = target.parent.type(target.type_id)
             available = mtype.available if mtype else 0
-            if uuid in self.held:
+            if uuid in self.held or uuid in self.removing:
                 continue
             if uuid in self.blocked:
                 then = self.blocked[uuid]
@@ -349,6 +356,7 @@ class Host:
         # parent, of this type. Reading it back cost two lookups per vGPU on a busy sysfs.
         self.mdevs[d.uuid] = Mdev(d.uuid, target.parent.name, target.type_id)
         self.errors.pop(name, None)
+        self.refused.pop(d.uuid, None)
         log.info("Created vGPU %s (%s, %s on %s)", name, d.uuid, target.type_id,
                  target.parent.name, extra=fields)
 
@@ -365,6 +373,11 @@ class Host:
                 out.append((f"vgpu:{v.name or v.uuid}", "error",
                             f"vGPU {v.name or v.uuid}: {v.last_error}",
                             "See `gvt-client status` and the journal (journalctl -u gvtd)."))
+            elif v.uuid in self.refused and v.state == "active":
+                out.append((f"vgpu:{v.name or v.uuid}", "warn",
+                            f"vGPU {v.name or v.uuid}: {v.last_error}",
+                            "Close what holds it open (a VM outside libvirt, or QEMU still "
+                            f"exiting), then `gvt-client remove {v.name or v.uuid}`."))
         return out
 
     def render_node(self, parent: str) -> str | None:
@@ -474,6 +487,7 @@ class Host:
         if not view.name or view.name not in self.definitions:
             raise InvalidArgument(f"{key!r} has no definition; define it first.")
         self._reread_around(view.uuid, self.definitions[view.name].parent)
+        self._not_removing(view.uuid, view.name)
         self.held.discard(view.uuid)
         self.blocked.pop(view.uuid, None)
         self._restores.pop(view.uuid, None)
@@ -509,18 +523,48 @@ class Host:
                 f"The mdev {view.uuid} was not created by gvtd, and gvtd never removes what it "
                 f"did not create. To remove it yourself: echo 1 > "
                 f"/sys/bus/mdev/devices/{view.uuid}/remove")
+        was_held = view.uuid in self.held
         self.held.add(view.uuid)  # removed on request: not recreated on its own
-        await self._remove(view.uuid, view.name)
+        try:
+            await self._remove(view.uuid, view.name)
+        except GvtdError:
+            if not was_held:
+                self.held.discard(view.uuid)
+            self._reread({parent}, {view.uuid})
+            self.publish()
+            raise
         if view.name not in self.definitions:
             self.ownership.discard(view.uuid)
         self._reread({parent}, {view.uuid})
         self.publish()
 
+    def _not_removing(self, uuid: str, name: str) -> None:
+        if uuid in self.removing:
+            raise Busy(f"vGPU {name or uuid} is being removed and the kernel has not finished: "
+                       "something holds it open (a VM outside libvirt, or QEMU still exiting). "
+                       "Close that, then try again.")
+
     async def _remove(self, uuid: str, name: str) -> None:
+        """Write the remove with the host lock let go: the kernel holds a remove for as long
+        as QEMU keeps the device open, and gvtd must go on serving everything else. The UUID
+        is in `removing` meanwhile: not recreated, not removed or created twice. A refusal
+        (Busy for EBUSY) stays shown on the vGPU until it goes."""
+        self._not_removing(uuid, name)
+        self.removing.add(uuid)
+        self.lock.release()
         try:
             await asyncio.to_thread(self.sysfs.remove, uuid)
         except NotFound:
             pass
+        except GvtdError as e:
+            self.refused[uuid] = f"Not removed: {e.message}"
+            log.error("Could not remove vGPU %s (%s): %s", name, uuid, e.message,
+                      extra=_fields(name, uuid))
+            raise
+        finally:
+            await _relock(self.lock)
+            self.removing.discard(uuid)
+        self.refused.pop(uuid, None)
         log.info("Removed vGPU %s (%s)", name, uuid, extra=_fields(name, uuid))
 
     async def reload(self) -> None:
@@ -555,7 +599,11 @@ class Host:
                         and d.uuid in self.ownership and self.running_user(d.uuid) in users:
                     log.info("Domain %s stopped: removing its on-demand vGPU %s", domain, name,
                              extra=_fields(name, d.uuid))
-                    await self._remove(d.uuid, name)
+                    try:
+                        await self._remove(d.uuid, name)
+                    except GvtdError as e:  # shown on the vGPU (LastError) and in Problems
+                        self.refused[d.uuid] = (f"Not removed after {domain} stopped: "
+                                                f"{e.message}")
             self.refresh()
             self.publish()
 
@@ -636,6 +684,20 @@ class Host:
                 log.info("Recreated vGPU %s after resume", t.name, extra=fields)
             self.refresh()
             self.publish()
+
+
+async def _relock(lock: asyncio.Lock) -> None:
+    """Take back a lock the caller's `async with` will release, even when cancelled
+    meanwhile (gvtd stopping): the cancellation is raised once it is held."""
+    cancelled = False
+    while True:
+        try:
+            await lock.acquire()
+            break
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -117,8 +117,11 @@ def to_create(definitions: dict[str, Definition], parents: list[Parent],
 
 def views(definitions: dict[str, Definition], parents: list[Parent], mdevs: dict[str, Mdev],
           owned: dict[str, str], errors: dict[str, str],
-          domain_of: Callable[[str], str] = lambda uuid: "") -> dict[str, VgpuView]:
-    """Every vGPU gvtd shows, keyed by UUID: one per definition, one per other mdev."""
+          domain_of: Callable[[str], str] = lambda uuid: "",
+          refused: dict[str, str] | None = None) -> dict[str, VgpuView]:
+    """Every vGPU gvtd shows, keyed by UUID: one per definition, one per other mdev.
+    refused: why the kernel would not remove an mdev that is still there (its LastError)."""
+    refused = refused or {}
     out: dict[str, VgpuView] = {}
     for name, d in definitions.items():
         mdev = mdevs.get(d.uuid)
@@ -139,7 +142,7 @@ def views(definitions: dict[str, Definition], parents: list[Parent], mdevs: dict
                 error = (f"An mdev with this UUID exists as {mdev.type_id}, not {d.type}; "
                          "gvtd leaves it alone. Remove it or change the definition's type.")
             else:
-                state, error, type_id = "active", "", mdev.type_id
+                state, error, type_id = "active", refused.get(d.uuid, ""), mdev.type_id
         out[d.uuid] = VgpuView(d.uuid, name, parent, type_id, state, d.start,
                                d.domain or domain_of(d.uuid), True, error, tuple(d.attrs))
     for uuid, mdev in mdevs.items():
@@ -147,5 +150,5 @@ def views(definitions: dict[str, Definition], parents: list[Parent], mdevs: dict
             continue
         name = owned.get(uuid, "")
         out[uuid] = VgpuView(uuid, name, mdev.parent, mdev.type_id, "active",
-                             "manual", domain_of(uuid), uuid in owned, "")
+                             "manual", domain_of(uuid), uuid in owned, refused.get(uuid, ""))
     return out
