@@ -627,6 +627,8 @@ class Host:
             self.refresh()
             by_uuid = {d.uuid: n for n, d in self.definitions.items()}
             for uuid, mdev in sorted(self.mdevs.items()):
+                if progress.stop:
+                    break  # the host is awake again: remove nothing more
                 name = by_uuid.get(uuid, "")
                 user = self.running_user(uuid)
                 if user is not None:
@@ -718,3 +720,4 @@ class Teardown:
     done: list[TornDown] = dataclasses.field(default_factory=list)
     failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     current: str = ""  # the vGPU being removed now
+    stop: bool = False  # set on resume: the removals not begun yet are not wanted any more
