@@ -109,7 +109,8 @@ class Host:
         self._last_parent = {u: m.parent for u, m in self.mdevs.items()}
         owned = dict(self.ownership.items())
         self.views = reconcile.views(self.definitions, list(self.parents.values()), self.mdevs,
-                                     owned, self.errors, self.domain_of, self.refused)
+                                     owned, self.errors, self.domain_of, self.refused,
+                                     self.ownership.origins())
         for listener in self.listeners:
             listener()
 
@@ -275,11 +276,12 @@ class Host:
             mdev = self.mdevs.get(d.uuid)
             if mdev is not None and (d.type is None or mdev.type_id == d.type):
                 if d.uuid not in self.ownership:
-                    log.info("Adopting existing mdev %s for %s", d.uuid, name,
+                    log.info("Adopting existing mdev %s for %s: used and shown, never "
+                             "removed by gvtd", d.uuid, name,
                              extra=_fields(name, d.uuid, mdev.parent))
                 adopted[d.uuid] = name
                 self.blocked.pop(d.uuid, None)
-        self.ownership.add_all(adopted)
+        self.ownership.add_all(adopted, "adopted")  # gvtd's own stay its own: see state.py
         plan: list[tuple[str, reconcile.Target, int]] = []
         for name, target in reconcile.to_create(self.definitions, list(self.parents.values()),
                                                 self.mdevs):
@@ -426,6 +428,7 @@ class Host:
             raise InvalidArgument(f"A vGPU named {name!r} is already defined; undefine it first "
                                   "or choose another name.")
         data = dict(data)
+        take_over = bool(data.pop("take_over", False))
         data.setdefault("uuid", str(uuidlib.uuid4()))
         try:
             definition = Definition.model_validate(data)
@@ -451,6 +454,10 @@ class Host:
         self.definitions[name] = definition
         log.info("Defined vGPU %s (%s)", name, definition.uuid,
                  extra=_fields(name, definition.uuid))
+        if take_over and foreign is not None and definition.uuid not in self.ownership:
+            log.info("Taking over existing mdev %s for %s: gvtd removes it as its own",
+                     definition.uuid, name, extra=_fields(name, definition.uuid, foreign.parent))
+            self.ownership.add_all({definition.uuid: name}, "taken-over")
         await self._converge()
         return definition.uuid
 
@@ -465,9 +472,12 @@ class Host:
             raise NotFound(f"There is no vGPU definition named {name!r}.")
         self._reread(set(), {d.uuid})  # the mdev alone: see _reread_around
         parent = None
-        if d.uuid in self.mdevs and d.uuid in self.ownership:
+        if d.uuid in self.mdevs and self.ownership.removable(d.uuid):
             parent = self.mdevs[d.uuid].parent
             await self._remove(d.uuid, name)
+        elif d.uuid in self.mdevs:
+            log.info("mdev %s stays: gvtd did not create it, and never removes what it did "
+                     "not create", d.uuid, extra=_fields(name, d.uuid))
         self.config.delete_definition(name)
         del self.definitions[name]
         self.errors.pop(name, None)
@@ -518,11 +528,12 @@ class Host:
         if view.uuid not in self.mdevs:
             return
         parent = self.mdevs[view.uuid].parent
-        if view.uuid not in self.ownership:
+        if not self.ownership.removable(view.uuid):
             raise InvalidArgument(
-                f"The mdev {view.uuid} was not created by gvtd, and gvtd never removes what it "
-                f"did not create. To remove it yourself: echo 1 > "
-                f"/sys/bus/mdev/devices/{view.uuid}/remove")
+                f"The mdev {view.uuid} was not created by gvtd"
+                + (" (it existed when its definition named it)" if view.name else "")
+                + ", and gvtd never removes what it did not create. To remove it yourself: "
+                f"echo 1 > /sys/bus/mdev/devices/{view.uuid}/remove")
         was_held = view.uuid in self.held
         self.held.add(view.uuid)  # removed on request: not recreated on its own
         try:
@@ -596,7 +607,8 @@ class Host:
             self.refresh()
             for name, d in sorted(self.definitions.items()):
                 if d.start == "on-demand" and d.uuid in uuids and d.uuid in self.mdevs \
-                        and d.uuid in self.ownership and self.running_user(d.uuid) in users:
+                        and self.ownership.removable(d.uuid) \
+                        and self.running_user(d.uuid) in users:
                     log.info("Domain %s stopped: removing its on-demand vGPU %s", domain, name,
                              extra=_fields(name, d.uuid))
                     try:
@@ -635,7 +647,7 @@ class Host:
                     log.info("vGPU %s stays through sleep: the running domain %s uses it",
                              name or uuid, user, extra=_fields(name, uuid, mdev.parent))
                     continue
-                if uuid not in self.ownership or not name:
+                if not self.ownership.removable(uuid) or not name:
                     log.warning("mdev %s stays through sleep: gvtd did not create it, and "
                                 "never removes what it did not create", uuid,
                                 extra=_fields(name, uuid, mdev.parent))

@@ -24,11 +24,18 @@ def problems(sim: Simulation) -> dict[str, tuple[str, str]]:
     return {p[0]: (p[1], p[2]) for p in m["Problems"]}
 
 
+def connected(sim: Simulation) -> None:
+    if not sim.client.props(names.ROOT_PATH, names.MANAGER_IFACE)["LibvirtConnected"]:
+        sim.client.wait_for(lambda m: m.member == "PropertiesChanged" and m.path == names.ROOT_PATH
+                            and plain(m.body[1]).get("LibvirtConnected") is True)
+
+
 def test_a_held_remove_leaves_gvtd_answering(sim: Simulation) -> None:
     """RemoveVGPU waits for the kernel as long as QEMU holds the device; meanwhile reads,
     Diagnose and a CreateVGPU of another vGPU are answered, and a second remove or a create
     of the same vGPU is Busy rather than queued behind it."""
-    sim.client.define(name="a", type="i915-GVTg_V5_8", uuid=A)
+    connected(sim)
+    sim.client.define(name="a", type="i915-GVTg_V5_8", uuid=A, domain="win10")
     sim.client.define(name="b", type="i915-GVTg_V5_8", uuid=B, start="manual")
     sim.sim_call("HoldRemove", "s", [A])
     reply = sim.client.send_call("RemoveVGPU", "s", ["a"])
@@ -79,9 +86,7 @@ def test_on_demand_release_refused_after_the_domain_stops(sim: Simulation) -> No
     """The domain stops but the kernel refuses its on-demand vGPU's remove: the stop is
     done, the vGPU is shown active with a LastError and a Problem naming the domain, and a
     later stop removes it."""
-    if not sim.client.props(names.ROOT_PATH, names.MANAGER_IFACE)["LibvirtConnected"]:
-        sim.client.wait_for(lambda m: m.member == "PropertiesChanged" and m.path == names.ROOT_PATH
-                            and plain(m.body[1]).get("LibvirtConnected") is True)
+    connected(sim)
     sim.client.define(name="win10", type="i915-GVTg_V5_8", uuid=W, start="on-demand",
                       domain="win10")
     sim.client.call("StartDomain", "sa{sv}", ["win10", {}])
@@ -101,3 +106,38 @@ def test_on_demand_release_refused_after_the_domain_stops(sim: Simulation) -> No
     assert (v["State"], v["LastError"]) == ("inactive", "")
     assert "vgpu:win10" not in problems(sim)
     assert removes(sim) == [(W, "EBUSY"), (W, "EBUSY"), (W, "ok")]
+
+
+PARENT = "0000:00:02.0"
+
+
+def test_an_adopted_mdev_survives_undefine_and_its_domain_stopping(sim: Simulation) -> None:
+    """An mdev made by someone else, then named by a definition, is used and shown as
+    adopted, never removed: not by RemoveVGPU, not by Undefine, not by the on-demand
+    release after its domain stops. One gvtd created is removed as before."""
+    connected(sim)
+    theirs = sim.sim_call("AddForeignMdev", "ss", [PARENT, "i915-GVTg_V5_8"])[0]
+    sim.client.define(name="win10", type="i915-GVTg_V5_8", uuid=theirs, start="on-demand",
+                      domain="win10")
+    sim.client.define(name="mine", type="i915-GVTg_V5_8", uuid=A)
+    v = sim.client.vgpus()
+    assert (v["win10"]["State"], v["win10"]["Origin"], v["win10"]["Managed"]) == \
+        ("active", "adopted", False)
+    assert (v["mine"]["Origin"], v["mine"]["Managed"]) == ("created", True)
+    listed = sim.gvt_client("list", check=True).stdout
+    assert "ORIGIN" in listed and "adopted" in listed and "created" in listed
+
+    sim.client.call("StartDomain", "sa{sv}", ["win10", {}])
+    sim.client.call("StopDomain", "sa{sv}", ["win10", {}])
+    assert sim.client.vgpus()["win10"]["State"] == "active"
+    with pytest.raises(CallError) as refused:
+        sim.client.call("RemoveVGPU", "s", ["win10"])
+    assert refused.value.name == names.ERROR_PREFIX + "InvalidArgument"
+    assert "existed when its definition named it" in refused.value.text
+
+    sim.client.call("Undefine", "s", ["win10"])
+    sim.client.call("Undefine", "s", ["mine"])
+    v = sim.client.vgpus()
+    assert set(v) == {theirs} and (v[theirs]["Origin"], v[theirs]["Managed"]) == ("foreign", False)
+    assert (sim.root / "sys/bus/mdev/devices" / theirs).exists()
+    assert removes(sim) == [(A, "ok")]  # only gvtd's own

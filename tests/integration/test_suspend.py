@@ -400,3 +400,33 @@ def test_a_removal_held_through_sleep_and_resume(
         sim.sim_call("ReleaseWrites")
         sim.stop()
         logind.stop()
+
+
+def test_an_adopted_mdev_stays_through_sleep(
+        dbus: DBusDaemon, system_bus: DBusDaemon, tmp_path: Path) -> None:
+    """An mdev someone else made, then named by a definition, is not gvtd's to remove: it
+    stays through the teardown before sleep, while the idle vGPU gvtd created goes and
+    comes back."""
+    logind = Logind(system_bus)
+    sim = start_gvtd(dbus, tmp_path)
+    try:
+        theirs = sim.sim_call("AddForeignMdev", "ss", ["0000:00:02.0", "i915-GVTg_V5_8"])[0]
+        sim.client.define(name="theirs", type="i915-GVTg_V5_8", uuid=theirs)
+        sim.client.define(name="idle", type="i915-GVTg_V5_8", uuid=IDLE)
+        wait_suspend(sim, "on")
+        assert sim.client.vgpus()["theirs"]["Origin"] == "adopted"
+        mark = last(sim)
+        logind.prepare_for_sleep(True)
+        wait_suspend(sim, "sleeping", after=mark)
+        assert remove_results(sim) == [(IDLE, "ok")]
+        v = sim.client.vgpus()
+        assert (v["theirs"]["State"], v["idle"]["State"]) == ("active", "inactive")
+        logind.prepare_for_sleep(False)
+        wait_suspend(sim, "on", after=mark)
+        v = sim.client.vgpus()
+        assert (v["theirs"]["State"], v["idle"]["State"]) == ("active", "active")
+        assert (v["theirs"]["Origin"], v["idle"]["Origin"]) == ("adopted", "created")
+        assert remove_results(sim) == [(IDLE, "ok")]
+    finally:
+        sim.stop()
+        logind.stop()
