@@ -588,6 +588,7 @@ class Host:
             self.refresh()
             by_uuid = {d.uuid: n for n, d in self.definitions.items()}
             for uuid in uuids:
+                self._not_removing(uuid, by_uuid.get(uuid, ""))
                 if uuid in self.mdevs:
                     continue
                 name = by_uuid.get(uuid)

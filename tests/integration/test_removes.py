@@ -32,8 +32,8 @@ def connected(sim: Simulation) -> None:
 
 def test_a_held_remove_leaves_gvtd_answering(sim: Simulation) -> None:
     """RemoveVGPU waits for the kernel as long as QEMU holds the device; meanwhile reads,
-    Diagnose and a CreateVGPU of another vGPU are answered, and a second remove or a create
-    of the same vGPU is Busy rather than queued behind it."""
+    Diagnose and a CreateVGPU of another vGPU are answered, and a second remove, a create
+    of the same vGPU or a start of its domain is Busy rather than queued behind it."""
     connected(sim)
     sim.client.define(name="a", type="i915-GVTg_V5_8", uuid=A, domain="win10")
     sim.client.define(name="b", type="i915-GVTg_V5_8", uuid=B, start="manual")
@@ -49,6 +49,9 @@ def test_a_held_remove_leaves_gvtd_answering(sim: Simulation) -> None:
         with pytest.raises(CallError) as again:
             sim.client.call(member, "s", ["a"], timeout=10)
         assert again.value.name == BUSY and "being removed" in again.value.text
+    with pytest.raises(CallError) as start:
+        sim.client.call("StartDomain", "sa{sv}", ["win10", {}], timeout=10)
+    assert start.value.name == BUSY and "being removed" in start.value.text
 
     sim.sim_call("ReleaseWrites")  # QEMU lets go
     assert reply().message_type.name == "METHOD_RETURN"
