@@ -474,7 +474,11 @@ class Host:
         parent = None
         if d.uuid in self.mdevs and self.ownership.removable(d.uuid):
             parent = self.mdevs[d.uuid].parent
-            await self._remove(d.uuid, name)
+            try:
+                await self._remove(d.uuid, name)
+            except GvtdError:  # the definition stays; the vGPU shows why
+                self.publish()
+                raise
         elif d.uuid in self.mdevs:
             log.info("mdev %s stays: gvtd did not create it, and never removes what it did "
                      "not create", d.uuid, extra=_fields(name, d.uuid))

@@ -65,13 +65,14 @@ def test_a_refused_remove_is_busy_and_the_vgpu_stays(sim: Simulation) -> None:
     active with LastError and a Problem saying why, the definition stays; the retry works."""
     sim.client.define(name="a", type="i915-GVTg_V5_8", uuid=A)
     sim.sim_call("RefuseRemove", "su", [A, 2])
+    with pytest.raises(CallError) as undefine:
+        sim.client.call("Undefine", "s", ["a"])
+    assert undefine.value.name == BUSY
+    assert sim.client.vgpus()["a"]["LastError"].startswith("Not removed: ")
     with pytest.raises(CallError) as refused:
         sim.client.call("RemoveVGPU", "s", ["a"])
     assert refused.value.name == BUSY and "EBUSY" in refused.value.text \
         and "Stop that VM" in refused.value.text
-    with pytest.raises(CallError) as undefine:
-        sim.client.call("Undefine", "s", ["a"])
-    assert undefine.value.name == BUSY
     v = sim.client.vgpus()["a"]
     assert v["State"] == "active" and v["LastError"].startswith("Not removed: ")
     severity, text = problems(sim)["vgpu:a"]
