@@ -590,8 +590,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true",
                    help="show what would be defined, and under which names; define nothing")
     s.add_argument("--take-over", action="store_true",
-                   help="also import definitions mdevctl starts at boot, as start auto; then "
-                        "remove them from mdevctl (mdevctl undefine --uuid UUID)")
+                   help="also import definitions mdevctl starts at boot, as start auto, and "
+                        "make the running mdevs gvtd's own, removed like those it creates "
+                        "(without it they are adopted: used, never removed); then remove them "
+                        "from mdevctl (mdevctl undefine --uuid UUID)")
     s = add("export", "write gvtd's definitions in another tool's format", cmd_export)
     s.add_argument("--format", choices=["mdevctl"], required=True,
                    help="mdevctl: its JSON, as `mdevctl list --defined --dumpjson` prints it")
