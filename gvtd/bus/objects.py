@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 DEFINE_KEYS = {
     "name": "s", "uuid": "s", "parent": "s", "type": "s", "min_resolution": "s",
     "start": "s", "domain": "s", "attrs": "a(ss)",
+    "take_over": "b",  # not a TOML field: an existing mdev becomes gvtd's to remove
 }
 
 
@@ -295,7 +296,8 @@ class VgpuInterface(_Mirror):
         v = self.view
         return {"Name": v.name, "UUID": v.uuid, "Parent": v.parent, "Type": v.type_id,
                 "State": v.state, "Start": v.start, "Domain": v.domain, "Managed": v.managed,
-                "LastError": v.last_error, "Attrs": [list(a) for a in v.attrs]}
+                "Origin": v.origin, "LastError": v.last_error,
+                "Attrs": [list(a) for a in v.attrs]}
 
     @dbus_property(access=PropertyAccess.READ)
     def Name(self) -> "s":  # noqa: F821
@@ -328,6 +330,10 @@ class VgpuInterface(_Mirror):
     @dbus_property(access=PropertyAccess.READ)
     def Managed(self) -> "b":  # noqa: F821
         return self._props["Managed"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Origin(self) -> "s":  # noqa: F821
+        return self._props["Origin"]
 
     @dbus_property(access=PropertyAccess.READ)
     def LastError(self) -> "s":  # noqa: F821
