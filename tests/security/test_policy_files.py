@@ -46,12 +46,14 @@ def test_bus_policy_is_valid(tmp_path: Path) -> None:
 
 
 def test_bus_policy_grants_only_what_it_should() -> None:
-    """Ownership to root alone; sends to gvtd for the listed interfaces, nothing else."""
+    """Ownership to root alone; sends to gvtd for the listed interfaces, nothing else; the
+    libvirt hook's two methods to root alone."""
     tree = ET.parse(POLICY_DIR / "io.github.gvtd1.conf").getroot()
     owners = [(p.attrib, a.attrib) for p in tree.iter("policy") for a in p
               if "own" in a.attrib or "own_prefix" in a.attrib]
     assert owners == [({"user": "root"}, {"own": names.BUS_NAME})]
     sends = {(a.get("send_interface"), a.get("send_member")) for p in tree.iter("policy")
+             if p.attrib == {"context": "default"}
              for a in p.iter("allow") if "send_destination" in a.attrib}
     assert all(a.get("send_destination") == names.BUS_NAME
                for a in tree.iter("allow") if "send_destination" in a.attrib)
@@ -61,7 +63,16 @@ def test_bus_policy_grants_only_what_it_should() -> None:
         ("org.freedesktop.DBus.ObjectManager", None),
         (names.MANAGER_IFACE, None), (names.PARENT_IFACE, None), (names.VGPU_IFACE, None),
         (names.DOMAIN_IFACE, None)}
-    assert not list(tree.iter("deny"))
+    hook = {(names.MANAGER_IFACE, "PrepareDomain"), (names.MANAGER_IFACE, "ReleaseDomain")}
+
+    def rules(kind: str, who: dict[str, str]) -> set[tuple[str | None, str | None]]:
+        return {(a.get("send_interface"), a.get("send_member")) for p in tree.iter("policy")
+                if p.attrib == who for a in p.iter(kind)
+                if a.get("send_destination") == names.BUS_NAME}
+
+    assert rules("deny", {"context": "default"}) == hook
+    assert rules("allow", {"user": "root"}) == hook
+    assert not [d for d in tree.iter("deny") if d.get("send_destination") != names.BUS_NAME]
 
 
 def test_polkit_actions_are_valid_for_polkitd() -> None:
