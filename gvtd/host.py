@@ -603,17 +603,15 @@ class Host:
                         f"--domain {domain}")
                 await self._create_now(name)
 
-    async def release_on_demand(self, domain: str, uuids: list[str],
-                                stopped: bool = False) -> None:
-        """After a domain stopped: remove the on-demand vGPUs gvtd created for it.
-        stopped: libvirt said so (its hook), even if its event has not arrived yet."""
-        users = (None, domain) if stopped else (None,)
+    async def release_on_demand(self, domain: str, uuids: list[str]) -> None:
+        """After a domain stopped: remove the on-demand vGPUs gvtd created for it that no
+        running domain uses (running as libvirt's events say, not as a caller claims)."""
         async with self.lock:
             self.refresh()
             for name, d in sorted(self.definitions.items()):
                 if d.start == "on-demand" and d.uuid in uuids and d.uuid in self.mdevs \
                         and self.ownership.removable(d.uuid) \
-                        and self.running_user(d.uuid) in users:
+                        and self.running_user(d.uuid) is None:
                     log.info("Domain %s stopped: removing its on-demand vGPU %s", domain, name,
                              extra=_fields(name, d.uuid))
                     try:

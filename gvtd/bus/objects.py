@@ -17,7 +17,7 @@ from dbus_fast import DBusError, PropertyAccess, Variant
 from dbus_fast.service import ServiceInterface, dbus_property, method
 
 from gvtd import __version__, names
-from gvtd.bus.auth import authorized, define_details
+from gvtd.bus.auth import authorized, define_details, root_only
 from gvtd.domains import attach_options, hook_options, stop_options, tune_options
 from gvtd.errors import Busy, Failed, GvtdError, InvalidArgument
 from gvtd.mdev import Parent
@@ -31,6 +31,10 @@ DEFINE_KEYS = {
     "start": "s", "domain": "s", "attrs": "a(ss)",
     "take_over": "b",  # not a TOML field: an existing mdev becomes gvtd's to remove
 }
+
+# Why PrepareDomain and ReleaseDomain refuse everyone but root (see gvtd.bus.auth.root_only).
+HOOK_ONLY = ("as gvtd's libvirt hook does from inside libvirtd. Use `gvt-client start` or "
+             "`gvt-client stop` (StartDomain, StopDomain) to start or stop a VM.")
 
 
 def dbus_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -166,14 +170,14 @@ class ManagerInterface(_Mirror):
 
     @method()
     @dbus_errors
-    @authorized(names.ACTION_DOMAIN, detail="domain")
+    @root_only(HOOK_ONLY)
     async def PrepareDomain(self, name: "s", options: "a{sv}") -> None:  # noqa: F821
         uuids = hook_options({k: v.value for k, v in options.items()})
         await self.daemon.domains.prepare_domain(name, uuids)
 
     @method()
     @dbus_errors
-    @authorized(names.ACTION_DOMAIN, detail="domain")
+    @root_only(HOOK_ONLY)
     async def ReleaseDomain(self, name: "s", options: "a{sv}") -> None:  # noqa: F821
         uuids = hook_options({k: v.value for k, v in options.items()})
         await self.daemon.domains.release_domain(name, uuids)
