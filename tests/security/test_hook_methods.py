@@ -26,7 +26,8 @@ def running(request: pytest.FixtureRequest) -> Iterator[tuple[SystemBus, Simulat
     mp.setenv("DBUS_SYSTEM_BUS_ADDRESS", bus.address)
     sim = watcher = polkit = None
     try:
-        sim = Simulation(bus, extra=["--system"])  # type: ignore[arg-type]
+        # polkit=False: this test runs its own polkit, which the monitor watches.
+        sim = Simulation(bus, extra=["--system"], polkit=False)  # type: ignore[arg-type]
         watcher = NameWatcher(bus.address)
         polkit = PolkitMock(bus, watcher)
         polkit.allow([names.ACTION_MANAGE, names.ACTION_VGPU, names.ACTION_DOMAIN])
