@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gvtd import cputopo, names
+from gvtd.bounded import KeyedLock
 from gvtd.config import atomic_write
 from gvtd.errors import Busy, Failed, InvalidArgument, NotFound
 from gvtd.host import Host
@@ -35,7 +35,8 @@ class Domains:
         self.sysfs = sysfs
         self.backups = state_dir / BACKUP_DIR
         self.libvirt = Libvirt(uri, self._changed)
-        self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # By the caller's domain name, which may be any string: kept only while used.
+        self.locks = KeyedLock()
         self._active: set[str] = set()
         host.domain_of = self.domain_of
         host.running_user = self.running_user
@@ -78,7 +79,7 @@ class Domains:
         self.host.publish()
 
     async def _stopped(self, name: str) -> None:
-        async with self.locks[name]:
+        async with self.locks.hold(name):
             info = self.libvirt.domains.get(name)
             if info is None or not info.active:
                 await self.host.release_on_demand(name, self._uses_by_name(name))
@@ -93,7 +94,7 @@ class Domains:
     async def start_domain(self, name: str) -> None:
         """Make sure every vGPU the domain uses exists, then start it. Concurrent starts of
         one domain start it once."""
-        async with self.locks[name]:
+        async with self.locks.hold(name):
             self.libvirt.domain_xml(name)  # LibvirtUnavailable / NotFound first
             await self.libvirt.resync() if name not in self.libvirt.domains else None
             uuids = self._uses_by_name(name)
@@ -124,7 +125,7 @@ class Domains:
     async def attach(self, name: str, key: str, display: str, dry_run: bool,
                      x_display: str) -> str:
         """Edit the domain's persistent XML as the guide does by hand; returns the diff."""
-        async with self.locks[name]:
+        async with self.locks.hold(name):
             view = self.host.find(key)
             before = self.libvirt.domain_xml(name)
             spec = domxml.AttachSpec(
@@ -135,7 +136,7 @@ class Domains:
             return await self._edit(name, before, domxml.attach(before, spec), dry_run)
 
     async def detach(self, name: str, key: str) -> str:
-        async with self.locks[name]:
+        async with self.locks.hold(name):
             view = self.host.find(key)
             before = self.libvirt.domain_xml(name)
             return await self._edit(name, before, domxml.detach(before, view.uuid), False)
@@ -147,7 +148,7 @@ class Domains:
         """The guide's tuning step on the domain's persistent XML; returns the diff, then
         one `# warning:` line per piece of the guide's advice the XML does not follow.
         The XML before a change is kept so that revert can put it back exactly."""
-        async with self.locks[name]:
+        async with self.locks.hold(name):
             before = self.libvirt.domain_xml(name)
             if opts.revert:
                 return await self._revert(name, before, opts.dry_run)
@@ -259,7 +260,7 @@ class Domains:
         return out
 
     async def stop_domain(self, name: str, force: bool, timeout: float) -> None:
-        async with self.locks[name]:
+        async with self.locks.hold(name):
             self.libvirt.domain_xml(name)
             log.info("Stopping domain %s%s", name, " (forced)" if force else "",
                      extra={"DOMAIN": name})
