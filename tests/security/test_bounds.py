@@ -1,5 +1,8 @@
-"""What a caller sends does not stay in gvtd: calls naming thousands of domains that do not
-exist leave the daemon as large as before.
+"""What a caller sends does not stay in gvtd, and a read anyone may repeat is cheap.
+
+Calls naming thousands of domains that do not exist leave the daemon as large as before;
+many concurrent and repeated Diagnose calls run the host checks once, and a change gvtd
+sees (a uevent, Reload) makes the next call look again.
 
 Every domain method takes the domain's lock, by the caller's name, before it asks libvirt
 whether the domain exists. The daemon's resident memory is what the test watches: rounds
@@ -11,12 +14,17 @@ With the locks kept by name, as gvtd once did, it grew by 16 MiB a round.
 
 from __future__ import annotations
 
+import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from dbus_fast import Message, MessageType, Variant
 
 from gvtd import names
-from harness import Simulation, pipelined
+from harness import Client, DBusDaemon, Simulation, SimulatedHost, pipelined, plain
+
+PARENT = "0000:00:02.0"
 
 NAME_BYTES = 16 * 1024
 ROUND = 1000
@@ -72,3 +80,77 @@ def test_calls_naming_unknown_domains_leave_nothing_behind(sim: Simulation) -> N
           f"{kept_would_cost} KiB)")
     assert grown < kept_would_cost // 4, (warm, grown)
     assert sim.client.call("Ping", iface="org.freedesktop.DBus.Peer") == []
+
+
+# -- Diagnose: one run of the host checks however many call it -----------------------------
+# Each run logs RAN at debug level before it reads anything, so counting RAN in the daemon's
+# stderr counts runs. The answer's lifetime (DIAGNOSE_TTL, 5 s) is longer than the test's
+# calls between two changes take; tests/unit/test_bounded.py checks its expiry on a clock.
+
+RAN = "gvtd: Running the host checks for Diagnose"
+CONCURRENT = 50
+REPEATED = 20
+
+
+@pytest.fixture
+def debug_sim(dbus: DBusDaemon, tmp_path: Path) -> Iterator[tuple[SimulatedHost, Client, Path]]:
+    """`gvtd --simulate` at log level debug, its stderr in a file the test reads."""
+    log = tmp_path / "gvtd.log"
+    with open(log, "w") as f:
+        host = SimulatedHost(dbus.address, "default", ["--log-level", "debug"],
+                             stderr=f.fileno())
+    client = Client(dbus.address)
+    yield host, client, log
+    client.close()
+    host.stop()
+
+
+def diagnose(client: Client) -> set[str]:
+    return {c[0] for c in client.call("Diagnose")[0]}
+
+
+def test_concurrent_and_repeated_diagnose_run_the_checks_once(
+        debug_sim: tuple[SimulatedHost, Client, Path]) -> None:
+    host, client, log = debug_sim
+    # Start-up ends with libvirt's connection and logind's inhibitor lock (changes gvtd
+    # shows, which drop any answer computed before them; the session's logind is
+    # tests/conftest.py's): count from there.
+    for prop, value in (("LibvirtConnected", True), ("Suspend", "on")):
+        if client.props(names.ROOT_PATH, names.MANAGER_IFACE)[prop] != value:
+            client.wait_for(lambda m, p=prop, v=value: m.member == "PropertiesChanged"
+                            and plain(m.body[1]).get(p) == v)
+    before = log.read_text().count(RAN)
+    runs = lambda: log.read_text().count(RAN) - before  # noqa: E731 (logged before the reply)
+    replies = pipelined(host.env["DBUS_SESSION_BUS_ADDRESS"], [[
+        Message(destination=names.BUS_NAME, path=names.ROOT_PATH,
+                interface=names.MANAGER_IFACE, member="Diagnose")
+        for _ in range(CONCURRENT)]])[0]
+    assert {r.message_type for r in replies} == {MessageType.METHOD_RETURN}
+    assert len({str(r.body) for r in replies}) == 1
+    for _ in range(REPEATED):
+        assert "log" in diagnose(client)
+    assert runs() == 1
+
+    sim = plain(client.props(names.SIMULATOR_PATH, names.SIMULATOR_IFACE,
+                             dest=names.SIMULATOR_BUS_NAME))
+    settings = tomllib.loads((Path(sim["ConfigDir"]) / "gvtd.toml").read_text())
+    kernel_log = Path(settings["kernel_log"])
+
+    # The kernel log sends no event: within the answer's lifetime a new line is not seen...
+    with open(kernel_log, "a") as f:
+        f.write("i915 0000:00:02.0: Unsupported device. GVT-g is disabled\n")
+    assert "log.unsupported" not in diagnose(client) and runs() == 1
+    # ... until gvtd sees the host change (a uevent: an mdev created by someone else) ...
+    client.signals.clear()
+    uuid = client.call("AddForeignMdev", "ss", [PARENT, "i915-GVTg_V5_8"],
+                       dest=names.SIMULATOR_BUS_NAME, path=names.SIMULATOR_PATH,
+                       iface=names.SIMULATOR_IFACE)[0]
+    client.wait_for(lambda m: m.member == "InterfacesAdded"
+                    and m.body[0] == names.vgpu_path(uuid))
+    assert "log.unsupported" in diagnose(client) and runs() == 2
+    # ... or is told to look again (Reload).
+    with open(kernel_log, "a") as f:
+        f.write("i915 0000:00:02.0: GVT-g is not yet supported with GuC submission\n")
+    assert "log.guc" not in diagnose(client) and runs() == 2
+    client.call("Reload")
+    assert "log.guc" in diagnose(client) and runs() == 3
