@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gvtd import cputopo, names
+from gvtd.bounded import KeyedLock
 from gvtd.config import atomic_write
 from gvtd.errors import Busy, Failed, InvalidArgument, NotFound
 from gvtd.host import Host
@@ -36,7 +36,8 @@ class Domains:
         self.sysfs = sysfs
         self.backups = state_dir / BACKUP_DIR
         self.libvirt = Libvirt(uri, self._changed)
-        self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # By the caller's domain name, which may be any string: kept only while used.
+        self.locks = KeyedLock()
         self._active: set[str] = set()
         host.domain_of = self.domain_of
         host.running_user = self.running_user
@@ -79,7 +80,7 @@ class Domains:
         self.host.publish()
 
     async def _stopped(self, name: str) -> None:
-        async with self.locks[name]:
+        async with self.locks.hold(name):
             info = self.libvirt.domains.get(name)
             if info is None or not info.active:
                 await self.host.release_on_demand(name, self._uses_by_name(name))
@@ -94,7 +95,7 @@ class Domains:
     async def start_domain(self, name: str) -> None:
         """Make sure every vGPU the domain uses exists, then start it. Concurrent starts of
         one domain start it once."""
-        async with self.locks[name]:
+        async with self.locks.hold(name):
             self.libvirt.domain_xml(name)  # LibvirtUnavailable / NotFound first
             await self.libvirt.resync() if name not in self.libvirt.domains else None
             uuids = self._uses_by_name(name)
@@ -152,7 +153,7 @@ class Domains:
     async def attach(self, name: str, key: str, display: str, dry_run: bool,
                      x_display: str) -> str:
         """Edit the domain's persistent XML as the guide does by hand; returns the diff."""
-        async with self.locks[name]:
+        async with self.locks.hold(name):
             view = self.host.find(key)
             before = await self.libvirt.read_xml(name)
             render_node = await asyncio.to_thread(self.host.render_node, view.parent) \
@@ -165,7 +166,7 @@ class Domains:
             return await self._edit(name, before, domxml.attach(before, spec), dry_run)
 
     async def detach(self, name: str, key: str) -> str:
-        async with self.locks[name]:
+        async with self.locks.hold(name):
             view = self.host.find(key)
             before = await self.libvirt.read_xml(name)
             return await self._edit(name, before, domxml.detach(before, view.uuid), False)
@@ -177,7 +178,7 @@ class Domains:
         """The guide's tuning step on the domain's persistent XML; returns the diff, then
         one `# warning:` line per piece of the guide's advice the XML does not follow.
         The XML before a change is kept so that revert can put it back exactly."""
-        async with self.locks[name]:
+        async with self.locks.hold(name):
             before = await self.libvirt.read_xml(name)
             if opts.revert:
                 return await self._revert(name, before, opts.dry_run)
@@ -291,7 +292,7 @@ class Domains:
         return out
 
     async def stop_domain(self, name: str, force: bool, timeout: float) -> None:
-        async with self.locks[name]:
+        async with self.locks.hold(name):
             self.libvirt.domain_xml(name)
             log.info("Stopping domain %s%s", name, " (forced)" if force else "",
                      extra={"DOMAIN": name})

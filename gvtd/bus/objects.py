@@ -17,6 +17,7 @@ from dbus_fast import DBusError, PropertyAccess, Variant
 from dbus_fast.service import ServiceInterface, dbus_property, method
 
 from gvtd import __version__, names
+from gvtd.bounded import Shared
 from gvtd.bus.auth import authorized, define_details, root_only
 from gvtd.domains import attach_options, hook_options, stop_options, tune_options
 from gvtd.errors import Busy, Failed, GvtdError, InvalidArgument
@@ -31,6 +32,8 @@ DEFINE_KEYS = {
     "start": "s", "domain": "s", "attrs": "a(ss)",
     "take_over": "b",  # not a TOML field: an existing mdev becomes gvtd's to remove
 }
+# Seconds a Diagnose answer is reused while gvtd sees no change (see ManagerInterface).
+DIAGNOSE_TTL = 5.0
 
 # Why PrepareDomain and ReleaseDomain refuse everyone but root (see gvtd.bus.auth.root_only).
 HOOK_ONLY = ("as gvtd's libvirt hook does from inside libvirtd. Use `gvt-client start` or "
@@ -113,6 +116,12 @@ class ManagerInterface(_Mirror):
         super().__init__(names.MANAGER_IFACE)
         self.daemon = daemon
         self.host = daemon.host
+        # Diagnose is open to every local user and reads the whole host and the kernel log:
+        # concurrent calls share one run, and its answer serves later calls until gvtd sees
+        # a change (every uevent pass, definition change, libvirt event and Reload ends in
+        # Host.publish) or DIAGNOSE_TTL passes (the kernel log and /proc send no uevents).
+        self._diagnosis: Shared[list[list[str]]] = Shared(self._diagnose, DIAGNOSE_TTL)
+        self.host.listeners.append(self._diagnosis.invalidate)
         self.refresh(emit=False)
 
     def _compute(self) -> dict[str, Any]:
@@ -205,10 +214,15 @@ class ManagerInterface(_Mirror):
     @method()
     @dbus_errors
     async def Diagnose(self) -> "a(ssss)":  # noqa: F821
-        """Host checks (gvtd.doctor) over the roots gvtd.toml names; a read, open to all.
-        In a worker thread: reading the kernel log must not hold up uevents or calls."""
+        """Host checks (gvtd.doctor) over the roots gvtd.toml names; a read, open to all,
+        shared between callers (see __init__)."""
+        return await self._diagnosis.get()
+
+    async def _diagnose(self) -> list[list[str]]:
+        """In a worker thread: reading the kernel log must not hold up uevents or calls."""
         from gvtd import doctor  # only here: not on the way to READY=1
 
+        log.debug("Running the host checks for Diagnose")
         roots = doctor.HostRoots.from_settings(self.daemon.settings)
         uuids = [d.uuid for d in self.host.definitions.values()]
         checks = await asyncio.to_thread(doctor.diagnose, roots, uuids)

@@ -222,6 +222,19 @@ def test_doctor_reads_the_real_host_from_inside_the_sandbox(guest: Results) -> N
     assert checks["iommu"]["severity"] == "fail", checks["iommu"]
 
 
+def test_the_sandbox_refuses_writes_in_sys_outside_the_mdev_parents(guest: Results) -> None:
+    """units/gvtd.service opens only the iGPU's directory (0000:00:02.0) in /sys, its own
+    PCI files there excepted; the e2e drop-in adds /sys/devices/virtual for the sample
+    parents. Writes are tried as root, with every capability, in gvtd's mount namespace."""
+    s = guest.step(1, "sandbox")
+    assert s["outside_from_host"] is None  # a root-writable file: the host may write it ...
+    assert s["outside"] == "EROFS", s  # ... gvtd may not
+    assert s["gpu"] is not None, "the VM has no PCI device at 0000:00:02.0 to check the unit on"
+    assert (s["gpu_driver_override"], s["gpu_config"]) == ("EROFS", "EROFS"), s
+    assert s["gpu_below"] and s["gpu_below"][1] == "ok", s  # the directory itself is open
+    assert s["virtual"] == "ok", s  # the drop-in's
+
+
 def test_guest_journal_is_kept_and_gvtd_never_failed(guest: Results) -> None:
     text = (guest.run.dir / "journal.txt").read_text(errors="replace")
     assert "Started gvtd.service" in text and "Created vGPU tty0" in text  # both boots read

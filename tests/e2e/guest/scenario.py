@@ -197,6 +197,48 @@ def doctor() -> None:
     emit("doctor", result=client("doctor"), checks=client_json("doctor"))
 
 
+# Run inside gvtd's mount namespace (nsenter), as root with every capability: only the
+# sandbox's read-only mounts can refuse the write. Prints "ok" or the errno's name.
+WRITE_IN_SANDBOX = """import errno, os, sys
+try:
+    fd = os.open(sys.argv[1], os.O_WRONLY)
+    try:
+        os.write(fd, sys.argv[2].encode())
+    finally:
+        os.close(fd)
+    print("ok")
+except OSError as e:
+    print(errno.errorcode.get(e.errno or 0, str(e.errno)))
+"""
+GPU = Path("/sys/devices/pci0000:00/0000:00:02.0")  # the unit opens it; here not an iGPU
+
+
+def sandbox() -> None:
+    """What the unit lets gvtd write in /sys, tried from inside its mount namespace: a
+    root-writable file elsewhere under /sys/devices, the PCI files of 0000:00:02.0 the unit
+    makes read-only again, a file of a device below it, and /sys/devices/virtual (the
+    drop-in's, for the sample parents)."""
+    pid = show("gvtd", "MainPID")["MainPID"]
+
+    def inside(path: Path | str, text: str) -> str:
+        r = sh("nsenter", "-t", pid, "-m", "python3", "-c", WRITE_IN_SANDBOX, str(path), text)
+        return r["out"].strip() or r["err"]
+
+    outside = Path("/sys/devices/system/cpu/cpu0/uevent")
+    # a device below it (not a link out of it, like driver/ or subsystem/)
+    below = sorted(p for p in GPU.glob("*/uevent") if not p.parent.is_symlink())
+    emit("sandbox", pid=pid, paths=show("gvtd", "ReadWritePaths", "ReadOnlyPaths"),
+         outside=inside(outside, "change"),
+         outside_from_host=write(outside, "change"),
+         gpu=os.path.realpath(GPU) if GPU.exists() else None,
+         gpu_driver_override=inside(GPU / "driver_override", "\n"),
+         gpu_config=inside(GPU / "config", ""),
+         gpu_below=[str(below[0]), inside(below[0], "change")] if below else None,
+         virtual=inside("/sys/devices/virtual/mem/null/uevent", "change"),
+         mounts=[line for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+                 if " /sys" in line])
+
+
 def polkit() -> None:
     for name in ("m1", "m2"):
         client("define", name, "--type", "mtty-1", "--parent", "mtty", "--start", "manual")
@@ -364,8 +406,8 @@ def errors() -> None:
 
 def phase1() -> None:
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    for step in (service, define, reads, doctor, polkit, domains, sysfs_remove, foreign,
-                 reload_module, errors):
+    for step in (service, define, reads, doctor, sandbox, polkit, domains, sysfs_remove,
+                 foreign, reload_module, errors):
         run(step)
     STATE.parent.mkdir(parents=True, exist_ok=True)
     STATE.write_text(json.dumps({"boot_id": boot_id, "uuids": uuids()}))
