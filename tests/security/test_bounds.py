@@ -97,12 +97,9 @@ def debug_sim(dbus: DBusDaemon, tmp_path: Path) -> Iterator[tuple[SimulatedHost,
     """`gvtd --simulate` at log level debug, its stderr in a file the test reads."""
     log = tmp_path / "gvtd.log"
     with open(log, "w") as f:
-        host = SimulatedHost(dbus.address, "default", ["--log-level", "debug"],
-                             stderr=f.fileno())
-    client = Client(dbus.address)
-    yield host, client, log
-    client.close()
-    host.stop()
+        sim = Simulation(dbus, extra=["--log-level", "debug"], stderr=f.fileno())
+    yield sim.host, sim.client, log
+    sim.stop()
 
 
 def diagnose(client: Client) -> set[str]:

@@ -30,13 +30,12 @@ from typing import Any
 import pytest
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
-from dbus_fast.auth import AuthExternal
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from gvtd import names
 from gvtd.config import ATTR_NAME_RE, NAME_RE, UUID_RE
-from harness import Simulation
+from harness import Simulation, connect_as
 from sysbus import NOBODY, NameWatcher, PolkitMock, SystemBus, manager_methods
 
 WAVE = 100
@@ -191,7 +190,8 @@ def world() -> Iterator[tuple[Simulation, PolkitMock]]:
     mp.setenv("DBUS_SYSTEM_BUS_ADDRESS", bus.address)
     sim = watcher = polkit = None
     try:
-        sim = Simulation(bus, extra=["--system"])  # type: ignore[arg-type]
+        # polkit=False: the fuzz sets what its own polkit grants, wave by wave.
+        sim = Simulation(bus, extra=["--system"], polkit=False)  # type: ignore[arg-type]
         watcher = NameWatcher(bus.address)
         polkit = PolkitMock(bus, watcher)
         yield sim, polkit
@@ -204,17 +204,6 @@ def world() -> Iterator[tuple[Simulation, PolkitMock]]:
             sim.stop()
         mp.undo()
         bus.stop()
-
-
-async def connect_as(address: str, uid: int) -> MessageBus:
-    """A bus connection whose peer credentials (and so its uid on the bus) are uid's."""
-    if uid == 0:
-        return await MessageBus(bus_address=address).connect()
-    os.seteuid(uid)
-    try:
-        return await MessageBus(bus_address=address, auth=AuthExternal(uid=uid)).connect()
-    finally:
-        os.seteuid(0)
 
 
 @pytest.mark.timeout(300)  # about 40 s alone; the machine is shared
