@@ -72,6 +72,15 @@ def polkit_actions() -> dict[str, str]:
     return out
 
 
+def root_only() -> set[str]:
+    """Methods that only root may call, read from the @root_only gates of the bus objects."""
+    from gvtd.bus import objects
+
+    return {attr.__name__ for cls in (objects.ManagerInterface, objects.ParentInterface,
+                                      objects.VgpuInterface, objects.DomainInterface)
+            for attr in vars(cls).values() if getattr(attr, "root_only", False)}
+
+
 def policy(path: Path = POLICY) -> dict[str, tuple[str, str]]:
     """polkit action id -> (description, what an active local session gets by default)."""
     out = {}
@@ -113,6 +122,10 @@ def _interface(iface: ET.Element, doc: str, actions: dict[str, str]) -> list[str
         lines += [f"#### {m.get('name')}", "", f"    {_signature(m)}", ""]
         if docs[m]:
             lines += [docs[m], ""]
+        if m.get("name", "") in root_only():
+            lines += ["Authorization: root only (the bus policy and gvtd refuse every "
+                      "other caller; polkit is not asked).", ""]
+            continue
         lines += [f"Authorization: polkit action `{action}`." if action else
                   "Authorization: none (a read, open to every caller).", ""]
     signals = [s for s in iface if s.tag == "signal"]
@@ -164,7 +177,9 @@ def render(xml_text: str | None = None, actions: dict[str, str] | None = None) -
               "Reads (properties, `Diagnose`, `GetManagedObjects`) are open to everyone. Each "
               "method that changes something asks polkit about the caller (root is always "
               "allowed) with the details `vgpu` and `domain` naming what it touches, so that "
-              "a rule can grant one user one VM (docs/security.md).", "",
+              "a rule can grant one user one VM (docs/security.md). "
+              f"{', '.join(f'`{m}`' for m in sorted(root_only()))}, for the libvirt hook, "
+              "are root's alone: polkit is not asked.", "",
               "| action | what | active local session | methods |", "| --- | --- | --- | --- |"]
     for action, methods in sorted(used.items()):
         text, active = known.get(action, ("", ""))

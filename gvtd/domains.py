@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gvtd import cputopo, names
+from gvtd.bounded import KeyedLock
 from gvtd.config import atomic_write
 from gvtd.errors import Busy, Failed, InvalidArgument, NotFound
 from gvtd.host import Host
@@ -35,7 +36,8 @@ class Domains:
         self.sysfs = sysfs
         self.backups = state_dir / BACKUP_DIR
         self.libvirt = Libvirt(uri, self._changed)
-        self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # By the caller's domain name, which may be any string: kept only while used.
+        self.locks = KeyedLock()
         self._active: set[str] = set()
         host.domain_of = self.domain_of
         host.running_user = self.running_user
@@ -84,7 +86,7 @@ class Domains:
         self.host.publish()
 
     async def _stopped(self, name: str) -> None:
-        async with self.locks[name]:
+        async with self.locks.hold(name):
             info = self.libvirt.domains.get(name)
             if info is None or not info.active:
                 await self.host.release_on_demand(name, self._uses_by_name(name))
@@ -99,7 +101,7 @@ class Domains:
     async def start_domain(self, name: str) -> None:
         """Make sure every vGPU the domain uses exists, then start it. Concurrent starts of
         one domain start it once."""
-        async with self.locks[name]:
+        async with self.locks.hold(name):
             self.libvirt.domain_xml(name)  # LibvirtUnavailable / NotFound first
             await self.libvirt.resync() if name not in self.libvirt.domains else None
             uuids = self._uses_by_name(name)
@@ -116,21 +118,48 @@ class Domains:
 
     async def prepare_domain(self, name: str, uuids: list[str]) -> None:
         """libvirt is about to start the domain (its hook, packaging/libvirt-hook): create
-        the vGPUs it uses, as StartDomain does, from the UUIDs the hook read in the XML and
-        the definitions naming it. Asks libvirt nothing and takes no domain lock: libvirt
-        waits for the hook while starting, perhaps for our own StartDomain holding it."""
-        await self.host.ensure(list(dict.fromkeys([*uuids, *self._uses_by_name(name)])), name)
+        the vGPUs it uses, as StartDomain does. Asks libvirt nothing and takes no domain
+        lock: libvirt runs the prepare hook with the domain object locked, and waits for it,
+        perhaps for our own StartDomain holding that lock.
+
+        The hook's UUIDs are a claim, not a fact: only those the domain uses as gvtd knows it
+        (its XML in gvtd's libvirt cache, definitions naming it) are created; one that
+        another domain's definition has is ignored and logged. A UUID no definition has is
+        passed on, so that the start fails with the fix (nothing is created for it)."""
+        defined = {d.uuid for d in self.host.definitions.values()}
+        wanted = self._hook_uuids("PrepareDomain", name, uuids, keep=lambda u: u not in defined)
+        await self.host.ensure(wanted, name)
 
     async def release_domain(self, name: str, uuids: list[str]) -> None:
-        """libvirt has released the domain after it stopped (its hook): remove its
-        on-demand vGPUs now rather than when libvirt's event arrives."""
+        """libvirt has released the domain after it stopped (its hook): remove the on-demand
+        vGPUs it uses (as gvtd knows it, not as the caller says) that no running domain uses.
+
+        "Running" is what libvirt's events say (gvtd's cache), never the caller. libvirt
+        calls the release hook from qemuProcessStop with the domain object locked, after it
+        set the state to shut off but before the STOPPED event goes out (that is queued once
+        qemuProcessStop returns), so any question to libvirt about this domain would wait
+        for the hook, which waits for gvtd. So nothing is asked: a vGPU of a domain the
+        cache still has running stays, and goes when libvirt's STOPPED event arrives
+        (_stopped), which follows the hook by milliseconds."""
         await self.host.release_on_demand(
-            name, list(dict.fromkeys([*uuids, *self._uses_by_name(name)])), stopped=True)
+            name, self._hook_uuids("ReleaseDomain", name, uuids, keep=lambda u: False))
+
+    def _hook_uuids(self, method: str, name: str, uuids: list[str],
+                    keep: Callable[[str], bool]) -> list[str]:
+        """What a hook call may act on: what the domain uses, plus the caller's UUIDs that
+        keep allows; the rest is logged and ignored."""
+        uses = self._uses_by_name(name)
+        for uuid in dict.fromkeys(uuids):
+            if uuid not in uses and not keep(uuid):
+                log.warning("%s(%s) named vGPU %s, which %s does not use (not in its libvirt "
+                            "XML as gvtd knows it, nor defined for it); ignored", method, name,
+                            uuid, name, extra={"DOMAIN": name})
+        return list(dict.fromkeys([*uses, *(u for u in uuids if u not in uses and keep(u))]))
 
     async def attach(self, name: str, key: str, display: str, dry_run: bool,
                      x_display: str) -> str:
         """Edit the domain's persistent XML as the guide does by hand; returns the diff."""
-        async with self.locks[name]:
+        async with self.locks.hold(name):
             view = self.host.find(key)
             before = await self.libvirt.read_xml(name)
             render_node = await asyncio.to_thread(self.host.render_node, view.parent) \
@@ -143,7 +172,7 @@ class Domains:
             return await self._edit(name, before, domxml.attach(before, spec), dry_run)
 
     async def detach(self, name: str, key: str) -> str:
-        async with self.locks[name]:
+        async with self.locks.hold(name):
             view = self.host.find(key)
             before = await self.libvirt.read_xml(name)
             return await self._edit(name, before, domxml.detach(before, view.uuid), False)
@@ -155,7 +184,7 @@ class Domains:
         """The guide's tuning step on the domain's persistent XML; returns the diff, then
         one `# warning:` line per piece of the guide's advice the XML does not follow.
         The XML before a change is kept so that revert can put it back exactly."""
-        async with self.locks[name]:
+        async with self.locks.hold(name):
             before = await self.libvirt.read_xml(name)
             if opts.revert:
                 return await self._revert(name, before, opts.dry_run)
@@ -269,7 +298,7 @@ class Domains:
         return out
 
     async def stop_domain(self, name: str, force: bool, timeout: float) -> None:
-        async with self.locks[name]:
+        async with self.locks.hold(name):
             self.libvirt.domain_xml(name)
             log.info("Stopping domain %s%s", name, " (forced)" if force else "",
                      extra={"DOMAIN": name})

@@ -20,7 +20,8 @@ from pydantic import ValidationError
 from gvtd import reconcile
 from gvtd.config import (SETTINGS_FILE, ConfigDir, Definition, Problem, request_error,
                          validate_name)
-from gvtd.errors import Failed, GvtdError, InvalidArgument, NoCapacity, NotFound, ParentMissing
+from gvtd.errors import (Busy, Failed, GvtdError, InvalidArgument, NoCapacity, NotFound,
+                         ParentMissing)
 from gvtd.mdev import Mdev, Parent, Sysfs, render_nodes
 from gvtd.reconcile import VgpuView
 from gvtd.state import Ownership
@@ -68,6 +69,11 @@ class Host:
         self.definitions: dict[str, Definition] = {}
         self.config_problems: list[Problem] = []
         self.errors: dict[str, str] = {}
+        # mdev UUIDs whose remove the kernel has not answered yet (QEMU may hold it for as
+        # long as it keeps the device open), and why the last remove of one was refused:
+        # shown as the still-active vGPU's LastError until it goes.
+        self.removing: set[str] = set()
+        self.refused: dict[str, str] = {}
         self.parents: dict[str, Parent] = {}
         self.mdevs: dict[str, Mdev] = {}
         self.views: dict[str, VgpuView] = {}
@@ -110,7 +116,8 @@ class Host:
         self._last_parent = {u: m.parent for u, m in self.mdevs.items()}
         owned = dict(self.ownership.items())
         self.views = reconcile.views(self.definitions, list(self.parents.values()), self.mdevs,
-                                     owned, self.errors, self.domain_of)
+                                     owned, self.errors, self.domain_of, self.refused,
+                                     self.ownership.origins())
         for listener in self.listeners:
             listener()
 
@@ -223,7 +230,8 @@ class Host:
         for uuid in sorted(before_mdevs - set(self.mdevs)):
             name = by_uuid.get(uuid, "")
             d = self.definitions.get(name)
-            if d is None or d.start != "auto" or uuid in self.held:
+            self.refused.pop(uuid, None)
+            if d is None or d.start != "auto" or uuid in self.held or uuid in self.removing:
                 log.info("mdev %s is gone", uuid, extra=_fields(name, uuid))
                 continue
             parent = self.parents.get(self._last_parent.get(uuid, ""))
@@ -273,18 +281,19 @@ class Host:
             mdev = self.mdevs.get(d.uuid)
             if mdev is not None and (d.type is None or mdev.type_id == d.type):
                 if d.uuid not in self.ownership:
-                    log.info("Adopting existing mdev %s for %s", d.uuid, name,
+                    log.info("Adopting existing mdev %s for %s: used and shown, never "
+                             "removed by gvtd", d.uuid, name,
                              extra=_fields(name, d.uuid, mdev.parent))
                 adopted[d.uuid] = name
                 self.blocked.pop(d.uuid, None)
-        self.ownership.add_all(adopted)
+        self.ownership.add_all(adopted, "adopted")  # gvtd's own stay its own: see state.py
         plan: list[tuple[str, reconcile.Target, int]] = []
         for name, target in reconcile.to_create(self.definitions, list(self.parents.values()),
                                                 self.mdevs):
             uuid = self.definitions[name].uuid
             mtype = target.parent.type(target.type_id)
             available = mtype.available if mtype else 0
-            if uuid in self.held:
+            if uuid in self.held or uuid in self.removing:
                 continue
             if uuid in self.blocked:
                 then = self.blocked[uuid]
@@ -354,6 +363,7 @@ class Host:
         # parent, of this type. Reading it back cost two lookups per vGPU on a busy sysfs.
         self.mdevs[d.uuid] = Mdev(d.uuid, target.parent.name, target.type_id)
         self.errors.pop(name, None)
+        self.refused.pop(d.uuid, None)
         log.info("Created vGPU %s (%s, %s on %s)", name, d.uuid, target.type_id,
                  target.parent.name, extra=fields)
 
@@ -370,6 +380,11 @@ class Host:
                 out.append((f"vgpu:{v.name or v.uuid}", "error",
                             f"vGPU {v.name or v.uuid}: {v.last_error}",
                             "See `gvt-client status` and the journal (journalctl -u gvtd)."))
+            elif v.uuid in self.refused and v.state == "active":
+                out.append((f"vgpu:{v.name or v.uuid}", "warn",
+                            f"vGPU {v.name or v.uuid}: {v.last_error}",
+                            "Close what holds it open (a VM outside libvirt, or QEMU still "
+                            f"exiting), then `gvt-client remove {v.name or v.uuid}`."))
         return out
 
     def render_node(self, parent: str) -> str | None:
@@ -418,6 +433,7 @@ class Host:
             raise InvalidArgument(f"A vGPU named {name!r} is already defined; undefine it first "
                                   "or choose another name.")
         data = dict(data)
+        take_over = bool(data.pop("take_over", False))
         data.setdefault("uuid", str(uuidlib.uuid4()))
         try:
             definition = Definition.model_validate(data)
@@ -443,6 +459,10 @@ class Host:
         self.definitions[name] = definition
         log.info("Defined vGPU %s (%s)", name, definition.uuid,
                  extra=_fields(name, definition.uuid))
+        if take_over and foreign is not None and definition.uuid not in self.ownership:
+            log.info("Taking over existing mdev %s for %s: gvtd removes it as its own",
+                     definition.uuid, name, extra=_fields(name, definition.uuid, foreign.parent))
+            self.ownership.add_all({definition.uuid: name}, "taken-over")
         await self._converge()
         return definition.uuid
 
@@ -457,9 +477,16 @@ class Host:
             raise NotFound(f"There is no vGPU definition named {name!r}.")
         self._reread(set(), {d.uuid})  # the mdev alone: see _reread_around
         parent = None
-        if d.uuid in self.mdevs and d.uuid in self.ownership:
+        if d.uuid in self.mdevs and self.ownership.removable(d.uuid):
             parent = self.mdevs[d.uuid].parent
-            await self._remove(d.uuid, name)
+            try:
+                await self._remove(d.uuid, name)
+            except GvtdError:  # the definition stays; the vGPU shows why
+                self.publish()
+                raise
+        elif d.uuid in self.mdevs:
+            log.info("mdev %s stays: gvtd did not create it, and never removes what it did "
+                     "not create", d.uuid, extra=_fields(name, d.uuid))
         self.config.delete_definition(name)
         del self.definitions[name]
         self.errors.pop(name, None)
@@ -479,6 +506,7 @@ class Host:
         if not view.name or view.name not in self.definitions:
             raise InvalidArgument(f"{key!r} has no definition; define it first.")
         self._reread_around(view.uuid, self.definitions[view.name].parent)
+        self._not_removing(view.uuid, view.name)
         self.held.discard(view.uuid)
         self.blocked.pop(view.uuid, None)
         self._restores.pop(view.uuid, None)
@@ -509,23 +537,54 @@ class Host:
         if view.uuid not in self.mdevs:
             return
         parent = self.mdevs[view.uuid].parent
-        if view.uuid not in self.ownership:
+        if not self.ownership.removable(view.uuid):
             raise InvalidArgument(
-                f"The mdev {view.uuid} was not created by gvtd, and gvtd never removes what it "
-                f"did not create. To remove it yourself: echo 1 > "
-                f"/sys/bus/mdev/devices/{view.uuid}/remove")
+                f"The mdev {view.uuid} was not created by gvtd"
+                + (" (it existed when its definition named it)" if view.name else "")
+                + ", and gvtd never removes what it did not create. To remove it yourself: "
+                f"echo 1 > /sys/bus/mdev/devices/{view.uuid}/remove")
+        was_held = view.uuid in self.held
         self.held.add(view.uuid)  # removed on request: not recreated on its own
-        await self._remove(view.uuid, view.name)
+        try:
+            await self._remove(view.uuid, view.name)
+        except GvtdError:
+            if not was_held:
+                self.held.discard(view.uuid)
+            self._reread({parent}, {view.uuid})
+            self.publish()
+            raise
         if view.name not in self.definitions:
             self.ownership.discard(view.uuid)
         self._reread({parent}, {view.uuid})
         self.publish()
 
+    def _not_removing(self, uuid: str, name: str) -> None:
+        if uuid in self.removing:
+            raise Busy(f"vGPU {name or uuid} is being removed and the kernel has not finished: "
+                       "something holds it open (a VM outside libvirt, or QEMU still exiting). "
+                       "Close that, then try again.")
+
     async def _remove(self, uuid: str, name: str) -> None:
+        """Write the remove with the host lock let go: the kernel holds a remove for as long
+        as QEMU keeps the device open, and gvtd must go on serving everything else. The UUID
+        is in `removing` meanwhile: not recreated, not removed or created twice. A refusal
+        (Busy for EBUSY) stays shown on the vGPU until it goes."""
+        self._not_removing(uuid, name)
+        self.removing.add(uuid)
+        self.lock.release()
         try:
             await asyncio.to_thread(self.sysfs.remove, uuid)
         except NotFound:
             pass
+        except GvtdError as e:
+            self.refused[uuid] = f"Not removed: {e.message}"
+            log.error("Could not remove vGPU %s (%s): %s", name, uuid, e.message,
+                      extra=_fields(name, uuid))
+            raise
+        finally:
+            await _relock(self.lock)
+            self.removing.discard(uuid)
+        self.refused.pop(uuid, None)
         log.info("Removed vGPU %s (%s)", name, uuid, extra=_fields(name, uuid))
 
     async def reload(self) -> None:
@@ -538,6 +597,7 @@ class Host:
             self.refresh()
             by_uuid = {d.uuid: n for n, d in self.definitions.items()}
             for uuid in uuids:
+                self._not_removing(uuid, by_uuid.get(uuid, ""))
                 if uuid in self.mdevs:
                     continue
                 name = by_uuid.get(uuid)
@@ -548,19 +608,22 @@ class Host:
                         f"--domain {domain}")
                 await self._create_now(name)
 
-    async def release_on_demand(self, domain: str, uuids: list[str],
-                                stopped: bool = False) -> None:
-        """After a domain stopped: remove the on-demand vGPUs gvtd created for it.
-        stopped: libvirt said so (its hook), even if its event has not arrived yet."""
-        users = (None, domain) if stopped else (None,)
+    async def release_on_demand(self, domain: str, uuids: list[str]) -> None:
+        """After a domain stopped: remove the on-demand vGPUs gvtd created for it that no
+        running domain uses (running as libvirt's events say, not as a caller claims)."""
         async with self.lock:
             self.refresh()
             for name, d in sorted(self.definitions.items()):
                 if d.start == "on-demand" and d.uuid in uuids and d.uuid in self.mdevs \
-                        and d.uuid in self.ownership and self.running_user(d.uuid) in users:
+                        and self.ownership.removable(d.uuid) \
+                        and self.running_user(d.uuid) is None:
                     log.info("Domain %s stopped: removing its on-demand vGPU %s", domain, name,
                              extra=_fields(name, d.uuid))
-                    await self._remove(d.uuid, name)
+                    try:
+                        await self._remove(d.uuid, name)
+                    except GvtdError as e:  # shown on the vGPU (LastError) and in Problems
+                        self.refused[d.uuid] = (f"Not removed after {domain} stopped: "
+                                                f"{e.message}")
             self.refresh()
             self.publish()
 
@@ -599,13 +662,15 @@ class Host:
             self.refresh()
             by_uuid = {d.uuid: n for n, d in self.definitions.items()}
             for uuid, mdev in sorted(self.mdevs.items()):
+                if progress.stop:
+                    break  # the host is awake again: remove nothing more
                 name = by_uuid.get(uuid, "")
                 user = self.running_user(uuid)
                 if user is not None:
                     log.info("vGPU %s stays through sleep: the running domain %s uses it",
                              name or uuid, user, extra=_fields(name, uuid, mdev.parent))
                     continue
-                if uuid not in self.ownership or not name:
+                if not self.ownership.removable(uuid) or not name:
                     log.warning("mdev %s stays through sleep: gvtd did not create it, and "
                                 "never removes what it did not create", uuid,
                                 extra=_fields(name, uuid, mdev.parent))
@@ -658,6 +723,20 @@ class Host:
             self.publish()
 
 
+async def _relock(lock: asyncio.Lock) -> None:
+    """Take back a lock the caller's `async with` will release, even when cancelled
+    meanwhile (gvtd stopping): the cancellation is raised once it is held."""
+    cancelled = False
+    while True:
+        try:
+            await lock.acquire()
+            break
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+
+
 @dataclasses.dataclass(frozen=True)
 class TornDown:
     """A vGPU removed before sleep, with what it takes to make the same one again."""
@@ -676,3 +755,4 @@ class Teardown:
     done: list[TornDown] = dataclasses.field(default_factory=list)
     failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     current: str = ""  # the vGPU being removed now
+    stop: bool = False  # set on resume: the removals not begun yet are not wanted any more

@@ -291,7 +291,9 @@ class Sysfs:
             if e.errno in (errno.ENOENT, errno.ENODEV):
                 raise NotFound(f"The mdev {uuid} was already gone.") from e
             if e.errno == errno.EBUSY:
-                raise Busy(f"The mdev {uuid} is in use (a VM has it open); stop the VM first.") from e
+                raise Busy(f"The kernel refused to remove the mdev {uuid} (EBUSY): a VM has it "
+                           "open, perhaps one outside libvirt. Stop that VM, then remove it "
+                           "again.") from e
             raise Failed(f"Removing mdev {uuid} failed: {e.strerror}.") from e
 
     def write_attr(self, uuid: str, name: str, value: str) -> None:

@@ -16,6 +16,7 @@ from gvtd.errors import GvtdError, InvalidArgument, NoCapacity, ParentMissing
 from gvtd.mdev import Mdev, Parent
 
 VgpuState = Literal["inactive", "active", "parent-missing", "failed"]
+REMOVABLE = ("", "created", "taken-over")  # "": none yet, gvtd creates it
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class VgpuView:
     managed: bool
     last_error: str
     attrs: tuple[tuple[str, str], ...] = ()
+    # created (by gvtd), taken-over, adopted (existed, a definition names it: never
+    # removed), foreign (nobody defined it); empty while no mdev exists.
+    origin: str = ""
 
 
 def choose_type(parent: Parent, want: tuple[int, int]) -> str:
@@ -117,8 +121,13 @@ def to_create(definitions: dict[str, Definition], parents: list[Parent],
 
 def views(definitions: dict[str, Definition], parents: list[Parent], mdevs: dict[str, Mdev],
           owned: dict[str, str], errors: dict[str, str],
-          domain_of: Callable[[str], str] = lambda uuid: "") -> dict[str, VgpuView]:
-    """Every vGPU gvtd shows, keyed by UUID: one per definition, one per other mdev."""
+          domain_of: Callable[[str], str] = lambda uuid: "",
+          refused: dict[str, str] | None = None,
+          origins: dict[str, str] | None = None) -> dict[str, VgpuView]:
+    """Every vGPU gvtd shows, keyed by UUID: one per definition, one per other mdev.
+    refused: why the kernel would not remove an mdev that is still there (its LastError);
+    origins: how each recorded mdev became gvtd's (gvtd.state)."""
+    refused, origins = refused or {}, origins or {}
     out: dict[str, VgpuView] = {}
     for name, d in definitions.items():
         mdev = mdevs.get(d.uuid)
@@ -132,20 +141,26 @@ def views(definitions: dict[str, Definition], parents: list[Parent], mdevs: dict
             state, error = "parent-missing", e.message  # an older error no longer applies
         except GvtdError as e:
             state, error = "failed", e.message
+        origin = ""
         if mdev is not None:
             parent = mdev.parent
+            origin = origins.get(d.uuid) or "adopted"
             if d.type is not None and mdev.type_id != d.type:
+                origin = origins.get(d.uuid) or "foreign"
                 state = "failed"
                 error = (f"An mdev with this UUID exists as {mdev.type_id}, not {d.type}; "
                          "gvtd leaves it alone. Remove it or change the definition's type.")
             else:
-                state, error, type_id = "active", "", mdev.type_id
+                state, error, type_id = "active", refused.get(d.uuid, ""), mdev.type_id
         out[d.uuid] = VgpuView(d.uuid, name, parent, type_id, state, d.start,
-                               d.domain or domain_of(d.uuid), True, error, tuple(d.attrs))
+                               d.domain or domain_of(d.uuid), origin in REMOVABLE, error,
+                               tuple(d.attrs), origin)
     for uuid, mdev in mdevs.items():
         if uuid in out:
             continue
         name = owned.get(uuid, "")
-        out[uuid] = VgpuView(uuid, name, mdev.parent, mdev.type_id, "active",
-                             "manual", domain_of(uuid), uuid in owned, "")
+        origin = origins.get(uuid) or "foreign"
+        out[uuid] = VgpuView(uuid, name, mdev.parent, mdev.type_id, "active", "manual",
+                             domain_of(uuid), origin in REMOVABLE, refused.get(uuid, ""),
+                             origin=origin)
     return out

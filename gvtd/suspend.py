@@ -430,15 +430,20 @@ class Suspend:
             self._set_state("resuming")
             await self._take_delay()
             task, self._teardown_task = self._teardown_task, None
-            if task is not None and not task.done():
-                log.warning("Waiting for the removal that hung before sleep to end before "
-                            "recreating vGPUs")
-                await asyncio.wait({task})
             progress, self._teardown = self._teardown, None
-            if progress is not None and progress.done:
-                log.info("The host resumed: recreating %s",
-                         ", ".join(t.name for t in progress.done))
-                await self.host.restore_after_sleep(progress.done)
+            torn = list(progress.done) if progress is not None else []
+            if task is not None and not task.done() and progress is not None:
+                # The kernel may hold that remove as long as QEMU keeps the vGPU open: do not
+                # wait for it (the next suspend would wait too). Nothing more goes, and the
+                # held one is recreated once it is gone.
+                progress.stop = True
+                log.warning("Removing vGPU %s, begun before sleep, still waits for the kernel; "
+                            "it is recreated once removed", progress.current or "(queued)")
+                task.add_done_callback(lambda t: self._spawn(
+                    self.host.restore_after_sleep(progress.done[len(torn):])))
+            if torn:
+                log.info("The host resumed: recreating %s", ", ".join(t.name for t in torn))
+                await self.host.restore_after_sleep(torn)
             else:
                 log.info("The host resumed; no vGPU to recreate")
             self._set_state("on")

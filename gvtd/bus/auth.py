@@ -25,6 +25,11 @@ every incoming message before dbus-fast dispatches it and records (gate, message
 context variable; dbus-fast then starts the method's task, which copies that context, so
 each call sees its own message even when many are in flight. The gate also checks that the
 recorded message is the call it is gating (member and interface), and refuses otherwise.
+
+`root_only` gates the methods that exist for the libvirt hook (PrepareDomain,
+ReleaseDomain), which runs as root inside libvirtd: any other uid is refused with
+AccessDenied before polkit is asked, so no polkit rule or default can open them. The bus
+policy refuses them too; this gate holds where that policy is not loaded.
 """
 # No `from __future__ import annotations` in the bus modules: dbus-fast reads annotations.
 
@@ -145,25 +150,52 @@ def _details(detail: Details, args: tuple[Any, ...]) -> dict[str, str]:
     return {k: v for k, v in zip(keys, args) if isinstance(v, str)}
 
 
+def _call_of(fn: Callable[..., Any], iface: str) -> tuple[Gate, Message]:
+    """The gate and message of the call fn is answering; refuse when they are not known."""
+    current = _current.get()
+    if current is None:
+        raise _denied("gvtd cannot tell who is calling; nothing was changed.")
+    gate, msg = current
+    if msg.member != fn.__name__ or msg.interface not in (None, iface):
+        # Not the call this method answers: never authorize one call by another.
+        log.error("Authorization saw %s.%s while answering %s; refusing",
+                  msg.interface, msg.member, fn.__name__)
+        raise _denied("gvtd cannot tell who is calling; nothing was changed.")
+    return gate, msg
+
+
 def authorized(action: str, detail: Details = None) -> Callable[[Callable[..., Any]], Any]:
     """Decorate a mutating D-Bus method: refuse it unless the caller may do action."""
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         async def wrapper(self: Any, *args: Any) -> Any:
-            current = _current.get()
-            if current is None:
-                raise _denied("gvtd cannot tell who is calling; nothing was changed.")
-            gate, msg = current
-            if msg.member != fn.__name__ or msg.interface not in (None, self.name):
-                # Not the call this method answers: never authorize one call by another.
-                log.error("Authorization saw %s.%s while answering %s; refusing",
-                          msg.interface, msg.member, fn.__name__)
-                raise _denied("gvtd cannot tell who is calling; nothing was changed.")
+            gate, msg = _call_of(fn, self.name)
             await gate.check(msg, action, _details(detail, args))
             return await fn(self, *args)
 
         wrapper.polkit_action = action  # type: ignore[attr-defined]  # for docs/dbus-api.md
+        return wrapper
+
+    return decorate
+
+
+def root_only(why: str) -> Callable[[Callable[..., Any]], Any]:
+    """Decorate a method that only root may call, whatever polkit would say; why ends the
+    refusal's sentence (who the method is for and what to use instead)."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        async def wrapper(self: Any, *args: Any) -> Any:
+            gate, msg = _call_of(fn, self.name)
+            uid = await gate.caller_uid(msg.sender or "")
+            if uid != 0:
+                log.warning("Refused %s to uid %d: root only", fn.__name__, uid)
+                raise _denied(f"Not authorized to call {fn.__name__} (you are uid {uid}): "
+                              f"only root may, {why}")
+            return await fn(self, *args)
+
+        wrapper.root_only = True  # type: ignore[attr-defined]  # for docs/dbus-api.md
         return wrapper
 
     return decorate

@@ -17,7 +17,8 @@ from dbus_fast import DBusError, PropertyAccess, Variant
 from dbus_fast.service import ServiceInterface, dbus_property, method
 
 from gvtd import __version__, names
-from gvtd.bus.auth import authorized, define_details
+from gvtd.bounded import Shared
+from gvtd.bus.auth import authorized, define_details, root_only
 from gvtd.domains import attach_options, hook_options, stop_options, tune_options
 from gvtd.errors import Busy, Failed, GvtdError, InvalidArgument
 from gvtd.mdev import Parent
@@ -29,7 +30,14 @@ log = logging.getLogger(__name__)
 DEFINE_KEYS = {
     "name": "s", "uuid": "s", "parent": "s", "type": "s", "min_resolution": "s",
     "start": "s", "domain": "s", "attrs": "a(ss)",
+    "take_over": "b",  # not a TOML field: an existing mdev becomes gvtd's to remove
 }
+# Seconds a Diagnose answer is reused while gvtd sees no change (see ManagerInterface).
+DIAGNOSE_TTL = 5.0
+
+# Why PrepareDomain and ReleaseDomain refuse everyone but root (see gvtd.bus.auth.root_only).
+HOOK_ONLY = ("as gvtd's libvirt hook does from inside libvirtd. Use `gvt-client start` or "
+             "`gvt-client stop` (StartDomain, StopDomain) to start or stop a VM.")
 
 
 def dbus_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -108,6 +116,12 @@ class ManagerInterface(_Mirror):
         super().__init__(names.MANAGER_IFACE)
         self.daemon = daemon
         self.host = daemon.host
+        # Diagnose is open to every local user and reads the whole host and the kernel log:
+        # concurrent calls share one run, and its answer serves later calls until gvtd sees
+        # a change (every uevent pass, definition change, libvirt event and Reload ends in
+        # Host.publish) or DIAGNOSE_TTL passes (the kernel log and /proc send no uevents).
+        self._diagnosis: Shared[list[list[str]]] = Shared(self._diagnose, DIAGNOSE_TTL)
+        self.host.listeners.append(self._diagnosis.invalidate)
         self.refresh(emit=False)
 
     def _compute(self) -> dict[str, Any]:
@@ -165,14 +179,14 @@ class ManagerInterface(_Mirror):
 
     @method()
     @dbus_errors
-    @authorized(names.ACTION_DOMAIN, detail="domain")
+    @root_only(HOOK_ONLY)
     async def PrepareDomain(self, name: "s", options: "a{sv}") -> None:  # noqa: F821
         uuids = hook_options({k: v.value for k, v in options.items()})
         await self.daemon.domains.prepare_domain(name, uuids)
 
     @method()
     @dbus_errors
-    @authorized(names.ACTION_DOMAIN, detail="domain")
+    @root_only(HOOK_ONLY)
     async def ReleaseDomain(self, name: "s", options: "a{sv}") -> None:  # noqa: F821
         uuids = hook_options({k: v.value for k, v in options.items()})
         await self.daemon.domains.release_domain(name, uuids)
@@ -200,10 +214,15 @@ class ManagerInterface(_Mirror):
     @method()
     @dbus_errors
     async def Diagnose(self) -> "a(ssss)":  # noqa: F821
-        """Host checks (gvtd.doctor) over the roots gvtd.toml names; a read, open to all.
-        In a worker thread: reading the kernel log must not hold up uevents or calls."""
+        """Host checks (gvtd.doctor) over the roots gvtd.toml names; a read, open to all,
+        shared between callers (see __init__)."""
+        return await self._diagnosis.get()
+
+    async def _diagnose(self) -> list[list[str]]:
+        """In a worker thread: reading the kernel log must not hold up uevents or calls."""
         from gvtd import doctor  # only here: not on the way to READY=1
 
+        log.debug("Running the host checks for Diagnose")
         roots = doctor.HostRoots.from_settings(self.daemon.settings)
         uuids = [d.uuid for d in self.host.definitions.values()]
         checks = await asyncio.to_thread(doctor.diagnose, roots, uuids)
@@ -295,7 +314,8 @@ class VgpuInterface(_Mirror):
         v = self.view
         return {"Name": v.name, "UUID": v.uuid, "Parent": v.parent, "Type": v.type_id,
                 "State": v.state, "Start": v.start, "Domain": v.domain, "Managed": v.managed,
-                "LastError": v.last_error, "Attrs": [list(a) for a in v.attrs]}
+                "Origin": v.origin, "LastError": v.last_error,
+                "Attrs": [list(a) for a in v.attrs]}
 
     @dbus_property(access=PropertyAccess.READ)
     def Name(self) -> "s":  # noqa: F821
@@ -328,6 +348,10 @@ class VgpuInterface(_Mirror):
     @dbus_property(access=PropertyAccess.READ)
     def Managed(self) -> "b":  # noqa: F821
         return self._props["Managed"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Origin(self) -> "s":  # noqa: F821
+        return self._props["Origin"]
 
     @dbus_property(access=PropertyAccess.READ)
     def LastError(self) -> "s":  # noqa: F821

@@ -109,7 +109,7 @@ def _vgpus(objs: dict[str, Any]) -> list[dict[str, Any]]:
             out.append({"name": v["Name"], "uuid": v["UUID"], "parent": v["Parent"],
                         "type": v["Type"], "state": v["State"], "start": v["Start"],
                         "domain": v["Domain"], "managed": v["Managed"],
-                        "last_error": v["LastError"]})
+                        "origin": v.get("Origin", ""), "last_error": v["LastError"]})
     return sorted(out, key=lambda v: (v["name"] == "", v["name"], v["uuid"]))
 
 
@@ -135,8 +135,9 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 async def cmd_list(c: Client, args: argparse.Namespace) -> None:
     vgpus = _vgpus(await c.objects())
     rows = [[v["name"] or "-", v["uuid"], v["type"] or "-", v["parent"], v["state"], v["start"],
-             v["domain"] or "-", "" if v["managed"] else "foreign"] for v in vgpus]
-    text = _table(rows, ["NAME", "UUID", "TYPE", "PARENT", "STATE", "START", "DOMAIN", ""]) \
+             v["domain"] or "-", v["origin"] or "-"] for v in vgpus]
+    text = _table(rows, ["NAME", "UUID", "TYPE", "PARENT", "STATE", "START", "DOMAIN",
+                         "ORIGIN"]) \
         or "No vGPUs defined. Define one with `gvt-client define NAME --type TYPE`."
     errors = [f"{v['name'] or v['uuid']}: {v['last_error']}" for v in vgpus if v["last_error"]]
     _emit(args, vgpus, "\n".join([text, *errors]))
@@ -349,6 +350,8 @@ async def cmd_import_mdevctl(c: Client, args: argparse.Namespace) -> None:
                 "parent": Variant("s", e.parent), "type": Variant("s", e.type_id),
                 "start": Variant("s", e.start),
                 "attrs": Variant("a(ss)", [list(a) for a in e.attrs])}
+        if args.take_over:  # a running mdev becomes gvtd's, to remove as its own
+            opts["take_over"] = Variant("b", True)
         try:
             await c.call("Define", "a{sv}", [opts])
         except ClientError as err:
@@ -592,8 +595,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true",
                    help="show what would be defined, and under which names; define nothing")
     s.add_argument("--take-over", action="store_true",
-                   help="also import definitions mdevctl starts at boot, as start auto; then "
-                        "remove them from mdevctl (mdevctl undefine --uuid UUID)")
+                   help="also import definitions mdevctl starts at boot, as start auto, and "
+                        "make the running mdevs gvtd's own, removed like those it creates "
+                        "(without it they are adopted: used, never removed); then remove them "
+                        "from mdevctl (mdevctl undefine --uuid UUID)")
     s = add("export", "write gvtd's definitions in another tool's format", cmd_export)
     s.add_argument("--format", choices=["mdevctl"], required=True,
                    help="mdevctl: its JSON, as `mdevctl list --defined --dumpjson` prints it")

@@ -143,7 +143,7 @@ class EmulatedHost:
                 return
             self.tb.unlink(f"/sys/class/mdev_bus/{name}")
             for m in self.kernel.mdevs_of(name):
-                self._remove(m.uuid)
+                self._remove(m.uuid, force=True)
             with self._lock:
                 p.registered = False
             self._change(p, "unregistered")
@@ -202,6 +202,22 @@ class EmulatedHost:
         does while a driver is stuck or a VM holds the device open, until release_writes().
         Other files keep answering (the FUSE server has many threads)."""
         self._stall("before", suffix)
+
+    def hold_remove(self, uuid: str) -> None:
+        """A write to the mdev's ``remove`` hangs, as on Linux while QEMU holds the vfio
+        device open (vfio asks it to let go and waits), until release_writes(): QEMU closing
+        it. The mdev stays meanwhile; wait_stalled() says when a remove reached it."""
+        uuid = uuid.lower()
+        with self._lock:
+            if uuid not in self.kernel.mdevs:
+                raise _err(errno.ENOENT)
+        self.stall_writes(f"/{uuid}/remove")
+
+    def refuse_removes(self, uuid: str, times: int) -> None:
+        """The next ``times`` removes of the mdev fail with EBUSY (kvmgt while the vGPU is
+        open, on older kernels); the mdev stays. ENOENT if there is no such mdev."""
+        with self._lock:
+            self.kernel.refuse_removes(uuid.lower(), times)
 
     def stall_reads(self, suffix: str) -> None:
         """Reads and lookups of paths ending in suffix (existing or not) hang until
@@ -332,9 +348,9 @@ class EmulatedHost:
             with self._lock:
                 self.kernel.drop(uuid)
 
-    def _remove(self, uuid: str) -> None:
+    def _remove(self, uuid: str, force: bool = False) -> None:
         with self._lock:
-            m = self.kernel.remove(uuid)
+            m = self.kernel.remove(uuid, force)
             p = self.kernel.parent(m.parent)
         dev = f"/sys{p.devpath}/{uuid}"
         try:

@@ -104,6 +104,7 @@ class Kernel:
         self.mdevs: dict[str, Mdev] = {}
         self.writes: list[WriteRecord] = []
         self._next_vfio = 0
+        self.busy: dict[str, int] = {}  # uuid -> removes still to refuse (refuse_removes())
         # /sys/devices/system/cpu: each core's SMT siblings (the machine's facts set them)
         self.cpu_cores: tuple[tuple[int, ...], ...] = ()
 
@@ -153,21 +154,35 @@ class Kernel:
         self._next_vfio += 1
         return uuid
 
-    def remove(self, uuid: str) -> Mdev:
-        """Start tearing ``uuid`` down (ENOENT if gone); :meth:`drop` finishes it."""
+    def remove(self, uuid: str, force: bool = False) -> Mdev:
+        """Start tearing ``uuid`` down (ENOENT if gone, EBUSY while refused and not
+        ``force``: a driver unloading takes its mdevs regardless); :meth:`drop` finishes it."""
         m = self.mdevs.get(uuid)
         if m is None or m.removing:
             raise _oserror(errno.ENOENT, uuid)
+        if not force and self.busy.get(uuid, 0) > 0:
+            self.busy[uuid] -= 1
+            raise _oserror(errno.EBUSY, uuid)
         m.removing = True
+        self.busy.pop(uuid, None)
         return m
+
+    def refuse_removes(self, uuid: str, times: int) -> None:
+        """The next ``times`` removes of ``uuid`` fail with EBUSY, as kvmgt answers while
+        QEMU has the vGPU open (Linux before 5.x; later ones hold the remove instead)."""
+        if uuid not in self.mdevs:
+            raise _oserror(errno.ENOENT, uuid)
+        self.busy[uuid] = times
 
     def drop(self, uuid: str) -> None:
         """Forget ``uuid`` once its remove events are out."""
         self.mdevs.pop(uuid, None)
+        self.busy.pop(uuid, None)
 
     def forget(self) -> None:
         """A reboot: every mdev is gone."""
         self.mdevs.clear()
+        self.busy.clear()
         self._next_vfio = 0
 
     def log_write(self, path: str, data: str, result: str, seconds: float = 0.0) -> None:

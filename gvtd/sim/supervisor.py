@@ -153,6 +153,18 @@ class SimulatorInterface(ServiceInterface):
         self.sup.host.stall_writes(suffix)
 
     @method()
+    def HoldRemove(self, uuid: "s") -> None:  # noqa: F821
+        """A remove of the mdev hangs, as while QEMU holds its vfio device open, until
+        ReleaseWrites() (QEMU letting go); WaitStalled() says when one reached it."""
+        self._do(self.sup.host.hold_remove, uuid)
+
+    @method()
+    def RefuseRemove(self, uuid: "s", times: "u") -> None:  # noqa: F821
+        """The next `times` removes of the mdev fail with EBUSY, as kvmgt answers while
+        the vGPU is open; the mdev stays."""
+        self._do(self.sup.host.refuse_removes, uuid, times)
+
+    @method()
     def StallReads(self, suffix: "s") -> None:  # noqa: F821
         """gvtd's reads and lookups of paths ending in suffix hang until ReleaseWrites():
         a test can change something while gvtd is in the middle of an operation that

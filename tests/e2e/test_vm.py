@@ -15,10 +15,13 @@ from typing import Any
 
 import pytest
 
+from gvtd import names
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vm  # noqa: E402
 
 pytestmark = pytest.mark.timeout(900)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Results:
@@ -88,6 +91,33 @@ def test_polkitd_refuses_define_and_a_rule_lets_create_through(guest: Results) -
     assert p["alice_remove"]["rc"] == 0 and p["alice_removed"] is None
     calls = [v for v in p.values() if isinstance(v, dict) and "err" in v]
     assert calls and not [c for c in calls if "Traceback" in c["err"]]
+
+
+def test_polkitd_decides_domains_by_the_documented_and_the_shipped_rules(
+        guest: Results) -> None:
+    d = guest.step(1, "domains")
+    through = [names.ERROR_PREFIX + "LibvirtUnavailable", names.ACCESS_DENIED]
+    # 50-gvtd-alice.rules (docs/security.md's example): alice, win10, and nothing else
+    assert d["alice_win10"][0] == through[0], d["alice_win10"]
+    assert d["alice_other"][0] == through[1], d["alice_other"]
+    assert "io.github.gvtd1.domain" in d["alice_other"][1]
+    # the shipped 50-io.github.gvtd1.rules: carol is in group libvirt, bob is not
+    assert d["carol_win10"][0] == d["carol_other"][0] == through[0], d
+    assert d["bob_win10"][0] == d["bob_other"][0] == through[1], d
+    assert "Not authorized" in d["bob_win10"][1]
+    # the hook's ReleaseDomain: the installed bus policy refuses carol, lets root through
+    assert d["carol_release"][0] == names.ACCESS_DENIED, d["carol_release"]
+    assert "Rejected send message" in d["carol_release"][1]  # the bus's words, not gvtd's
+    assert d["root_release"] == ["", ""], d["root_release"]
+    # gvt-client says the same
+    assert d["alice_cli"]["rc"] == 1 and "Not authorized" not in d["alice_cli"]["err"]
+    assert d["bob_cli"]["rc"] == 1 and "Not authorized" in d["bob_cli"]["err"]
+
+
+def test_the_guests_alice_rule_is_the_documented_one() -> None:
+    doc = (ROOT / "docs/security.md").read_text()
+    block = doc.split("`/etc/polkit-1/rules.d/50-gvtd-alice.rules`:\n\n```js\n", 1)[1]
+    assert (vm.GUEST / "50-gvtd-alice.rules").read_text() == block.split("```", 1)[0]
 
 
 def test_mdev_removed_through_sysfs_is_recreated(guest: Results) -> None:
@@ -190,6 +220,19 @@ def test_doctor_reads_the_real_host_from_inside_the_sandbox(guest: Results) -> N
     assert checks["log"]["severity"] == "pass", checks["log"]
     # no IOMMU in this VM: the mdevs' emulated groups do not count
     assert checks["iommu"]["severity"] == "fail", checks["iommu"]
+
+
+def test_the_sandbox_refuses_writes_in_sys_outside_the_mdev_parents(guest: Results) -> None:
+    """units/gvtd.service opens only the iGPU's directory (0000:00:02.0) in /sys, its own
+    PCI files there excepted; the e2e drop-in adds /sys/devices/virtual for the sample
+    parents. Writes are tried as root, with every capability, in gvtd's mount namespace."""
+    s = guest.step(1, "sandbox")
+    assert s["outside_from_host"] is None  # a root-writable file: the host may write it ...
+    assert s["outside"] == "EROFS", s  # ... gvtd may not
+    assert s["gpu"] is not None, "the VM has no PCI device at 0000:00:02.0 to check the unit on"
+    assert (s["gpu_driver_override"], s["gpu_config"]) == ("EROFS", "EROFS"), s
+    assert s["gpu_below"] and s["gpu_below"][1] == "ok", s  # the directory itself is open
+    assert s["virtual"] == "ok", s  # the drop-in's
 
 
 def test_guest_journal_is_kept_and_gvtd_never_failed(guest: Results) -> None:

@@ -116,8 +116,9 @@ def _guest_files() -> list[Path]:
     return sorted(p for p in GUEST.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
 
 
-# Set up inside the image root: the package, the drivers loaded at boot, two unprivileged
-# users, a persistent journal, the scenario as a oneshot unit after gvtd.
+# Set up inside the image root: the package, the drivers loaded at boot, three unprivileged
+# users (carol in group libvirt, which the guest has without libvirt), a persistent
+# journal, the scenario as a oneshot unit after gvtd.
 SETUP = """
 dpkg -i /tmp/{deb} >/tmp/dpkg.log 2>&1 || {{ cat /tmp/dpkg.log >&2; exit 1; }}
 rm /tmp/{deb}
@@ -128,13 +129,16 @@ depmod -a {abi}
 printf 'mtty\\nmdpy\\nmbochs\\n' > /etc/modules-load.d/gvtd-e2e.conf
 useradd -m -u 1000 -s /bin/sh alice
 useradd -m -u 1001 -s /bin/sh bob
+getent group libvirt >/dev/null || groupadd -r libvirt
+useradd -m -u 1002 -G libvirt -s /bin/sh carol
 echo e2e > /etc/hostname
 echo '/dev/vda / ext4 rw 0 0' > /etc/fstab
 install -d -m 2755 -g systemd-journal /var/log/journal
 install -d /usr/local/lib/gvtd-e2e
 mv /tmp/guest/scenario.py /usr/local/lib/gvtd-e2e/
 mv /tmp/guest/gvtd-e2e.service /etc/systemd/system/
-mv /tmp/guest/50-gvtd-e2e.rules /etc/polkit-1/rules.d/
+mv /tmp/guest/50-gvtd-e2e.rules /tmp/guest/50-gvtd-alice.rules /etc/polkit-1/rules.d/
+install -D -m 0644 /tmp/guest/gvtd-samples.conf /etc/systemd/system/gvtd.service.d/50-samples.conf
 ln -s /etc/systemd/system/gvtd-e2e.service /etc/systemd/system/multi-user.target.wants/
 rm -rf /tmp/guest /etc/resolv.conf
 """

@@ -16,9 +16,11 @@ def test_define_list_types_parents_status(sim: Simulation) -> None:
     listed = json.loads(sim.gvt_client("list", "--json", check=True).stdout)
     assert listed == [{"name": "win10", "uuid": UUID, "parent": "0000:00:02.0",
                        "type": "i915-GVTg_V5_4", "state": "active", "start": "auto",
-                       "domain": "win10", "managed": True, "last_error": ""}]
+                       "domain": "win10", "managed": True, "origin": "created",
+                       "last_error": ""}]
     table = sim.gvt_client("list", check=True).stdout.splitlines()
-    assert table[0].split() == ["NAME", "UUID", "TYPE", "PARENT", "STATE", "START", "DOMAIN"]
+    assert table[0].split() == ["NAME", "UUID", "TYPE", "PARENT", "STATE", "START", "DOMAIN",
+                                 "ORIGIN"]
     assert table[1].split()[:5] == ["win10", UUID, "i915-GVTg_V5_4", "0000:00:02.0", "active"]
     types = json.loads(sim.gvt_client("types", "--json", check=True).stdout)
     v4 = next(t for t in types if t["id"] == "i915-GVTg_V5_4")

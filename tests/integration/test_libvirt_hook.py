@@ -61,3 +61,40 @@ def test_other_operations_and_absent_gvtd_never_block_libvirt(dbus: DBusDaemon) 
     p = hook(dbus.address, "plain", "prepare", "begin", "-", xml="<domain/>")
     assert (p.returncode, p.stderr) == (0, "")
     assert time.monotonic() - started < 20  # answered at once, no timeout waited out
+
+
+# What a forged or mistaken hook call may not do, even as root: gvtd acts on what libvirt
+# (its event cache) and the definitions say the domain uses, not on the caller's UUIDs.
+FOREIGN = "7c3e9d2a-41b6-4f0e-8a5d-2e6f1b9c0d34"
+
+
+def test_release_of_a_running_domain_removes_nothing(sim: Simulation) -> None:
+    """libvirt still has win10 running: its vGPU stays, whatever the caller claims."""
+    sim.gvt_client("define", "w", "--type", "i915-GVTg_V5_4", "--uuid", UUID, "--start",
+                   "on-demand", "--domain", "win10", check=True)
+    sim.client.call("StartDomain", "sa{sv}", ["win10", {}])
+    before = sim.write_log()
+    p = hook(sim.bus.address, "win10", "release", "end", "-", xml=XML.format(uuid=UUID))
+    assert (p.returncode, p.stderr) == (0, "")
+    assert sim.write_log() == before
+    assert sim.client.vgpus()["w"]["State"] == "active"
+
+
+def test_release_ignores_a_vgpu_the_domain_does_not_use(sim: Simulation) -> None:
+    sim.gvt_client("define", "other", "--type", "i915-GVTg_V5_8", "--uuid", FOREIGN,
+                   "--start", "on-demand", "--domain", "elsewhere", check=True)
+    sim.gvt_client("create", "other", check=True)
+    before = sim.write_log()
+    p = hook(sim.bus.address, "win10", "release", "end", "-", xml=XML.format(uuid=FOREIGN))
+    assert (p.returncode, p.stderr) == (0, "")
+    assert sim.write_log() == before
+    assert sim.client.vgpus()["other"]["State"] == "active"
+
+
+def test_prepare_creates_nothing_for_another_domains_vgpu(sim: Simulation) -> None:
+    sim.gvt_client("define", "other", "--type", "i915-GVTg_V5_8", "--uuid", FOREIGN,
+                   "--start", "on-demand", "--domain", "elsewhere", check=True)
+    p = hook(sim.bus.address, "win10", "prepare", "begin", "-", xml=XML.format(uuid=FOREIGN))
+    assert p.returncode == 0, p.stderr
+    assert sim.write_log() == []
+    assert sim.client.vgpus()["other"]["State"] == "inactive"

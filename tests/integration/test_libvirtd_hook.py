@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dbus_fast import Message
 
 from gvtd import names
 from harness import ROOT, DBusDaemon, Simulation, plain
@@ -58,6 +59,22 @@ def wait_vgpu_state(sim: Simulation, uuid: str, state: str) -> None:
                             and plain(m.body[1]).get("State") == state)
 
 
+def wait_domain_uses(sim: Simulation, name: str, uuid: str) -> None:
+    """Until gvtd has read the domain's XML from libvirt (its Domain object lists the
+    vGPU): gvtd acts on what libvirt says a domain uses, not on what the hook claims."""
+    path, vgpu = names.domain_path(name), names.vgpu_path(uuid)
+
+    def shown(m: Message) -> bool:
+        if m.member == "InterfacesAdded" and m.body[0] == path:
+            return vgpu in plain(m.body[1]).get(names.DOMAIN_IFACE, {}).get("VGPUs", [])
+        return m.member == "PropertiesChanged" and m.path == path and \
+            vgpu in plain(m.body[1]).get("VGPUs", [])
+
+    objects = sim.client.objects()
+    if vgpu not in objects.get(path, {}).get(names.DOMAIN_IFACE, {}).get("VGPUs", []):
+        sim.client.wait_for(shown)
+
+
 def test_virsh_start_gets_the_vgpu_and_destroy_removes_it(gvtd: Simulation,
                                                           libvirtd: PrivateLibvirtd) -> None:
     gvtd.client.define(name="w", type="i915-GVTg_V5_4", uuid=U1, start="on-demand",
@@ -77,6 +94,7 @@ def test_mdev_hostdev_is_created_before_libvirt_looks_for_it(gvtd: Simulation,
                                                              libvirtd: PrivateLibvirtd) -> None:
     gvtd.client.define(name="g", type="i915-GVTg_V5_4", uuid=U1, start="on-demand")
     libvirtd.define(domain_xml("gpu", mdev=U1))
+    wait_domain_uses(gvtd, "gpu", U1)  # only a definition naming it is not waited for
     p = libvirtd.virsh("start", "gpu", check=False)
     # The hook created the mdev in the emulated kernel; the host's own /sys, where libvirt
     # then looks for it, has no such device, so libvirt refuses with its own words...

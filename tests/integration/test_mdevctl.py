@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from gvtd import names
 from harness import ROOT, Simulation, tree_snapshot
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -75,18 +76,26 @@ def test_dry_run_then_import_keeps_mdevctls_auto_ones_unless_taken_over(
     doctor = {c["id"]: c for c in json.loads(sim.gvt_client("doctor", "--json").stdout)}
     assert doctor["mdevctl"]["severity"] == "pass"
 
+    mdevctl.check(["mdevctl", "start", "-u", AUTO])  # running when gvtd takes it over
+    sim.client.wait_for(lambda m: m.member == "InterfacesAdded"
+                        and m.body[0] == names.vgpu_path(AUTO))
     p = sim.gvt_client("import-mdevctl", "--dir", str(etc), "--take-over", check=True)
     assert f"{MANUAL} (i915-GVTg_V5_8 on {GPU}, mdevctl start manual): already defined in " \
            f"gvtd as mdev-{MANUAL[:8]}" in p.stdout
     assert f"mdevctl undefine --uuid {AUTO}" in p.stdout
     a = sim.client.vgpus()[f"mdev-{AUTO[:8]}"]
-    assert (a["Start"], a["State"], a["Managed"]) == ("auto", "active", True)
+    # mdevctl's running mdev, taken over: gvtd's to remove from now on
+    assert (a["Start"], a["State"], a["Managed"], a["Origin"]) == \
+        ("auto", "active", True, "taken-over")
     # both tools would now create it at boot, until mdevctl lets go of it
     doctor = {c["id"]: c for c in json.loads(sim.gvt_client("doctor", "--json").stdout)}
     assert doctor["mdevctl"]["severity"] == "fail" and AUTO in doctor["mdevctl"]["message"]
     mdevctl.check(["mdevctl", "undefine", "-u", AUTO])
+    sim.client.call("Reload")  # mdevctl's files send no event: doctor's answer stood
     doctor = {c["id"]: c for c in json.loads(sim.gvt_client("doctor", "--json").stdout)}
     assert doctor["mdevctl"]["severity"] == "pass"
+    sim.client.call("Undefine", "s", [f"mdev-{AUTO[:8]}"])  # taken over: removed with it
+    assert not (sim.root / "sys/bus/mdev/devices" / AUTO).exists()
 
 
 def test_export_is_what_mdevctl_defined(sim: Simulation, etc: Path,

@@ -191,10 +191,15 @@ def test_hung_removal_releases_the_lock_in_time(
         (problem,) = [p for p in manager(sim)["Problems"] if p[0] == "suspend:teardown"]
         assert problem[1] == "error" and "idle" in problem[2] and "hung" in problem[2]
 
-        # the kernel comes back after resume: the removal ends, then the vGPU is recreated
+        # the kernel comes back around the resume: the removal ends, then the vGPU is
+        # recreated (the resume does not wait for it: see test_a_removal_held_through_sleep_...)
         sim.sim_call("ReleaseWrites")
         logind.prepare_for_sleep(False)
         wait_suspend(sim, "on", after=mark)
+        gone = sim.client.wait_for(lambda m: changed(m, names.vgpu_path(IDLE)).get("State")
+                                   == "inactive", after=mark)
+        sim.client.wait_for(lambda m: changed(m, names.vgpu_path(IDLE)).get("State")
+                            == "active", after=gone)
         assert writes(sim)[-2:] == [("remove", IDLE), ("create", IDLE)]
         assert sim.client.vgpus()["idle"]["State"] == "active"
         (problem,) = [p for p in manager(sim)["Problems"] if p[0] == "suspend:teardown"]
@@ -308,6 +313,120 @@ def test_libvirt_unreachable_removes_nothing(dbus: DBusDaemon, system_bus: DBusD
         logind.prepare_for_sleep(False)
         wait_suspend(sim, "on", after=mark)
         assert sim.client.vgpus()["idle"]["State"] == "active"
+    finally:
+        sim.stop()
+        logind.stop()
+
+
+def remove_results(sim: Simulation) -> list[tuple[str, str]]:
+    """(uuid, result) of every write to an mdev's remove, refused ones included."""
+    return [(p.split("/")[-2], r) for p, _, r in sim.write_log() if p.endswith("/remove")]
+
+
+def test_a_removal_refused_before_sleep_stays_and_is_reported(
+        dbus: DBusDaemon, system_bus: DBusDaemon, tmp_path: Path) -> None:
+    """EBUSY from the kernel before sleep: the host sleeps on time, the vGPU stays (shown
+    active, LastError and Problems say why), the others go and come back, and after resume
+    nothing is recreated in its place: nothing lost."""
+    logind = Logind(system_bus)
+    sim = start_gvtd(dbus, tmp_path)
+    try:
+        sim.client.define(name="idle", type="i915-GVTg_V5_8", uuid=IDLE)
+        sim.client.define(name="spare", type="i915-GVTg_V5_8", uuid=SPARE)
+        wait_suspend(sim, "on")
+        sim.sim_call("RefuseRemove", "su", [IDLE, 1])
+        mark = last(sim)
+        logind.prepare_for_sleep(True)
+        wait_suspend(sim, "sleeping", after=mark)
+        assert logind.inhibitors() == []
+        assert remove_results(sim) == [(IDLE, "EBUSY"), (SPARE, "ok")]
+        v = sim.client.vgpus()
+        assert v["idle"]["State"] == "active" and "EBUSY" in v["idle"]["LastError"]
+        assert v["spare"]["State"] == "inactive"
+        problems = {p[0]: p for p in manager(sim)["Problems"]}
+        assert problems["suspend:teardown"][1] == "warn"
+        assert "idle could not be removed" in problems["suspend:teardown"][2]
+
+        logind.prepare_for_sleep(False)
+        wait_suspend(sim, "on", after=mark)
+        v = sim.client.vgpus()
+        assert (v["idle"]["State"], v["spare"]["State"]) == ("active", "active")
+        assert [w for w in sim.write_log() if w[0].endswith("/create")][-1][1].strip() == SPARE
+        assert remove_results(sim) == [(IDLE, "EBUSY"), (SPARE, "ok")]
+    finally:
+        sim.stop()
+        logind.stop()
+
+
+def test_a_removal_held_through_sleep_and_resume(
+        dbus: DBusDaemon, system_bus: DBusDaemon, tmp_path: Path) -> None:
+    """QEMU holds a vGPU open before sleep: the host sleeps within gvtd's budget, gvtd keeps
+    answering, and the resume neither waits for the kernel nor removes anything more; once
+    the remove goes through, that vGPU is recreated too."""
+    delay_max = 4.0
+    logind = Logind(system_bus, delay_max_usec=int(delay_max * 1_000_000))
+    sim = start_gvtd(dbus, tmp_path)
+    try:
+        sim.client.define(name="idle", type="i915-GVTg_V5_8", uuid=IDLE)
+        sim.client.define(name="spare", type="i915-GVTg_V5_8", uuid=SPARE)
+        wait_suspend(sim, "on")
+        sim.sim_call("HoldRemove", "s", [IDLE])  # removed first: UUIDs in order
+        mark = last(sim)
+        started = time.monotonic()
+        logind.prepare_for_sleep(True)
+        wait_suspend(sim, "sleeping", after=mark)
+        assert time.monotonic() - started < delay_max
+        assert logind.inhibitors() == []
+        (problem,) = [p for p in manager(sim)["Problems"] if p[0] == "suspend:teardown"]
+        assert problem[1] == "error" and "idle" in problem[2]
+        sim.client.call("Diagnose", timeout=10)  # not wedged behind the kernel
+        assert sim.client.vgpus()["idle"]["State"] == "active"
+
+        logind.prepare_for_sleep(False)
+        wait_suspend(sim, "on", after=mark)  # without waiting for the held remove
+        assert logind.inhibitors() == [("sleep", "gvtd", DELAY_WHY, "delay")]
+        v = sim.client.vgpus()
+        assert (v["idle"]["State"], v["spare"]["State"]) == ("active", "active")
+
+        sim.sim_call("ReleaseWrites")  # QEMU lets go after the resume
+        gone = sim.client.wait_for(lambda m: changed(m, names.vgpu_path(IDLE)).get("State")
+                                   == "inactive", after=mark)
+        sim.client.wait_for(lambda m: changed(m, names.vgpu_path(IDLE)).get("State")
+                            == "active", after=gone)
+        assert writes(sim)[-2:] == [("remove", IDLE), ("create", IDLE)]
+        assert ("remove", SPARE) not in writes(sim)  # nothing removed after the resume
+        assert sim.client.vgpus()["idle"]["LastError"] == ""
+    finally:
+        sim.sim_call("ReleaseWrites")
+        sim.stop()
+        logind.stop()
+
+
+def test_an_adopted_mdev_stays_through_sleep(
+        dbus: DBusDaemon, system_bus: DBusDaemon, tmp_path: Path) -> None:
+    """An mdev someone else made, then named by a definition, is not gvtd's to remove: it
+    stays through the teardown before sleep, while the idle vGPU gvtd created goes and
+    comes back."""
+    logind = Logind(system_bus)
+    sim = start_gvtd(dbus, tmp_path)
+    try:
+        theirs = sim.sim_call("AddForeignMdev", "ss", ["0000:00:02.0", "i915-GVTg_V5_8"])[0]
+        sim.client.define(name="theirs", type="i915-GVTg_V5_8", uuid=theirs)
+        sim.client.define(name="idle", type="i915-GVTg_V5_8", uuid=IDLE)
+        wait_suspend(sim, "on")
+        assert sim.client.vgpus()["theirs"]["Origin"] == "adopted"
+        mark = last(sim)
+        logind.prepare_for_sleep(True)
+        wait_suspend(sim, "sleeping", after=mark)
+        assert remove_results(sim) == [(IDLE, "ok")]
+        v = sim.client.vgpus()
+        assert (v["theirs"]["State"], v["idle"]["State"]) == ("active", "inactive")
+        logind.prepare_for_sleep(False)
+        wait_suspend(sim, "on", after=mark)
+        v = sim.client.vgpus()
+        assert (v["theirs"]["State"], v["idle"]["State"]) == ("active", "active")
+        assert (v["theirs"]["Origin"], v["idle"]["Origin"]) == ("adopted", "created")
+        assert remove_results(sim) == [(IDLE, "ok")]
     finally:
         sim.stop()
         logind.stop()

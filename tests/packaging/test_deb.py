@@ -23,6 +23,7 @@ EXPECTED = [
     "/usr/share/dbus-1/system-services/io.github.gvtd1.service",
     "/usr/share/dbus-1/interfaces/io.github.gvtd1.xml",
     "/usr/share/polkit-1/actions/io.github.gvtd1.policy",
+    "/usr/share/polkit-1/rules.d/50-io.github.gvtd1.rules",
     "/etc/gvtd/gvtd.toml", "/etc/gvtd/vgpus.d",
     "/etc/libvirt/hooks/qemu.d/gvtd",
     "/usr/share/man/man8/gvtd.8.gz", "/usr/share/man/man1/gvt-client.1.gz",

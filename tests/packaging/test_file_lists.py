@@ -16,6 +16,7 @@ KINDS = ["/usr/bin/gvtd", "/usr/bin/gvt-client", "/usr/lib/systemd/system/gvtd.s
          "/usr/share/dbus-1/system.d/io.github.gvtd1.conf",
          "/usr/share/dbus-1/system-services/io.github.gvtd1.service",
          "/usr/share/polkit-1/actions/io.github.gvtd1.policy", "/etc/gvtd/gvtd.toml",
+         "/usr/share/polkit-1/rules.d/50-io.github.gvtd1.rules",
          "/usr/share/man/man8/gvtd.8", "/usr/share/man/man1/gvt-client.1",
          "/usr/share/man/man5/gvtd.toml.5",
          "/usr/share/bash-completion/completions/gvt-client",

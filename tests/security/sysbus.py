@@ -78,17 +78,34 @@ CONFIG = """\
 """
 
 
-class SystemBus:
-    """A private system-type bus that enforces dbus-policy/io.github.gvtd1.conf."""
+# In place of the shipped policy, for tests of gvtd's own gate: root owns the name and
+# everyone may send gvtd anything, so whatever is refused was refused by gvtd.
+OPEN_POLICY = """\
+<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <policy user="root"><allow own="io.github.gvtd1"/></policy>
+  <policy context="default"><allow send_destination="io.github.gvtd1"/></policy>
+</busconfig>
+"""
 
-    def __init__(self, servicedir: Path | None = None) -> None:
+
+class SystemBus:
+    """A private system-type bus that enforces dbus-policy/io.github.gvtd1.conf (or, with
+    shipped=False, lets everyone call gvtd: only gvtd's gate then decides)."""
+
+    def __init__(self, servicedir: Path | None = None, shipped: bool = True) -> None:
         # World-searchable, so that callers running as another uid reach the socket.
         self.dir = Path(tempfile.mkdtemp(prefix="gvtd-sysbus-"))
         self.dir.chmod(0o755)
         socket = self.dir / "system_bus_socket"
         self.config = self.dir / "system.conf"
+        policy = ROOT / "dbus-policy" / "io.github.gvtd1.conf"
+        if not shipped:
+            policy = self.dir / "open.conf"
+            policy.write_text(OPEN_POLICY)
         self.config.write_text(CONFIG.format(
-            socket=socket, shipped=ROOT / "dbus-policy" / "io.github.gvtd1.conf",
+            socket=socket, shipped=policy,
             servicedir=f"<servicedir>{servicedir}</servicedir>" if servicedir else ""))
         # Its log goes to a file: a pipe nobody reads fills up under a burst (a line per
         # refused call) and blocks the bus.

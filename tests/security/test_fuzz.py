@@ -1,11 +1,20 @@
-"""Hostile input to every method of the running daemon.
+"""Hostile input to every method of the running daemon, from root and from a user.
 
-hypothesis generates waves of 100 calls (path traversal, very long strings, control
-characters, unicode, empty values, unknown keys and wrong variant types in a{sv}, wrong
-signatures) that one connection sends at once; at least 10,000 calls per run. After each
-wave: gvtd still runs, every error is a named gvtd error or a standard D-Bus error about
-the call's form, and the emulated kernel saw no write outside the create file of a type
-its parent lists, an mdev's remove file, or an mdev's own attribute.
+gvtd runs as root on a system-type bus that enforces the shipped policy, with
+python-dbusmock's polkitd answering (tests/security/sysbus.py). hypothesis generates waves
+of 100 calls (path traversal, very long strings, control characters, unicode, empty values,
+unknown keys and wrong variant types in a{sv}, wrong signatures) to every Manager method,
+the libvirt hook's PrepareDomain and ReleaseDomain included; each call goes either from a
+root connection or from one whose uid is nobody's, and each wave sets what polkit grants
+(nothing, the domain action, or everything), so that the user's calls are refused at the
+gate or get as deep as root's. At least 10,000 calls per run. After each wave: gvtd still
+runs, every error is a named gvtd error, a standard D-Bus error about the call's form, or
+(for the user only) AccessDenied, and the emulated kernel saw no write outside the create
+file of a type its parent lists, an mdev's remove file, or an mdev's own attribute.
+
+The user's connection is made with the test's effective uid set to nobody's for the
+connect() (the bus reads the peer's credentials then, as SO_PEERCRED) and authenticates as
+that uid; the bus and gvtd then see a caller whose uid is not root.
 """
 
 from __future__ import annotations
@@ -14,17 +23,20 @@ import asyncio
 import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from gvtd import names
 from gvtd.config import ATTR_NAME_RE, NAME_RE, UUID_RE
-from harness import Simulation
+from harness import Simulation, connect_as
+from sysbus import NOBODY, NameWatcher, PolkitMock, SystemBus, manager_methods
 
 WAVE = 100
 WAVES = 100
@@ -36,6 +48,10 @@ GVTD_ERRORS = {names.ERROR_PREFIX + n for n in (
 FORM_ERRORS = {f"org.freedesktop.DBus.Error.{n}" for n in (
     "UnknownMethod", "UnknownObject", "UnknownInterface", "UnknownProperty", "InvalidArgs",
     "InvalidSignature", "PropertyReadOnly")}
+# ... and for a caller who is not root: polkit's refusal (gvtd's gate), or the bus policy's.
+USER_ERRORS = {names.ACCESS_DENIED}
+# What polkit grants the user, drawn per wave.
+GRANTS = [[], [names.ACTION_DOMAIN], [names.ACTION_MANAGE, names.ACTION_VGPU, names.ACTION_DOMAIN]]
 
 # Strings: valid names that reach deep into gvtd, and everything a hostile caller tries.
 HOSTILE = ["", ".", "..", "../../../etc/passwd", "/etc/gvtd/gvtd.toml", "a/../../b", "win10/..",
@@ -83,6 +99,17 @@ near_valid_define = st.tuples(
 ).map(lambda a: {**a[0], **({a[1]: a[2]} if a[2] is not None else {})})
 stop_options = st.dictionaries(st.sampled_from(["force", "timeout"]) | strings, variants,
                                max_size=3)
+# The hook's options: the domain XML's mdev UUIDs, valid or not, or anything else.
+uuid_strings = st.one_of(st.uuids().map(str), st.sampled_from(VALID + HOSTILE), strings)
+hook_options = st.one_of(options, st.fixed_dictionaries(
+    {"uuids": st.lists(uuid_strings, max_size=4).map(lambda v: Variant("as", v)) | variants},
+    optional={"x": variants}))
+
+
+# Every Manager method; test_fuzz_every_method checks that gvtd exports no other.
+FUZZED = ["Define", "Undefine", "CreateVGPU", "RemoveVGPU", "StartDomain", "StopDomain",
+          "PrepareDomain", "ReleaseDomain", "AttachVGPU", "DetachVGPU", "TuneDomain", "Reload",
+          "Diagnose"]
 
 
 def call(member: str, signature: str, *body: Any, iface: str = names.MANAGER_IFACE,
@@ -108,6 +135,8 @@ calls = st.one_of(
     st.tuples(strings, strings, options).map(lambda a: call("AttachVGPU", "ssa{sv}", *a)),
     st.tuples(strings, strings).map(lambda a: call("DetachVGPU", "ss", *a)),
     st.tuples(strings, options).map(lambda a: call("TuneDomain", "sa{sv}", *a)),
+    st.tuples(strings, hook_options).map(lambda a: call("PrepareDomain", "sa{sv}", *a)),
+    st.tuples(strings, hook_options).map(lambda a: call("ReleaseDomain", "sa{sv}", *a)),
     st.tuples(st.sampled_from([names.MANAGER_IFACE, names.PARENT_IFACE, names.VGPU_IFACE,
                                names.DOMAIN_IFACE]) | strings.filter(bool), strings,
               object_paths)
@@ -116,16 +145,17 @@ calls = st.one_of(
     .map(lambda a: call("Get", "ss", a[0], a[1], iface=names.PROPERTIES_IFACE, path=a[2])),
     object_paths.map(lambda p: call("GetManagedObjects", "", iface=names.OBJECT_MANAGER_IFACE,
                                     path=p)),
-    st.tuples(st.sampled_from(["Define", "Undefine", "CreateVGPU", "RemoveVGPU", "StartDomain",
-                               "StopDomain", "AttachVGPU", "DetachVGPU", "TuneDomain", "Reload",
-                               "Diagnose"]),
-              wrong_bodies)
+    st.tuples(st.sampled_from(FUZZED), wrong_bodies)
     .map(lambda a: call(a[0], a[1][0], *a[1][1])),
 )
 # Reload and Diagnose re-read the whole host: rarer, so that a run stays within a minute.
-waves = st.lists(st.one_of(calls, calls, calls, calls, calls, calls, calls, calls, calls,
-                           st.sampled_from([call("Reload", ""), call("Diagnose", "")])),
-                 min_size=WAVE, max_size=WAVE)
+# Each call with its caller: True for the user (nobody), False for root.
+waves = st.tuples(
+    st.lists(st.tuples(st.one_of(calls, calls, calls, calls, calls, calls, calls, calls, calls,
+                                 st.sampled_from([call("Reload", ""), call("Diagnose", "")])),
+                       st.booleans()),
+             min_size=WAVE, max_size=WAVE),
+    st.sampled_from(GRANTS))
 
 
 def allowed_write(path: str, data: str, types: set[str]) -> bool:
@@ -144,40 +174,87 @@ def file_names(path: Path) -> set[str]:
     return {str((Path(d) / f).relative_to(path)) for d, _, fs in os.walk(path) for f in fs}
 
 
-def test_fuzz_every_method(sim: Simulation) -> None:
+# A wave that surely writes (root defines an auto vGPU, which gvtd creates at once), so
+# that the check of the kernel's writes always has writes to check.
+EXPLICIT_WAVE = ([(call("Define", "a{sv}", {"name": Variant("s", "fuzz-sure"),
+                                            "type": Variant("s", "i915-GVTg_V5_8"),
+                                            "start": Variant("s", "auto")}), False)]
+                 + [(call("Diagnose", ""), True)] * (WAVE - 1), [])
+
+
+@pytest.fixture
+def world() -> Iterator[tuple[Simulation, PolkitMock]]:
+    """gvtd --simulate as root on a system-type bus with the shipped policy, and polkit."""
+    bus = SystemBus()
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DBUS_SYSTEM_BUS_ADDRESS", bus.address)
+    sim = watcher = polkit = None
+    try:
+        # polkit=False: the fuzz sets what its own polkit grants, wave by wave.
+        sim = Simulation(bus, extra=["--system"], polkit=False)  # type: ignore[arg-type]
+        watcher = NameWatcher(bus.address)
+        polkit = PolkitMock(bus, watcher)
+        yield sim, polkit
+    finally:
+        if polkit is not None:
+            polkit.stop()
+        if watcher is not None:
+            watcher.close()
+        if sim is not None:
+            sim.stop()
+        mp.undo()
+        bus.stop()
+
+
+@pytest.mark.timeout(300)  # about 40 s alone; the machine is shared
+def test_fuzz_every_method(world: tuple[Simulation, PolkitMock]) -> None:
+    sim, polkit = world
+    assert set(manager_methods(sim.client)) == set(FUZZED), "fuzz every Manager method"
     types = {t[0] for t in sim.client.props(names.parent_path(PARENT), names.PARENT_IFACE)["Types"]}
     pid = sim.sim_props()["DaemonPid"]
     workdir = sim.config_dir.parent  # etc/, state/, run/ and the simulation's own files
     files_before = file_names(workdir)
     loop = asyncio.new_event_loop()
-
-    async def connect() -> MessageBus:
-        return await MessageBus(bus_address=sim.bus.address).connect()
-
-    bus = loop.run_until_complete(connect())
-    stats = {"calls": 0, "errors": 0, "waves": 0}
+    root = loop.run_until_complete(connect_as(sim.bus.address, 0))
+    user = loop.run_until_complete(connect_as(sim.bus.address, NOBODY))
+    uid_of = {bus: loop.run_until_complete(bus.call(Message(
+        destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+        interface="org.freedesktop.DBus", member="GetConnectionUnixUser", signature="s",
+        body=[bus.unique_name]))).body[0] for bus in (root, user)}
+    assert uid_of == {root: 0, user: NOBODY}
+    stats = {"calls": 0, "user_calls": 0, "errors": 0, "denied": 0, "waves": 0}
     started = time.monotonic()
 
-    async def send(wave: list[dict[str, Any]]) -> list[Message | None]:
-        return await asyncio.gather(*(bus.call(Message(
+    async def send(wave: list[tuple[dict[str, Any], bool]]) -> list[Message | None]:
+        return await asyncio.gather(*((user if as_user else root).call(Message(
             destination=names.BUS_NAME, path=c["path"], interface=c["iface"],
-            member=c["member"], signature=c["signature"], body=c["body"])) for c in wave))
+            member=c["member"], signature=c["signature"], body=c["body"]))
+            for c, as_user in wave))
 
+    # No shrinking: a wave of 100 calls takes minutes to shrink, past the test's timeout,
+    # and the failing call is in the assertion's message already.
     @settings(max_examples=WAVES, deadline=None, database=None,
+              phases=[Phase.explicit, Phase.generate],
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                      HealthCheck.large_base_example])
     @given(waves)
-    def one_wave(wave: list[dict[str, Any]]) -> None:
+    @example(EXPLICIT_WAVE)
+    def one_wave(drawn: tuple[list[tuple[dict[str, Any], bool]], list[str]]) -> None:
+        wave, grants = drawn
+        polkit.allow(grants)
         replies = loop.run_until_complete(asyncio.wait_for(send(wave), 60))
         stats["calls"] += len(wave)
+        stats["user_calls"] += sum(as_user for _, as_user in wave)
         stats["waves"] += 1
-        for c, reply in zip(wave, replies):
+        for (c, as_user), reply in zip(wave, replies):
             assert reply is not None
             if reply.message_type is not MessageType.ERROR:
                 continue
             stats["errors"] += 1
             text = reply.body[0] if reply.body else ""
-            assert reply.error_name in GVTD_ERRORS | FORM_ERRORS, (c, reply.error_name, text)
+            expected = GVTD_ERRORS | FORM_ERRORS | (USER_ERRORS if as_user else set())
+            assert reply.error_name in expected, (c, as_user, grants, reply.error_name, text)
+            stats["denied"] += reply.error_name == names.ACCESS_DENIED
             assert "Internal error" not in text, (c, text)
             assert isinstance(text, str) and text, (c, reply.error_name)
         for path, data, _result in sim.write_log():
@@ -186,10 +263,12 @@ def test_fuzz_every_method(sim: Simulation) -> None:
     try:
         one_wave()
     finally:
-        bus.disconnect()
+        root.disconnect()
+        user.disconnect()
         loop.close()
     elapsed = time.monotonic() - started
-    print(f"\nfuzz: {stats['calls']} calls in {stats['waves']} waves, {stats['errors']} errors, "
+    print(f"\nfuzz: {stats['calls']} calls in {stats['waves']} waves ({stats['user_calls']} "
+          f"as uid {NOBODY}, {stats['denied']} of them AccessDenied), {stats['errors']} errors, "
           f"{elapsed:.1f} s ({stats['calls'] / elapsed:.0f} calls/s); "
           f"{len(sim.write_log())} kernel writes")
     assert sim.sim_props()["DaemonPid"] == pid, "gvtd restarted: it crashed"
@@ -199,3 +278,5 @@ def test_fuzz_every_method(sim: Simulation) -> None:
             or f.startswith(f"{sim.state_dir.relative_to(workdir)}/"), f
     assert sim.client.call("Ping", iface="org.freedesktop.DBus.Peer") == []
     assert stats["calls"] >= 10_000
+    assert stats["user_calls"] >= 3_000 and stats["denied"] > 0
+    assert sim.write_log(), "no kernel write to check"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -14,9 +15,12 @@ from pathlib import Path
 
 from gvtd import names
 from harness import ROOT, CallError, Client
-from sysbus import POLKIT, NameWatcher, SystemBus
+from sysbus import NOBODY, POLKIT, NameWatcher, SystemBus
 
 POLICY_DIR = ROOT / "dbus-policy"
+RULES = POLICY_DIR / "50-io.github.gvtd1.rules"
+LIBVIRT_GID = 64055  # for /etc/group in polkitd's namespace, when the host has no libvirt
+OTHER_USER = "daemon"  # a user in /etc/passwd, in no group libvirt
 BUSCONFIG_DTD = Path("/usr/share/xml/dbus-1/busconfig.dtd")
 POLKIT_DTD = Path("/usr/share/polkit-1/policyconfig-1.dtd")
 # The attributes of <allow>/<deny> that dbus-daemon(1) documents. The DTD that dbus ships
@@ -46,12 +50,14 @@ def test_bus_policy_is_valid(tmp_path: Path) -> None:
 
 
 def test_bus_policy_grants_only_what_it_should() -> None:
-    """Ownership to root alone; sends to gvtd for the listed interfaces, nothing else."""
+    """Ownership to root alone; sends to gvtd for the listed interfaces, nothing else; the
+    libvirt hook's two methods to root alone."""
     tree = ET.parse(POLICY_DIR / "io.github.gvtd1.conf").getroot()
     owners = [(p.attrib, a.attrib) for p in tree.iter("policy") for a in p
               if "own" in a.attrib or "own_prefix" in a.attrib]
     assert owners == [({"user": "root"}, {"own": names.BUS_NAME})]
     sends = {(a.get("send_interface"), a.get("send_member")) for p in tree.iter("policy")
+             if p.attrib == {"context": "default"}
              for a in p.iter("allow") if "send_destination" in a.attrib}
     assert all(a.get("send_destination") == names.BUS_NAME
                for a in tree.iter("allow") if "send_destination" in a.attrib)
@@ -61,35 +67,98 @@ def test_bus_policy_grants_only_what_it_should() -> None:
         ("org.freedesktop.DBus.ObjectManager", None),
         (names.MANAGER_IFACE, None), (names.PARENT_IFACE, None), (names.VGPU_IFACE, None),
         (names.DOMAIN_IFACE, None)}
-    assert not list(tree.iter("deny"))
+    hook = {(names.MANAGER_IFACE, "PrepareDomain"), (names.MANAGER_IFACE, "ReleaseDomain")}
+
+    def rules(kind: str, who: dict[str, str]) -> set[tuple[str | None, str | None]]:
+        return {(a.get("send_interface"), a.get("send_member")) for p in tree.iter("policy")
+                if p.attrib == who for a in p.iter(kind)
+                if a.get("send_destination") == names.BUS_NAME}
+
+    assert rules("deny", {"context": "default"}) == hook
+    assert rules("allow", {"user": "root"}) == hook
+    assert not [d for d in tree.iter("deny") if d.get("send_destination") != names.BUS_NAME]
+
+
+class Polkitd:
+    """The real polkitd on a private system bus, in a mount namespace where the shipped
+    actions and rules are the only ones, and /etc/group may say who is in group libvirt."""
+
+    def __init__(self, libvirt_members: list[str] = ()) -> None:  # type: ignore[assignment]
+        self.dir = Path(tempfile.mkdtemp(prefix="gvtd-polkit-"))
+        self.dir.chmod(0o755)  # polkitd reads it as its own user
+        for sub in ("actions", "rules", "etc-rules"):
+            (self.dir / sub).mkdir(mode=0o755)
+        shutil.copy(POLICY_DIR / "io.github.gvtd1.policy", self.dir / "actions")
+        shutil.copy(RULES, self.dir / "rules")
+        lines = Path("/etc/group").read_text().splitlines()
+        if not any(line.startswith("libvirt:") for line in lines):
+            lines.append(f"libvirt:x:{LIBVIRT_GID}:")
+        self.libvirt_gid = int(next(line for line in lines
+                                    if line.startswith("libvirt:")).split(":")[2])
+        (self.dir / "group").write_text("\n".join(
+            f"libvirt:x:{self.libvirt_gid}:{','.join(libvirt_members)}"
+            if line.startswith("libvirt:") else line for line in lines) + "\n")
+        (self.dir / "group").chmod(0o644)
+        self.bus = SystemBus()
+        self.watcher = NameWatcher(self.bus.address)
+        self.env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.bus.address)
+        self.watcher.forget()
+        d = self.dir
+        self.proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+             f'mount --bind "{d}/actions" /usr/share/polkit-1/actions && '
+             f'mount --bind "{d}/rules" /usr/share/polkit-1/rules.d && '
+             f'mount --bind "{d}/etc-rules" /etc/polkit-1/rules.d && '
+             f'mount --bind "{d}/group" /etc/group && '
+             "exec /usr/lib/polkit-1/polkitd"],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.watcher.wait_owner(POLKIT, True)
+
+    def run(self, *cmd: str) -> subprocess.CompletedProcess[str]:
+        """A command (as root) on polkitd's bus."""
+        return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=30,
+                              cwd="/")
+
+    def allowed(self, action: str, uid: int, groups: list[int] = ()) -> bool:  # type: ignore[assignment]
+        """What polkitd answers, without interaction, about a process of uid (with those
+        supplementary groups): root asks with pkcheck, as gvtd asks about its caller."""
+        subject = subprocess.Popen(
+            ["setpriv", f"--reuid={uid}", f"--regid={uid}",
+             f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups",
+             "sh", "-c", "echo dropped; exec sleep 600"], cwd="/", stdout=subprocess.PIPE,
+            text=True)
+        try:
+            assert subject.stdout is not None
+            # the uid is the subject's only once setpriv has dropped root: ask after that
+            assert subject.stdout.readline() == "dropped\n"
+            p = self.run("pkcheck", "--action-id", action, "--process", str(subject.pid))
+        finally:
+            subject.kill()
+            subject.communicate()
+        assert p.returncode in (0, 1, 2), p.stderr  # yes; no; needs authentication
+        return p.returncode == 0
+
+    def stop(self) -> str:
+        """Stop polkitd; its log."""
+        self.proc.terminate()
+        _, err = self.proc.communicate(timeout=30)
+        self.watcher.close()
+        self.bus.stop()
+        shutil.rmtree(self.dir)
+        return err
 
 
 def test_polkit_actions_are_valid_for_polkitd() -> None:
     """xmllint against polkit's DTD, then polkitd itself reads the file (in a mount
-    namespace where it is the only action file) and pkaction shows what it understood."""
+    namespace where it is the only action file) and pkaction shows what it understood:
+    no action is granted to anyone by default (gvtd is root before libvirt: no confused
+    deputy)."""
     xmllint(POLICY_DIR / "io.github.gvtd1.policy", POLKIT_DTD)
-    actions = Path(tempfile.mkdtemp(prefix="gvtd-actions-"))
-    actions.chmod(0o755)  # polkitd reads it as its own user
-    shutil.copy(POLICY_DIR / "io.github.gvtd1.policy", actions)
-    bus = SystemBus()
-    watcher = NameWatcher(bus.address)
-    env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=bus.address)
-    watcher.forget()
-    polkitd = subprocess.Popen(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-         f'mount --bind "{actions}" /usr/share/polkit-1/actions && '
-         "exec /usr/lib/polkit-1/polkitd --no-debug"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    polkitd = Polkitd()
     try:
-        watcher.wait_owner(POLKIT, True)
-        out = subprocess.run(["pkaction", "--verbose"], env=env, capture_output=True,
-                             text=True, timeout=30)
+        out = polkitd.run("pkaction", "--verbose")
     finally:
-        polkitd.terminate()
-        _, err = polkitd.communicate(timeout=30)
-        watcher.close()
-        bus.stop()
-        shutil.rmtree(actions)
+        err = polkitd.stop()
     assert out.returncode == 0, out.stderr
     assert "WARNING" not in err, err
     implicit = {}
@@ -98,11 +167,28 @@ def test_polkit_actions_are_valid_for_polkitd() -> None:
         fields = dict(re.match(r"\s*([^:]+):\s*(.*)", line).groups() for line in lines)  # type: ignore[union-attr]
         implicit[head.rstrip(":")] = (fields["implicit any"], fields["implicit inactive"],
                                       fields["implicit active"])
+    assert not [a for a, defaults in implicit.items() if "yes" in defaults]
     assert implicit == {
         names.ACTION_MANAGE: ("auth_admin_keep",) * 3,
         names.ACTION_VGPU: ("auth_admin_keep",) * 3,
-        names.ACTION_DOMAIN: ("auth_admin", "auth_admin", "yes"),
+        names.ACTION_DOMAIN: ("auth_admin_keep",) * 3,
     }
+
+
+def test_polkit_rule_grants_the_domain_action_to_group_libvirt() -> None:
+    """polkitd loads 50-io.github.gvtd1.rules (it is JavaScript polkitd runs) and, as
+    libvirt's own rule does for qemu:///system, grants the domain action, and only that,
+    to a member of group libvirt; a non-member is refused without authenticating."""
+    polkitd = Polkitd(libvirt_members=["nobody"])
+    try:
+        member = polkitd.allowed(names.ACTION_DOMAIN, NOBODY, [polkitd.libvirt_gid])
+        member_other = [polkitd.allowed(a, NOBODY, [polkitd.libvirt_gid])
+                        for a in (names.ACTION_MANAGE, names.ACTION_VGPU)]
+        stranger = polkitd.allowed(names.ACTION_DOMAIN, pwd.getpwnam(OTHER_USER).pw_uid)
+    finally:
+        err = polkitd.stop()
+    assert "Error" not in err and "WARNING" not in err, err
+    assert member and member_other == [False, False] and not stranger, err
 
 
 def test_activation_only_through_systemd() -> None:

@@ -12,6 +12,7 @@ from harness import ROOT
 
 UNIT = ROOT / "units" / "gvtd.service"
 MAX_EXPOSURE = 2.5
+GPU = "/sys/devices/pci0000:00/0000:00:02.0"  # the iGPU: GVT-g's only parent
 
 
 def installed_copy(tmp_path: Path) -> Path:
@@ -48,17 +49,52 @@ def test_unit_exposure(tmp_path: Path) -> None:
     assert exposure <= MAX_EXPOSURE, proc.stdout
 
 
+def unit_settings() -> dict[str, list[str]]:
+    """Key -> its values in order, with systemd's line continuations joined."""
+    text = re.sub(r"\\\n", " ", UNIT.read_text())
+    settings: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.lstrip().startswith(("#", ";")):
+            key, value = line.split("=", 1)
+            settings.setdefault(key.strip(), []).append(value)
+    return settings
+
+
+def paths(settings: dict[str, list[str]], key: str) -> list[str]:
+    return [p for value in settings.get(key, []) for p in value.split()]
+
+
 def test_unit_keeps_what_gvtd_needs() -> None:
     """The sandbox must still let gvtd work: write mdev files, reach udev and the bus."""
-    settings: dict[str, list[str]] = {}
-    for line in UNIT.read_text().splitlines():
-        if "=" in line and not line.startswith("#"):
-            key, value = line.split("=", 1)
-            settings.setdefault(key, []).append(value)
+    settings = unit_settings()
     assert settings["ProtectSystem"] == ["strict"]
-    assert "/sys/devices" in settings["ReadWritePaths"][0].split()
+    assert settings["ProtectKernelTunables"] == ["yes"]
+    assert f"-{GPU}" in paths(settings, "ReadWritePaths")
+    assert "/etc/gvtd" in paths(settings, "ReadWritePaths")
     assert set(settings["RestrictAddressFamilies"][0].split()) == {"AF_UNIX", "AF_NETLINK"}
     assert "PrivateNetwork" not in settings  # uevents reach only the host's namespace
     assert "PrivateUsers" not in settings  # sysfs files are root's
     assert settings["Type"] == ["notify"] and settings["BusName"] == ["io.github.gvtd1"]
     assert shutil.which("systemd-analyze")
+
+
+def test_unit_writes_in_sys_only_below_the_gvt_g_parent() -> None:
+    """What the unit lets gvtd write in /sys: the iGPU's directory (GVT-g's only parent),
+    where its mdev files are, and none of the GPU's own PCI and DRM files there. Every
+    other root-writable file under /sys stays read-only (BindReadOnlyPaths=/sys)."""
+    settings = unit_settings()
+    writable = [p.lstrip("-") for p in paths(settings, "ReadWritePaths")]
+    in_sys = [p for p in writable if p == "/sys" or p.startswith("/sys/")]
+    assert in_sys == [GPU], in_sys
+    assert all(p.startswith("-") for p in paths(settings, "ReadWritePaths") if "/sys" in p), \
+        "an iGPU-less host must start gvtd (a missing path without '-' fails the unit)"
+    protected = paths(settings, "ReadOnlyPaths")
+    # Under ProtectSystem=strict, neither ProtectKernelTunables= nor ReadOnlyPaths=/sys left
+    # /sys read-only (seen on systemd 257): a read-only bind mount of /sys does
+    assert settings["BindReadOnlyPaths"] == ["/sys"]
+    for name in ("config", "resource0", "resource2", "rom", "remove", "reset", "rescan",
+                 "driver_override", "power", "drm", "i2c-0", "sriov_numvfs"):
+        assert f"-{GPU}/{name}" in protected, name
+    assert not [p for p in protected if not p.startswith(f"-{GPU}/")], protected
+    # the mdev files stay writable: nothing re-protects mdev_supported_types or an mdev
+    assert not [p for p in protected if "mdev" in p or re.search(r"/[0-9a-f]{8}-", p)]

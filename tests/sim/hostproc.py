@@ -15,7 +15,8 @@ from typing import Any
 from gvtd.sim.host import EmulatedHost
 
 CALLS = {"register_parent", "unregister_parent", "remove_mdev", "add_foreign_mdev",
-         "forget_mdevs", "write_log", "mdevs"}
+         "forget_mdevs", "write_log", "mdevs", "hold_remove", "refuse_removes",
+         "wait_stalled", "release_writes"}
 
 
 def main() -> None:

@@ -82,6 +82,20 @@ def test_create_errnos() -> None:
     assert errno_of(k.remove, U1) == errno.ENOENT  # already on its way out
 
 
+def test_refused_removes() -> None:
+    k = make_kernel()
+    k.create(GPU, "i915-GVTg_V5_8", U1)
+    assert errno_of(k.refuse_removes, U2, 1) == errno.ENOENT
+    k.refuse_removes(U1, 2)
+    assert [errno_of(k.remove, U1) for _ in range(2)] == [errno.EBUSY] * 2
+    assert not k.mdevs[U1].removing and k.available(GPU, "i915-GVTg_V5_8") == 1
+    k.remove(U1)  # the third goes through
+    k.drop(U1)
+    k.create(GPU, "i915-GVTg_V5_8", U1)
+    k.refuse_removes(U1, 1)
+    k.remove(U1, force=True)  # the parent's driver unloading takes it regardless
+
+
 def test_mtty_ports_and_mdpy_eusers() -> None:
     k = make_kernel("mtty")
     assert avail(k, "mtty") == {"mtty-1": 4, "mtty-2": 2}

@@ -143,6 +143,33 @@ def test_errnos(host: HostProc) -> None:
     assert available(host)["i915-GVTg_V5_8"] == 2
 
 
+def test_a_remove_refused_or_held_as_while_qemu_has_the_device_open(host: HostProc) -> None:
+    create8 = host.sys(f"{TYPES}/i915-GVTg_V5_8/create")
+    assert write(create8, U1 + "\n") == "ok" and write(create8, U2 + "\n") == "ok"
+    # kvmgt's EBUSY: the mdev stays, and the refusal lasts for the number of removes asked
+    host.call("refuse_removes", U1, 1)
+    assert write(host.sys(f"{GPU}/{U1}/remove"), "1\n") == "EBUSY"
+    assert sorted(m[0] for m in host.call("mdevs")) == sorted([U1, U2])
+    # vfio waiting for QEMU to let go: the write hangs, the mdev stays, the rest answers
+    host.call("hold_remove", U2)
+    held: list[str] = []
+    writer = threading.Thread(target=lambda: held.append(write(host.sys(f"{GPU}/{U2}/remove"),
+                                                               "1\n")))
+    writer.start()
+    assert host.call("wait_stalled", 30) == f"/sys{GPU}/{U2}/remove"
+    assert host.sys(f"{GPU}/{U2}/remove").exists() and held == []
+    assert write(host.sys(f"{GPU}/{U1}/remove"), "1\n") == "ok"  # the retry goes through
+    host.call("release_writes")
+    writer.join(30)
+    assert held == ["ok"] and host.call("mdevs") == []
+    assert [r[2] for r in host.call("write_log")[2:]] == ["EBUSY", "ok", "ok"]
+    try:
+        host.call("hold_remove", U2)
+        raise AssertionError("held the remove of an mdev that is gone")
+    except OSError as e:
+        assert e.errno == errno.ENOENT
+
+
 def test_write_log(host: HostProc) -> None:
     create = f"/sys{TYPES}/i915-GVTg_V5_8/create"
     assert write(host.sys(create), U1 + "\n") == "ok"

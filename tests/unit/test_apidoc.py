@@ -21,10 +21,12 @@ def test_actions_come_from_the_gates() -> None:
     assert "Diagnose" not in actions  # a read
     methods = {m.get("name") for m in ET.parse(apidoc.XML).iter("method")}
     assert set(actions) <= methods
+    assert apidoc.root_only() == {"PrepareDomain", "ReleaseDomain"}  # the hook's
     page = apidoc.render()
     for member in methods:
         section = page.split(f"#### {member}\n", 1)[1].split("####", 1)[0]
-        expected = f"polkit action `{actions[member]}`" if member in actions else "none (a read"
+        expected = f"polkit action `{actions[member]}`" if member in actions else \
+            "root only" if member in apidoc.root_only() else "none (a read"
         assert expected in section, member
 
 

@@ -26,7 +26,7 @@ STATE = Path("/var/lib/gvtd-e2e/state.json")
 PORT = "/dev/ttyS1"
 MDEVS = Path("/sys/bus/mdev/devices")
 BUS = Path("/sys/class/mdev_bus")
-USERS = {"alice": 1000, "bob": 1001}
+USERS = {"alice": 1000, "bob": 1001, "carol": 1002}  # carol is in group libvirt
 DEFINED = {"tty0": ("mtty-2", "mtty"), "fb0": ("mbochs-small", "mbochs")}
 WAIT = 60  # seconds: the deadline of every wait
 
@@ -197,6 +197,48 @@ def doctor() -> None:
     emit("doctor", result=client("doctor"), checks=client_json("doctor"))
 
 
+# Run inside gvtd's mount namespace (nsenter), as root with every capability: only the
+# sandbox's read-only mounts can refuse the write. Prints "ok" or the errno's name.
+WRITE_IN_SANDBOX = """import errno, os, sys
+try:
+    fd = os.open(sys.argv[1], os.O_WRONLY)
+    try:
+        os.write(fd, sys.argv[2].encode())
+    finally:
+        os.close(fd)
+    print("ok")
+except OSError as e:
+    print(errno.errorcode.get(e.errno or 0, str(e.errno)))
+"""
+GPU = Path("/sys/devices/pci0000:00/0000:00:02.0")  # the unit opens it; here not an iGPU
+
+
+def sandbox() -> None:
+    """What the unit lets gvtd write in /sys, tried from inside its mount namespace: a
+    root-writable file elsewhere under /sys/devices, the PCI files of 0000:00:02.0 the unit
+    makes read-only again, a file of a device below it, and /sys/devices/virtual (the
+    drop-in's, for the sample parents)."""
+    pid = show("gvtd", "MainPID")["MainPID"]
+
+    def inside(path: Path | str, text: str) -> str:
+        r = sh("nsenter", "-t", pid, "-m", "python3", "-c", WRITE_IN_SANDBOX, str(path), text)
+        return r["out"].strip() or r["err"]
+
+    outside = Path("/sys/devices/system/cpu/cpu0/uevent")
+    # a device below it (not a link out of it, like driver/ or subsystem/)
+    below = sorted(p for p in GPU.glob("*/uevent") if not p.parent.is_symlink())
+    emit("sandbox", pid=pid, paths=show("gvtd", "ReadWritePaths", "ReadOnlyPaths"),
+         outside=inside(outside, "change"),
+         outside_from_host=write(outside, "change"),
+         gpu=os.path.realpath(GPU) if GPU.exists() else None,
+         gpu_driver_override=inside(GPU / "driver_override", "\n"),
+         gpu_config=inside(GPU / "config", ""),
+         gpu_below=[str(below[0]), inside(below[0], "change")] if below else None,
+         virtual=inside("/sys/devices/virtual/mem/null/uevent", "change"),
+         mounts=[line for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+                 if " /sys" in line])
+
+
 def polkit() -> None:
     for name in ("m1", "m2"):
         client("define", name, "--type", "mtty-1", "--parent", "mtty", "--start", "manual")
@@ -214,6 +256,44 @@ def polkit() -> None:
     for name in ("m1", "m2"):
         client("undefine", name)
     emit("polkit", **out)
+
+
+# A Manager call as a user, never interactive (no agent would answer): its error's name
+# and text, or empty strings when it succeeded.
+AS_USER = """if True:
+    import asyncio, json, sys
+    from dbus_fast import BusType, Message, MessageType, Variant
+    from dbus_fast.aio import MessageBus
+    async def go():
+        bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+        reply = await bus.call(Message(
+            destination="io.github.gvtd1", path="/io/github/gvtd1",
+            interface="io.github.gvtd1.Manager", member=sys.argv[1], signature="sa{sv}",
+            body=[sys.argv[2], {}]))
+        err = reply.message_type == MessageType.ERROR
+        print(json.dumps([reply.error_name if err else "",
+                          reply.body[0] if err and reply.body else ""]))
+    asyncio.run(go())
+"""
+
+
+def call_as(user: str | None, member: str, domain: str) -> Any:
+    r = sh("python3", "-c", AS_USER, member, domain, user=user)
+    return json.loads(r["out"]) if r["rc"] == 0 else r
+
+
+def domains() -> None:
+    """Who gets through gvtd's gate for a domain, decided by the real polkitd: alice by the
+    one-user-one-VM rule of docs/security.md (win10 only), carol by the shipped rule for
+    group libvirt (any domain), bob by neither. Past the gate the call fails because the
+    guest has no libvirt: LibvirtUnavailable is the proof that the gate let it through."""
+    out = {f"{user}_{domain}": call_as(user, "StartDomain", domain)
+           for user in ("alice", "bob", "carol") for domain in ("win10", "other")}
+    out["carol_release"] = call_as("carol", "ReleaseDomain", "win10")  # the hook's: root's
+    out["root_release"] = call_as(None, "ReleaseDomain", "win10")
+    out["alice_cli"] = client("start", "win10", user="alice")
+    out["bob_cli"] = client("start", "win10", user="bob")
+    emit("domains", **out)
 
 
 def sysfs_remove() -> None:
@@ -326,8 +406,8 @@ def errors() -> None:
 
 def phase1() -> None:
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    for step in (service, define, reads, doctor, polkit, sysfs_remove, foreign, reload_module,
-                 errors):
+    for step in (service, define, reads, doctor, sandbox, polkit, domains, sysfs_remove,
+                 foreign, reload_module, errors):
         run(step)
     STATE.parent.mkdir(parents=True, exist_ok=True)
     STATE.write_text(json.dumps({"boot_id": boot_id, "uuids": uuids()}))
