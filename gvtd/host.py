@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from gvtd import reconcile
-from gvtd.config import ConfigDir, Definition, Problem, request_error, validate_name
+from gvtd.config import ConfigDir, Definition, Problem, on_disk, request_error, validate_name
 from gvtd.errors import Failed, GvtdError, InvalidArgument, NoCapacity, NotFound, ParentMissing
 from gvtd.mdev import Mdev, Parent, Sysfs, render_nodes
 from gvtd.reconcile import VgpuView
@@ -78,6 +78,8 @@ class Host:
         self.domain_of: Callable[[str], str] = lambda uuid: ""
         self.running_user: Callable[[str], str | None] = lambda uuid: None
         self.extra_problems: Callable[[], list[tuple[str, str, str, str]]] = lambda: []
+        # background work that failed (see _drained), for Manager.Problems
+        self.task_problems: dict[str, tuple[str, str, str, str]] = {}
 
     # -- state --------------------------------------------------------------------------
 
@@ -88,11 +90,13 @@ class Host:
         for p in problems:
             log.error("Ignoring invalid definition %s", p, extra={"CONFIG_FILE": p.file})
 
-    def refresh(self) -> None:
-        """Re-read mdevs, then parents (see _reread). A parent seen before stays known,
-        unregistered."""
-        self.mdevs = self.sysfs.mdevs()
-        seen = {p.name: p for p in self.sysfs.parents()}
+    async def refresh(self) -> None:
+        """Re-read mdevs, then parents (see _reread), in a worker thread: a full scan reads
+        hundreds of files on a host with many, and a stuck driver must not stop the loop.
+        A parent seen before stays known, unregistered."""
+        self.mdevs, found = await asyncio.to_thread(
+            lambda: (self.sysfs.mdevs(), self.sysfs.parents()))
+        seen = {p.name: p for p in found}
         for name, old in self.parents.items():
             if name not in seen:
                 seen[name] = dataclasses.replace(old, registered=False, types=())
@@ -109,7 +113,7 @@ class Host:
 
     async def reconcile(self) -> None:
         """Re-read everything, then converge."""
-        self.refresh()
+        await self.refresh()
         await self._converge()
 
     def _reread(self, parents: set[str], mdevs: set[str]) -> None:
@@ -172,6 +176,26 @@ class Host:
         self._pending += events
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.get_running_loop().create_task(self._drain())
+            self._drainer.add_done_callback(self._drained)
+
+    def _drained(self, task: asyncio.Task[None]) -> None:
+        """A pass over uevents that failed even to re-read everything: said in the log and
+        Problems (until a later pass succeeds), never lost with its task."""
+        if task.cancelled():
+            return
+        e = task.exception()
+        if e is None:
+            if self.task_problems.pop("uevents", None) is not None:
+                self.publish()
+            return
+        log.error("Failed to follow the kernel's uevents: %s", e, exc_info=e)
+        self.task_problems["uevents"] = (
+            "host:uevents", "error",
+            f"gvtd failed to follow the kernel's events ({type(e).__name__}: {e}); what it "
+            "shows of vGPUs and parents may be out of date.",
+            "Run `gvt-client reload` to re-read everything; if this stays, see the journal "
+            "(journalctl -u gvtd).")
+        self.publish()
 
     async def _drain(self) -> None:
         while self._pending:
@@ -181,7 +205,7 @@ class Host:
                     await self._follow(events)
                 except Exception:  # a bug must not stop gvtd from following the kernel
                     log.exception("Failed to handle uevents; re-reading everything")
-                    self.refresh()
+                    await self.refresh()
                     self.publish()
 
     async def _follow(self, events: list[Uevent]) -> None:
@@ -189,7 +213,7 @@ class Host:
         before_mdevs = set(self.mdevs)
         before_reg = {n for n, p in self.parents.items() if p.registered}
         if any(not e.parents and e.mdev is None for e in events):
-            self.refresh()
+            await self.refresh()
         else:
             named = {e.mdev for e in events if e.mdev}
             # The add of an mdev already known (gvtd's own create, recorded when its write
@@ -272,7 +296,7 @@ class Host:
                              extra=_fields(name, d.uuid, mdev.parent))
                 adopted[d.uuid] = name
                 self.blocked.pop(d.uuid, None)
-        self.ownership.add_all(adopted)
+        await self.ownership.add_all(adopted)
         plan: list[tuple[str, reconcile.Target, int]] = []
         for name, target in reconcile.to_create(self.definitions, list(self.parents.values()),
                                                 self.mdevs):
@@ -289,7 +313,7 @@ class Host:
                 continue
             plan.append((name, target, available))
         try:  # the whole batch in one durable write, before any create: see state.py
-            self.ownership.add_all({self.definitions[n].uuid: n for n, _, _ in plan})
+            await self.ownership.add_all({self.definitions[n].uuid: n for n, _, _ in plan})
         except OSError as e:
             for name, target, _ in plan:
                 self._unrecorded(name, target, e)
@@ -315,7 +339,7 @@ class Host:
         if touched:
             self._reread(touched_parents, failed)  # the created ones are known: see _create
             # recorded for the batch but never written (no room left): not gvtd's after all
-            self.ownership.discard_all([u for u in touched if u not in self.mdevs])
+            await self.ownership.discard_all([u for u in touched if u not in self.mdevs])
         self.publish()
 
     def _unrecorded(self, name: str, target: reconcile.Target, e: OSError) -> Failed:
@@ -332,7 +356,7 @@ class Host:
         fields = _fields(name, d.uuid, target.parent.name)
         if not recorded:
             try:
-                self.ownership.add(d.uuid, name)  # before the write: see state.py
+                await self.ownership.add(d.uuid, name)  # before the write: see state.py
             except OSError as e:
                 raise self._unrecorded(name, target, e) from e
         try:
@@ -342,7 +366,7 @@ class Host:
         except GvtdError as e:
             self.errors[name] = e.message
             if self.sysfs.mdev(d.uuid) is None:
-                self.ownership.discard(d.uuid)
+                await self.ownership.discard(d.uuid)
             log.error("Could not create vGPU %s: %s", name, e.message, extra=fields)
             raise
         # The kernel creates synchronously: the write returned, so the mdev is there, on this
@@ -359,7 +383,7 @@ class Host:
         out = [(f"config:{p.file}", "error", str(p),
                 "Fix or remove the file, then run `gvt-client reload`.")
                for p in self.config_problems]
-        out += self.extra_problems()
+        out += self.extra_problems() + list(self.task_problems.values())
         for v in self.views.values():
             if v.state == "failed":
                 out.append((f"vgpu:{v.name or v.uuid}", "error",
@@ -434,7 +458,7 @@ class Host:
         if target is not None and definition.start == "auto" and foreign is None:
             reconcile.check_capacity(target, lambda: self.sysfs.no_capacity_message(
                 target.parent.name, target.type_id))
-        self.config.save_definition(name, definition)
+        await on_disk(self.config.save_definition, name, definition)
         self.definitions[name] = definition
         log.info("Defined vGPU %s (%s)", name, definition.uuid,
                  extra=_fields(name, definition.uuid))
@@ -455,12 +479,12 @@ class Host:
         if d.uuid in self.mdevs and d.uuid in self.ownership:
             parent = self.mdevs[d.uuid].parent
             await self._remove(d.uuid, name)
-        self.config.delete_definition(name)
+        await on_disk(self.config.delete_definition, name)
         del self.definitions[name]
         self.errors.pop(name, None)
         self.held.discard(d.uuid)
         self.blocked.pop(d.uuid, None)
-        self.ownership.discard(d.uuid)
+        await self.ownership.discard(d.uuid)
         log.info("Undefined vGPU %s", name, extra=_fields(name, d.uuid))
         self._reread({parent} if parent else set(), {d.uuid})
         self.publish()
@@ -512,7 +536,7 @@ class Host:
         self.held.add(view.uuid)  # removed on request: not recreated on its own
         await self._remove(view.uuid, view.name)
         if view.name not in self.definitions:
-            self.ownership.discard(view.uuid)
+            await self.ownership.discard(view.uuid)
         self._reread({parent}, {view.uuid})
         self.publish()
 
@@ -530,7 +554,7 @@ class Host:
     async def ensure(self, uuids: list[str], domain: str) -> None:
         """Every vGPU a domain is about to use exists: create on-demand and missing ones."""
         async with self.lock:
-            self.refresh()
+            await self.refresh()
             by_uuid = {d.uuid: n for n, d in self.definitions.items()}
             for uuid in uuids:
                 if uuid in self.mdevs:
@@ -549,14 +573,14 @@ class Host:
         stopped: libvirt said so (its hook), even if its event has not arrived yet."""
         users = (None, domain) if stopped else (None,)
         async with self.lock:
-            self.refresh()
+            await self.refresh()
             for name, d in sorted(self.definitions.items()):
                 if d.start == "on-demand" and d.uuid in uuids and d.uuid in self.mdevs \
                         and d.uuid in self.ownership and self.running_user(d.uuid) in users:
                     log.info("Domain %s stopped: removing its on-demand vGPU %s", domain, name,
                              extra=_fields(name, d.uuid))
                     await self._remove(d.uuid, name)
-            self.refresh()
+            await self.refresh()
             self.publish()
 
     async def _reload(self) -> None:
@@ -576,7 +600,7 @@ class Host:
         that stops waiting (a hung removal) still knows exactly what went. They are held
         meanwhile, so nothing recreates them before restore_after_sleep()."""
         async with self.lock:
-            self.refresh()
+            await self.refresh()
             by_uuid = {d.uuid: n for n, d in self.definitions.items()}
             for uuid, mdev in sorted(self.mdevs.items()):
                 name = by_uuid.get(uuid, "")
@@ -603,14 +627,14 @@ class Host:
                 finally:
                     progress.current = ""
                 progress.done.append(TornDown(name, uuid, mdev.parent, mdev.type_id, was_held))
-            self.refresh()
+            await self.refresh()
             self.publish()
 
     async def restore_after_sleep(self, torn: "list[TornDown]") -> None:
         """After resume: recreate exactly what teardown_idle() removed (same UUID, parent
         and type). A failure shows on the vGPU (LastError, state failed) and in Problems."""
         async with self.lock:
-            self.refresh()
+            await self.refresh()
             for t in torn:
                 if not t.held:
                     self.held.discard(t.uuid)
@@ -634,7 +658,7 @@ class Host:
                               extra=fields)
                     continue
                 log.info("Recreated vGPU %s after resume", t.name, extra=fields)
-            self.refresh()
+            await self.refresh()
             self.publish()
 
 

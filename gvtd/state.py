@@ -12,7 +12,7 @@ import os
 import logging
 from pathlib import Path
 
-from gvtd.config import UUID_RE, atomic_write, remove_temporaries
+from gvtd.config import UUID_RE, atomic_write, on_disk, remove_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -52,28 +52,32 @@ class Ownership:
     def items(self) -> list[tuple[str, str]]:
         return sorted(self._created.items())
 
-    def add(self, uuid: str, name: str) -> None:
-        self.add_all({uuid: name})
+    async def add(self, uuid: str, name: str) -> None:
+        await self.add_all({uuid: name})
 
-    def add_all(self, created: dict[str, str]) -> None:
+    async def add_all(self, created: dict[str, str]) -> None:
         """Record a whole batch of creates in one durable write (an fsync per vGPU made a
         start with hundreds of them spend seconds on it). Unchanged on OSError."""
         new = {u: n for u, n in created.items() if self._created.get(u) != n}
         if new:
-            self._save({**self._created, **new})
+            await self._save({**self._created, **new})
 
-    def discard(self, uuid: str) -> None:
-        self.discard_all([uuid])
+    async def discard(self, uuid: str) -> None:
+        await self.discard_all([uuid])
 
-    def discard_all(self, uuids: list[str]) -> None:
+    async def discard_all(self, uuids: list[str]) -> None:
         if any(u in self._created for u in uuids):
             gone = set(uuids)
-            self._save({u: n for u, n in self._created.items() if u not in gone})
+            await self._save({u: n for u, n in self._created.items() if u not in gone})
 
-    def _save(self, created: dict[str, str]) -> None:
-        """Write `created`, then take it as the record: memory never claims what the disk
-        does not."""
+    async def _save(self, created: dict[str, str]) -> None:
+        """Write `created` in the disk thread (its fsyncs off the loop), then take it as
+        the record: memory never claims what the disk does not. Callers hold the host's
+        lock, so no two saves overlap."""
+        await on_disk(self._write, created)
+        self._created = created
+
+    def _write(self, created: dict[str, str]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, json.dumps({"version": 1, "created": created},
                                            indent=1, sort_keys=True) + "\n", mode=0o600)
-        self._created = created

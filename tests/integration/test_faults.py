@@ -178,12 +178,16 @@ DEFINE_STEPS = {
 
 class Strace:
     """SIGKILL gvtd on entering its nth call of one syscall (strace's fault injection, in
-    the kernel's ptrace stop: the syscall never runs), logging the file it was about."""
+    the kernel's ptrace stop: the syscall never runs), logging the file it was about.
+
+    Every thread is traced (-f): gvtd makes its durable writes in its one disk thread, off
+    the loop. strace counts calls per thread, and that thread makes the writes of a Define
+    in the order DEFINE_STEPS lists, so the nth call is the same step as on the loop."""
 
     def __init__(self, pid: int, syscall: str, nth: int, log: Path) -> None:
         self.log = log
         self.proc = subprocess.Popen(
-            ["strace", "-p", str(pid), "-y", "-o", str(log),
+            ["strace", "-f", "-p", str(pid), "-y", "-o", str(log),
              "-e", "trace=write,fchmod,fsync,rename,link,unlink",
              "-e", f"inject={syscall}:signal=KILL:when={nth}"],
             stderr=subprocess.PIPE, text=True)
@@ -194,9 +198,10 @@ class Strace:
     def killed_in(self) -> str:
         """The traced line gvtd died in."""
         assert self.proc.wait(30) == 0
-        lines = self.log.read_text().splitlines()
-        assert lines[-1].endswith("+++ killed by SIGKILL +++"), lines[-3:]
-        return lines[-2]
+        # with -f each line starts with its thread's id, and every thread ends killed
+        lines = [line.split(None, 1)[1] for line in self.log.read_text().splitlines()]
+        assert lines[-1] == "+++ killed by SIGKILL +++", lines[-3:]
+        return [line for line in lines if not line.startswith(("+++", "<...", "---"))][-1]
 
 
 @pytest.mark.parametrize("step", list(DEFINE_STEPS))
