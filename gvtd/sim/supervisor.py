@@ -252,8 +252,23 @@ class Supervisor:
             return
         # Only READY matters here: the supervisor reports its own READY=1 once, and never
         # blocks its loop forwarding the daemon's STATUS lines to a reader that may be gone.
-        if "READY=1" in data.splitlines() and self._ready is not None and not self._ready.done():
+        lines = data.splitlines()
+        if "READY=1" in lines and self._ready is not None and not self._ready.done():
             self._ready.set_result(None)
+        if "WATCHDOG=1" in lines:
+            self._forward_watchdog()
+
+    def _forward_watchdog(self) -> None:
+        """The daemon's watchdog pings (WATCHDOG_USEC set for the simulation), passed on to
+        whoever supervises the simulation, as systemd would see them: a test can tell that
+        gvtd's loop keeps turning. Dropped, never waited for, when nobody reads them."""
+        target = os.environ.get("NOTIFY_SOCKET", "")
+        if not target.startswith("/"):
+            return
+        try:
+            self.notify.sendto(b"WATCHDOG=1", target)
+        except OSError:
+            pass  # the reader is gone or not reading: a ping lost, as a full socket loses it
 
     async def start_daemon(self) -> None:
         """Start gvtd as a child on the emulated host and wait for its READY=1."""

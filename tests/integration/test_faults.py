@@ -13,7 +13,7 @@ from dbus_fast import Message, MessageType, Variant
 
 from gvtd import names
 from gvtd.config import Definition
-from harness import CallError, Simulation, plain
+from harness import WATCHDOG, WATCHDOG_SEC, CallError, Simulation, keeps_answering, plain
 
 U = "fff6f017-3417-4ad3-b05e-17ae3e1a4615"
 U2 = "1b8f3a52-9a50-4c1e-8d6e-0c2b7a4e5f61"
@@ -300,3 +300,37 @@ def test_parent_unregisters_in_the_middle_of_a_start_domain(sim: Simulation) -> 
     sim.client.call("StartDomain", "sa{sv}", ["win10", {}])
     assert sim.client.props(domain, names.DOMAIN_IFACE)["State"] == "running"
     assert creates(sim) == [(U, "ENODEV"), (U, "ok")]
+
+
+STALLED = 3.0  # seconds the emulated kernel holds gvtd's call: three times WatchdogSec
+
+
+@pytest.mark.parametrize("stall, suffix", [("StallWrites", "/create"),
+                                           ("StallReads", "/available_instances")])
+def test_a_stalled_sysfs_call_during_start_domain_stalls_nothing_else(
+        dbus, stall: str, suffix: str) -> None:  # type: ignore[no-untyped-def]
+    """A StartDomain held inside its create write (a stuck driver) or inside the full
+    re-read of sysfs before it: gvtd keeps answering Ping and GetManagedObjects and pinging
+    the watchdog; once the kernel goes on, the vGPU is created once and the domain starts."""
+    sim = Simulation(dbus, env=WATCHDOG)
+    try:
+        if not sim.client.props(names.ROOT_PATH, names.MANAGER_IFACE)["LibvirtConnected"]:
+            sim.client.wait_for(lambda m: m.member == "PropertiesChanged"
+                                and m.path == names.ROOT_PATH
+                                and plain(m.body[1]).get("LibvirtConnected") is True)
+        sim.client.define(name="win10", type="i915-GVTg_V5_8", uuid=U, start="on-demand",
+                          domain="win10")
+        sim.sim_call(stall, "s", [suffix])
+        reply = sim.client.send_call("StartDomain", "sa{sv}", ["win10", {}])
+        try:
+            assert sim.sim_call("WaitStalled")[0].endswith(suffix)
+            assert keeps_answering(sim, STALLED) >= STALLED / WATCHDOG_SEC
+        finally:
+            sim.sim_call("ReleaseWrites")
+        r = reply()
+        assert r.message_type is MessageType.METHOD_RETURN, r.body
+        domain = names.domain_path("win10")
+        assert sim.client.props(domain, names.DOMAIN_IFACE)["State"] == "running"
+        assert [c for c in creates(sim) if c[1] == "ok"] == [(U, "ok")]
+    finally:
+        sim.stop()
