@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from gvtd import reconcile
 from gvtd.config import ConfigDir, Definition, Problem, on_disk, request_error, validate_name
 from gvtd.errors import Failed, GvtdError, InvalidArgument, NoCapacity, NotFound, ParentMissing
-from gvtd.mdev import Mdev, Parent, Sysfs, render_nodes
+from gvtd.mdev import Mdev, Parent, ReadFailed, Sysfs, render_nodes
 from gvtd.reconcile import VgpuView
 from gvtd.state import Ownership
 from gvtd.udev import Uevent
@@ -80,6 +80,7 @@ class Host:
         self.extra_problems: Callable[[], list[tuple[str, str, str, str]]] = lambda: []
         # background work that failed (see _drained), for Manager.Problems
         self.task_problems: dict[str, tuple[str, str, str, str]] = {}
+        self.unreadable: dict[str, tuple[str, str, str, str]] = {}  # see _unreadable
 
     # -- state --------------------------------------------------------------------------
 
@@ -93,9 +94,16 @@ class Host:
     async def refresh(self) -> None:
         """Re-read mdevs, then parents (see _reread), in a worker thread: a full scan reads
         hundreds of files on a host with many, and a stuck driver must not stop the loop.
-        A parent seen before stays known, unregistered."""
-        self.mdevs, found = await asyncio.to_thread(
-            lambda: (self.sysfs.mdevs(), self.sysfs.parents()))
+        A parent seen before stays known, unregistered. A read that fails other than for
+        absence (EACCES, EIO) changes nothing: it is reported (see _unreadable)."""
+        try:
+            mdevs, found = await asyncio.to_thread(
+                lambda: (self.sysfs.mdevs(), self.sysfs.parents()))
+        except ReadFailed as e:
+            self._unreadable("*", e)
+            return
+        self.unreadable.clear()  # everything read: no fault left to report
+        self.mdevs = mdevs
         seen = {p.name: p for p in found}
         for name, old in self.parents.items():
             if name not in seen:
@@ -133,9 +141,25 @@ class Host:
         host with many, for each request."""
         self._reread(set(self.parents) if parent == "auto" else {parent}, {uuid})
 
+    def _unreadable(self, what: str, e: ReadFailed) -> None:
+        """A sysfs read failed for another reason than absence: what gvtd knew of `what`
+        (an mdev UUID, a parent, "*" for everything) stays as it was, and the file and errno
+        go to the log and Problems until `what` reads again."""
+        if what not in self.unreadable:
+            log.error("%s", e.message, extra={"SYSFS_PATH": e.path})
+        self.unreadable[what] = (
+            f"sysfs:{e.path}", "error", e.message,
+            "Check the file's permissions and the kernel log (journalctl -k); gvtd reads it "
+            "again at the next event for it, or `gvt-client reload`.")
+
     def _reread_mdevs(self, mdevs: set[str]) -> None:
         for uuid in mdevs:
-            mdev = self.sysfs.mdev(uuid)
+            try:
+                mdev = self.sysfs.mdev(uuid)
+            except ReadFailed as e:
+                self._unreadable(uuid, e)
+                continue
+            self.unreadable.pop(uuid, None)
             if mdev is None:
                 self.mdevs.pop(uuid, None)
                 if self.sysfs.mdev_arriving(uuid):
@@ -147,7 +171,12 @@ class Host:
 
     def _reread_parents(self, parents: set[str]) -> None:
         for name in parents:
-            parent = self.sysfs.parent(name)
+            try:
+                parent = self.sysfs.parent(name)
+            except ReadFailed as e:
+                self._unreadable(name, e)
+                continue
+            self.unreadable.pop(name, None)
             if parent is not None and parent.registered:
                 self.parents[name] = parent
             elif name in self.parents:
@@ -384,6 +413,7 @@ class Host:
                 "Fix or remove the file, then run `gvt-client reload`.")
                for p in self.config_problems]
         out += self.extra_problems() + list(self.task_problems.values())
+        out += list(self.unreadable.values())
         for v in self.views.values():
             if v.state == "failed":
                 out.append((f"vgpu:{v.name or v.uuid}", "error",

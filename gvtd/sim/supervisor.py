@@ -162,6 +162,17 @@ class SimulatorInterface(ServiceInterface):
         self.sup.host.stall_reads(suffix)
 
     @method()
+    def FailReads(self, suffix: "s", errno_name: "s") -> None:  # noqa: F821
+        """gvtd's reads and lookups of paths ending in suffix fail with errno_name (EACCES,
+        EIO) until ReleaseWrites(): a fault that is not the file's absence."""
+        if not suffix:
+            raise DBusError(names.ERROR_PREFIX + "InvalidArgument", "FailReads(suffix, errno)")
+        try:
+            self.sup.host.fail_reads(suffix, errno_name)
+        except ValueError as e:
+            raise DBusError(names.ERROR_PREFIX + "InvalidArgument", str(e)) from e
+
+    @method()
     async def WaitStalled(self) -> "s":  # noqa: F821
         """The path of the first write or read hanging since StallWrites() or StallReads(),
         once one does (within 30 s, else Failed): a test knows gvtd is in the middle of it."""

@@ -334,3 +334,37 @@ def test_a_stalled_sysfs_call_during_start_domain_stalls_nothing_else(
         assert [c for c in creates(sim) if c[1] == "ok"] == [(U, "ok")]
     finally:
         sim.stop()
+
+
+def sysfs_problems(sim: Simulation) -> list[list[str]]:
+    problems = sim.client.props(names.ROOT_PATH, names.MANAGER_IFACE)["Problems"]
+    return [p for p in problems if p[0].startswith("sysfs:")]
+
+
+@pytest.mark.parametrize("error, text", [("EACCES", "Permission denied"),
+                                         ("EIO", "Input/output error")])
+def test_an_unreadable_sysfs_file_is_reported_not_taken_for_absence(
+        sim: Simulation, error: str, text: str) -> None:
+    """An mdev's `mdev_type` link that cannot be read (not: is not there) during a full
+    re-read: the vGPU stays active and is not created again, and Problems names the file
+    and the errno until it reads again."""
+    sim.client.define(name="a", type="i915-GVTg_V5_8", uuid=U)
+    assert sim.client.vgpus()["a"]["State"] == "active"
+    sim.sim_call("FailReads", "ss", [f"/{U}/mdev_type", error])
+    try:
+        sim.client.call("Reload")  # re-reads everything
+        (problem,) = sysfs_problems(sim)
+        assert problem[0].endswith(f"/{U}/mdev_type") and problem[1] == "error", problem
+        assert f"{text} ({error})" in problem[2] and "permissions" in problem[3], problem
+        v = sim.client.vgpus()["a"]
+        assert (v["State"], v["LastError"]) == ("active", "")
+    finally:
+        sim.sim_call("ReleaseWrites")
+    assert creates(sim) == [(U, "ok")]  # not taken for gone: never created again
+    sim.client.call("Reload")
+    assert sysfs_problems(sim) == []
+
+
+def test_fail_reads_checks_its_arguments(sim: Simulation) -> None:
+    with pytest.raises(CallError):
+        sim.sim_call("FailReads", "ss", ["/mdev_type", "ENOTANERRNO"])
