@@ -297,6 +297,8 @@ class Domains:
                            f"ignore the ACPI request); `gvt-client stop {name} --force` turns "
                            "it off.")
             await self.host.release_on_demand(name, self._uses_by_name(name))
+            if self._release_failed.pop(name, None) is not None:
+                self.host.publish()  # released now: the earlier failure is past
 
 
 def attach_options(options: dict[str, object]) -> tuple[str, bool, str]:

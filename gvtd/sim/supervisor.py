@@ -173,6 +173,17 @@ class SimulatorInterface(ServiceInterface):
             raise DBusError(names.ERROR_PREFIX + "InvalidArgument", str(e)) from e
 
     @method()
+    def FailWrites(self, suffix: "s", errno_name: "s") -> None:  # noqa: F821
+        """gvtd's writes to paths ending in suffix fail with errno_name (EBUSY, EIO) before
+        the kernel acts on them, until ReleaseWrites()."""
+        if not suffix:
+            raise DBusError(names.ERROR_PREFIX + "InvalidArgument", "FailWrites(suffix, errno)")
+        try:
+            self.sup.host.fail_writes(suffix, errno_name)
+        except ValueError as e:
+            raise DBusError(names.ERROR_PREFIX + "InvalidArgument", str(e)) from e
+
+    @method()
     async def WaitStalled(self) -> "s":  # noqa: F821
         """The path of the first write or read hanging since StallWrites() or StallReads(),
         once one does (within 30 s, else Failed): a test knows gvtd is in the middle of it."""
