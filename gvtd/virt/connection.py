@@ -11,6 +11,7 @@ import asyncio
 import importlib.util
 import logging
 import sys
+import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -94,6 +95,7 @@ class Libvirt:
         self._synced: libvirt.virConnect | None = None  # the connection whose domains are read
         self._failure: str | None = None  # why the last attempt failed: said once, not per retry
         self._tasks: set[asyncio.Task[None]] = set()  # kept until done: see _spawn
+        self._loop_thread = 0
         # (id, severity, message, fix) of background work that failed, for Manager.Problems
         self.problems: dict[str, tuple[str, str, str, str]] = {}
 
@@ -106,6 +108,7 @@ class Libvirt:
     async def start(self) -> None:
         global _event_impl_registered
         self.loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         if not _event_impl_registered:
             import libvirtaio  # loads libvirt here, on the loop's thread, before any worker
 
@@ -136,9 +139,7 @@ class Libvirt:
             self._failed(e.get_error_message())
             return False
         try:
-            conn.registerCloseCallback(self._on_close, None)
-            conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                                        self._on_lifecycle, None)
+            await asyncio.to_thread(self._register, conn)
         except libvirt.libvirtError as e:  # libvirtd went away right after accepting us
             self._failed(f"lost while connecting: {e.get_error_message()}")
             _drop(conn)
@@ -151,6 +152,12 @@ class Libvirt:
             self._synced = conn
             self.on_change(set())  # LibvirtConnected, even when the resync failed
         return True
+
+    def _register(self, conn: libvirt.virConnect) -> None:
+        """The callbacks gvtd needs (an RPC to libvirtd: in a worker thread)."""
+        conn.registerCloseCallback(self._on_close, None)
+        conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                    self._on_lifecycle, None)
 
     def _failed(self, why: str) -> None:
         """A warning when libvirt becomes unreachable or fails differently; the retries that
@@ -174,6 +181,11 @@ class Libvirt:
             delay = min(delay * 2, MAX_DELAY)
 
     def _on_close(self, conn: libvirt.virConnect, reason: int, opaque: object) -> None:
+        assert self.loop is not None
+        if threading.get_ident() != self._loop_thread:
+            # libvirt closes from the thread that met the end of the socket: a worker's RPC
+            self.loop.call_soon_threadsafe(self._on_close, conn, reason, opaque)
+            return
         if conn is not self.conn:
             return  # an older connection, already replaced
         log.warning("Lost the connection to libvirt (reason %d); reconnecting", reason)
