@@ -124,22 +124,22 @@ class Host:
         await self.refresh()
         await self._converge()
 
-    def _reread(self, parents: set[str], mdevs: set[str]) -> None:
+    async def _reread(self, parents: set[str], mdevs: set[str]) -> None:
         """Re-read only what events named: the cheap path of refresh().
 
         mdevs first: the kernel unlinks a parent from mdev_bus *before* it removes the
         parent's mdevs, so an mdev seen gone next to a parent seen registered afterwards
         really was removed by someone, not taken down with its parent.
         """
-        self._reread_mdevs(mdevs)
-        self._reread_parents(parents)
+        await self._reread_mdevs(mdevs)
+        await self._reread_parents(parents)
 
-    def _reread_around(self, uuid: str, parent: str) -> None:
+    async def _reread_around(self, uuid: str, parent: str) -> None:
         """Before acting on one vGPU, re-read what the act depends on: the mdev and the
         parents it may be on (all known ones for `auto`). Events keep the rest current; a
         full refresh() would re-read every parent and every mdev, hundreds of files on a
         host with many, for each request."""
-        self._reread(set(self.parents) if parent == "auto" else {parent}, {uuid})
+        await self._reread(set(self.parents) if parent == "auto" else {parent}, {uuid})
 
     def _unreadable(self, what: str, e: ReadFailed) -> None:
         """A sysfs read failed for another reason than absence: what gvtd knew of `what`
@@ -152,29 +152,54 @@ class Host:
             "Check the file's permissions and the kernel log (journalctl -k); gvtd reads it "
             "again at the next event for it, or `gvt-client reload`.")
 
-    def _reread_mdevs(self, mdevs: set[str]) -> None:
+    def _read_mdevs(self, mdevs: set[str]) -> dict[str, tuple[Mdev | None, bool] | ReadFailed]:
+        """Each mdev, and whether one not there yet is arriving (see _read_again); in a
+        worker thread."""
+        out: dict[str, tuple[Mdev | None, bool] | ReadFailed] = {}
         for uuid in mdevs:
             try:
                 mdev = self.sysfs.mdev(uuid)
+                out[uuid] = (mdev, mdev is None and self.sysfs.mdev_arriving(uuid))
             except ReadFailed as e:
-                self._unreadable(uuid, e)
+                out[uuid] = e
+        return out
+
+    async def _reread_mdevs(self, mdevs: set[str]) -> None:
+        """The mdevs, read in a worker thread: a read that hangs holds this operation only,
+        never the loop."""
+        if not mdevs:
+            return
+        for uuid, got in (await asyncio.to_thread(self._read_mdevs, mdevs)).items():
+            if isinstance(got, ReadFailed):
+                self._unreadable(uuid, got)
                 continue
             self.unreadable.pop(uuid, None)
+            mdev, arriving = got
             if mdev is None:
                 self.mdevs.pop(uuid, None)
-                if self.sysfs.mdev_arriving(uuid):
+                if arriving:
                     self._read_again(uuid)
                     continue
             else:
                 self.mdevs[uuid] = mdev
             self._arriving.pop(uuid, None)
 
-    def _reread_parents(self, parents: set[str]) -> None:
+    def _read_parents(self, parents: set[str]) -> dict[str, Parent | None | ReadFailed]:
+        out: dict[str, Parent | None | ReadFailed] = {}
         for name in parents:
             try:
-                parent = self.sysfs.parent(name)
+                out[name] = self.sysfs.parent(name)
             except ReadFailed as e:
-                self._unreadable(name, e)
+                out[name] = e
+        return out
+
+    async def _reread_parents(self, parents: set[str]) -> None:
+        """The parents, read in a worker thread (see _reread_mdevs)."""
+        if not parents:
+            return
+        for name, parent in (await asyncio.to_thread(self._read_parents, parents)).items():
+            if isinstance(parent, ReadFailed):
+                self._unreadable(name, parent)
                 continue
             self.unreadable.pop(name, None)
             if parent is not None and parent.registered:
@@ -249,14 +274,14 @@ class Host:
             # returned) says nothing new: the kernel never changes an existing mdev's parent
             # or type, and whatever else befell it (a remove) brings events of its own.
             settled = (named & set(self.mdevs)) - {e.mdev for e in events if e.action != "add"}
-            self._reread_mdevs(named - settled)
+            await self._reread_mdevs(named - settled)
             new = set(self.mdevs) - before_mdevs
             if new and before_mdevs <= set(self.mdevs) \
                     and all(self.mdevs[u].parent in self.parents for u in new):
                 # Only additions, on parents already shown: a new mdev's view depends on the
                 # mdev alone, so show it now. Its parent's counts (a file per type) follow.
                 self.publish()
-            self._reread_parents({p for e in events for p in e.parents})
+            await self._reread_parents({p for e in events for p in e.parents})
         now_reg = {n for n, p in self.parents.items() if p.registered}
         for name in sorted(now_reg - before_reg):
             log.info("mdev parent %s registered", name, extra=_fields(parent=name))
@@ -366,7 +391,7 @@ class Host:
             touched_parents.add(target.parent.name)
             touched.add(uuid)
         if touched:
-            self._reread(touched_parents, failed)  # the created ones are known: see _create
+            await self._reread(touched_parents, failed)  # the created ones are known: see _create
             # recorded for the batch but never written (no room left): not gvtd's after all
             await self.ownership.discard_all([u for u in touched if u not in self.mdevs])
         self.publish()
@@ -475,7 +500,7 @@ class Host:
         for other, d in self.definitions.items():
             if d.uuid == definition.uuid:
                 raise InvalidArgument(f"UUID {definition.uuid} is already used by {other!r}.")
-        self._reread_around(definition.uuid, definition.parent)
+        await self._reread_around(definition.uuid, definition.parent)
         foreign = self.mdevs.get(definition.uuid)
         if foreign is not None and definition.uuid not in self.ownership and definition.type \
                 and foreign.type_id != definition.type:
@@ -504,7 +529,7 @@ class Host:
         d = self.definitions.get(name)
         if d is None:
             raise NotFound(f"There is no vGPU definition named {name!r}.")
-        self._reread(set(), {d.uuid})  # the mdev alone: see _reread_around
+        await self._reread(set(), {d.uuid})  # the mdev alone: see _reread_around
         parent = None
         if d.uuid in self.mdevs and d.uuid in self.ownership:
             parent = self.mdevs[d.uuid].parent
@@ -516,7 +541,7 @@ class Host:
         self.blocked.pop(d.uuid, None)
         await self.ownership.discard(d.uuid)
         log.info("Undefined vGPU %s", name, extra=_fields(name, d.uuid))
-        self._reread({parent} if parent else set(), {d.uuid})
+        await self._reread({parent} if parent else set(), {d.uuid})
         self.publish()
 
     async def create(self, key: str) -> str:
@@ -527,7 +552,7 @@ class Host:
         view = self.find(key)
         if not view.name or view.name not in self.definitions:
             raise InvalidArgument(f"{key!r} has no definition; define it first.")
-        self._reread_around(view.uuid, self.definitions[view.name].parent)
+        await self._reread_around(view.uuid, self.definitions[view.name].parent)
         self.held.discard(view.uuid)
         self.blocked.pop(view.uuid, None)
         self._restores.pop(view.uuid, None)
@@ -544,7 +569,7 @@ class Host:
                 self.errors[view.name] = e.message
                 raise
             finally:
-                self._reread(touched, {view.uuid})  # only what the write can have changed
+                await self._reread(touched, {view.uuid})  # only what the write can have changed
                 self.publish()
         return view.uuid
 
@@ -554,7 +579,7 @@ class Host:
 
     async def _remove_now(self, key: str) -> None:
         view = self.find(key)
-        self._reread(set(), {view.uuid})  # the mdev alone: see _reread_around
+        await self._reread(set(), {view.uuid})  # the mdev alone: see _reread_around
         if view.uuid not in self.mdevs:
             return
         parent = self.mdevs[view.uuid].parent
@@ -567,7 +592,7 @@ class Host:
         await self._remove(view.uuid, view.name)
         if view.name not in self.definitions:
             await self.ownership.discard(view.uuid)
-        self._reread({parent}, {view.uuid})
+        await self._reread({parent}, {view.uuid})
         self.publish()
 
     async def _remove(self, uuid: str, name: str) -> None:

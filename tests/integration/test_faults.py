@@ -368,3 +368,24 @@ def test_an_unreadable_sysfs_file_is_reported_not_taken_for_absence(
 def test_fail_reads_checks_its_arguments(sim: Simulation) -> None:
     with pytest.raises(CallError):
         sim.sim_call("FailReads", "ss", ["/mdev_type", "ENOTANERRNO"])
+
+
+def test_a_stalled_read_of_one_parent_during_create_vgpu_stalls_nothing_else(dbus) -> None:  # type: ignore[no-untyped-def]
+    """CreateVGPU re-reads only its parent before the write (no full re-read): held inside
+    that read, gvtd keeps answering and pinging the watchdog, then creates the vGPU."""
+    sim = Simulation(dbus, env=WATCHDOG)
+    try:
+        sim.client.define(name="m", type="i915-GVTg_V5_8", uuid=U, start="manual")
+        sim.sim_call("StallReads", "s", ["/available_instances"])
+        reply = sim.client.send_call("CreateVGPU", "s", ["m"])
+        try:
+            assert sim.sim_call("WaitStalled")[0].endswith("/available_instances")
+            assert keeps_answering(sim, STALLED) >= STALLED / WATCHDOG_SEC
+        finally:
+            sim.sim_call("ReleaseWrites")
+        r = reply()
+        assert r.message_type is MessageType.METHOD_RETURN, r.body
+        assert sim.client.vgpus()["m"]["State"] == "active"
+        assert creates(sim) == [(U, "ok")]
+    finally:
+        sim.stop()
