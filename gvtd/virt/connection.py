@@ -210,17 +210,22 @@ class Libvirt:
         return task
 
     def _task_done(self, task: asyncio.Task[None], what: str) -> None:
+        """Said until the same work succeeds again."""
         self._tasks.discard(task)
-        if task.cancelled() or task.exception() is None:
+        if task.cancelled():
             return
         e = task.exception()
+        if e is None:
+            if self.problems.pop(what, None) is not None:
+                self.on_change(set())
+            return
         log.error("gvtd failed to %s: %s", what, e, exc_info=e)
         self.problems[what] = (
             f"libvirt:{what.replace(' ', '-')}", "error",
             f"gvtd failed to {what} ({type(e).__name__}: {e}); what it shows of libvirt's "
-            "domains may be out of date.",
-            "Run `gvt-client reload`, or restart gvtd (systemctl restart gvtd), and report "
-            "the journal lines (journalctl -u gvtd).")
+            "domains may be out of date until it succeeds again.",
+            "If this stays, restart gvtd (systemctl restart gvtd) and report the journal "
+            "lines (journalctl -u gvtd).")
         self.on_change(set())
 
     async def resync(self) -> None:

@@ -53,13 +53,13 @@ def test_a_failing_lifecycle_refresh_is_in_problems_and_the_log(
     and the listener is told, instead of vanishing with the task."""
 
     async def go() -> None:
-        told = asyncio.Event()
+        told, cleared = asyncio.Event(), asyncio.Event()
+        broken = [True]
 
         def on_change(names: set[str]) -> None:
-            if names == {"lifecycle"}:
+            if names == {"lifecycle"} and broken[0]:
                 raise RuntimeError("listener broke")
-            if lv.problems:
-                told.set()
+            (told if lv.problems else cleared).set()
 
         lv = Libvirt("test:///default", on_change=on_change)
         await lv.start()
@@ -74,6 +74,11 @@ def test_a_failing_lifecycle_refresh_is_in_problems_and_the_log(
             assert problem[1] == "error" and "listener broke" in problem[2]
             assert "read a domain after its libvirt event" in problem[2]
             assert not lv._tasks
+            broken[0] = False  # the next refresh succeeds: the problem is over
+            cleared.clear()
+            lv._on_lifecycle(lv.conn, dom, 0, 0, None)
+            await asyncio.wait_for(cleared.wait(), 10)
+            assert lv.problems == {}
         finally:
             lv.close()
 
