@@ -8,6 +8,7 @@ replaces a file it did not load.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -17,10 +18,12 @@ import stat
 import tempfile
 import tomllib
 import uuid as uuidlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import tomli_w
 
@@ -414,6 +417,17 @@ class ConfigDir:
             pass
         except OSError as e:
             raise Failed(f"Could not remove {path}: {e.strerror}.") from e
+
+
+T = TypeVar("T")
+# One thread for every durable write the daemon makes (definitions, the ownership record):
+# the loop never waits for a disk, and the writes keep the order in which they were asked.
+_DISK = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gvtd-disk")
+
+
+async def on_disk(write: Callable[..., T], *args: Any) -> T:
+    """Run a blocking write (its fsyncs) in the disk thread and wait for it."""
+    return await asyncio.get_running_loop().run_in_executor(_DISK, partial(write, *args))
 
 
 def fsync_dir(path: Path) -> None:

@@ -39,6 +39,8 @@ class Domains:
         # By the caller's domain name, which may be any string: kept only while used.
         self.locks = KeyedLock()
         self._active: set[str] = set()
+        self._releases: set[asyncio.Task[None]] = set()  # kept until done: see _changed
+        self._release_failed: dict[str, tuple[str, str, str, str]] = {}  # for Problems
         host.domain_of = self.domain_of
         host.running_user = self.running_user
         host.extra_problems = self.problems
@@ -81,7 +83,9 @@ class Domains:
         now = {n for n, i in self.libvirt.domains.items() if i.active}
         for name in sorted(names & (self._active - now)):
             if self.libvirt.conn is not None:  # off, not merely out of sight
-                asyncio.get_running_loop().create_task(self._stopped(name))
+                task = asyncio.get_running_loop().create_task(self._stopped(name))
+                self._releases.add(task)
+                task.add_done_callback(lambda t, name=name: self._released(t, name))
         self._active = now
         self.host.publish()
 
@@ -90,6 +94,26 @@ class Domains:
             info = self.libvirt.domains.get(name)
             if info is None or not info.active:
                 await self.host.release_on_demand(name, self._uses_by_name(name))
+
+    def _released(self, task: asyncio.Task[None], name: str) -> None:
+        """The removal after a domain stopped on its own ended: a failure is logged and
+        stays in Problems until the next one for that domain succeeds."""
+        self._releases.discard(task)
+        if task.cancelled():
+            return
+        e = task.exception()
+        if e is None:
+            if self._release_failed.pop(name, None) is not None:
+                self.host.publish()
+            return
+        why = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
+        log.error("Domain %s stopped, but removing its on-demand vGPUs failed: %s", name, why,
+                  exc_info=e, extra={"DOMAIN": name})
+        self._release_failed[name] = (
+            f"domain:{name}:release", "error",
+            f"Domain {name} stopped, but removing its on-demand vGPUs failed: {why}",
+            "See `gvt-client status`; `gvt-client remove VGPU` removes one by hand.")
+        self.host.publish()
 
     def _uses_by_name(self, name: str) -> list[str]:
         info = self.libvirt.domains.get(name)
@@ -102,7 +126,7 @@ class Domains:
         """Make sure every vGPU the domain uses exists, then start it. Concurrent starts of
         one domain start it once."""
         async with self.locks.hold(name):
-            self.libvirt.domain_xml(name)  # LibvirtUnavailable / NotFound first
+            await self.libvirt.read_xml(name)  # LibvirtUnavailable / NotFound first, off the loop
             await self.libvirt.resync() if name not in self.libvirt.domains else None
             uuids = self._uses_by_name(name)
             await self.host.ensure(uuids, name)
@@ -168,7 +192,7 @@ class Domains:
                 uuid=view.uuid, display=display,  # type: ignore[arg-type]
                 render_node=render_node,
                 x_display=x_display,
-                override=self.libvirt.version() >= domxml.OVERRIDE_VERSION)
+                override=await self.libvirt.version() >= domxml.OVERRIDE_VERSION)
             return await self._edit(name, before, domxml.attach(before, spec), dry_run)
 
     async def detach(self, name: str, key: str) -> str:
@@ -242,8 +266,9 @@ class Domains:
             await self.libvirt.define(name, after, before)
         return change
 
-    def checks(self) -> list[doctor.Check]:
-        """doctor's libvirt findings: reachable, and how OpRegion can be set."""
+    async def checks(self) -> list[doctor.Check]:
+        """doctor's libvirt findings: reachable, and how OpRegion can be set (asking
+        libvirt off the loop)."""
         from gvtd import doctor  # only for Diagnose: not on the way to READY=1
 
         lv = self.libvirt
@@ -251,7 +276,7 @@ class Domains:
             return [doctor.Check("libvirt", "fail", f"libvirt is not reachable at {lv.uri}.",
                                  "Start it (systemctl start libvirtd) or set libvirt_uri in "
                                  "gvtd.toml; gvtd reconnects on its own.")]
-        version = lv.version()
+        version = await lv.version()
         shown = f"{version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}"
         out = [doctor.Check("libvirt", "pass", f"libvirt {shown} at {lv.uri} is reachable.")]
         if version >= domxml.OVERRIDE_VERSION:
@@ -283,7 +308,7 @@ class Domains:
 
     def problems(self) -> list[tuple[str, str, str, str]]:
         """The guide's pitfalls in every domain gvtd shows, and a UUID used twice."""
-        out = []
+        out = list(self.libvirt.problems.values()) + list(self._release_failed.values())
         users: dict[str, list[str]] = {}
         for name, info in sorted(self.shown().items()):
             for uuid in info.mdevs:
@@ -299,7 +324,7 @@ class Domains:
 
     async def stop_domain(self, name: str, force: bool, timeout: float) -> None:
         async with self.locks.hold(name):
-            self.libvirt.domain_xml(name)
+            await self.libvirt.read_xml(name)  # LibvirtUnavailable / NotFound first
             log.info("Stopping domain %s%s", name, " (forced)" if force else "",
                      extra={"DOMAIN": name})
             if not await self.libvirt.shutdown(name, timeout, force):
@@ -307,6 +332,8 @@ class Domains:
                            f"ignore the ACPI request); `gvt-client stop {name} --force` turns "
                            "it off.")
             await self.host.release_on_demand(name, self._uses_by_name(name))
+            if self._release_failed.pop(name, None) is not None:
+                self.host.publish()  # released now: the earlier failure is past
 
 
 def attach_options(options: dict[str, object]) -> tuple[str, bool, str]:

@@ -18,11 +18,11 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from gvtd import reconcile
-from gvtd.config import (SETTINGS_FILE, ConfigDir, Definition, Problem, request_error,
-                         validate_name)
+from gvtd.config import (SETTINGS_FILE, ConfigDir, Definition, Problem, on_disk,
+                         request_error, validate_name)
 from gvtd.errors import (Busy, Failed, GvtdError, InvalidArgument, NoCapacity, NotFound,
                          ParentMissing)
-from gvtd.mdev import Mdev, Parent, Sysfs, render_nodes
+from gvtd.mdev import Mdev, Parent, ReadFailed, Sysfs, render_nodes
 from gvtd.reconcile import VgpuView
 from gvtd.state import Ownership
 from gvtd.udev import Uevent
@@ -91,6 +91,9 @@ class Host:
         self.domain_of: Callable[[str], str] = lambda uuid: ""
         self.running_user: Callable[[str], str | None] = lambda uuid: None
         self.extra_problems: Callable[[], list[tuple[str, str, str, str]]] = lambda: []
+        # background work that failed (see _drained), for Manager.Problems
+        self.task_problems: dict[str, tuple[str, str, str, str]] = {}
+        self.unreadable: dict[str, tuple[str, str, str, str]] = {}  # see _unreadable
 
     # -- state --------------------------------------------------------------------------
 
@@ -101,11 +104,20 @@ class Host:
         for p in problems:
             log.error("Ignoring invalid definition %s", p, extra={"CONFIG_FILE": p.file})
 
-    def refresh(self) -> None:
-        """Re-read mdevs, then parents (see _reread). A parent seen before stays known,
-        unregistered."""
-        self.mdevs = self.sysfs.mdevs()
-        seen = {p.name: p for p in self.sysfs.parents()}
+    async def refresh(self) -> None:
+        """Re-read mdevs, then parents (see _reread), in a worker thread: a full scan reads
+        hundreds of files on a host with many, and a stuck driver must not stop the loop.
+        A parent seen before stays known, unregistered. A read that fails other than for
+        absence (EACCES, EIO) changes nothing: it is reported (see _unreadable)."""
+        try:
+            mdevs, found = await asyncio.to_thread(
+                lambda: (self.sysfs.mdevs(), self.sysfs.parents()))
+        except ReadFailed as e:
+            self._unreadable("*", e)
+            return
+        self.unreadable.clear()  # everything read: no fault left to report
+        self.mdevs = mdevs
+        seen = {p.name: p for p in found}
         for name, old in self.parents.items():
             if name not in seen:
                 seen[name] = dataclasses.replace(old, registered=False, types=())
@@ -123,41 +135,87 @@ class Host:
 
     async def reconcile(self) -> None:
         """Re-read everything, then converge."""
-        self.refresh()
+        await self.refresh()
         await self._converge()
 
-    def _reread(self, parents: set[str], mdevs: set[str]) -> None:
+    async def _reread(self, parents: set[str], mdevs: set[str]) -> None:
         """Re-read only what events named: the cheap path of refresh().
 
         mdevs first: the kernel unlinks a parent from mdev_bus *before* it removes the
         parent's mdevs, so an mdev seen gone next to a parent seen registered afterwards
         really was removed by someone, not taken down with its parent.
         """
-        self._reread_mdevs(mdevs)
-        self._reread_parents(parents)
+        await self._reread_mdevs(mdevs)
+        await self._reread_parents(parents)
 
-    def _reread_around(self, uuid: str, parent: str) -> None:
+    async def _reread_around(self, uuid: str, parent: str) -> None:
         """Before acting on one vGPU, re-read what the act depends on: the mdev and the
         parents it may be on (all known ones for `auto`). Events keep the rest current; a
         full refresh() would re-read every parent and every mdev, hundreds of files on a
         host with many, for each request."""
-        self._reread(set(self.parents) if parent == "auto" else {parent}, {uuid})
+        await self._reread(set(self.parents) if parent == "auto" else {parent}, {uuid})
 
-    def _reread_mdevs(self, mdevs: set[str]) -> None:
+    def _unreadable(self, what: str, e: ReadFailed) -> None:
+        """A sysfs read failed for another reason than absence: what gvtd knew of `what`
+        (an mdev UUID, a parent, "*" for everything) stays as it was, and the file and errno
+        go to the log and Problems until `what` reads again."""
+        if what not in self.unreadable:
+            log.error("%s", e.message, extra={"SYSFS_PATH": e.path})
+        self.unreadable[what] = (
+            f"sysfs:{e.path}", "error", e.message,
+            "Check the file's permissions and the kernel log (journalctl -k); gvtd reads it "
+            "again at the next event for it, or `gvt-client reload`.")
+
+    def _read_mdevs(self, mdevs: set[str]) -> dict[str, tuple[Mdev | None, bool] | ReadFailed]:
+        """Each mdev, and whether one not there yet is arriving (see _read_again); in a
+        worker thread."""
+        out: dict[str, tuple[Mdev | None, bool] | ReadFailed] = {}
         for uuid in mdevs:
-            mdev = self.sysfs.mdev(uuid)
+            try:
+                mdev = self.sysfs.mdev(uuid)
+                out[uuid] = (mdev, mdev is None and self.sysfs.mdev_arriving(uuid))
+            except ReadFailed as e:
+                out[uuid] = e
+        return out
+
+    async def _reread_mdevs(self, mdevs: set[str]) -> None:
+        """The mdevs, read in a worker thread: a read that hangs holds this operation only,
+        never the loop."""
+        if not mdevs:
+            return
+        for uuid, got in (await asyncio.to_thread(self._read_mdevs, mdevs)).items():
+            if isinstance(got, ReadFailed):
+                self._unreadable(uuid, got)
+                continue
+            self.unreadable.pop(uuid, None)
+            mdev, arriving = got
             if mdev is None:
                 self.mdevs.pop(uuid, None)
-                if self.sysfs.mdev_arriving(uuid):
+                if arriving:
                     self._read_again(uuid)
                     continue
             else:
                 self.mdevs[uuid] = mdev
             self._arriving.pop(uuid, None)
 
-    def _reread_parents(self, parents: set[str]) -> None:
+    def _read_parents(self, parents: set[str]) -> dict[str, Parent | None | ReadFailed]:
+        out: dict[str, Parent | None | ReadFailed] = {}
         for name in parents:
-            parent = self.sysfs.parent(name)
+            try:
+                out[name] = self.sysfs.parent(name)
+            except ReadFailed as e:
+                out[name] = e
+        return out
+
+    async def _reread_parents(self, parents: set[str]) -> None:
+        """The parents, read in a worker thread (see _reread_mdevs)."""
+        if not parents:
+            return
+        for name, parent in (await asyncio.to_thread(self._read_parents, parents)).items():
+            if isinstance(parent, ReadFailed):
+                self._unreadable(name, parent)
+                continue
+            self.unreadable.pop(name, None)
             if parent is not None and parent.registered:
                 self.parents[name] = parent
             elif name in self.parents:
@@ -186,6 +244,26 @@ class Host:
         self._pending += events
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.get_running_loop().create_task(self._drain())
+            self._drainer.add_done_callback(self._drained)
+
+    def _drained(self, task: asyncio.Task[None]) -> None:
+        """A pass over uevents that failed even to re-read everything: said in the log and
+        Problems (until a later pass succeeds), never lost with its task."""
+        if task.cancelled():
+            return
+        e = task.exception()
+        if e is None:
+            if self.task_problems.pop("uevents", None) is not None:
+                self.publish()
+            return
+        log.error("Failed to follow the kernel's uevents: %s", e, exc_info=e)
+        self.task_problems["uevents"] = (
+            "host:uevents", "error",
+            f"gvtd failed to follow the kernel's events ({type(e).__name__}: {e}); what it "
+            "shows of vGPUs and parents may be out of date.",
+            "Run `gvt-client reload` to re-read everything; if this stays, see the journal "
+            "(journalctl -u gvtd).")
+        self.publish()
 
     async def _drain(self) -> None:
         while self._pending:
@@ -195,7 +273,7 @@ class Host:
                     await self._follow(events)
                 except Exception:  # a bug must not stop gvtd from following the kernel
                     log.exception("Failed to handle uevents; re-reading everything")
-                    self.refresh()
+                    await self.refresh()
                     self.publish()
 
     async def _follow(self, events: list[Uevent]) -> None:
@@ -203,21 +281,21 @@ class Host:
         before_mdevs = set(self.mdevs)
         before_reg = {n for n, p in self.parents.items() if p.registered}
         if any(not e.parents and e.mdev is None for e in events):
-            self.refresh()
+            await self.refresh()
         else:
             named = {e.mdev for e in events if e.mdev}
             # The add of an mdev already known (gvtd's own create, recorded when its write
             # returned) says nothing new: the kernel never changes an existing mdev's parent
             # or type, and whatever else befell it (a remove) brings events of its own.
             settled = (named & set(self.mdevs)) - {e.mdev for e in events if e.action != "add"}
-            self._reread_mdevs(named - settled)
+            await self._reread_mdevs(named - settled)
             new = set(self.mdevs) - before_mdevs
             if new and before_mdevs <= set(self.mdevs) \
                     and all(self.mdevs[u].parent in self.parents for u in new):
                 # Only additions, on parents already shown: a new mdev's view depends on the
                 # mdev alone, so show it now. Its parent's counts (a file per type) follow.
                 self.publish()
-            self._reread_parents({p for e in events for p in e.parents})
+            await self._reread_parents({p for e in events for p in e.parents})
         now_reg = {n for n, p in self.parents.items() if p.registered}
         for name in sorted(now_reg - before_reg):
             log.info("mdev parent %s registered", name, extra=_fields(parent=name))
@@ -286,7 +364,7 @@ class Host:
                              extra=_fields(name, d.uuid, mdev.parent))
                 adopted[d.uuid] = name
                 self.blocked.pop(d.uuid, None)
-        self.ownership.add_all(adopted, "adopted")  # gvtd's own stay its own: see state.py
+        await self.ownership.add_all(adopted, "adopted")  # gvtd's own stay its own: see state.py
         plan: list[tuple[str, reconcile.Target, int]] = []
         for name, target in reconcile.to_create(self.definitions, list(self.parents.values()),
                                                 self.mdevs):
@@ -303,7 +381,7 @@ class Host:
                 continue
             plan.append((name, target, available))
         try:  # the whole batch in one durable write, before any create: see state.py
-            self.ownership.add_all({self.definitions[n].uuid: n for n, _, _ in plan})
+            await self.ownership.add_all({self.definitions[n].uuid: n for n, _, _ in plan})
         except OSError as e:
             for name, target, _ in plan:
                 self._unrecorded(name, target, e)
@@ -327,9 +405,9 @@ class Host:
             touched_parents.add(target.parent.name)
             touched.add(uuid)
         if touched:
-            self._reread(touched_parents, failed)  # the created ones are known: see _create
+            await self._reread(touched_parents, failed)  # the created ones are known: see _create
             # recorded for the batch but never written (no room left): not gvtd's after all
-            self.ownership.discard_all([u for u in touched if u not in self.mdevs])
+            await self.ownership.discard_all([u for u in touched if u not in self.mdevs])
         self.publish()
 
     def _unrecorded(self, name: str, target: reconcile.Target, e: OSError) -> Failed:
@@ -346,7 +424,7 @@ class Host:
         fields = _fields(name, d.uuid, target.parent.name)
         if not recorded:
             try:
-                self.ownership.add(d.uuid, name)  # before the write: see state.py
+                await self.ownership.add(d.uuid, name)  # before the write: see state.py
             except OSError as e:
                 raise self._unrecorded(name, target, e) from e
         try:
@@ -356,7 +434,7 @@ class Host:
         except GvtdError as e:
             self.errors[name] = e.message
             if self.sysfs.mdev(d.uuid) is None:
-                self.ownership.discard(d.uuid)
+                await self.ownership.discard(d.uuid)
             log.error("Could not create vGPU %s: %s", name, e.message, extra=fields)
             raise
         # The kernel creates synchronously: the write returned, so the mdev is there, on this
@@ -374,7 +452,8 @@ class Host:
         out = [(f"config:{p.file}", "error", str(p),
                 "Fix or remove the file, then run `gvt-client reload`.")
                for p in self.config_problems]
-        out += self.extra_problems()
+        out += self.extra_problems() + list(self.task_problems.values())
+        out += list(self.unreadable.values())
         for v in self.views.values():
             if v.state == "failed":
                 out.append((f"vgpu:{v.name or v.uuid}", "error",
@@ -442,7 +521,7 @@ class Host:
         for other, d in self.definitions.items():
             if d.uuid == definition.uuid:
                 raise InvalidArgument(f"UUID {definition.uuid} is already used by {other!r}.")
-        self._reread_around(definition.uuid, definition.parent)
+        await self._reread_around(definition.uuid, definition.parent)
         foreign = self.mdevs.get(definition.uuid)
         if foreign is not None and definition.uuid not in self.ownership and definition.type \
                 and foreign.type_id != definition.type:
@@ -455,14 +534,14 @@ class Host:
         if target is not None and definition.start == "auto" and foreign is None:
             reconcile.check_capacity(target, lambda: self.sysfs.no_capacity_message(
                 target.parent.name, target.type_id))
-        self.config.save_definition(name, definition)
+        await on_disk(self.config.save_definition, name, definition)
         self.definitions[name] = definition
         log.info("Defined vGPU %s (%s)", name, definition.uuid,
                  extra=_fields(name, definition.uuid))
         if take_over and foreign is not None and definition.uuid not in self.ownership:
             log.info("Taking over existing mdev %s for %s: gvtd removes it as its own",
                      definition.uuid, name, extra=_fields(name, definition.uuid, foreign.parent))
-            self.ownership.add_all({definition.uuid: name}, "taken-over")
+            await self.ownership.add_all({definition.uuid: name}, "taken-over")
         await self._converge()
         return definition.uuid
 
@@ -475,7 +554,7 @@ class Host:
         d = self.definitions.get(name)
         if d is None:
             raise NotFound(f"There is no vGPU definition named {name!r}.")
-        self._reread(set(), {d.uuid})  # the mdev alone: see _reread_around
+        await self._reread(set(), {d.uuid})  # the mdev alone: see _reread_around
         parent = None
         if d.uuid in self.mdevs and self.ownership.removable(d.uuid):
             parent = self.mdevs[d.uuid].parent
@@ -487,14 +566,14 @@ class Host:
         elif d.uuid in self.mdevs:
             log.info("mdev %s stays: gvtd did not create it, and never removes what it did "
                      "not create", d.uuid, extra=_fields(name, d.uuid))
-        self.config.delete_definition(name)
+        await on_disk(self.config.delete_definition, name)
         del self.definitions[name]
         self.errors.pop(name, None)
         self.held.discard(d.uuid)
         self.blocked.pop(d.uuid, None)
-        self.ownership.discard(d.uuid)
+        await self.ownership.discard(d.uuid)
         log.info("Undefined vGPU %s", name, extra=_fields(name, d.uuid))
-        self._reread({parent} if parent else set(), {d.uuid})
+        await self._reread({parent} if parent else set(), {d.uuid})
         self.publish()
 
     async def create(self, key: str) -> str:
@@ -505,7 +584,7 @@ class Host:
         view = self.find(key)
         if not view.name or view.name not in self.definitions:
             raise InvalidArgument(f"{key!r} has no definition; define it first.")
-        self._reread_around(view.uuid, self.definitions[view.name].parent)
+        await self._reread_around(view.uuid, self.definitions[view.name].parent)
         self._not_removing(view.uuid, view.name)
         self.held.discard(view.uuid)
         self.blocked.pop(view.uuid, None)
@@ -523,7 +602,7 @@ class Host:
                 self.errors[view.name] = e.message
                 raise
             finally:
-                self._reread(touched, {view.uuid})  # only what the write can have changed
+                await self._reread(touched, {view.uuid})  # only what the write can have changed
                 self.publish()
         return view.uuid
 
@@ -533,7 +612,7 @@ class Host:
 
     async def _remove_now(self, key: str) -> None:
         view = self.find(key)
-        self._reread(set(), {view.uuid})  # the mdev alone: see _reread_around
+        await self._reread(set(), {view.uuid})  # the mdev alone: see _reread_around
         if view.uuid not in self.mdevs:
             return
         parent = self.mdevs[view.uuid].parent
@@ -550,12 +629,12 @@ class Host:
         except GvtdError:
             if not was_held:
                 self.held.discard(view.uuid)
-            self._reread({parent}, {view.uuid})
+            await self._reread({parent}, {view.uuid})
             self.publish()
             raise
         if view.name not in self.definitions:
-            self.ownership.discard(view.uuid)
-        self._reread({parent}, {view.uuid})
+            await self.ownership.discard(view.uuid)
+        await self._reread({parent}, {view.uuid})
         self.publish()
 
     def _not_removing(self, uuid: str, name: str) -> None:
@@ -594,7 +673,7 @@ class Host:
     async def ensure(self, uuids: list[str], domain: str) -> None:
         """Every vGPU a domain is about to use exists: create on-demand and missing ones."""
         async with self.lock:
-            self.refresh()
+            await self.refresh()
             by_uuid = {d.uuid: n for n, d in self.definitions.items()}
             for uuid in uuids:
                 self._not_removing(uuid, by_uuid.get(uuid, ""))
@@ -612,7 +691,7 @@ class Host:
         """After a domain stopped: remove the on-demand vGPUs gvtd created for it that no
         running domain uses (running as libvirt's events say, not as a caller claims)."""
         async with self.lock:
-            self.refresh()
+            await self.refresh()
             for name, d in sorted(self.definitions.items()):
                 if d.start == "on-demand" and d.uuid in uuids and d.uuid in self.mdevs \
                         and self.ownership.removable(d.uuid) \
@@ -624,7 +703,7 @@ class Host:
                     except GvtdError as e:  # shown on the vGPU (LastError) and in Problems
                         self.refused[d.uuid] = (f"Not removed after {domain} stopped: "
                                                 f"{e.message}")
-            self.refresh()
+            await self.refresh()
             self.publish()
 
     def reject_settings(self, problems: list[Problem]) -> None:
@@ -659,7 +738,7 @@ class Host:
         that stops waiting (a hung removal) still knows exactly what went. They are held
         meanwhile, so nothing recreates them before restore_after_sleep()."""
         async with self.lock:
-            self.refresh()
+            await self.refresh()
             by_uuid = {d.uuid: n for n, d in self.definitions.items()}
             for uuid, mdev in sorted(self.mdevs.items()):
                 if progress.stop:
@@ -688,14 +767,14 @@ class Host:
                 finally:
                     progress.current = ""
                 progress.done.append(TornDown(name, uuid, mdev.parent, mdev.type_id, was_held))
-            self.refresh()
+            await self.refresh()
             self.publish()
 
     async def restore_after_sleep(self, torn: "list[TornDown]") -> None:
         """After resume: recreate exactly what teardown_idle() removed (same UUID, parent
         and type). A failure shows on the vGPU (LastError, state failed) and in Problems."""
         async with self.lock:
-            self.refresh()
+            await self.refresh()
             for t in torn:
                 if not t.held:
                     self.held.discard(t.uuid)
@@ -719,7 +798,7 @@ class Host:
                               extra=fields)
                     continue
                 log.info("Recreated vGPU %s after resume", t.name, extra=fields)
-            self.refresh()
+            await self.refresh()
             self.publish()
 
 

@@ -69,18 +69,54 @@ class Mdev:
 ATTR_MAX = 4096
 
 
-def read_attr(path: Path | str, dir_fd: int | None = None) -> str | None:
-    """A sysfs attribute's text, or None when it cannot be read (gone, no permission).
+# What a read of a device that is not there (any more) fails with; anything else (EACCES,
+# EIO) is a fault to report, not the device's absence.
+GONE = frozenset({errno.ENOENT, errno.ENODEV})
+
+
+class ReadFailed(Failed):
+    """A sysfs read that failed for another reason than the file being gone."""
+
+    def __init__(self, path: str, e: OSError) -> None:
+        self.path = path
+        self.errno_name = errno.errorcode.get(e.errno or 0, str(e.errno))
+        super().__init__(f"Cannot read {path}: {e.strerror} ({self.errno_name}); gvtd keeps "
+                         "what it read there before.")
+
+
+def _where(path: Path | str, dir_fd: int | None) -> str:
+    """The full path of a file opened relative to dir_fd, for a message."""
+    if dir_fd is None:
+        return str(path)
+    try:
+        return os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), path)
+    except OSError:
+        return str(path)
+
+
+def absent(e: OSError, path: Path | str, dir_fd: int | None = None) -> None:
+    """Returns when e says the file is gone; raises ReadFailed for any other errno."""
+    if e.errno not in GONE:
+        raise ReadFailed(_where(path, dir_fd), e) from e
+
+
+def read_attr(path: Path | str, dir_fd: int | None = None, strict: bool = False) -> str | None:
+    """A sysfs attribute's text, or None when it cannot be read (gone, or with strict
+    False, no permission or an I/O error; strict raises ReadFailed for those).
 
     One open, one read, one close: a buffered text read adds two fstats, an ioctl, two
     lseeks and a read that meets the end, each a round trip through the kernel."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
-    except OSError:
+    except OSError as e:
+        if strict:
+            absent(e, path, dir_fd)
         return None
     try:
         return os.read(fd, ATTR_MAX).decode(errors="replace")
-    except OSError:
+    except OSError as e:
+        if strict:
+            absent(e, path, dir_fd)
         return None
     finally:
         os.close(fd)
@@ -93,18 +129,23 @@ def parse_int(text: str | None, base: int = 0) -> int | None:
         return None
 
 
-def list_dir(path: Path) -> list[str]:
-    """A directory's entries, sorted; empty when it is missing (sysfs dirs come and go)."""
+def list_dir(path: Path, strict: bool = False) -> list[str]:
+    """A directory's entries, sorted; empty when it is missing (sysfs dirs come and go).
+    strict: ReadFailed when listing fails for another reason (see read_attr)."""
     try:
         return sorted(os.listdir(path))
-    except OSError:
+    except OSError as e:
+        if strict:
+            absent(e, path)
         return []
 
 
 def _link_name(path: Path | str, dir_fd: int | None = None) -> str:
+    """Where a link points, by name; "" when it is gone, ReadFailed for another fault."""
     try:
         return os.path.basename(os.readlink(path, dir_fd=dir_fd))
-    except OSError:
+    except OSError as e:
+        absent(e, path, dir_fd)
         return ""
 
 
@@ -152,19 +193,20 @@ class Sysfs:
 
     def parents(self) -> list[Parent]:
         """Registered parents, plus Intel display devices that could be but are not."""
-        registered = list_dir(self._bus)
+        registered = list_dir(self._bus, strict=True)
         for gone in set(self._static) - set(registered):
             del self._static[gone]  # unregistered: its driver may come back different
         found = {name: self._parent(name, self._bus / name, True) for name in registered}
         pci = self.root / "bus" / "pci" / "devices"
-        for name in list_dir(pci):
+        for name in list_dir(pci, strict=True):
             if name in found:
                 continue
             try:
                 with _opened(pci / name) as d:
-                    vendor = parse_int(read_attr("vendor", d), 16)
-                    cls = parse_int(read_attr("class", d), 16)
-            except OSError:
+                    vendor = parse_int(read_attr("vendor", d, strict=True), 16)
+                    cls = parse_int(read_attr("class", d, strict=True), 16)
+            except OSError as e:
+                absent(e, pci / name)
                 continue  # gone since listed
             if vendor == gvt.INTEL_VENDOR and cls is not None and cls >> 16 == PCI_DISPLAY_CLASS:
                 found[name] = self._parent(name, pci / name, False)
@@ -172,7 +214,7 @@ class Sysfs:
 
     def parent(self, name: str) -> Parent | None:
         """One parent, reading only its own files."""
-        if name in list_dir(self._bus):
+        if name in list_dir(self._bus, strict=True):
             return self._parent(name, self._bus / name, True)
         return next((p for p in self.parents() if p.name == name), None)
 
@@ -183,10 +225,11 @@ class Sysfs:
             try:
                 with _opened(syspath) as d:
                     base = Parent(name=name, syspath=syspath, driver=_link_name("driver", d),
-                                  vendor=parse_int(read_attr("vendor", d), 16),
-                                  device=parse_int(read_attr("device", d), 16),
+                                  vendor=parse_int(read_attr("vendor", d, strict=True), 16),
+                                  device=parse_int(read_attr("device", d, strict=True), 16),
                                   registered=registered)
-            except OSError:  # gone since it was listed: what a read of its files would say
+            except OSError as e:  # gone since it was listed: what a read of its files would say
+                absent(e, syspath)
                 base = Parent(name=name, syspath=syspath, driver="", vendor=None, device=None,
                               registered=registered)
             cached = (base, {})
@@ -207,21 +250,25 @@ class Sysfs:
                         with _opened(type_id, base) as d:
                             static = known.get(type_id)
                             if static is None:
-                                description = read_attr("description", d)
+                                description = read_attr("description", d, strict=True)
                                 known[type_id] = static = MdevType(
                                     id=type_id,
-                                    name=(read_attr("name", d) or type_id).strip(),
+                                    name=(read_attr("name", d, strict=True) or type_id).strip(),
                                     description=description,
-                                    device_api=(read_attr("device_api", d) or "").strip(),
+                                    device_api=(read_attr("device_api", d, strict=True)
+                                                or "").strip(),
                                     available=0,
                                     gvt=gvt.parse_description(description),
                                 )
-                            available = parse_int(read_attr("available_instances", d)) or 0
-                    except OSError:
+                            available = parse_int(read_attr("available_instances", d,
+                                                            strict=True)) or 0
+                    except OSError as e:
+                        absent(e, type_id, base)
                         continue  # the type went away while listed
                     out.append(dataclasses.replace(static, available=available))
-        except OSError:
-            pass  # no types (any more): the parent is unregistering
+        except OSError as e:
+            absent(e, os.path.join(parent, "mdev_supported_types"))
+            # no types (any more): the parent is unregistering
         return out
 
     def mdev(self, uuid: str) -> Mdev | None:
@@ -236,7 +283,8 @@ class Sysfs:
         # readlink, where realpath would look up every component of the path again.
         try:
             parent_dir = os.path.dirname(os.readlink(dev))
-        except OSError:
+        except OSError as e:
+            absent(e, dev)
             return None
         return Mdev(uuid=uuid, parent=os.path.basename(parent_dir), type_id=type_id)
 
@@ -249,7 +297,7 @@ class Sysfs:
     def mdevs(self) -> dict[str, Mdev]:
         """Every mdev the kernel has, on any parent. The type comes from the `mdev_type`
         link (uevents carry no type)."""
-        found = (self.mdev(uuid) for uuid in list_dir(self._mdevs))
+        found = (self.mdev(uuid) for uuid in list_dir(self._mdevs, strict=True))
         return {m.uuid: m for m in found if m is not None}
 
     # -- writing --------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from gvtd.config import UUID_RE, atomic_write, remove_temporaries
+from gvtd.config import UUID_RE, atomic_write, on_disk, remove_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +83,10 @@ class Ownership:
     def origins(self) -> dict[str, Origin]:
         return dict(self._origins)
 
-    def add(self, uuid: str, name: str) -> None:
-        self.add_all({uuid: name})
+    async def add(self, uuid: str, name: str) -> None:
+        await self.add_all({uuid: name})
 
-    def add_all(self, created: dict[str, str], origin: Origin = "created") -> None:
+    async def add_all(self, created: dict[str, str], origin: Origin = "created") -> None:
         """Record a whole batch in one durable write (an fsync per vGPU made a start with
         hundreds of them spend seconds on it). `created` and `taken-over` replace what was
         recorded; `adopted` records only what was not: gvtd's own mdev found again after a
@@ -95,24 +95,29 @@ class Ownership:
                if (self._names.get(u), self._origins.get(u)) != (n, origin)
                and (origin != "adopted" or u not in self._names)}
         if new:
-            self._save({**self._names, **new}, {**self._origins, **{u: origin for u in new}})
+            await self._save({**self._names, **new},
+                             {**self._origins, **{u: origin for u in new}})
 
-    def discard(self, uuid: str) -> None:
-        self.discard_all([uuid])
+    async def discard(self, uuid: str) -> None:
+        await self.discard_all([uuid])
 
-    def discard_all(self, uuids: list[str]) -> None:
+    async def discard_all(self, uuids: list[str]) -> None:
         if any(u in self._names for u in uuids):
             gone = set(uuids)
-            self._save({u: n for u, n in self._names.items() if u not in gone},
-                       {u: o for u, o in self._origins.items() if u not in gone})
+            await self._save({u: n for u, n in self._names.items() if u not in gone},
+                             {u: o for u, o in self._origins.items() if u not in gone})
 
-    def _save(self, names: dict[str, str], origins: dict[str, Origin]) -> None:
-        """Write the record, then take it as the record: memory never claims what the disk
-        does not."""
+    async def _save(self, names: dict[str, str], origins: dict[str, Origin]) -> None:
+        """Write the record in the disk thread (its fsyncs off the loop), then take it as
+        the record: memory never claims what the disk does not. Callers hold the host's
+        lock, so no two saves overlap."""
+        await on_disk(self._write, names, origins)
+        self._names, self._origins = names, origins
+
+    def _write(self, names: dict[str, str], origins: dict[str, Origin]) -> None:
         by_key: dict[str, dict[str, str]] = {"created": {}, "taken_over": {}, "adopted": {}}
         for u, n in names.items():
             by_key[origins[u].replace("-", "_")][u] = n
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, json.dumps({"version": VERSION, **by_key},
                                            indent=1, sort_keys=True) + "\n", mode=0o600)
-        self._names, self._origins = names, origins

@@ -234,8 +234,11 @@ class Suspend:
             if reply.message_type != MessageType.ERROR:
                 self.delay_max = reply.body[0].value / 1_000_000
                 return
-        except Exception:
-            pass
+            why = f"{reply.error_name}: {reply.body[0] if reply.body else ''}"
+        except Exception as e:  # the bus gone meanwhile, an odd reply: the default still works
+            why = f"{type(e).__name__}: {e}"
+        log.warning("Cannot read logind's InhibitDelayMaxUSec (%s); assuming its default of "
+                    "%.0f s for the removals before sleep", why, DEFAULT_DELAY_MAX)
         self.delay_max = DEFAULT_DELAY_MAX
 
     async def _logind_appeared(self) -> None:
@@ -293,9 +296,24 @@ class Suspend:
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Future[None]) -> None:
+        """A sleep or resume handled in the background ended: a failure goes to the log and
+        Problems (until the next one succeeds), never lost with its task."""
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("Suspend handling failed", exc_info=task.exception())
+        if task.cancelled():
+            return
+        e = task.exception()
+        if e is None:
+            if self._problems.pop("suspend:handling", None) is not None:
+                self.changed()
+            return
+        log.error("Suspend handling failed: %s", e, exc_info=e)
+        self._problems["suspend:handling"] = (
+            "suspend:handling", "error",
+            f"Handling the host's sleep or resume failed ({type(e).__name__}: {e}); vGPUs "
+            "removed before sleep may not be back.",
+            "See `gvt-client status` and the journal (journalctl -u gvtd); `gvt-client "
+            "create NAME` brings a vGPU back.")
+        self.changed()
 
     def _on_message(self, msg: Message) -> None:
         """logind's and the bus driver's signals, each acted on only from its real sender."""
@@ -367,8 +385,14 @@ class Suspend:
                     await asyncio.wait_for(asyncio.shield(task), budget)
                 except asyncio.TimeoutError:
                     self._hung(progress, budget, started, task)
-                except Exception:
+                except Exception as e:
                     log.exception("Removing vGPUs before sleep failed")
+                    self._problems["suspend:teardown"] = (
+                        "suspend:teardown", "error",
+                        f"Removing the idle vGPUs before the host slept failed "
+                        f"({type(e).__name__}: {e}); the host slept anyway.",
+                        "See the journal (journalctl -u gvtd) and `gvt-client status`.")
+                    self.changed()
                 else:
                     self._problems.pop("suspend:teardown", None)
                     self._report_failed(progress, 0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -293,7 +294,8 @@ class Simulation:
 
     def __init__(self, bus: session.DBusDaemon, profile: str = "default",
                  config_dir: Path | None = None, extra: list[str] | None = None,
-                 polkit: bool = True, stderr: int | None = None) -> None:
+                 polkit: bool = True, stderr: int | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.bus = bus
         args = list(extra or [])
         if config_dir is not None:
@@ -306,7 +308,7 @@ class Simulation:
         self.home = Path(tempfile.mkdtemp(prefix="gvtd-stranger-"))
         os.chown(self.home, STRANGER, STRANGER_GID)
         try:
-            self.host = SimulatedHost(bus.address, profile, args, stderr=stderr)
+            self.host = SimulatedHost(bus.address, profile, args, stderr=stderr, env=env)
             self.env = self.host.env
             self.proc = self.host.proc
             if self.polkit is not None:
@@ -425,6 +427,33 @@ class Monitor:
     def close(self) -> None:
         self.bus.disconnect()
         self.loop.close()
+
+
+# A simulation that systemd would watch with WatchdogSec=1: gvtd pings every 0.5 s, and a
+# gap of more than 1 s between two pings would get it killed.
+WATCHDOG_SEC = 1.0
+WATCHDOG = {"WATCHDOG_USEC": str(int(WATCHDOG_SEC * 1_000_000))}
+
+
+def keeps_answering(sim: Simulation, seconds: float) -> int:
+    """For `seconds` (a Simulation started with env=WATCHDOG, whose supervisor passes the
+    pings on): WATCHDOG=1 arrives at least once per WatchdogSec, and after each, Ping and
+    GetManagedObjects are answered within it. Returns how many pings came. Raises
+    TimeoutError when gvtd stops answering or pinging."""
+    notify = sim.host.notify
+    while select.select([notify.sock], [], [], 0)[0]:  # pings queued before: not evidence
+        notify.sock.recv(4096)
+    notify.messages.clear()
+    deadline = time.monotonic() + seconds
+    pings = 0
+    while time.monotonic() < deadline:
+        notify.wait("WATCHDOG=1", timeout=WATCHDOG_SEC)
+        pings += 1
+        sim.client.call("Ping", path="/", iface="org.freedesktop.DBus.Peer",
+                        timeout=WATCHDOG_SEC)
+        sim.client.call("GetManagedObjects", iface="org.freedesktop.DBus.ObjectManager",
+                        timeout=WATCHDOG_SEC)
+    return pings
 
 
 def tree_snapshot(path: Path) -> dict[str, bytes]:

@@ -20,6 +20,8 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 TIMEOUT = 60.0
@@ -79,6 +81,11 @@ def wait_exit(pid: int, timeout: float = TIMEOUT) -> bool:
         os.close(fd)
 
 
+def _state(pid: int) -> str:
+    """A process's state letter (R, S, T, ...) from /proc/PID/stat."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
 class PrivateLibvirtd:
     """libvirtd on a socket of its own; `uri` is what gvtd and virsh connect to."""
 
@@ -130,6 +137,18 @@ class PrivateLibvirtd:
             if not wait_exit(self.pid):
                 raise RuntimeError(f"libvirtd (pid {self.pid}) did not exit on signal {sig}")
             self.pid = 0
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """libvirtd hung, not dead (SIGSTOP: its socket accepts, nothing answers), and
+        continued when the block ends, whatever happens in it."""
+        os.kill(self.pid, signal.SIGSTOP)
+        try:
+            while _state(self.pid) != "T":  # the stop is delivered asynchronously
+                pass
+            yield
+        finally:
+            os.kill(self.pid, signal.SIGCONT)
 
     def virsh(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         p = subprocess.run(["virsh", "-q", "-c", self.uri, *args], capture_output=True,

@@ -226,7 +226,7 @@ class ManagerInterface(_Mirror):
         roots = doctor.HostRoots.from_settings(self.daemon.settings)
         uuids = [d.uuid for d in self.host.definitions.values()]
         checks = await asyncio.to_thread(doctor.diagnose, roots, uuids)
-        checks += self.daemon.domains.checks()
+        checks += await self.daemon.domains.checks()
         return [list(c.as_tuple()) for c in checks]
 
     @dbus_property(access=PropertyAccess.READ)

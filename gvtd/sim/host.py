@@ -225,6 +225,30 @@ class EmulatedHost:
         change the world before it goes on."""
         self._stall("read", suffix)
 
+    def fail_reads(self, suffix: str, errno_name: str) -> None:
+        """Reads and lookups of paths ending in suffix fail with that errno (EACCES, EIO:
+        a permission fault, a device that stopped answering) until release_writes()."""
+        self._fail("read", suffix, errno_name)
+
+    def fail_writes(self, suffix: str, errno_name: str) -> None:
+        """Writes to paths ending in suffix fail with that errno before the kernel acts on
+        them (EBUSY: a remove refused while something holds the device) until
+        release_writes()."""
+        self._fail("before", suffix, errno_name)
+
+    def _fail(self, phase: str, suffix: str, errno_name: str) -> None:
+        code = getattr(errno, errno_name, None)
+        if not isinstance(code, int) or not errno_name.startswith("E"):
+            raise ValueError(f"{errno_name!r} is not an errno name such as EIO")
+        self.release_writes()
+
+        def fault(when: str, path: str, data: str) -> None:
+            if when == phase and path.endswith(suffix):
+                raise OSError(code, os.strerror(code))
+
+        self._stalled = threading.Event()  # so that release_writes() clears the fault
+        self.set_fault(fault)
+
     def _stall(self, phase: str, suffix: str) -> None:
         gate = threading.Event()
         self.release_writes()

@@ -111,11 +111,12 @@ class SimulatedHost:
     """`gvtd --simulate` on a bus; ready when its READY=1 arrives."""
 
     def __init__(self, bus_address: str, profile: str = "default",
-                 extra_args: list[str] | None = None, stderr: int | None = None) -> None:
+                 extra_args: list[str] | None = None, stderr: int | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="gvtd-sim-run-"))
         self.notify = NotifySocket(self.tmp)
         self.env = dict(os.environ, DBUS_SESSION_BUS_ADDRESS=bus_address,
-                        NOTIFY_SOCKET=self.notify.path)
+                        NOTIFY_SOCKET=self.notify.path, **(env or {}))
         self.env.pop("JOURNAL_STREAM", None)
         cmd = [sys.executable, "-m", "gvtd.daemon", "--simulate", "--simulate-profile", profile,
                *(extra_args or [])]

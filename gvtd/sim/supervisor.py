@@ -174,6 +174,28 @@ class SimulatorInterface(ServiceInterface):
         self.sup.host.stall_reads(suffix)
 
     @method()
+    def FailReads(self, suffix: "s", errno_name: "s") -> None:  # noqa: F821
+        """gvtd's reads and lookups of paths ending in suffix fail with errno_name (EACCES,
+        EIO) until ReleaseWrites(): a fault that is not the file's absence."""
+        if not suffix:
+            raise DBusError(names.ERROR_PREFIX + "InvalidArgument", "FailReads(suffix, errno)")
+        try:
+            self.sup.host.fail_reads(suffix, errno_name)
+        except ValueError as e:
+            raise DBusError(names.ERROR_PREFIX + "InvalidArgument", str(e)) from e
+
+    @method()
+    def FailWrites(self, suffix: "s", errno_name: "s") -> None:  # noqa: F821
+        """gvtd's writes to paths ending in suffix fail with errno_name (EBUSY, EIO) before
+        the kernel acts on them, until ReleaseWrites()."""
+        if not suffix:
+            raise DBusError(names.ERROR_PREFIX + "InvalidArgument", "FailWrites(suffix, errno)")
+        try:
+            self.sup.host.fail_writes(suffix, errno_name)
+        except ValueError as e:
+            raise DBusError(names.ERROR_PREFIX + "InvalidArgument", str(e)) from e
+
+    @method()
     async def WaitStalled(self) -> "s":  # noqa: F821
         """The path of the first write or read hanging since StallWrites() or StallReads(),
         once one does (within 30 s, else Failed): a test knows gvtd is in the middle of it."""
@@ -264,8 +286,23 @@ class Supervisor:
             return
         # Only READY matters here: the supervisor reports its own READY=1 once, and never
         # blocks its loop forwarding the daemon's STATUS lines to a reader that may be gone.
-        if "READY=1" in data.splitlines() and self._ready is not None and not self._ready.done():
+        lines = data.splitlines()
+        if "READY=1" in lines and self._ready is not None and not self._ready.done():
             self._ready.set_result(None)
+        if "WATCHDOG=1" in lines:
+            self._forward_watchdog()
+
+    def _forward_watchdog(self) -> None:
+        """The daemon's watchdog pings (WATCHDOG_USEC set for the simulation), passed on to
+        whoever supervises the simulation, as systemd would see them: a test can tell that
+        gvtd's loop keeps turning. Dropped, never waited for, when nobody reads them."""
+        target = os.environ.get("NOTIFY_SOCKET", "")
+        if not target.startswith("/"):
+            return
+        try:
+            self.notify.sendto(b"WATCHDOG=1", target)
+        except OSError:
+            pass  # the reader is gone or not reading: a ping lost, as a full socket loses it
 
     async def start_daemon(self) -> None:
         """Start gvtd as a child on the emulated host and wait for its READY=1."""

@@ -11,10 +11,11 @@ import asyncio
 import importlib.util
 import logging
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gvtd.errors import Busy, Failed, GvtdError, LibvirtUnavailable, NotFound
 from gvtd.virt.domxml import mdev_uuids, parse
@@ -93,6 +94,10 @@ class Libvirt:
         self._closing = False
         self._synced: libvirt.virConnect | None = None  # the connection whose domains are read
         self._failure: str | None = None  # why the last attempt failed: said once, not per retry
+        self._tasks: set[asyncio.Task[None]] = set()  # kept until done: see _spawn
+        self._loop_thread = 0
+        # (id, severity, message, fix) of background work that failed, for Manager.Problems
+        self.problems: dict[str, tuple[str, str, str, str]] = {}
 
     @property
     def connected(self) -> bool:
@@ -103,6 +108,7 @@ class Libvirt:
     async def start(self) -> None:
         global _event_impl_registered
         self.loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         if not _event_impl_registered:
             import libvirtaio  # loads libvirt here, on the loop's thread, before any worker
 
@@ -144,9 +150,7 @@ class Libvirt:
             self._failed(e.get_error_message())
             return False
         try:
-            conn.registerCloseCallback(self._on_close, None)
-            conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                                        self._on_lifecycle, None)
+            await asyncio.to_thread(self._register, conn)
         except libvirt.libvirtError as e:  # libvirtd went away right after accepting us
             self._failed(f"lost while connecting: {e.get_error_message()}")
             _drop(conn)
@@ -159,6 +163,12 @@ class Libvirt:
             self._synced = conn
             self.on_change(set())  # LibvirtConnected, even when the resync failed
         return True
+
+    def _register(self, conn: libvirt.virConnect) -> None:
+        """The callbacks gvtd needs (an RPC to libvirtd: in a worker thread)."""
+        conn.registerCloseCallback(self._on_close, None)
+        conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                    self._on_lifecycle, None)
 
     def _failed(self, why: str) -> None:
         """A warning when libvirt becomes unreachable or fails differently; the retries that
@@ -173,8 +183,7 @@ class Libvirt:
     def _reconnect_later(self) -> None:
         if self._closing or (self._reconnecting and not self._reconnecting.done()):
             return
-        assert self.loop is not None
-        self._reconnecting = self.loop.create_task(self._reconnect())
+        self._reconnecting = self._spawn(self._reconnect(), "reconnect to libvirt")
 
     async def _reconnect(self) -> None:
         delay = MIN_DELAY
@@ -183,6 +192,11 @@ class Libvirt:
             delay = min(delay * 2, MAX_DELAY)
 
     def _on_close(self, conn: libvirt.virConnect, reason: int, opaque: object) -> None:
+        assert self.loop is not None
+        if threading.get_ident() != self._loop_thread:
+            # libvirt closes from the thread that met the end of the socket: a worker's RPC
+            self.loop.call_soon_threadsafe(self._on_close, conn, reason, opaque)
+            return
         if conn is not self.conn:
             return  # an older connection, already replaced
         log.warning("Lost the connection to libvirt (reason %d); reconnecting", reason)
@@ -195,8 +209,35 @@ class Libvirt:
 
     def _on_lifecycle(self, conn: libvirt.virConnect, dom: libvirt.virDomain, event: int,
                       detail: int, opaque: object) -> None:
+        self._spawn(self._refresh_one(dom.name()), "read a domain after its libvirt event")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
+        """Run coro in the background, kept until it ends (the loop holds tasks weakly),
+        so that a failure is logged and shown in Problems instead of lost."""
         assert self.loop is not None
-        self.loop.create_task(self._refresh_one(dom.name()))
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._task_done(t, what))
+        return task
+
+    def _task_done(self, task: asyncio.Task[None], what: str) -> None:
+        """Said until the same work succeeds again."""
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        e = task.exception()
+        if e is None:
+            if self.problems.pop(what, None) is not None:
+                self.on_change(set())
+            return
+        log.error("gvtd failed to %s: %s", what, e, exc_info=e)
+        self.problems[what] = (
+            f"libvirt:{what.replace(' ', '-')}", "error",
+            f"gvtd failed to {what} ({type(e).__name__}: {e}); what it shows of libvirt's "
+            "domains may be out of date until it succeeds again.",
+            "If this stays, restart gvtd (systemctl restart gvtd) and report the journal "
+            "lines (journalctl -u gvtd).")
+        self.on_change(set())
 
     async def resync(self) -> None:
         """Read every domain again (after connecting, or when unsure)."""
@@ -247,6 +288,8 @@ class Libvirt:
     # -- operations ------------------------------------------------------------------------
 
     def _domain(self, name: str) -> libvirt.virDomain:
+        """The domain, looked up with an RPC: call it in a worker thread, never on the loop
+        (a libvirtd that hangs would hang every D-Bus answer and the watchdog)."""
         if self.conn is None:
             raise LibvirtUnavailable(f"libvirt is not reachable at {self.uri}: is libvirtd "
                                      "running? gvtd reconnects as soon as it is.")
@@ -259,14 +302,16 @@ class Libvirt:
             raise NotFound(f"libvirt has no domain named {name!r} (`virsh list --all` shows "
                            "them).") from e
 
-    def domain_xml(self, name: str) -> str:
-        return self._domain(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-
-    def version(self) -> int:
-        """libvirt's version as major * 1,000,000 + minor * 1,000 + micro."""
-        if self.conn is None:
+    async def version(self) -> int:
+        """libvirt's version as major * 1,000,000 + minor * 1,000 + micro (an RPC, off the
+        loop)."""
+        conn = self.conn
+        if conn is None:
             raise LibvirtUnavailable(f"libvirt is not reachable at {self.uri}.")
-        return int(self.conn.getLibVersion())
+        try:
+            return int(await asyncio.to_thread(conn.getLibVersion))
+        except libvirt.libvirtError as e:
+            raise self._lost_or_failed(e, "libvirt cannot tell its version") from e
 
     async def hyperv_features(self, xml: str) -> frozenset[str]:
         """The Hyper-V enlightenments libvirt accepts for this domain: its domain capabilities
@@ -292,7 +337,7 @@ class Libvirt:
             caps = ""
         hyperv = parse(caps).find("./features/hyperv") if caps else None
         if hyperv is None:
-            return HYPERV_SINCE_1_3_3 if self.version() >= 1_003_003 else frozenset()
+            return HYPERV_SINCE_1_3_3 if await self.version() >= 1_003_003 else frozenset()
         if hyperv.get("supported") != "yes":
             return frozenset()
         return frozenset(v.text or "" for v in
@@ -351,9 +396,8 @@ class Libvirt:
 
     async def create(self, name: str) -> None:
         """Start a defined domain (virsh start)."""
-        dom = self._domain(name)
         try:
-            await asyncio.to_thread(dom.create)
+            await asyncio.to_thread(lambda: self._domain(name).create())
         except libvirt.libvirtError as e:
             if _lost(e):
                 raise LibvirtUnavailable(f"lost the connection to libvirt at {self.uri} while "
@@ -365,7 +409,7 @@ class Libvirt:
     async def shutdown(self, name: str, timeout: float, force: bool) -> bool:
         """Ask the guest to shut down; wait up to timeout; destroy if forced.
         Returns whether the domain is off."""
-        dom = self._domain(name)
+        dom = await asyncio.to_thread(self._domain, name)
         assert self.loop is not None
         waiter: asyncio.Future[None] = self.loop.create_future()
         self._stopped.setdefault(name, []).append(waiter)

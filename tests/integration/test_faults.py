@@ -13,7 +13,7 @@ from dbus_fast import Message, MessageType, Variant
 
 from gvtd import names
 from gvtd.config import Definition
-from harness import CallError, Simulation, plain
+from harness import WATCHDOG, WATCHDOG_SEC, CallError, Simulation, keeps_answering, plain
 
 U = "fff6f017-3417-4ad3-b05e-17ae3e1a4615"
 U2 = "1b8f3a52-9a50-4c1e-8d6e-0c2b7a4e5f61"
@@ -178,12 +178,16 @@ DEFINE_STEPS = {
 
 class Strace:
     """SIGKILL gvtd on entering its nth call of one syscall (strace's fault injection, in
-    the kernel's ptrace stop: the syscall never runs), logging the file it was about."""
+    the kernel's ptrace stop: the syscall never runs), logging the file it was about.
+
+    Every thread is traced (-f): gvtd makes its durable writes in its one disk thread, off
+    the loop. strace counts calls per thread, and that thread makes the writes of a Define
+    in the order DEFINE_STEPS lists, so the nth call is the same step as on the loop."""
 
     def __init__(self, pid: int, syscall: str, nth: int, log: Path) -> None:
         self.log = log
         self.proc = subprocess.Popen(
-            ["strace", "-p", str(pid), "-y", "-o", str(log),
+            ["strace", "-f", "-p", str(pid), "-y", "-o", str(log),
              "-e", "trace=write,fchmod,fsync,rename,link,unlink",
              "-e", f"inject={syscall}:signal=KILL:when={nth}"],
             stderr=subprocess.PIPE, text=True)
@@ -194,9 +198,10 @@ class Strace:
     def killed_in(self) -> str:
         """The traced line gvtd died in."""
         assert self.proc.wait(30) == 0
-        lines = self.log.read_text().splitlines()
-        assert lines[-1].endswith("+++ killed by SIGKILL +++"), lines[-3:]
-        return lines[-2]
+        # with -f each line starts with its thread's id, and every thread ends killed
+        lines = [line.split(None, 1)[1] for line in self.log.read_text().splitlines()]
+        assert lines[-1] == "+++ killed by SIGKILL +++", lines[-3:]
+        return [line for line in lines if not line.startswith(("+++", "<...", "---"))][-1]
 
 
 @pytest.mark.parametrize("step", list(DEFINE_STEPS))
@@ -295,3 +300,92 @@ def test_parent_unregisters_in_the_middle_of_a_start_domain(sim: Simulation) -> 
     sim.client.call("StartDomain", "sa{sv}", ["win10", {}])
     assert sim.client.props(domain, names.DOMAIN_IFACE)["State"] == "running"
     assert creates(sim) == [(U, "ENODEV"), (U, "ok")]
+
+
+STALLED = 3.0  # seconds the emulated kernel holds gvtd's call: three times WatchdogSec
+
+
+@pytest.mark.parametrize("stall, suffix", [("StallWrites", "/create"),
+                                           ("StallReads", "/available_instances")])
+def test_a_stalled_sysfs_call_during_start_domain_stalls_nothing_else(
+        dbus, stall: str, suffix: str) -> None:  # type: ignore[no-untyped-def]
+    """A StartDomain held inside its create write (a stuck driver) or inside the full
+    re-read of sysfs before it: gvtd keeps answering Ping and GetManagedObjects and pinging
+    the watchdog; once the kernel goes on, the vGPU is created once and the domain starts."""
+    sim = Simulation(dbus, env=WATCHDOG)
+    try:
+        if not sim.client.props(names.ROOT_PATH, names.MANAGER_IFACE)["LibvirtConnected"]:
+            sim.client.wait_for(lambda m: m.member == "PropertiesChanged"
+                                and m.path == names.ROOT_PATH
+                                and plain(m.body[1]).get("LibvirtConnected") is True)
+        sim.client.define(name="win10", type="i915-GVTg_V5_8", uuid=U, start="on-demand",
+                          domain="win10")
+        sim.sim_call(stall, "s", [suffix])
+        reply = sim.client.send_call("StartDomain", "sa{sv}", ["win10", {}])
+        try:
+            assert sim.sim_call("WaitStalled")[0].endswith(suffix)
+            assert keeps_answering(sim, STALLED) >= STALLED / WATCHDOG_SEC
+        finally:
+            sim.sim_call("ReleaseWrites")
+        r = reply()
+        assert r.message_type is MessageType.METHOD_RETURN, r.body
+        domain = names.domain_path("win10")
+        assert sim.client.props(domain, names.DOMAIN_IFACE)["State"] == "running"
+        assert [c for c in creates(sim) if c[1] == "ok"] == [(U, "ok")]
+    finally:
+        sim.stop()
+
+
+def sysfs_problems(sim: Simulation) -> list[list[str]]:
+    problems = sim.client.props(names.ROOT_PATH, names.MANAGER_IFACE)["Problems"]
+    return [p for p in problems if p[0].startswith("sysfs:")]
+
+
+@pytest.mark.parametrize("error, text", [("EACCES", "Permission denied"),
+                                         ("EIO", "Input/output error")])
+def test_an_unreadable_sysfs_file_is_reported_not_taken_for_absence(
+        sim: Simulation, error: str, text: str) -> None:
+    """An mdev's `mdev_type` link that cannot be read (not: is not there) during a full
+    re-read: the vGPU stays active and is not created again, and Problems names the file
+    and the errno until it reads again."""
+    sim.client.define(name="a", type="i915-GVTg_V5_8", uuid=U)
+    assert sim.client.vgpus()["a"]["State"] == "active"
+    sim.sim_call("FailReads", "ss", [f"/{U}/mdev_type", error])
+    try:
+        sim.client.call("Reload")  # re-reads everything
+        (problem,) = sysfs_problems(sim)
+        assert problem[0].endswith(f"/{U}/mdev_type") and problem[1] == "error", problem
+        assert f"{text} ({error})" in problem[2] and "permissions" in problem[3], problem
+        v = sim.client.vgpus()["a"]
+        assert (v["State"], v["LastError"]) == ("active", "")
+    finally:
+        sim.sim_call("ReleaseWrites")
+    assert creates(sim) == [(U, "ok")]  # not taken for gone: never created again
+    sim.client.call("Reload")
+    assert sysfs_problems(sim) == []
+
+
+def test_fail_reads_checks_its_arguments(sim: Simulation) -> None:
+    with pytest.raises(CallError):
+        sim.sim_call("FailReads", "ss", ["/mdev_type", "ENOTANERRNO"])
+
+
+def test_a_stalled_read_of_one_parent_during_create_vgpu_stalls_nothing_else(dbus) -> None:  # type: ignore[no-untyped-def]
+    """CreateVGPU re-reads only its parent before the write (no full re-read): held inside
+    that read, gvtd keeps answering and pinging the watchdog, then creates the vGPU."""
+    sim = Simulation(dbus, env=WATCHDOG)
+    try:
+        sim.client.define(name="m", type="i915-GVTg_V5_8", uuid=U, start="manual")
+        sim.sim_call("StallReads", "s", ["/available_instances"])
+        reply = sim.client.send_call("CreateVGPU", "s", ["m"])
+        try:
+            assert sim.sim_call("WaitStalled")[0].endswith("/available_instances")
+            assert keeps_answering(sim, STALLED) >= STALLED / WATCHDOG_SEC
+        finally:
+            sim.sim_call("ReleaseWrites")
+        r = reply()
+        assert r.message_type is MessageType.METHOD_RETURN, r.body
+        assert sim.client.vgpus()["m"]["State"] == "active"
+        assert creates(sim) == [(U, "ok")]
+    finally:
+        sim.stop()

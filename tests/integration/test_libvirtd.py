@@ -24,7 +24,7 @@ from gvtd import names
 from gvtd.cputopo import Topology
 from gvtd.virt import domxml, tune
 from gvtd.virt.connection import MAX_DELAY
-from harness import CallError, DBusDaemon, Simulation, plain
+from harness import WATCHDOG, WATCHDOG_SEC, CallError, DBusDaemon, Simulation, keeps_answering, plain
 from libvirtd import PowerdownWatch, PrivateLibvirtd, domain_xml, wait_exit
 from xserver import Xvfb
 
@@ -451,3 +451,75 @@ def test_sigterm_during_a_long_stop_domain(gvtd: Simulation, lv: PrivateLibvirtd
     added = gvtd.client.wait_for(lambda m: m.member == "InterfacesAdded"
                                  and m.body[0] == names.domain_path("deaf"))
     assert plain(added.body[1])[names.DOMAIN_IFACE]["State"] == "running"
+
+
+FROZEN = 3.0  # seconds libvirtd stays hung: three times WatchdogSec, well inside libvirt's
+# keepalive (5 pings 5 s apart), which would take the connection for lost
+
+
+@pytest.fixture
+def watched(dbus: DBusDaemon, lv: PrivateLibvirtd, tmp_path: Path) -> Iterator[Simulation]:
+    """The gvtd fixture's simulation, with a watchdog (harness.WATCHDOG) whose pings reach
+    the test."""
+    (tmp_path / "gvtd.toml").write_text(f'libvirt_uri = "{lv.uri}"\n'
+                                        f'qemu_conf = "{lv.dir / "etc" / "qemu.conf"}"\n')
+    sim = Simulation(dbus, config_dir=tmp_path, env=WATCHDOG)
+    try:
+        if not manager(sim)["LibvirtConnected"]:
+            wait_connected(sim, True)
+        yield sim
+    finally:
+        sim.stop()
+
+
+def test_a_hung_libvirtd_during_start_domain_stalls_nothing_else(watched: Simulation,
+                                                                  lv: PrivateLibvirtd) -> None:
+    """Two StartDomains of one domain while libvirtd hangs: gvtd keeps answering and
+    pinging the watchdog; once libvirtd goes on, both succeed and the domain is started
+    once (a second start would be libvirt's "domain is already running": Failed)."""
+    lv.define(domain_xml("tiny"))
+    with lv.frozen():
+        first = watched.client.send_call("StartDomain", "sa{sv}", ["tiny", {}])
+        second = watched.client.send_call("StartDomain", "sa{sv}", ["tiny", {}])
+        assert keeps_answering(watched, FROZEN) >= FROZEN / WATCHDOG_SEC
+    for reply in (first(), second()):
+        assert reply.message_type is MessageType.METHOD_RETURN, reply.body
+    assert lv.domstate("tiny") == "running"
+    stop(watched, "tiny", force=True, timeout=1)
+
+
+def test_a_hung_libvirtd_during_diagnose_stalls_nothing_else(watched: Simulation,
+                                                             lv: PrivateLibvirtd) -> None:
+    with lv.frozen():
+        reply = watched.client.send_call("Diagnose")
+        assert keeps_answering(watched, FROZEN) >= FROZEN / WATCHDOG_SEC
+    r = reply()
+    assert r.message_type is MessageType.METHOD_RETURN, r.body
+    libvirt = [c for c in r.body[0] if c[0] == "libvirt"]
+    assert [c[1] for c in libvirt] == ["pass"] and lv.uri in libvirt[0][2]
+
+
+def test_a_failed_release_after_a_domain_stops_on_its_own_is_a_problem(
+        gvtd: Simulation, lv: PrivateLibvirtd) -> None:
+    """The domain is destroyed outside gvtd and the kernel refuses the removal of its
+    on-demand vGPU (EBUSY): the failure of that background release is in Manager.Problems
+    and the log with a sentence, not lost with its task; the next stop clears it."""
+    gvtd.client.define(name="s", type="i915-GVTg_V5_8", start="on-demand", domain="tiny")
+    lv.define(domain_xml("tiny"))
+    start(gvtd, "tiny")
+    gvtd.sim_call("FailWrites", "ss", ["/remove", "EBUSY"])
+    try:
+        forget(gvtd)
+        lv.virsh("destroy", "tiny")  # outside gvtd: only libvirt's event says so
+        msg = gvtd.client.wait_for(lambda m: m.path == names.ROOT_PATH and any(
+            p[0] == "domain:tiny:release" for p in plain(m.body[1]).get("Problems", [])))
+    finally:
+        gvtd.sim_call("ReleaseWrites")
+    (problem,) = [p for p in plain(msg.body[1])["Problems"] if p[0] == "domain:tiny:release"]
+    assert "Domain tiny stopped, but removing its on-demand vGPUs failed" in problem[2]
+    assert "in use" in problem[2] and "gvt-client remove" in problem[3], problem
+    assert gvtd.client.vgpus()["s"]["State"] == "active"  # still there: the kernel refused
+    start(gvtd, "tiny")
+    stop(gvtd, "tiny", force=True, timeout=1)
+    assert gvtd.client.vgpus()["s"]["State"] == "inactive"
+    assert not [p for p in manager(gvtd)["Problems"] if p[0] == "domain:tiny:release"]

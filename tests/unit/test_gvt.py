@@ -101,3 +101,33 @@ def test_find_a_definition_before_its_view_exists(tmp_path: Path) -> None:
     host.definitions["a"] = Definition(uuid="fff6f017-3417-4ad3-b05e-17ae3e1a4615",
                                        type="i915-GVTg_V5_4")
     assert host.find("a").name == "a"
+
+
+def test_a_failed_uevent_pass_is_in_problems_and_the_log(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A pass over uevents that fails, and fails again re-reading everything (a reader
+    below the host that breaks): logged and in Problems, not lost with its task."""
+    import asyncio
+
+    from gvtd.config import ConfigDir
+    from gvtd.host import Host
+    from gvtd.state import Ownership
+    from gvtd.udev import Uevent
+
+    class Broken(Sysfs):
+        def mdevs(self) -> dict:  # type: ignore[override, type-arg]
+            raise RuntimeError("the reader broke")
+
+    host = Host(ConfigDir(tmp_path), Broken(tmp_path / "sys"), Ownership(tmp_path / "state"))
+
+    async def go() -> None:
+        host.on_uevents([Uevent("change")])  # names nothing: everything is re-read
+        assert host._drainer is not None
+        await asyncio.wait({host._drainer})  # its done-callbacks run in order: ours first
+
+    caplog.set_level("ERROR", logger="gvtd.host")
+    asyncio.run(go())
+    (problem,) = [p for p in host.problems() if p[0] == "host:uevents"]
+    assert "the reader broke" in problem[2] and "gvt-client reload" in problem[3]
+    assert any("Failed to follow the kernel's uevents" in r.getMessage()
+               for r in caplog.records)

@@ -9,6 +9,8 @@ from gvtd.errors import Busy, NotFound
 from gvtd.virt.connection import Libvirt
 
 MINE = "<description>mine</description>"
+LIFECYCLE = ("<domain type='test'><name>lifecycle</name><memory>8192</memory>"
+             "<os><type>hvm</type></os></domain>")
 
 
 def test_define_refuses_over_an_xml_changed_since_it_was_read() -> None:
@@ -42,3 +44,44 @@ def test_define_refuses_over_an_xml_changed_since_it_was_read() -> None:
             lv.close()
 
     asyncio.run(go())
+
+
+def test_a_failing_lifecycle_refresh_is_in_problems_and_the_log(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The refresh a libvirt event starts in the background fails (here its listener
+    raises): the failure is logged and in Libvirt.problems (which Manager.Problems shows),
+    and the listener is told, instead of vanishing with the task."""
+
+    async def go() -> None:
+        told, cleared = asyncio.Event(), asyncio.Event()
+        broken = [True]
+
+        def on_change(names: set[str]) -> None:
+            if names == {"lifecycle"} and broken[0]:
+                raise RuntimeError("listener broke")
+            (told if lv.problems else cleared).set()
+
+        lv = Libvirt("test:///default", on_change=on_change)
+        await lv.start()
+        try:
+            assert lv.conn is not None
+            dom = await asyncio.to_thread(lv.conn.createXML, LIFECYCLE)
+            # libvirt's lifecycle callback, called as libvirt calls it (libvirtaio stays on
+            # the loop of the first test that registered it, so events cannot reach this one)
+            lv._on_lifecycle(lv.conn, dom, 0, 0, None)
+            await asyncio.wait_for(told.wait(), 10)
+            (problem,) = lv.problems.values()
+            assert problem[1] == "error" and "listener broke" in problem[2]
+            assert "read a domain after its libvirt event" in problem[2]
+            assert not lv._tasks
+            broken[0] = False  # the next refresh succeeds: the problem is over
+            cleared.clear()
+            lv._on_lifecycle(lv.conn, dom, 0, 0, None)
+            await asyncio.wait_for(cleared.wait(), 10)
+            assert lv.problems == {}
+        finally:
+            lv.close()
+
+    caplog.set_level("ERROR", logger="gvtd.virt.connection")
+    asyncio.run(go())
+    assert any("listener broke" in r.getMessage() for r in caplog.records)

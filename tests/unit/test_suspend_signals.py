@@ -67,3 +67,63 @@ def test_the_memory_of_forgers_is_bounded(caplog: pytest.LogCaptureFixture) -> N
     s._on_message(sleep(senders[0]))  # forgotten long ago: logged again
     assert len(ignored(caplog)) == 1 and len(s._forged) == FORGED_MEMORY
     assert not s._tasks
+
+
+@pytest.mark.parametrize("answer", ["error", "raise"])
+def test_an_unreadable_inhibit_delay_is_said_and_the_default_used(
+        caplog: pytest.LogCaptureFixture, answer: str) -> None:
+    """logind refusing the property, or the bus failing under the call: the handler keeps
+    logind's default delay and says why in the log, instead of swallowing it."""
+    import asyncio
+
+    from gvtd.suspend import DEFAULT_DELAY_MAX
+
+    s = handler()
+    s.delay_max = 1.0
+
+    async def call(*_args: object) -> Message:  # the bus below the handler
+        if answer == "raise":
+            raise EOFError("the bus went away")
+        return Message(message_type=MessageType.ERROR, error_name="org.freedesktop.DBus."
+                       "Error.UnknownProperty", reply_serial=1, signature="s",
+                       body=["no such property"])
+
+    s._call = call  # type: ignore[method-assign]
+    caplog.set_level(logging.WARNING, logger="gvtd.suspend")
+    asyncio.run(s._read_delay_max())
+    assert s.delay_max == DEFAULT_DELAY_MAX
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "InhibitDelayMaxUSec" in line
+    assert ("the bus went away" if answer == "raise" else "no such property") in line
+
+
+def test_a_failed_sleep_handler_is_in_problems_and_the_log(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A task the handler starts for PrepareForSleep that fails: logged and shown in
+    Problems, not lost with the task; the next that succeeds clears it."""
+    import asyncio
+
+    s = handler()
+    changed: list[None] = []
+    s.changed = lambda: changed.append(None)  # type: ignore[method-assign]
+
+    async def fails() -> None:
+        raise RuntimeError("the host went away")
+
+    async def succeeds() -> None:
+        pass
+
+    async def run(coro: object) -> None:
+        s._spawn(coro)
+        (task,) = s._tasks
+        handled = asyncio.get_running_loop().create_future()
+        task.add_done_callback(lambda _: handled.set_result(None))  # runs after s._done
+        await handled
+
+    caplog.set_level(logging.ERROR, logger="gvtd.suspend")
+    asyncio.run(run(fails()))
+    (problem,) = [p for p in s._problems.values() if p[0] == "suspend:handling"]
+    assert "the host went away" in problem[2] and changed
+    assert any("the host went away" in r.getMessage() for r in caplog.records)
+    asyncio.run(run(succeeds()))
+    assert "suspend:handling" not in s._problems and not s._tasks
