@@ -502,8 +502,8 @@ def test_a_hung_libvirtd_during_diagnose_stalls_nothing_else(watched: Simulation
 def test_a_failed_release_after_a_domain_stops_on_its_own_is_a_problem(
         gvtd: Simulation, lv: PrivateLibvirtd) -> None:
     """The domain is destroyed outside gvtd and the kernel refuses the removal of its
-    on-demand vGPU (EBUSY): the failure of that background release is in Manager.Problems
-    and the log with a sentence, not lost with its task; the next stop clears it."""
+    on-demand vGPU (EBUSY): the background release's failure is on the vGPU (LastError) and
+    in Manager.Problems with a sentence, not lost with its task; the next stop clears it."""
     gvtd.client.define(name="s", type="i915-GVTg_V5_8", start="on-demand", domain="tiny")
     lv.define(domain_xml("tiny"))
     start(gvtd, "tiny")
@@ -512,14 +512,16 @@ def test_a_failed_release_after_a_domain_stops_on_its_own_is_a_problem(
         forget(gvtd)
         lv.virsh("destroy", "tiny")  # outside gvtd: only libvirt's event says so
         msg = gvtd.client.wait_for(lambda m: m.path == names.ROOT_PATH and any(
-            p[0] == "domain:tiny:release" for p in plain(m.body[1]).get("Problems", [])))
+            p[0] == "vgpu:s" for p in plain(m.body[1]).get("Problems", [])))
     finally:
         gvtd.sim_call("ReleaseWrites")
-    (problem,) = [p for p in plain(msg.body[1])["Problems"] if p[0] == "domain:tiny:release"]
-    assert "Domain tiny stopped, but removing its on-demand vGPUs failed" in problem[2]
-    assert "in use" in problem[2] and "gvt-client remove" in problem[3], problem
-    assert gvtd.client.vgpus()["s"]["State"] == "active"  # still there: the kernel refused
+    (problem,) = [p for p in plain(msg.body[1])["Problems"] if p[0] == "vgpu:s"]
+    assert "Not removed after tiny stopped" in problem[2], problem
+    assert "gvt-client remove s" in problem[3], problem
+    vgpu = gvtd.client.vgpus()["s"]
+    assert vgpu["State"] == "active"  # still there: the kernel refused
+    assert "Not removed after tiny stopped" in vgpu["LastError"]
     start(gvtd, "tiny")
     stop(gvtd, "tiny", force=True, timeout=1)
     assert gvtd.client.vgpus()["s"]["State"] == "inactive"
-    assert not [p for p in manager(gvtd)["Problems"] if p[0] == "domain:tiny:release"]
+    assert not [p for p in manager(gvtd)["Problems"] if p[0] == "vgpu:s"]

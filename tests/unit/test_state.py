@@ -1,7 +1,9 @@
-"""The ownership record: each mdev's origin, what gvtd may remove, and an older gvtd's file."""
+"""The ownership record: each mdev's origin, what gvtd may remove, and an older gvtd's file.
+Its writes are coroutines (they run in gvtd's disk thread), hence asyncio.run."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -14,9 +16,10 @@ TAKEN = "33333333-4444-4555-8666-777777777777"
 
 def test_origins_decide_what_gvtd_may_remove(tmp_path: Path) -> None:
     o = Ownership(tmp_path)
-    o.add(MINE, "mine")
-    o.add_all({THEIRS: "theirs", MINE: "mine"}, "adopted")  # gvtd's own found again: stays
-    o.add_all({TAKEN: "taken"}, "taken-over")
+    asyncio.run(o.add(MINE, "mine"))
+    # gvtd's own found again: stays its own
+    asyncio.run(o.add_all({THEIRS: "theirs", MINE: "mine"}, "adopted"))
+    asyncio.run(o.add_all({TAKEN: "taken"}, "taken-over"))
     assert o.origins() == {MINE: "created", THEIRS: "adopted", TAKEN: "taken-over"}
     assert [o.removable(u) for u in (MINE, THEIRS, TAKEN)] == [True, False, True]
     assert THEIRS in o and o.name(THEIRS) == "theirs"
@@ -27,9 +30,9 @@ def test_origins_decide_what_gvtd_may_remove(tmp_path: Path) -> None:
     again = Ownership(tmp_path)
     again.load()
     assert again.origins() == o.origins() and again.items() == o.items()
-    o.add(THEIRS, "theirs")  # gvtd created that UUID itself later (after a reboot)
+    asyncio.run(o.add(THEIRS, "theirs"))  # gvtd created that UUID itself later (after a reboot)
     assert o.origin(THEIRS) == "created"
-    o.discard_all([MINE, THEIRS])
+    asyncio.run(o.discard_all([MINE, THEIRS]))
     assert o.origins() == {TAKEN: "taken-over"}
 
 
@@ -42,7 +45,7 @@ def test_an_older_gvtds_file_still_loads(tmp_path: Path) -> None:
     o.load()
     assert o.origins() == {MINE: "created", THEIRS: "created"}
     assert o.items() == [(MINE, "mine"), (THEIRS, "theirs")]
-    o.add_all({TAKEN: "taken"}, "adopted")
+    asyncio.run(o.add_all({TAKEN: "taken"}, "adopted"))
     assert json.loads((tmp_path / STATE_FILE).read_text()) == {
         "version": 2, "created": {MINE: "mine", THEIRS: "theirs"},
         "adopted": {TAKEN: "taken"}, "taken_over": {}}
