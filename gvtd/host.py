@@ -12,8 +12,9 @@ import dataclasses
 import logging
 import time
 import uuid as uuidlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from pydantic import ValidationError
 
@@ -45,6 +46,35 @@ def _fields(name: str = "", uuid: str = "", parent: str = "") -> dict[str, str]:
     if parent:
         out["PARENT"] = parent
     return out
+
+
+ProblemRow = tuple[str, str, str, str]  # (id, severity, message, fix): see Host.problems
+
+
+class DomainView(Protocol):
+    """What Host asks of libvirt's domains (gvtd.domains.Domains)."""
+
+    def domain_of(self, uuid: str) -> str:
+        """The domain that uses a vGPU, or ""."""
+
+    def running_user(self, uuid: str) -> str | None:
+        """The running domain that uses a vGPU, or None."""
+
+    def problems(self) -> list[ProblemRow]:
+        """The domains' own entries for Manager.Problems."""
+
+
+class NoDomains:
+    """The DomainView until attach(): no domain uses anything."""
+
+    def domain_of(self, uuid: str) -> str:
+        return ""
+
+    def running_user(self, uuid: str) -> str | None:
+        return None
+
+    def problems(self) -> list[ProblemRow]:
+        return []
 
 
 def _not_restored(name: str) -> str:
@@ -86,14 +116,25 @@ class Host:
         self._pending: list[Uevent] = []
         self._drainer: asyncio.Task[None] | None = None
         self._arriving: dict[str, int] = {}  # mdev UUID -> re-reads so far (_read_again)
-        # Set by gvtd.domains when libvirt is wired in: which domain uses a UUID, and which
-        # running domain does.
-        self.domain_of: Callable[[str], str] = lambda uuid: ""
-        self.running_user: Callable[[str], str | None] = lambda uuid: None
-        self.extra_problems: Callable[[], list[tuple[str, str, str, str]]] = lambda: []
+        # Given by attach(): which domain uses a UUID, which running domain does, and what
+        # else goes into Manager.Problems.
+        self.domains: DomainView = NoDomains()
+        self._problem_sources: tuple[Callable[[], list[ProblemRow]], ...] = ()
         # background work that failed (see _drained), for Manager.Problems
-        self.task_problems: dict[str, tuple[str, str, str, str]] = {}
-        self.unreadable: dict[str, tuple[str, str, str, str]] = {}  # see _unreadable
+        self.task_problems: dict[str, ProblemRow] = {}
+        self.unreadable: dict[str, ProblemRow] = {}  # see _unreadable
+
+    def attach(self, domains: DomainView,
+               problem_sources: Sequence[Callable[[], list[ProblemRow]]] = ()) -> None:
+        """The wiring step (gvtd.daemon), once its collaborators exist: libvirt's domains,
+        and the other parts whose entries Manager.Problems lists after the domains' (each
+        called whenever Problems is read)."""
+        self.domains = domains
+        self._problem_sources = tuple(problem_sources)
+
+    def set_restore_removed(self, on: bool) -> None:
+        """Reload: whether a vGPU removed outside gvtd is recreated from now on."""
+        self.restore_removed = on
 
     # -- state --------------------------------------------------------------------------
 
@@ -128,7 +169,7 @@ class Host:
         self._last_parent = {u: m.parent for u, m in self.mdevs.items()}
         owned = dict(self.ownership.items())
         self.views = reconcile.views(self.definitions, list(self.parents.values()), self.mdevs,
-                                     owned, self.errors, self.domain_of, self.refused,
+                                     owned, self.errors, self.domains.domain_of, self.refused,
                                      self.ownership.origins())
         for listener in self.listeners:
             listener()
@@ -315,7 +356,7 @@ class Host:
             parent = self.parents.get(self._last_parent.get(uuid, ""))
             if parent is None or not parent.registered:
                 continue  # went with its parent: parent-missing, not an outside removal
-            user = self.running_user(uuid)
+            user = self.domains.running_user(uuid)
             if user is not None:
                 log.error("vGPU %s (%s) was removed outside gvtd while %s uses it", name, uuid,
                           user, extra=_fields(name, uuid, parent.name))
@@ -447,12 +488,15 @@ class Host:
 
     # -- what the bus shows ---------------------------------------------------------------
 
-    def problems(self) -> list[tuple[str, str, str, str]]:
+    def problems(self) -> list[ProblemRow]:
         """(id, severity, message, fix) for Manager.Problems."""
         out = [(f"config:{p.file}", "error", str(p),
                 "Fix or remove the file, then run `gvt-client reload`.")
                for p in self.config_problems]
-        out += self.extra_problems() + list(self.task_problems.values())
+        out += self.domains.problems()
+        for source in self._problem_sources:
+            out += source()
+        out += list(self.task_problems.values())
         out += list(self.unreadable.values())
         for v in self.views.values():
             if v.state == "failed":
@@ -695,7 +739,7 @@ class Host:
             for name, d in sorted(self.definitions.items()):
                 if d.start == "on-demand" and d.uuid in uuids and d.uuid in self.mdevs \
                         and self.ownership.removable(d.uuid) \
-                        and self.running_user(d.uuid) is None:
+                        and self.domains.running_user(d.uuid) is None:
                     log.info("Domain %s stopped: removing its on-demand vGPU %s", domain, name,
                              extra=_fields(name, d.uuid))
                     try:
@@ -744,7 +788,7 @@ class Host:
                 if progress.stop:
                     break  # the host is awake again: remove nothing more
                 name = by_uuid.get(uuid, "")
-                user = self.running_user(uuid)
+                user = self.domains.running_user(uuid)
                 if user is not None:
                     log.info("vGPU %s stays through sleep: the running domain %s uses it",
                              name or uuid, user, extra=_fields(name, uuid, mdev.parent))
