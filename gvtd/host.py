@@ -23,7 +23,8 @@ from gvtd.config import (SETTINGS_FILE, ConfigDir, Definition, Problem, on_disk,
                          request_error, validate_name)
 from gvtd.errors import (Busy, Failed, GvtdError, InvalidArgument, NoCapacity, NotFound,
                          ParentMissing)
-from gvtd.mdev import Mdev, Parent, ReadFailed, Sysfs, render_nodes
+from gvtd.mdev import Mdev, Parent, Sysfs, render_nodes
+from gvtd.observed import Observed, ProblemRow
 from gvtd.reconcile import VgpuView
 from gvtd.state import Ownership
 from gvtd.udev import Uevent
@@ -32,8 +33,6 @@ log = logging.getLogger(__name__)
 
 RESTORE_LIMIT = 3  # automatic re-creations of one vGPU after its first ...
 RESTORE_WINDOW = 60.0  # ... within this many seconds, before gvtd gives up on it
-ARRIVING_RETRIES = 10  # re-reads of an mdev still without its type link: 10 ms doubling,
-ARRIVING_MAX_DELAY = 1.0  # at most 1 s apart (about 4 s in all)
 
 
 def _fields(name: str = "", uuid: str = "", parent: str = "") -> dict[str, str]:
@@ -46,9 +45,6 @@ def _fields(name: str = "", uuid: str = "", parent: str = "") -> dict[str, str]:
     if parent:
         out["PARENT"] = parent
     return out
-
-
-ProblemRow = tuple[str, str, str, str]  # (id, severity, message, fix): see Host.problems
 
 
 class DomainView(Protocol):
@@ -104,8 +100,7 @@ class Host:
         # shown as the still-active vGPU's LastError until it goes.
         self.removing: set[str] = set()
         self.refused: dict[str, str] = {}
-        self.parents: dict[str, Parent] = {}
-        self.mdevs: dict[str, Mdev] = {}
+        self.observed = Observed(sysfs, self.on_uevents)  # parents, mdevs: what sysfs shows
         self.views: dict[str, VgpuView] = {}
         self.listeners: list[Callable[[], None]] = []
         self._last_parent: dict[str, str] = {}
@@ -115,14 +110,22 @@ class Host:
         self.lock = asyncio.Lock()
         self._pending: list[Uevent] = []
         self._drainer: asyncio.Task[None] | None = None
-        self._arriving: dict[str, int] = {}  # mdev UUID -> re-reads so far (_read_again)
         # Given by attach(): which domain uses a UUID, which running domain does, and what
         # else goes into Manager.Problems.
         self.domains: DomainView = NoDomains()
         self._problem_sources: tuple[Callable[[], list[ProblemRow]], ...] = ()
         # background work that failed (see _drained), for Manager.Problems
         self.task_problems: dict[str, ProblemRow] = {}
-        self.unreadable: dict[str, ProblemRow] = {}  # see _unreadable
+
+    @property
+    def parents(self) -> dict[str, Parent]:
+        """Every parent seen, by name: registered or not (gvtd.observed)."""
+        return self.observed.parents
+
+    @property
+    def mdevs(self) -> dict[str, Mdev]:
+        """Every mdev sysfs shows, by UUID (gvtd.observed)."""
+        return self.observed.mdevs
 
     def attach(self, domains: DomainView,
                problem_sources: Sequence[Callable[[], list[ProblemRow]]] = ()) -> None:
@@ -146,23 +149,8 @@ class Host:
             log.error("Ignoring invalid definition %s", p, extra={"CONFIG_FILE": p.file})
 
     async def refresh(self) -> None:
-        """Re-read mdevs, then parents (see _reread), in a worker thread: a full scan reads
-        hundreds of files on a host with many, and a stuck driver must not stop the loop.
-        A parent seen before stays known, unregistered. A read that fails other than for
-        absence (EACCES, EIO) changes nothing: it is reported (see _unreadable)."""
-        try:
-            mdevs, found = await asyncio.to_thread(
-                lambda: (self.sysfs.mdevs(), self.sysfs.parents()))
-        except ReadFailed as e:
-            self._unreadable("*", e)
-            return
-        self.unreadable.clear()  # everything read: no fault left to report
-        self.mdevs = mdevs
-        seen = {p.name: p for p in found}
-        for name, old in self.parents.items():
-            if name not in seen:
-                seen[name] = dataclasses.replace(old, registered=False, types=())
-        self.parents = dict(sorted(seen.items()))
+        """Re-read everything sysfs shows (gvtd.observed)."""
+        await self.observed.refresh()
 
     def publish(self) -> None:
         """Recompute what every vGPU shows and tell the listeners (the bus objects)."""
@@ -180,14 +168,8 @@ class Host:
         await self._converge()
 
     async def _reread(self, parents: set[str], mdevs: set[str]) -> None:
-        """Re-read only what events named: the cheap path of refresh().
-
-        mdevs first: the kernel unlinks a parent from mdev_bus *before* it removes the
-        parent's mdevs, so an mdev seen gone next to a parent seen registered afterwards
-        really was removed by someone, not taken down with its parent.
-        """
-        await self._reread_mdevs(mdevs)
-        await self._reread_parents(parents)
+        """Re-read only what events named: the cheap path of refresh() (gvtd.observed)."""
+        await self.observed.reread(parents, mdevs)
 
     async def _reread_around(self, uuid: str, parent: str) -> None:
         """Before acting on one vGPU, re-read what the act depends on: the mdev and the
@@ -195,90 +177,6 @@ class Host:
         full refresh() would re-read every parent and every mdev, hundreds of files on a
         host with many, for each request."""
         await self._reread(set(self.parents) if parent == "auto" else {parent}, {uuid})
-
-    def _unreadable(self, what: str, e: ReadFailed) -> None:
-        """A sysfs read failed for another reason than absence: what gvtd knew of `what`
-        (an mdev UUID, a parent, "*" for everything) stays as it was, and the file and errno
-        go to the log and Problems until `what` reads again."""
-        if what not in self.unreadable:
-            log.error("%s", e.message, extra={"SYSFS_PATH": e.path})
-        self.unreadable[what] = (
-            f"sysfs:{e.path}", "error", e.message,
-            "Check the file's permissions and the kernel log (journalctl -k); gvtd reads it "
-            "again at the next event for it, or `gvt-client reload`.")
-
-    def _read_mdevs(self, mdevs: set[str]) -> dict[str, tuple[Mdev | None, bool] | ReadFailed]:
-        """Each mdev, and whether one not there yet is arriving (see _read_again); in a
-        worker thread."""
-        out: dict[str, tuple[Mdev | None, bool] | ReadFailed] = {}
-        for uuid in mdevs:
-            try:
-                mdev = self.sysfs.mdev(uuid)
-                out[uuid] = (mdev, mdev is None and self.sysfs.mdev_arriving(uuid))
-            except ReadFailed as e:
-                out[uuid] = e
-        return out
-
-    async def _reread_mdevs(self, mdevs: set[str]) -> None:
-        """The mdevs, read in a worker thread: a read that hangs holds this operation only,
-        never the loop."""
-        if not mdevs:
-            return
-        for uuid, got in (await asyncio.to_thread(self._read_mdevs, mdevs)).items():
-            if isinstance(got, ReadFailed):
-                self._unreadable(uuid, got)
-                continue
-            self.unreadable.pop(uuid, None)
-            mdev, arriving = got
-            if mdev is None:
-                self.mdevs.pop(uuid, None)
-                if arriving:
-                    self._read_again(uuid)
-                    continue
-            else:
-                self.mdevs[uuid] = mdev
-            self._arriving.pop(uuid, None)
-
-    def _read_parents(self, parents: set[str]) -> dict[str, Parent | None | ReadFailed]:
-        out: dict[str, Parent | None | ReadFailed] = {}
-        for name in parents:
-            try:
-                out[name] = self.sysfs.parent(name)
-            except ReadFailed as e:
-                out[name] = e
-        return out
-
-    async def _reread_parents(self, parents: set[str]) -> None:
-        """The parents, read in a worker thread (see _reread_mdevs)."""
-        if not parents:
-            return
-        for name, parent in (await asyncio.to_thread(self._read_parents, parents)).items():
-            if isinstance(parent, ReadFailed):
-                self._unreadable(name, parent)
-                continue
-            self.unreadable.pop(name, None)
-            if parent is not None and parent.registered:
-                self.parents[name] = parent
-            elif name in self.parents:
-                self.parents[name] = dataclasses.replace(self.parents[name], registered=False,
-                                                         types=())
-            elif parent is not None:
-                self.parents[name] = parent
-        self.parents = dict(sorted(self.parents.items()))
-
-    def _read_again(self, uuid: str) -> None:
-        """No event follows the `mdev_type` link of a new mdev: read it again shortly, so
-        that an mdev created by someone else is not missed for having been read too early."""
-        tries = self._arriving.get(uuid, 0)
-        if tries >= ARRIVING_RETRIES:
-            del self._arriving[uuid]
-            log.warning("mdev %s still has no mdev_type link; ignoring it until its next "
-                        "event", uuid, extra=_fields(uuid=uuid))
-            return
-        self._arriving[uuid] = tries + 1
-        asyncio.get_running_loop().call_later(
-            min(0.01 * 2 ** tries, ARRIVING_MAX_DELAY), self.on_uevents,
-            [Uevent("settle", mdev=uuid)])
 
     def on_uevents(self, events: list[Uevent]) -> None:
         """Queue events; one pass handles all that arrived, once the lock is free."""
@@ -329,14 +227,14 @@ class Host:
             # returned) says nothing new: the kernel never changes an existing mdev's parent
             # or type, and whatever else befell it (a remove) brings events of its own.
             settled = (named & set(self.mdevs)) - {e.mdev for e in events if e.action != "add"}
-            await self._reread_mdevs(named - settled)
+            await self.observed.reread_mdevs(named - settled)
             new = set(self.mdevs) - before_mdevs
             if new and before_mdevs <= set(self.mdevs) \
                     and all(self.mdevs[u].parent in self.parents for u in new):
                 # Only additions, on parents already shown: a new mdev's view depends on the
                 # mdev alone, so show it now. Its parent's counts (a file per type) follow.
                 self.publish()
-            await self._reread_parents({p for e in events for p in e.parents})
+            await self.observed.reread_parents({p for e in events for p in e.parents})
         now_reg = {n for n, p in self.parents.items() if p.registered}
         for name in sorted(now_reg - before_reg):
             log.info("mdev parent %s registered", name, extra=_fields(parent=name))
@@ -497,7 +395,7 @@ class Host:
         for source in self._problem_sources:
             out += source()
         out += list(self.task_problems.values())
-        out += list(self.unreadable.values())
+        out += list(self.observed.unreadable.values())
         for v in self.views.values():
             if v.state == "failed":
                 out.append((f"vgpu:{v.name or v.uuid}", "error",
