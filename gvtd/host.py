@@ -28,6 +28,7 @@ from gvtd.observed import Observed, ProblemRow
 from gvtd.reconcile import VgpuView
 from gvtd.state import Ownership
 from gvtd.udev import Uevent
+from gvtd.uevents import UeventQueue
 
 log = logging.getLogger(__name__)
 
@@ -106,16 +107,13 @@ class Host:
         self._last_parent: dict[str, str] = {}
         # One operation at a time: method calls and event passes take the lock; kernel writes
         # run in a worker thread meanwhile, so the loop keeps reading uevents (which queue up
-        # in _pending, never lost) and answering D-Bus.
+        # in `uevents`, never lost) and answering D-Bus.
         self.lock = asyncio.Lock()
-        self._pending: list[Uevent] = []
-        self._drainer: asyncio.Task[None] | None = None
+        self.uevents = UeventQueue(self.lock, self._follow, self.refresh, self.publish)
         # Given by attach(): which domain uses a UUID, which running domain does, and what
         # else goes into Manager.Problems.
         self.domains: DomainView = NoDomains()
         self._problem_sources: tuple[Callable[[], list[ProblemRow]], ...] = ()
-        # background work that failed (see _drained), for Manager.Problems
-        self.task_problems: dict[str, ProblemRow] = {}
 
     @property
     def parents(self) -> dict[str, Parent]:
@@ -179,41 +177,9 @@ class Host:
         await self._reread(set(self.parents) if parent == "auto" else {parent}, {uuid})
 
     def on_uevents(self, events: list[Uevent]) -> None:
-        """Queue events; one pass handles all that arrived, once the lock is free."""
-        self._pending += events
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.get_running_loop().create_task(self._drain())
-            self._drainer.add_done_callback(self._drained)
-
-    def _drained(self, task: asyncio.Task[None]) -> None:
-        """A pass over uevents that failed even to re-read everything: said in the log and
-        Problems (until a later pass succeeds), never lost with its task."""
-        if task.cancelled():
-            return
-        e = task.exception()
-        if e is None:
-            if self.task_problems.pop("uevents", None) is not None:
-                self.publish()
-            return
-        log.error("Failed to follow the kernel's uevents: %s", e, exc_info=e)
-        self.task_problems["uevents"] = (
-            "host:uevents", "error",
-            f"gvtd failed to follow the kernel's events ({type(e).__name__}: {e}); what it "
-            "shows of vGPUs and parents may be out of date.",
-            "Run `gvt-client reload` to re-read everything; if this stays, see the journal "
-            "(journalctl -u gvtd).")
-        self.publish()
-
-    async def _drain(self) -> None:
-        while self._pending:
-            async with self.lock:
-                events, self._pending = self._pending, []
-                try:
-                    await self._follow(events)
-                except Exception:  # a bug must not stop gvtd from following the kernel
-                    log.exception("Failed to handle uevents; re-reading everything")
-                    await self.refresh()
-                    self.publish()
+        """Queue events; one pass handles all that arrived, once the lock is free
+        (gvtd.uevents)."""
+        self.uevents.add(events)
 
     async def _follow(self, events: list[Uevent]) -> None:
         """Follow the kernel: re-read what changed, show it, then converge."""
@@ -394,7 +360,7 @@ class Host:
         out += self.domains.problems()
         for source in self._problem_sources:
             out += source()
-        out += list(self.task_problems.values())
+        out += self.uevents.problems()  # a pass over uevents that failed
         out += list(self.observed.unreadable.values())
         for v in self.views.values():
             if v.state == "failed":
