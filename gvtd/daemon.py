@@ -148,9 +148,7 @@ class Daemon:
                                Path(self.settings.sysfs_root), args.state_dir,
                                Path(self.settings.qemu_conf))
         self.suspend = Suspend(self.host, self.domains, self.settings.suspend, self.host.publish)
-        domain_problems = self.host.extra_problems
-        self.host.extra_problems = lambda: (domain_problems() + self.suspend.problems()
-                                            + self._restart_problems())
+        self.host.attach(self.domains, [self.suspend.problems, self._restart_problems])
         self.wanted = self.settings  # gvtd.toml as last loaded: what a restart would run
         self._reloading = asyncio.Lock()
         self._libvirt_started: asyncio.Future[None] | None = None
@@ -180,7 +178,7 @@ class Daemon:
                 self.domains.retarget(settings.libvirt_uri)
             if settings.restore_removed != old.restore_removed:
                 log.info("restore_removed is now %s", str(settings.restore_removed).lower())
-            self.host.restore_removed = settings.restore_removed
+            self.host.set_restore_removed(settings.restore_removed)
             self.domains.qemu_conf = Path(settings.qemu_conf)
             if settings.log_level != old.log_level and self.args.log_level is None:
                 logging.getLogger().setLevel(settings.log_level.upper())

@@ -41,9 +41,6 @@ class Domains:
         self._active: set[str] = set()
         self._releases: set[asyncio.Task[None]] = set()  # kept until done: see _changed
         self._release_failed: dict[str, tuple[str, str, str, str]] = {}  # for Problems
-        host.domain_of = self.domain_of
-        host.running_user = self.running_user
-        host.extra_problems = self.problems
 
     async def start(self) -> None:
         await self.libvirt.start()

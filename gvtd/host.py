@@ -12,8 +12,9 @@ import dataclasses
 import logging
 import time
 import uuid as uuidlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from pydantic import ValidationError
 
@@ -22,17 +23,17 @@ from gvtd.config import (SETTINGS_FILE, ConfigDir, Definition, Problem, on_disk,
                          request_error, validate_name)
 from gvtd.errors import (Busy, Failed, GvtdError, InvalidArgument, NoCapacity, NotFound,
                          ParentMissing)
-from gvtd.mdev import Mdev, Parent, ReadFailed, Sysfs, render_nodes
+from gvtd.mdev import Mdev, Parent, Sysfs, render_nodes
+from gvtd.observed import Observed, ProblemRow
 from gvtd.reconcile import VgpuView
 from gvtd.state import Ownership
 from gvtd.udev import Uevent
+from gvtd.uevents import UeventQueue
 
 log = logging.getLogger(__name__)
 
 RESTORE_LIMIT = 3  # automatic re-creations of one vGPU after its first ...
 RESTORE_WINDOW = 60.0  # ... within this many seconds, before gvtd gives up on it
-ARRIVING_RETRIES = 10  # re-reads of an mdev still without its type link: 10 ms doubling,
-ARRIVING_MAX_DELAY = 1.0  # at most 1 s apart (about 4 s in all)
 
 
 def _fields(name: str = "", uuid: str = "", parent: str = "") -> dict[str, str]:
@@ -45,6 +46,32 @@ def _fields(name: str = "", uuid: str = "", parent: str = "") -> dict[str, str]:
     if parent:
         out["PARENT"] = parent
     return out
+
+
+class DomainView(Protocol):
+    """What Host asks of libvirt's domains (gvtd.domains.Domains)."""
+
+    def domain_of(self, uuid: str) -> str:
+        """The domain that uses a vGPU, or ""."""
+
+    def running_user(self, uuid: str) -> str | None:
+        """The running domain that uses a vGPU, or None."""
+
+    def problems(self) -> list[ProblemRow]:
+        """The domains' own entries for Manager.Problems."""
+
+
+class NoDomains:
+    """The DomainView until attach(): no domain uses anything."""
+
+    def domain_of(self, uuid: str) -> str:
+        return ""
+
+    def running_user(self, uuid: str) -> str | None:
+        return None
+
+    def problems(self) -> list[ProblemRow]:
+        return []
 
 
 def _not_restored(name: str) -> str:
@@ -74,26 +101,41 @@ class Host:
         # shown as the still-active vGPU's LastError until it goes.
         self.removing: set[str] = set()
         self.refused: dict[str, str] = {}
-        self.parents: dict[str, Parent] = {}
-        self.mdevs: dict[str, Mdev] = {}
+        self.observed = Observed(sysfs, self.on_uevents)  # parents, mdevs: what sysfs shows
         self.views: dict[str, VgpuView] = {}
         self.listeners: list[Callable[[], None]] = []
         self._last_parent: dict[str, str] = {}
         # One operation at a time: method calls and event passes take the lock; kernel writes
         # run in a worker thread meanwhile, so the loop keeps reading uevents (which queue up
-        # in _pending, never lost) and answering D-Bus.
+        # in `uevents`, never lost) and answering D-Bus.
         self.lock = asyncio.Lock()
-        self._pending: list[Uevent] = []
-        self._drainer: asyncio.Task[None] | None = None
-        self._arriving: dict[str, int] = {}  # mdev UUID -> re-reads so far (_read_again)
-        # Set by gvtd.domains when libvirt is wired in: which domain uses a UUID, and which
-        # running domain does.
-        self.domain_of: Callable[[str], str] = lambda uuid: ""
-        self.running_user: Callable[[str], str | None] = lambda uuid: None
-        self.extra_problems: Callable[[], list[tuple[str, str, str, str]]] = lambda: []
-        # background work that failed (see _drained), for Manager.Problems
-        self.task_problems: dict[str, tuple[str, str, str, str]] = {}
-        self.unreadable: dict[str, tuple[str, str, str, str]] = {}  # see _unreadable
+        self.uevents = UeventQueue(self.lock, self._follow, self.refresh, self.publish)
+        # Given by attach(): which domain uses a UUID, which running domain does, and what
+        # else goes into Manager.Problems.
+        self.domains: DomainView = NoDomains()
+        self._problem_sources: tuple[Callable[[], list[ProblemRow]], ...] = ()
+
+    @property
+    def parents(self) -> dict[str, Parent]:
+        """Every parent seen, by name: registered or not (gvtd.observed)."""
+        return self.observed.parents
+
+    @property
+    def mdevs(self) -> dict[str, Mdev]:
+        """Every mdev sysfs shows, by UUID (gvtd.observed)."""
+        return self.observed.mdevs
+
+    def attach(self, domains: DomainView,
+               problem_sources: Sequence[Callable[[], list[ProblemRow]]] = ()) -> None:
+        """The wiring step (gvtd.daemon), once its collaborators exist: libvirt's domains,
+        and the other parts whose entries Manager.Problems lists after the domains' (each
+        called whenever Problems is read)."""
+        self.domains = domains
+        self._problem_sources = tuple(problem_sources)
+
+    def set_restore_removed(self, on: bool) -> None:
+        """Reload: whether a vGPU removed outside gvtd is recreated from now on."""
+        self.restore_removed = on
 
     # -- state --------------------------------------------------------------------------
 
@@ -105,30 +147,15 @@ class Host:
             log.error("Ignoring invalid definition %s", p, extra={"CONFIG_FILE": p.file})
 
     async def refresh(self) -> None:
-        """Re-read mdevs, then parents (see _reread), in a worker thread: a full scan reads
-        hundreds of files on a host with many, and a stuck driver must not stop the loop.
-        A parent seen before stays known, unregistered. A read that fails other than for
-        absence (EACCES, EIO) changes nothing: it is reported (see _unreadable)."""
-        try:
-            mdevs, found = await asyncio.to_thread(
-                lambda: (self.sysfs.mdevs(), self.sysfs.parents()))
-        except ReadFailed as e:
-            self._unreadable("*", e)
-            return
-        self.unreadable.clear()  # everything read: no fault left to report
-        self.mdevs = mdevs
-        seen = {p.name: p for p in found}
-        for name, old in self.parents.items():
-            if name not in seen:
-                seen[name] = dataclasses.replace(old, registered=False, types=())
-        self.parents = dict(sorted(seen.items()))
+        """Re-read everything sysfs shows (gvtd.observed)."""
+        await self.observed.refresh()
 
     def publish(self) -> None:
         """Recompute what every vGPU shows and tell the listeners (the bus objects)."""
         self._last_parent = {u: m.parent for u, m in self.mdevs.items()}
         owned = dict(self.ownership.items())
         self.views = reconcile.views(self.definitions, list(self.parents.values()), self.mdevs,
-                                     owned, self.errors, self.domain_of, self.refused,
+                                     owned, self.errors, self.domains.domain_of, self.refused,
                                      self.ownership.origins())
         for listener in self.listeners:
             listener()
@@ -139,14 +166,8 @@ class Host:
         await self._converge()
 
     async def _reread(self, parents: set[str], mdevs: set[str]) -> None:
-        """Re-read only what events named: the cheap path of refresh().
-
-        mdevs first: the kernel unlinks a parent from mdev_bus *before* it removes the
-        parent's mdevs, so an mdev seen gone next to a parent seen registered afterwards
-        really was removed by someone, not taken down with its parent.
-        """
-        await self._reread_mdevs(mdevs)
-        await self._reread_parents(parents)
+        """Re-read only what events named: the cheap path of refresh() (gvtd.observed)."""
+        await self.observed.reread(parents, mdevs)
 
     async def _reread_around(self, uuid: str, parent: str) -> None:
         """Before acting on one vGPU, re-read what the act depends on: the mdev and the
@@ -155,126 +176,10 @@ class Host:
         host with many, for each request."""
         await self._reread(set(self.parents) if parent == "auto" else {parent}, {uuid})
 
-    def _unreadable(self, what: str, e: ReadFailed) -> None:
-        """A sysfs read failed for another reason than absence: what gvtd knew of `what`
-        (an mdev UUID, a parent, "*" for everything) stays as it was, and the file and errno
-        go to the log and Problems until `what` reads again."""
-        if what not in self.unreadable:
-            log.error("%s", e.message, extra={"SYSFS_PATH": e.path})
-        self.unreadable[what] = (
-            f"sysfs:{e.path}", "error", e.message,
-            "Check the file's permissions and the kernel log (journalctl -k); gvtd reads it "
-            "again at the next event for it, or `gvt-client reload`.")
-
-    def _read_mdevs(self, mdevs: set[str]) -> dict[str, tuple[Mdev | None, bool] | ReadFailed]:
-        """Each mdev, and whether one not there yet is arriving (see _read_again); in a
-        worker thread."""
-        out: dict[str, tuple[Mdev | None, bool] | ReadFailed] = {}
-        for uuid in mdevs:
-            try:
-                mdev = self.sysfs.mdev(uuid)
-                out[uuid] = (mdev, mdev is None and self.sysfs.mdev_arriving(uuid))
-            except ReadFailed as e:
-                out[uuid] = e
-        return out
-
-    async def _reread_mdevs(self, mdevs: set[str]) -> None:
-        """The mdevs, read in a worker thread: a read that hangs holds this operation only,
-        never the loop."""
-        if not mdevs:
-            return
-        for uuid, got in (await asyncio.to_thread(self._read_mdevs, mdevs)).items():
-            if isinstance(got, ReadFailed):
-                self._unreadable(uuid, got)
-                continue
-            self.unreadable.pop(uuid, None)
-            mdev, arriving = got
-            if mdev is None:
-                self.mdevs.pop(uuid, None)
-                if arriving:
-                    self._read_again(uuid)
-                    continue
-            else:
-                self.mdevs[uuid] = mdev
-            self._arriving.pop(uuid, None)
-
-    def _read_parents(self, parents: set[str]) -> dict[str, Parent | None | ReadFailed]:
-        out: dict[str, Parent | None | ReadFailed] = {}
-        for name in parents:
-            try:
-                out[name] = self.sysfs.parent(name)
-            except ReadFailed as e:
-                out[name] = e
-        return out
-
-    async def _reread_parents(self, parents: set[str]) -> None:
-        """The parents, read in a worker thread (see _reread_mdevs)."""
-        if not parents:
-            return
-        for name, parent in (await asyncio.to_thread(self._read_parents, parents)).items():
-            if isinstance(parent, ReadFailed):
-                self._unreadable(name, parent)
-                continue
-            self.unreadable.pop(name, None)
-            if parent is not None and parent.registered:
-                self.parents[name] = parent
-            elif name in self.parents:
-                self.parents[name] = dataclasses.replace(self.parents[name], registered=False,
-                                                         types=())
-            elif parent is not None:
-                self.parents[name] = parent
-        self.parents = dict(sorted(self.parents.items()))
-
-    def _read_again(self, uuid: str) -> None:
-        """No event follows the `mdev_type` link of a new mdev: read it again shortly, so
-        that an mdev created by someone else is not missed for having been read too early."""
-        tries = self._arriving.get(uuid, 0)
-        if tries >= ARRIVING_RETRIES:
-            del self._arriving[uuid]
-            log.warning("mdev %s still has no mdev_type link; ignoring it until its next "
-                        "event", uuid, extra=_fields(uuid=uuid))
-            return
-        self._arriving[uuid] = tries + 1
-        asyncio.get_running_loop().call_later(
-            min(0.01 * 2 ** tries, ARRIVING_MAX_DELAY), self.on_uevents,
-            [Uevent("settle", mdev=uuid)])
-
     def on_uevents(self, events: list[Uevent]) -> None:
-        """Queue events; one pass handles all that arrived, once the lock is free."""
-        self._pending += events
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.get_running_loop().create_task(self._drain())
-            self._drainer.add_done_callback(self._drained)
-
-    def _drained(self, task: asyncio.Task[None]) -> None:
-        """A pass over uevents that failed even to re-read everything: said in the log and
-        Problems (until a later pass succeeds), never lost with its task."""
-        if task.cancelled():
-            return
-        e = task.exception()
-        if e is None:
-            if self.task_problems.pop("uevents", None) is not None:
-                self.publish()
-            return
-        log.error("Failed to follow the kernel's uevents: %s", e, exc_info=e)
-        self.task_problems["uevents"] = (
-            "host:uevents", "error",
-            f"gvtd failed to follow the kernel's events ({type(e).__name__}: {e}); what it "
-            "shows of vGPUs and parents may be out of date.",
-            "Run `gvt-client reload` to re-read everything; if this stays, see the journal "
-            "(journalctl -u gvtd).")
-        self.publish()
-
-    async def _drain(self) -> None:
-        while self._pending:
-            async with self.lock:
-                events, self._pending = self._pending, []
-                try:
-                    await self._follow(events)
-                except Exception:  # a bug must not stop gvtd from following the kernel
-                    log.exception("Failed to handle uevents; re-reading everything")
-                    await self.refresh()
-                    self.publish()
+        """Queue events; one pass handles all that arrived, once the lock is free
+        (gvtd.uevents)."""
+        self.uevents.add(events)
 
     async def _follow(self, events: list[Uevent]) -> None:
         """Follow the kernel: re-read what changed, show it, then converge."""
@@ -288,14 +193,14 @@ class Host:
             # returned) says nothing new: the kernel never changes an existing mdev's parent
             # or type, and whatever else befell it (a remove) brings events of its own.
             settled = (named & set(self.mdevs)) - {e.mdev for e in events if e.action != "add"}
-            await self._reread_mdevs(named - settled)
+            await self.observed.reread_mdevs(named - settled)
             new = set(self.mdevs) - before_mdevs
             if new and before_mdevs <= set(self.mdevs) \
                     and all(self.mdevs[u].parent in self.parents for u in new):
                 # Only additions, on parents already shown: a new mdev's view depends on the
                 # mdev alone, so show it now. Its parent's counts (a file per type) follow.
                 self.publish()
-            await self._reread_parents({p for e in events for p in e.parents})
+            await self.observed.reread_parents({p for e in events for p in e.parents})
         now_reg = {n for n, p in self.parents.items() if p.registered}
         for name in sorted(now_reg - before_reg):
             log.info("mdev parent %s registered", name, extra=_fields(parent=name))
@@ -315,7 +220,7 @@ class Host:
             parent = self.parents.get(self._last_parent.get(uuid, ""))
             if parent is None or not parent.registered:
                 continue  # went with its parent: parent-missing, not an outside removal
-            user = self.running_user(uuid)
+            user = self.domains.running_user(uuid)
             if user is not None:
                 log.error("vGPU %s (%s) was removed outside gvtd while %s uses it", name, uuid,
                           user, extra=_fields(name, uuid, parent.name))
@@ -447,13 +352,16 @@ class Host:
 
     # -- what the bus shows ---------------------------------------------------------------
 
-    def problems(self) -> list[tuple[str, str, str, str]]:
+    def problems(self) -> list[ProblemRow]:
         """(id, severity, message, fix) for Manager.Problems."""
         out = [(f"config:{p.file}", "error", str(p),
                 "Fix or remove the file, then run `gvt-client reload`.")
                for p in self.config_problems]
-        out += self.extra_problems() + list(self.task_problems.values())
-        out += list(self.unreadable.values())
+        out += self.domains.problems()
+        for source in self._problem_sources:
+            out += source()
+        out += self.uevents.problems()  # a pass over uevents that failed
+        out += list(self.observed.unreadable.values())
         for v in self.views.values():
             if v.state == "failed":
                 out.append((f"vgpu:{v.name or v.uuid}", "error",
@@ -695,7 +603,7 @@ class Host:
             for name, d in sorted(self.definitions.items()):
                 if d.start == "on-demand" and d.uuid in uuids and d.uuid in self.mdevs \
                         and self.ownership.removable(d.uuid) \
-                        and self.running_user(d.uuid) is None:
+                        and self.domains.running_user(d.uuid) is None:
                     log.info("Domain %s stopped: removing its on-demand vGPU %s", domain, name,
                              extra=_fields(name, d.uuid))
                     try:
@@ -744,7 +652,7 @@ class Host:
                 if progress.stop:
                     break  # the host is awake again: remove nothing more
                 name = by_uuid.get(uuid, "")
-                user = self.running_user(uuid)
+                user = self.domains.running_user(uuid)
                 if user is not None:
                     log.info("vGPU %s stays through sleep: the running domain %s uses it",
                              name or uuid, user, extra=_fields(name, uuid, mdev.parent))

@@ -122,8 +122,8 @@ def test_a_failed_uevent_pass_is_in_problems_and_the_log(
 
     async def go() -> None:
         host.on_uevents([Uevent("change")])  # names nothing: everything is re-read
-        assert host._drainer is not None
-        await asyncio.wait({host._drainer})  # its done-callbacks run in order: ours first
+        assert host.uevents.drainer is not None
+        await asyncio.wait({host.uevents.drainer})  # its done-callbacks run in order: ours first
 
     caplog.set_level("ERROR", logger="gvtd.host")
     asyncio.run(go())
