@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from dbus_fast import Message
 
 from gvtd import names
 from harness import (POLKIT, POLKIT_PATH, ROOT, STRANGER, TIMEOUT, Client,  # noqa: F401
-                     Monitor)
+                     Monitor, Simulation)
 
 NOBODY = STRANGER
 HERE = Path(__file__).resolve().parent
@@ -179,6 +181,34 @@ class PolkitMock:
             self.proc.terminate()
             self.proc.wait(TIMEOUT)
         self.names.wait_owner(POLKIT, False)
+
+
+@contextmanager
+def policed(shipped: bool = True) -> Iterator[tuple[SystemBus, Simulation, PolkitMock]]:
+    """gvtd --simulate as root serving a system-type bus (with the shipped policy, or with
+    shipped=False only gvtd's gate), which is also its system bus, and python-dbusmock's
+    polkit there, which the test sets (the harness's own polkit is left out)."""
+    bus = SystemBus(shipped=shipped)
+    saved = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS")
+    os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = bus.address
+    sim = watcher = polkit = None
+    try:
+        sim = Simulation(bus, extra=["--system"], polkit=False)  # type: ignore[arg-type]
+        watcher = NameWatcher(bus.address)
+        polkit = PolkitMock(bus, watcher)
+        yield bus, sim, polkit
+    finally:
+        if polkit is not None:
+            polkit.stop()
+        if watcher is not None:
+            watcher.close()
+        if sim is not None:
+            sim.stop()
+        if saved is None:
+            os.environ.pop("DBUS_SYSTEM_BUS_ADDRESS", None)
+        else:
+            os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = saved
+        bus.stop()
 
 
 def run_caller(address: str, vgpu: str, members: list[str], uid: int = 0,

@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 from gvtd import names
 from gvtd.config import ATTR_NAME_RE, NAME_RE, UUID_RE
 from harness import Simulation, connect_as
-from sysbus import NOBODY, NameWatcher, PolkitMock, SystemBus, manager_methods
+from sysbus import NOBODY, PolkitMock, manager_methods, policed
 
 WAVE = 100
 WAVES = 100
@@ -184,26 +184,10 @@ EXPLICIT_WAVE = ([(call("Define", "a{sv}", {"name": Variant("s", "fuzz-sure"),
 
 @pytest.fixture
 def world() -> Iterator[tuple[Simulation, PolkitMock]]:
-    """gvtd --simulate as root on a system-type bus with the shipped policy, and polkit."""
-    bus = SystemBus()
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DBUS_SYSTEM_BUS_ADDRESS", bus.address)
-    sim = watcher = polkit = None
-    try:
-        # polkit=False: the fuzz sets what its own polkit grants, wave by wave.
-        sim = Simulation(bus, extra=["--system"], polkit=False)  # type: ignore[arg-type]
-        watcher = NameWatcher(bus.address)
-        polkit = PolkitMock(bus, watcher)
+    """gvtd --simulate as root on a system-type bus with the shipped policy, and polkit,
+    which the fuzz sets wave by wave."""
+    with policed() as (_, sim, polkit):
         yield sim, polkit
-    finally:
-        if polkit is not None:
-            polkit.stop()
-        if watcher is not None:
-            watcher.close()
-        if sim is not None:
-            sim.stop()
-        mp.undo()
-        bus.stop()
 
 
 @pytest.mark.timeout(300)  # about 40 s alone; the machine is shared

@@ -13,7 +13,7 @@ import pytest
 
 from gvtd import names
 from harness import Simulation
-from sysbus import NOBODY, POLKIT, Monitor, NameWatcher, PolkitMock, SystemBus, run_caller
+from sysbus import NOBODY, POLKIT, Monitor, SystemBus, policed, run_caller
 
 HOOK_METHODS = ["ReleaseDomain", "PrepareDomain"]
 
@@ -21,29 +21,12 @@ HOOK_METHODS = ["ReleaseDomain", "PrepareDomain"]
 @pytest.fixture(params=[True, False], ids=["bus-policy", "gate"])
 def running(request: pytest.FixtureRequest) -> Iterator[tuple[SystemBus, Simulation]]:
     """win10 running with its on-demand vGPU `od`, polkit granting every action."""
-    bus = SystemBus(shipped=request.param)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DBUS_SYSTEM_BUS_ADDRESS", bus.address)
-    sim = watcher = polkit = None
-    try:
-        # polkit=False: this test runs its own polkit, which the monitor watches.
-        sim = Simulation(bus, extra=["--system"], polkit=False)  # type: ignore[arg-type]
-        watcher = NameWatcher(bus.address)
-        polkit = PolkitMock(bus, watcher)
+    with policed(shipped=request.param) as (bus, sim, polkit):
         polkit.allow([names.ACTION_MANAGE, names.ACTION_VGPU, names.ACTION_DOMAIN])
         sim.client.define(name="od", type="i915-GVTg_V5_8", start="on-demand", domain="win10")
         sim.client.call("StartDomain", "sa{sv}", ["win10", {}])
         assert sim.client.vgpus()["od"]["State"] == "active"
         yield bus, sim
-    finally:
-        if polkit is not None:
-            polkit.stop()
-        if watcher is not None:
-            watcher.close()
-        if sim is not None:
-            sim.stop()
-        mp.undo()
-        bus.stop()
 
 
 def test_only_root_may_call_the_hook_methods(running: tuple[SystemBus, Simulation]) -> None:
