@@ -16,6 +16,7 @@ from dbus_fast.constants import NameFlag, RequestNameReply
 from systemd import daemon as sd_daemon
 
 from gvtd import __version__, names
+from gvtd.background import Background, Problem, why
 from gvtd.bus.flow import patient
 from gvtd.config import DEFAULT_CONFIG_DIR, MACHINE_ID_FILE, ConfigDir
 from gvtd.domains import Domains
@@ -148,7 +149,10 @@ class Daemon:
                                Path(self.settings.sysfs_root), args.state_dir,
                                Path(self.settings.qemu_conf))
         self.suspend = Suspend(self.host, self.domains, self.settings.suspend, self.host.publish)
-        self.host.attach(self.domains, [self.suspend.problems, self._restart_problems])
+        # Start-up steps beside READY (libvirt, suspend handling): a failure is a Problem.
+        self.starting = Background(self.host.publish)
+        self.host.attach(self.domains, [self.suspend.problems, self._restart_problems,
+                                        self.starting.problems])
         self.wanted = self.settings  # gvtd.toml as last loaded: what a restart would run
         self._reloading = asyncio.Lock()
         self._libvirt_started: asyncio.Future[None] | None = None
@@ -173,9 +177,11 @@ class Daemon:
             if settings.suspend != old.suspend:
                 await _cancel_start(self._suspend_started)
                 await self.suspend.switch(settings.suspend)  # Busy: nothing changed yet
+                self.starting.succeeded("suspend")  # started anew
             if settings.libvirt_uri != old.libvirt_uri:
                 await _cancel_start(self._libvirt_started)
                 self.domains.retarget(settings.libvirt_uri)
+                self.starting.succeeded("libvirt")  # started anew
             if settings.restore_removed != old.restore_removed:
                 log.info("restore_removed is now %s", str(settings.restore_removed).lower())
             self.host.set_restore_removed(settings.restore_removed)
@@ -281,11 +287,11 @@ class Daemon:
         log.info("Ready: %s", self.host.summary())
         # libvirt may be down or slow to answer: it never delays READY, and gvtd keeps
         # trying in the background.
-        self._libvirt_started = libvirt_started = loop.create_task(self.domains.start())
-        libvirt_started.add_done_callback(_log_failure)
+        self._libvirt_started = libvirt_started = self.starting.spawn(
+            self.domains.start(), "libvirt", lambda e: _start_failed("libvirt", e))
         # logind, like libvirt, may be absent: suspend handling starts beside READY.
-        self._suspend_started = suspend_started = loop.create_task(self.suspend.start())
-        suspend_started.add_done_callback(_log_failure)
+        self._suspend_started = suspend_started = self.starting.spawn(
+            self.suspend.start(), "suspend", lambda e: _start_failed("suspend handling", e))
         self._start_watchdog(loop)
         disconnected = asyncio.ensure_future(bus.wait_for_disconnect())
         stop = asyncio.ensure_future(self.stopping.wait())
@@ -331,10 +337,11 @@ async def _cancel_start(task: "asyncio.Future[None] | None") -> None:
         await asyncio.wait({task})
 
 
-def _log_failure(task: "asyncio.Task[None]") -> None:
-    """A background task that failed says so in the log instead of vanishing."""
-    if not task.cancelled() and task.exception() is not None:
-        log.error("Background task failed", exc_info=task.exception())
+def _start_failed(what: str, e: BaseException) -> Problem:
+    return (f"start:{what.replace(' ', '-')}", "error",
+            f"Starting {what} failed ({why(e)}); gvtd runs on without it.",
+            "Restart gvtd (systemctl restart gvtd); if it fails again, report the journal "
+            "lines (journalctl -u gvtd).")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gvtd import cputopo, names
+from gvtd.background import Background, Problem, why
 from gvtd.bounded import KeyedLock
 from gvtd.config import atomic_write
 from gvtd.errors import Busy, Failed, InvalidArgument, NotFound
@@ -39,8 +40,8 @@ class Domains:
         # By the caller's domain name, which may be any string: kept only while used.
         self.locks = KeyedLock()
         self._active: set[str] = set()
-        self._releases: set[asyncio.Task[None]] = set()  # kept until done: see _changed
-        self._release_failed: dict[str, tuple[str, str, str, str]] = {}  # for Problems
+        # Releases after a domain stopped on its own: a failure stays in Problems.
+        self.releases = Background(host.publish)
 
     async def start(self) -> None:
         await self.libvirt.start()
@@ -80,9 +81,8 @@ class Domains:
         now = {n for n, i in self.libvirt.domains.items() if i.active}
         for name in sorted(names & (self._active - now)):
             if self.libvirt.conn is not None:  # off, not merely out of sight
-                task = asyncio.get_running_loop().create_task(self._stopped(name))
-                self._releases.add(task)
-                task.add_done_callback(lambda t, name=name: self._released(t, name))
+                self.releases.spawn(self._stopped(name), name,
+                                    lambda e, name=name: _release_failed(name, e))
         self._active = now
         self.host.publish()
 
@@ -91,26 +91,6 @@ class Domains:
             info = self.libvirt.domains.get(name)
             if info is None or not info.active:
                 await self.host.release_on_demand(name, self._uses_by_name(name))
-
-    def _released(self, task: asyncio.Task[None], name: str) -> None:
-        """The removal after a domain stopped on its own ended: a failure is logged and
-        stays in Problems until the next one for that domain succeeds."""
-        self._releases.discard(task)
-        if task.cancelled():
-            return
-        e = task.exception()
-        if e is None:
-            if self._release_failed.pop(name, None) is not None:
-                self.host.publish()
-            return
-        why = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
-        log.error("Domain %s stopped, but removing its on-demand vGPUs failed: %s", name, why,
-                  exc_info=e, extra={"DOMAIN": name})
-        self._release_failed[name] = (
-            f"domain:{name}:release", "error",
-            f"Domain {name} stopped, but removing its on-demand vGPUs failed: {why}",
-            "See `gvt-client status`; `gvt-client remove VGPU` removes one by hand.")
-        self.host.publish()
 
     def _uses_by_name(self, name: str) -> list[str]:
         info = self.libvirt.domains.get(name)
@@ -305,7 +285,7 @@ class Domains:
 
     def problems(self) -> list[tuple[str, str, str, str]]:
         """The guide's pitfalls in every domain gvtd shows, and a UUID used twice."""
-        out = list(self.libvirt.problems.values()) + list(self._release_failed.values())
+        out = self.libvirt.background.problems() + self.releases.problems()
         users: dict[str, list[str]] = {}
         for name, info in sorted(self.shown().items()):
             for uuid in info.mdevs:
@@ -329,8 +309,13 @@ class Domains:
                            f"ignore the ACPI request); `gvt-client stop {name} --force` turns "
                            "it off.")
             await self.host.release_on_demand(name, self._uses_by_name(name))
-            if self._release_failed.pop(name, None) is not None:
-                self.host.publish()  # released now: the earlier failure is past
+            self.releases.succeeded(name)  # released now: the earlier failure is past
+
+
+def _release_failed(name: str, e: BaseException) -> Problem:
+    return (f"domain:{name}:release", "error",
+            f"Domain {name} stopped, but removing its on-demand vGPUs failed: {why(e)}",
+            "See `gvt-client status`; `gvt-client remove VGPU` removes one by hand.")
 
 
 def attach_options(options: dict[str, object]) -> tuple[str, bool, str]:

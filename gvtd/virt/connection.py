@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from gvtd.background import Background, Problem
 from gvtd.errors import Busy, Failed, GvtdError, LibvirtUnavailable, NotFound
 from gvtd.virt.domxml import mdev_uuids, parse
 
@@ -94,10 +95,9 @@ class Libvirt:
         self._closing = False
         self._synced: libvirt.virConnect | None = None  # the connection whose domains are read
         self._failure: str | None = None  # why the last attempt failed: said once, not per retry
-        self._tasks: set[asyncio.Task[None]] = set()  # kept until done: see _spawn
         self._loop_thread = 0
-        # (id, severity, message, fix) of background work that failed, for Manager.Problems
-        self.problems: dict[str, tuple[str, str, str, str]] = {}
+        # Re-reads after events and reconnects: a failure stays in Problems until it passes.
+        self.background = Background(lambda: self.on_change(set()))
 
     @property
     def connected(self) -> bool:
@@ -212,32 +212,8 @@ class Libvirt:
         self._spawn(self._refresh_one(dom.name()), "read a domain after its libvirt event")
 
     def _spawn(self, coro: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
-        """Run coro in the background, kept until it ends (the loop holds tasks weakly),
-        so that a failure is logged and shown in Problems instead of lost."""
         assert self.loop is not None
-        task = self.loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(lambda t: self._task_done(t, what))
-        return task
-
-    def _task_done(self, task: asyncio.Task[None], what: str) -> None:
-        """Said until the same work succeeds again."""
-        self._tasks.discard(task)
-        if task.cancelled():
-            return
-        e = task.exception()
-        if e is None:
-            if self.problems.pop(what, None) is not None:
-                self.on_change(set())
-            return
-        log.error("gvtd failed to %s: %s", what, e, exc_info=e)
-        self.problems[what] = (
-            f"libvirt:{what.replace(' ', '-')}", "error",
-            f"gvtd failed to {what} ({type(e).__name__}: {e}); what it shows of libvirt's "
-            "domains may be out of date until it succeeds again.",
-            "If this stays, restart gvtd (systemctl restart gvtd) and report the journal "
-            "lines (journalctl -u gvtd).")
-        self.on_change(set())
+        return self.background.spawn(coro, what, lambda e: _task_failed(what, e), self.loop)
 
     async def resync(self) -> None:
         """Read every domain again (after connecting, or when unsure)."""
@@ -472,3 +448,11 @@ def _read_one(conn: libvirt.virConnect, name: str) -> DomainInfo | None:
         if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             return None
         raise
+
+
+def _task_failed(what: str, e: BaseException) -> Problem:
+    return (f"libvirt:{what.replace(' ', '-')}", "error",
+            f"gvtd failed to {what} ({type(e).__name__}: {e}); what it shows of libvirt's "
+            "domains may be out of date until it succeeds again.",
+            "If this stays, restart gvtd (systemctl restart gvtd) and report the journal "
+            "lines (journalctl -u gvtd).")

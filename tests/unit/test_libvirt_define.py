@@ -49,7 +49,7 @@ def test_define_refuses_over_an_xml_changed_since_it_was_read() -> None:
 def test_a_failing_lifecycle_refresh_is_in_problems_and_the_log(
         caplog: pytest.LogCaptureFixture) -> None:
     """The refresh a libvirt event starts in the background fails (here its listener
-    raises): the failure is logged and in Libvirt.problems (which Manager.Problems shows),
+    raises): the failure is logged and in Libvirt.background's problems (which Manager.Problems shows),
     and the listener is told, instead of vanishing with the task."""
 
     async def go() -> None:
@@ -59,7 +59,7 @@ def test_a_failing_lifecycle_refresh_is_in_problems_and_the_log(
         def on_change(names: set[str]) -> None:
             if names == {"lifecycle"} and broken[0]:
                 raise RuntimeError("listener broke")
-            (told if lv.problems else cleared).set()
+            (told if lv.background.problems() else cleared).set()
 
         lv = Libvirt("test:///default", on_change=on_change)
         await lv.start()
@@ -70,18 +70,18 @@ def test_a_failing_lifecycle_refresh_is_in_problems_and_the_log(
             # the loop of the first test that registered it, so events cannot reach this one)
             lv._on_lifecycle(lv.conn, dom, 0, 0, None)
             await asyncio.wait_for(told.wait(), 10)
-            (problem,) = lv.problems.values()
+            (problem,) = lv.background.problems()
             assert problem[1] == "error" and "listener broke" in problem[2]
             assert "read a domain after its libvirt event" in problem[2]
-            assert not lv._tasks
+            assert not lv.background.tasks
             broken[0] = False  # the next refresh succeeds: the problem is over
             cleared.clear()
             lv._on_lifecycle(lv.conn, dom, 0, 0, None)
             await asyncio.wait_for(cleared.wait(), 10)
-            assert lv.problems == {}
+            assert lv.background.problems() == []
         finally:
             lv.close()
 
-    caplog.set_level("ERROR", logger="gvtd.virt.connection")
+    caplog.set_level("ERROR", logger="gvtd.background")
     asyncio.run(go())
     assert any("listener broke" in r.getMessage() for r in caplog.records)
