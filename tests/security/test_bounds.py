@@ -61,6 +61,10 @@ def unknown_domain_calls(start: int) -> list[list[Message]]:
 
 def test_calls_naming_unknown_domains_leave_nothing_behind(sim: Simulation) -> None:
     pid = sim.sim_props()["DaemonPid"]
+    # libvirt connects after READY=1: until then each call is LibvirtUnavailable.
+    if not sim.client.props(names.ROOT_PATH, names.MANAGER_IFACE)["LibvirtConnected"]:
+        sim.client.wait_for(lambda m: m.member == "PropertiesChanged"
+                            and plain(m.body[1]).get("LibvirtConnected") is True)
 
     def round_of(n: int) -> None:
         for wave in unknown_domain_calls(n * ROUND):
