@@ -112,7 +112,7 @@ def _overridden(additions: list[str], sources: list[tuple[str, str]]) -> list[st
         for word in re.findall(r"[\w.-]+=[^\s\"']*", text):
             for key, value in doctor.cmdline_params(word).items():
                 if key in keys and f"{key}={value}" != keys[key]:
-                    out.append(f"{word} in {where}: a {keys[key]} after it wins (the kernel, "
+                    out.append(f"{word} in {where}: the {keys[key]} after it wins (the kernel, "
                                "and modprobe for a module's parameters, take the last "
                                "occurrence); remove it from there to keep the line plain.")
     return out
@@ -215,7 +215,7 @@ def kernels(root: Root) -> list[list[str]]:
     return list(out.values())
 
 
-def _proc_line(procfs: Path) -> str | None:
+def proc_cmdline(procfs: Path) -> str | None:
     """The running kernel's command line, read as doctor reads it."""
     from gvtd.mdev import read_attr
     text = read_attr(procfs / "cmdline")
@@ -229,7 +229,7 @@ def _systemd_boot_plan(root: Root, base: Base, procfs: Path) -> Plan:
     elif (usr := root.read("/usr/lib/kernel/cmdline")) is not None:
         line, source = " ".join(_text(usr).split()), "/usr/lib/kernel/cmdline"
     else:
-        current = _proc_line(procfs)
+        current = proc_cmdline(procfs)
         if current is None:
             raise BootError(f"There is no {KERNEL_CMDLINE}, and the running kernel's command "
                             f"line ({procfs / 'cmdline'}) cannot be read to start one from. "
@@ -314,7 +314,7 @@ def detect(root: Root) -> str:
 
 
 def _unknown_plan(procfs: Path) -> Plan:
-    current = _proc_line(procfs)
+    current = proc_cmdline(procfs)
     additions = doctor.cmdline_additions(current or "")
     plan = Plan("unknown", "gvtd cannot tell how this host boots: it finds no grubby, no "
                 f"{KERNEL_CMDLINE} or boot loader entries with kernel-install (systemd-boot), "

@@ -172,8 +172,15 @@ def setup(root: bootcfg.Root, dry_run: bool, out: TextIO, run: Runner = run_comm
             return record.files[path][0]
         return root.read(path)
 
-    plan = bootcfg.plan(root, base, procfs or root.file("/proc"), _read(root, run))
+    procfs = procfs or root.file("/proc")
+    plan = bootcfg.plan(root, base, procfs, _read(root, run))
     print(plan.how, file=out)
+    current = bootcfg.proc_cmdline(procfs)
+    if current is not None:
+        failing = [c.id for c in doctor.check_cmdline(current) if c.severity != "pass"]
+        print(f"The running kernel's command line ({procfs / 'cmdline'}) "
+              + (f"fails doctor's {', '.join(failing)}." if failing
+                 else "passes doctor's command-line checks."), file=out)
     for c in plan.changes:
         print(_diff(c.path, c.now, c.then), end="", file=out)
     if plan.commands:

@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 
 from gvtd import doctor
+from gvtd.sim import demo
+from harness import DBusDaemon, Simulation
 
 CLIENT = str(Path(sys.executable).parent / "gvt-client")
 KVER = "6.1.0-18-amd64"
@@ -295,3 +297,18 @@ def test_usage_errors_exit_2(tree: Path) -> None:
     assert p.returncode == 2 and "usage:" in p.stderr
     assert "--revert" in subprocess.run([CLIENT, "setup", "--help"], capture_output=True,
                                         text=True, check=True).stdout
+
+
+def test_the_demo_dry_run_reads_the_simulated_host(dbus: DBusDaemon,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """`make demo`: setup on the laptop booted with enable_guc=3 adds only what fixes it."""
+    sim = Simulation(dbus, "guc-enabled")
+    try:
+        demo.setup_demo(sim.env)
+    finally:
+        sim.stop()
+    out = capsys.readouterr().out
+    assert "fails doctor's cmdline.guc." in out
+    assert '+GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT i915.enable_guc=0"' in out
+    assert "i915.enable_guc=3 in /etc/default/grub" in out
+    assert "+++ /etc/modules-load.d/gvtd.conf" not in out  # the guide's gvt.conf loads them
