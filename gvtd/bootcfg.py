@@ -275,8 +275,8 @@ def _grubby_plan(root: Root, read: Reader) -> Plan:
     plan = Plan("grubby", "This host's boot entries are kept by grubby: setup adds the "
                 "parameters to every kernel's entry with it.", added=additions)
     if additions:
-        # grubby replaces a parameter of the same name in place: a revert puts the old value
-        # back there, and removes only what was not there before.
+        # grubby drops every parameter of the same name before it appends one: a revert
+        # appends the old value again, and removes only what was not there before.
         params = doctor.cmdline_params(line)
         added = doctor.cmdline_params(" ".join(additions))
         replaced = [f"{k}={params[k]}" if params[k] else k for k in added if k in params]
@@ -285,14 +285,16 @@ def _grubby_plan(root: Root, read: Reader) -> Plan:
         if replaced:
             plan.revert_commands.append(["grubby", "--update-kernel=ALL",
                                          f"--args={' '.join(replaced)}"])
-            plan.notes += [f"{w} on the default entry: grubby replaces it with setup's value; "
-                           "--revert puts it back." for w in replaced]
+            plan.notes += [f"{w} on the default entry: grubby replaces it with setup's value "
+                           "(--revert puts it back, at the end of the line)."
+                           for w in replaced]
         if new:
             plan.revert_commands.append(["grubby", "--update-kernel=ALL",
                                          f"--remove-args={' '.join(new)}"])
-    params = doctor.cmdline_params(line)
-    params.update(doctor.cmdline_params(" ".join(additions)))
-    plan.next_cmdline = " ".join(f"{k}={v}" if v else k for k, v in params.items())
+    added = doctor.cmdline_params(" ".join(additions))
+    plan.next_cmdline = " ".join([w for w in line.split()
+                                  if not doctor.cmdline_params(w).keys() & added.keys()]
+                                 + additions)
     return plan
 
 

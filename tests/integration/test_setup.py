@@ -25,6 +25,7 @@ from gvtd.sim import demo
 from harness import DBusDaemon, Simulation
 
 CLIENT = str(Path(sys.executable).parent / "gvt-client")
+FAKE_GRUBBY = Path(__file__).parents[1] / "fixtures" / "grubby"
 KVER = "6.1.0-18-amd64"
 PROC_CMDLINE = f"BOOT_IMAGE=/boot/vmlinuz-{KVER} root=/dev/sda1 ro quiet\n"
 MACHINE_ID = "5c0ffee0d15ea5e5b0a710ad1e6a7e55"
@@ -248,6 +249,35 @@ def test_systemd_boot_edits_an_existing_kernel_cmdline_and_restores_it(tree: Pat
     assert (tree / "etc/kernel/cmdline").read_bytes() == original
     assert options(entry) == ("root=UUID=5b0a ro quiet i915.enable_guc=3 "
                               f"systemd.machine_id={MACHINE_ID}")
+
+
+def test_grubby_updates_every_entry_and_revert_puts_the_old_values_back(tree: Path) -> None:
+    """grubby is Fedora's and not in Debian: tests/fixtures/grubby stands in for it (the BLS
+    entries, and grubby-bls's handling of --args and --remove-args)."""
+    (tree / "sbin").unlink()
+    (tree / "sbin").mkdir()
+    shutil.copy(FAKE_GRUBBY, tree / "sbin/grubby")
+    original = "root=/dev/sda1 ro rhgb quiet i915.enable_guc=3"
+    for version in (KVER, "6.0.0-1-amd64"):
+        write(tree / f"boot/loader/entries/{MACHINE_ID}-{version}.conf",
+              f"title Fedora Linux ({version})\nversion {version}\n"
+              f"linux /vmlinuz-{version}\noptions {original}\n")
+    dry = setup(tree, "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "kept by grubby" in dry.stdout
+    assert (f"  chroot {tree} grubby --update-kernel=ALL '--args=i915.enable_gvt=1 "
+            "kvm.ignore_msrs=1 intel_iommu=on i915.enable_guc=0'\n") in dry.stdout
+    assert setup(tree).returncode == 0
+    for entry in (tree / "boot/loader/entries").iterdir():
+        line = options(entry)
+        assert line == ("root=/dev/sda1 ro rhgb quiet i915.enable_gvt=1 kvm.ignore_msrs=1 "
+                        "intel_iommu=on i915.enable_guc=0")
+        assert all(c.severity == "pass" for c in doctor.check_cmdline(line))
+    back = setup(tree, "--revert")
+    assert back.returncode == 0, back.stderr
+    for entry in (tree / "boot/loader/entries").iterdir():
+        assert options(entry) == original  # grubby puts the old value back at the end
+    assert not (tree / "var/lib/gvtd/setup.json").exists()
 
 
 def test_revert_leaves_a_file_changed_since_alone(tree: Path) -> None:
