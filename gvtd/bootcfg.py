@@ -30,6 +30,8 @@ SEARCH_PATH = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
 MODULES_LOAD_DIRS = ("/etc/modules-load.d", "/run/modules-load.d",
                      "/usr/local/lib/modules-load.d", "/usr/lib/modules-load.d",
                      "/lib/modules-load.d")
+MODPROBE_DIRS = ("/etc/modprobe.d", "/run/modprobe.d", "/usr/local/lib/modprobe.d",
+                 "/usr/lib/modprobe.d", "/lib/modprobe.d")
 ESP_CANDIDATES = ("/efi", "/boot", "/boot/efi")  # where kernel-install looks, in its order
 NO_INITRAMFS = ("No initramfs change is needed: systemd-modules-load loads these modules from "
                 "the root file system, and the kernel command line reaches every module "
@@ -356,6 +358,30 @@ def modules_change(root: Root, base: Base) -> tuple[Change | None, list[str]]:
     return (Change(MODULES_FILE, now, then) if now != then else None), missing
 
 
+def modprobe_notes(root: Root) -> list[str]:
+    """modprobe.d options that contradict the command line GVT-g needs. modprobe reads the
+    kernel command line after its files (libkmod's kmod_config_new), so the command line's
+    value comes last and wins, in the initramfs too; still, two places disagreeing is a
+    trap for the next person who edits one of them."""
+    wanted = doctor.cmdline_params(" ".join(p for _, p in doctor.REQUIRED_CMDLINE))
+    out = []
+    for d in MODPROBE_DIRS:
+        for f in sorted(root.file(d).glob("*.conf")):
+            for raw in _text(root.read(f"{d}/{f.name}")).splitlines():
+                words = raw.split("#")[0].split()
+                if len(words) < 3 or words[0] != "options":
+                    continue
+                module = words[1].replace("-", "_")
+                for word in words[2:]:
+                    for key, value in doctor.cmdline_params(f"{module}.{word}").items():
+                        if key in wanted and value != wanted[key]:
+                            out.append(f"options {words[1]} {word} in {d}/{f.name}: the "
+                                       f"kernel command line's {key}={wanted[key]} wins "
+                                       "(modprobe reads it after its files), but remove it "
+                                       "there to keep one value in one place.")
+    return out
+
+
 def plan(root: Root, base: Base, procfs: Path, read: Reader) -> Plan:
     """Everything setup would do on this root, nothing done yet."""
     tool = detect(root)
@@ -370,5 +396,6 @@ def plan(root: Root, base: Base, procfs: Path, read: Reader) -> Plan:
     change, _ = modules_change(root, base)
     if change is not None:
         p.changes.append(change)
+    p.notes += modprobe_notes(root)
     p.notes.append(NO_INITRAMFS)
     return p

@@ -38,12 +38,14 @@ for d in usr dev proc sys; do mkdir -p "$T/$d"; done
 mount --bind /usr "$T/usr"; mount -o remount,bind,ro "$T/usr"
 mount --rbind /dev "$T/dev"; mount --rbind /proc "$T/proc"; mount --rbind /sys "$T/sys"
 [ -f "$T/cmdline" ] && mount --bind "$T/cmdline" "$T/proc/cmdline"
+[ -f "$T/binds" ] && while read -r from to; do mount --bind "$from" "$T$to"; done <"$T/binds"
 exec "$@"
 """
 
 
 def in_root(root: Path, *argv: str, uid: int = 0) -> subprocess.CompletedProcess[str]:
-    """argv in a private mount namespace where root has this machine's tools."""
+    """argv in a private mount namespace where root has this machine's tools (and the
+    files named in root/binds, "FROM TO" a line, in place of the tools at TO)."""
     prefix = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"] if uid else []
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
                            NAMESPACE, "sh", str(root), *prefix, *argv],
@@ -104,7 +106,7 @@ def debian_grub(root: Path, cmdline_default: str = "quiet") -> Path:
     write(root / f"boot/vmlinuz-{KVER}", "a kernel\n")
     write(root / f"boot/initrd.img-{KVER}", "an initrd\n")
     (root / "boot/grub").mkdir()
-    p = in_root(root, "chroot", str(root), "update-grub")
+    p = in_root(root, "chroot", str(root), "grub-mkconfig", "-o", "/boot/grub/grub.cfg")
     assert p.returncode == 0, p.stderr
     return root / "boot/grub/grub.cfg"
 
@@ -148,6 +150,33 @@ def test_grub_real_mkconfig_gets_the_parameters_and_revert_restores_every_byte(
     assert back.returncode == 0, back.stderr
     assert snapshot(tree) == before  # grub.cfg too: update-grub made it again from the same
     assert "setup has not changed this system" in setup(tree, "--revert").stdout
+
+
+def test_grub_without_drop_ins_gets_lines_appended_to_etc_default_grub(tree: Path) -> None:
+    """Upstream grub-mkconfig (Arch, openSUSE) reads no /etc/default/grub.d, and there is no
+    update-grub: Debian's grub-mkconfig without its drop-in loop, and update-grub hidden."""
+    upstream = tree / "grub-mkconfig"
+    text = Path("/usr/sbin/grub-mkconfig").read_text()
+    start = text.index("for x in ${sysconfdir}/default/grub.d/*.cfg")
+    upstream.write_text(text[:start] + text[text.index("done\n", start) + 5:])
+    upstream.chmod(0o755)
+    (tree / "binds").write_text(f"{upstream} /usr/sbin/grub-mkconfig\n"
+                                "/dev/null /usr/sbin/update-grub\n")
+    cfg = debian_grub(tree, "quiet i915.enable_guc=3")  # made by grub-mkconfig itself
+    original = (tree / "etc/default/grub").read_bytes()
+    before = snapshot(tree)
+    dry = setup(tree, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "reads no /etc/default/grub.d" in dry.stdout
+    assert "+++ /etc/default/grub" in dry.stdout and "zz-gvtd" not in dry.stdout
+    assert f"  chroot {tree} grub-mkconfig -o /boot/grub/grub.cfg\n" in dry.stdout
+    assert setup(tree).returncode == 0
+    grub = (tree / "etc/default/grub").read_bytes()
+    assert grub.startswith(original) and b"i915.enable_guc=0" in grub[len(original):]
+    assert linux_lines(cfg)[0].endswith("i915.enable_guc=3 i915.enable_gvt=1 "
+                                        "kvm.ignore_msrs=1 intel_iommu=on i915.enable_guc=0")
+    assert setup(tree, "--revert").returncode == 0
+    assert snapshot(tree) == before
 
 
 def test_grub_setup_keeps_what_the_host_already_has(tree: Path) -> None:

@@ -65,3 +65,15 @@ def test_grub_lines_are_read_as_grub_mkconfig_sources_them() -> None:
     assert line == "a b c"
     with pytest.raises(bootcfg.BootError, match="shell script"):
         bootcfg.grub_cmdline([b"if then\n"])
+
+
+def test_modprobe_options_that_contradict_the_command_line_are_named(tmp_path: Path) -> None:
+    conf = tmp_path / "etc/modprobe.d/i915.conf"
+    conf.parent.mkdir(parents=True)
+    conf.write_text("# GuC for the media engine\noptions i915 enable_guc=3 enable_fbc=1\n"
+                    "options kvm ignore_msrs=1\noptions i915 enable-gvt=0 # off\n")
+    notes = bootcfg.modprobe_notes(bootcfg.Root(tmp_path))
+    assert [n.split(":")[0] for n in notes] == [
+        "options i915 enable_guc=3 in /etc/modprobe.d/i915.conf",
+        "options i915 enable-gvt=0 in /etc/modprobe.d/i915.conf"]
+    assert "i915.enable_guc=0 wins" in notes[0]
