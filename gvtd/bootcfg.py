@@ -60,6 +60,9 @@ class Root:
             return self.file(path).read_bytes()
         except FileNotFoundError:
             return None
+        except PermissionError as e:
+            raise BootError(f"Cannot read {self.file(path)}: {e.strerror}; run it as root "
+                            "(sudo).") from e
         except OSError as e:
             raise BootError(f"Cannot read {self.file(path)}: {e.strerror}.") from e
 
@@ -102,7 +105,8 @@ class Plan:
 
 # -- the kernel command line --------------------------------------------------------------
 
-def _text(data: bytes | None) -> str:
+def as_text(data: bytes | None) -> str:
+    """A file's bytes as text, undecodable bytes shown as U+FFFD (only for reading)."""
     return (data or b"").decode("utf-8", errors="replace")
 
 
@@ -147,9 +151,9 @@ def grub_cmdline(files: list[bytes]) -> str:
                            cwd=tmp, env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"}, timeout=30)
     if p.returncode != 0:
         raise BootError("The GRUB configuration does not run as a shell script, as "
-                        f"grub-mkconfig needs: {_text(p.stderr).strip()}. Fix it first "
+                        f"grub-mkconfig needs: {as_text(p.stderr).strip()}. Fix it first "
                         "(sudo update-grub shows the same error). Nothing was written.")
-    linux, default = _text(p.stdout).split("\0")[:2]
+    linux, default = as_text(p.stdout).split("\0")[:2]
     return f"{linux} {default}".strip()
 
 
@@ -165,7 +169,7 @@ def _grub_plan(root: Root, base: Base) -> Plan:
             "/boot/grub/grub.cfg"
         regen = [Path(mkconfig).name, "-o", cfg]
     generator = Path(mkconfig or update or "").name
-    dropins = "default/grub.d" in (_text(root.read(mkconfig)) if mkconfig else "")
+    dropins = "default/grub.d" in (as_text(root.read(mkconfig)) if mkconfig else "")
     target = GRUB_DROPIN if dropins else DEFAULT_GRUB
     names = [DEFAULT_GRUB] + (sorted({f"/etc/default/grub.d/{p.name}" for p in root.file(
         "/etc/default/grub.d").glob("*.cfg")} | {GRUB_DROPIN}) if dropins else [])
@@ -196,7 +200,7 @@ def _grub_plan(root: Root, base: Base) -> Plan:
     plan.next_cmdline = grub_cmdline([then or b"" if n == target else data
                                       for n, data in sources])
     _check_result(plan.next_cmdline, f"{DEFAULT_GRUB} or /etc/default/grub.d")
-    plan.notes += _overridden(additions, [(n, _text(d)) for n, d in sources if n != target
+    plan.notes += _overridden(additions, [(n, as_text(d)) for n, d in sources if n != target
                                           or not dropins])
     if not plan.changes:
         plan.commands = []
@@ -227,9 +231,9 @@ def proc_cmdline(procfs: Path) -> str | None:
 def _systemd_boot_plan(root: Root, base: Base, procfs: Path) -> Plan:
     original = base(KERNEL_CMDLINE)
     if original is not None:
-        line, source = " ".join(_text(original).split()), KERNEL_CMDLINE
+        line, source = " ".join(as_text(original).split()), KERNEL_CMDLINE
     elif (usr := root.read("/usr/lib/kernel/cmdline")) is not None:
-        line, source = " ".join(_text(usr).split()), "/usr/lib/kernel/cmdline"
+        line, source = " ".join(as_text(usr).split()), "/usr/lib/kernel/cmdline"
     else:
         current = proc_cmdline(procfs)
         if current is None:
@@ -258,7 +262,7 @@ def _systemd_boot_plan(root: Root, base: Base, procfs: Path) -> Plan:
     now = root.read(KERNEL_CMDLINE)
     if now != then:
         plan.changes.append(Change(KERNEL_CMDLINE, now, then))
-    plan.next_cmdline = " ".join(_text(then).split()) if then is not None else line
+    plan.next_cmdline = " ".join(as_text(then).split()) if then is not None else line
     _check_result(plan.next_cmdline, KERNEL_CMDLINE)
     plan.notes += _overridden(additions, [(source, line)])
     if not plan.changes:
@@ -305,7 +309,7 @@ def detect(root: Root) -> str:
     boot loader entries, GRUB where /etc/default/grub and its generator are; else unknown."""
     if root.which("grubby"):
         return "grubby"
-    install_conf = _text(root.read("/etc/kernel/install.conf"))
+    install_conf = as_text(root.read("/etc/kernel/install.conf"))
     if root.which("kernel-install") and (
             root.file(KERNEL_CMDLINE).exists()
             or re.search(r"^\s*layout\s*=\s*bls\s*$", install_conf, re.MULTILINE)
@@ -342,7 +346,7 @@ def modules_change(root: Root, base: Base) -> tuple[Change | None, list[str]]:
     for f in files:
         inside = "/" + str(f.relative_to(root.path))
         data = base(MODULES_FILE) if inside == MODULES_FILE else root.read(inside)
-        for raw in _text(data).splitlines():
+        for raw in as_text(data).splitlines():
             word = raw.split("#")[0].strip()
             if word and not word.startswith(";"):
                 configured.add(word.split()[0].replace("-", "_"))
@@ -367,7 +371,7 @@ def modprobe_notes(root: Root) -> list[str]:
     out = []
     for d in MODPROBE_DIRS:
         for f in sorted(root.file(d).glob("*.conf")):
-            for raw in _text(root.read(f"{d}/{f.name}")).splitlines():
+            for raw in as_text(root.read(f"{d}/{f.name}")).splitlines():
                 words = raw.split("#")[0].split()
                 if len(words) < 3 or words[0] != "options":
                     continue

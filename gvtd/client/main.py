@@ -493,11 +493,16 @@ def cmd_setup(args: argparse.Namespace) -> int:
     from gvtd import bootcfg
     from gvtd.client import setup
 
+    if not args.root.is_dir():
+        raise ClientError(f"--root {args.root}: no such directory; it names the system to set "
+                          "up (default /).")
     root = bootcfg.Root(args.root)
     try:
         return (setup.revert if args.revert else setup.setup)(root, args.dry_run, sys.stdout)
     except (setup.SetupError, bootcfg.BootError) as e:
         raise ClientError(str(e)) from None
+    except OSError as e:  # a file setup had checked, gone or unwritable since
+        raise ClientError(f"{e.filename or args.root}: {e.strerror}.") from None
 
 
 SETUP_EPILOG = """\

@@ -14,6 +14,7 @@ import base64
 import difflib
 import json
 import os
+import shlex
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ def run_command(argv: list[str]) -> subprocess.CompletedProcess[str]:
                               env=dict(os.environ, PATH=PATH))
     except FileNotFoundError as e:
         return subprocess.CompletedProcess(argv, 127, "", f"{e.filename}: not found")
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(argv, 124, "", "did not finish within 600 s")
 
 
 @dataclass
@@ -81,18 +84,17 @@ class Record:
 
 def _diff(path: str, now: bytes | None, then: bytes | None) -> str:
     lines = difflib.unified_diff(
-        bootcfg._text(now).splitlines(True), bootcfg._text(then).splitlines(True),
+        bootcfg.as_text(now).splitlines(True), bootcfg.as_text(then).splitlines(True),
         "/dev/null" if now is None else path, "/dev/null" if then is None else path)
     return "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n"
                    for line in lines)
 
 
 def _shown(root: bootcfg.Root, argv: list[str]) -> str:
-    import shlex
     return shlex.join(root.command(argv))
 
 
-def _write(root: bootcfg.Root, path: str, data: bytes | None, created: list[str]) -> None:
+def _write(root: bootcfg.Root, path: str, data: bytes | None) -> None:
     """One file, atomically: the old content or the new one, never half of either."""
     target = root.file(path)
     if data is None:
@@ -102,7 +104,6 @@ def _write(root: bootcfg.Root, path: str, data: bytes | None, created: list[str]
         except FileNotFoundError:
             pass
         return
-    _mkdirs(root, target.parent, created)
     mode = target.stat().st_mode & 0o7777 if target.exists() else 0o644
     atomic_write(target, data, mode)
 
@@ -125,6 +126,14 @@ def _rmdirs(root: bootcfg.Root, dirs: list[str]) -> None:
             root.file(d).rmdir()
         except OSError:
             pass  # something else lives there now: it stays
+
+
+def _show_commands(root: bootcfg.Root, commands: list[list[str]], dry_run: bool,
+                   out: TextIO) -> None:
+    if commands:
+        print("then it would run:" if dry_run else "then it runs:", file=out)
+        for argv in commands:
+            print(f"  {_shown(root, argv)}", file=out)
 
 
 def _run_all(root: bootcfg.Root, commands: list[list[str]], run: Runner,
@@ -183,10 +192,7 @@ def setup(root: bootcfg.Root, dry_run: bool, out: TextIO, run: Runner = run_comm
                  else "passes doctor's command-line checks."), file=out)
     for c in plan.changes:
         print(_diff(c.path, c.now, c.then), end="", file=out)
-    if plan.commands:
-        print(("then it would run:" if dry_run else "then it runs:"), file=out)
-        for argv in plan.commands:
-            print(f"  {_shown(root, argv)}", file=out)
+    _show_commands(root, plan.commands, dry_run, out)
     for note in plan.notes:
         print(f"note: {note}", file=out)
     if plan.manual:
@@ -209,17 +215,21 @@ def setup(root: bootcfg.Root, dry_run: bool, out: TextIO, run: Runner = run_comm
         record.files[c.path] = (original, c.then)
     if plan.revert_commands:
         record.revert_commands = plan.revert_commands
-    _save(root, record)
     done: list[bootcfg.Change] = []
     try:
+        # The record first, with every directory it creates: a crash at any later point
+        # leaves each file whole, old or new, and --revert knows which.
         for c in plan.changes:
-            _write(root, c.path, c.then, record.dirs)
-            done.append(c)
+            if c.then is not None:
+                _mkdirs(root, root.file(c.path).parent, record.dirs)
         _save(root, record)
+        for c in plan.changes:
+            _write(root, c.path, c.then)
+            done.append(c)
         _run_all(root, plan.commands, run, out)
     except (OSError, SetupError) as e:
         for c in reversed(done):
-            _write(root, c.path, c.now, [])
+            _write(root, c.path, c.now)
         _save(root, before)
         _rmdirs(root, [d for d in record.dirs if d not in before.dirs])
         why = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) else str(e)
@@ -271,15 +281,18 @@ def revert(root: bootcfg.Root, dry_run: bool, out: TextIO, run: Runner = run_com
                          "changed.")
     for c in restores:
         print(_diff(c.path, c.now, c.then), end="", file=out)
-    print(("then it would run:" if dry_run else "then it runs:"), file=out)
-    for argv in record.revert_commands:
-        print(f"  {_shown(root, argv)}", file=out)
+    _show_commands(root, record.revert_commands, dry_run, out)
     if dry_run:
         print("Dry run: nothing was changed; `sudo gvt-client setup --revert` does it.",
               file=out)
         return 0
     for c in restores:
-        _write(root, c.path, c.then, [])
+        try:
+            _write(root, c.path, c.then)
+        except OSError as e:
+            raise SetupError(f"Cannot restore {c.path}: {e.strerror}. The files before it "
+                             "are restored; run `sudo gvt-client setup --revert` again once "
+                             "it can be written.") from None
         print(f"{'removed' if c.then is None else 'restored'} {c.path}", file=out)
     _run_all(root, record.revert_commands, run, out)
     root.file(STATE).unlink()

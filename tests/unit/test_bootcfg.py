@@ -77,3 +77,10 @@ def test_modprobe_options_that_contradict_the_command_line_are_named(tmp_path: P
         "options i915 enable_guc=3 in /etc/modprobe.d/i915.conf",
         "options i915 enable-gvt=0 in /etc/modprobe.d/i915.conf"]
     assert "i915.enable_guc=0 wins" in notes[0]
+
+
+def test_setup_help_names_doctor_parameters_and_modules() -> None:
+    from gvtd.client.main import SETUP_EPILOG
+    text = " ".join(SETUP_EPILOG.split())
+    assert " ".join(p for _, p in doctor.REQUIRED_CMDLINE) in text
+    assert ", ".join(m.load for m in doctor.REQUIRED_MODULES) in text
