@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TextIO
 
 from gvtd import bootcfg, doctor
-from gvtd.config import atomic_write, fsync_dir
+from gvtd.config import TEMPORARY_RE, atomic_write, fsync_dir
 
 STATE = "/var/lib/gvtd/setup.json"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -108,15 +108,33 @@ def _write(root: bootcfg.Root, path: str, data: bytes | None) -> None:
     atomic_write(target, data, mode)
 
 
-def _mkdirs(root: bootcfg.Root, directory: Path, created: list[str]) -> None:
-    """directory and its missing parents, each named in created (as in the root)."""
+def _missing(root: bootcfg.Root, directory: Path) -> list[str]:
+    """directory and those of its parents that do not exist yet, outermost first."""
     missing = []
     while not directory.exists():
-        missing.append(directory)
+        missing.append("/" + str(directory.relative_to(root.path)))
         directory = directory.parent
-    for d in reversed(missing):
-        d.mkdir()
-        created.append("/" + str(d.relative_to(root.path)))
+    return missing[::-1]
+
+
+def _mkdirs(root: bootcfg.Root, directory: Path, created: list[str]) -> None:
+    """directory and its missing parents, each named in created (as in the root)."""
+    for d in _missing(root, directory):
+        root.file(d).mkdir()
+        created.append(d)
+
+
+def _remove_litter(root: bootcfg.Root, paths: list[str]) -> None:
+    """The temporary files an interrupted atomic_write of these paths left beside them."""
+    for path in paths:
+        target = root.file(path)
+        try:
+            entries = os.listdir(target.parent)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.startswith(f".{target.name}.") and TEMPORARY_RE.fullmatch(entry):
+                (target.parent / entry).unlink(missing_ok=True)
 
 
 def _rmdirs(root: bootcfg.Root, dirs: list[str]) -> None:
@@ -174,6 +192,8 @@ def setup(root: bootcfg.Root, dry_run: bool, out: TextIO, run: Runner = run_comm
         raise SetupError("Changing the boot configuration needs root: run `sudo gvt-client "
                          "setup` (`gvt-client setup --dry-run` shows what it would change).")
     record = Record.load(root) or Record()
+    if not dry_run:
+        _remove_litter(root, [STATE, *record.files])
 
     def base(path: str) -> bytes | None:
         """The file as it was before setup, while setup's own content is still there."""
@@ -217,13 +237,16 @@ def setup(root: bootcfg.Root, dry_run: bool, out: TextIO, run: Runner = run_comm
         record.revert_commands = plan.revert_commands
     done: list[bootcfg.Change] = []
     try:
-        # The record first, with every directory it creates: a crash at any later point
-        # leaves each file whole, old or new, and --revert knows which.
+        # The record first, with every directory setup is about to create: a crash at any
+        # later point leaves each file whole, old or new, and --revert knows which.
         for c in plan.changes:
             if c.then is not None:
-                _mkdirs(root, root.file(c.path).parent, record.dirs)
+                record.dirs += [d for d in _missing(root, root.file(c.path).parent)
+                                if d not in record.dirs]
         _save(root, record)
         for c in plan.changes:
+            if c.then is not None:
+                root.file(c.path).parent.mkdir(parents=True, exist_ok=True)
             _write(root, c.path, c.then)
             done.append(c)
         _run_all(root, plan.commands, run, out)
@@ -263,9 +286,13 @@ def revert(root: bootcfg.Root, dry_run: bool, out: TextIO, run: Runner = run_com
                          "setup --revert`.")
     record = Record.load(root)
     if record is None:
+        if not dry_run:
+            _remove_litter(root, [STATE])  # a first setup killed before its record was whole
         print(f"Nothing to revert: setup has not changed this system (no {STATE}).",
               file=out)
         return 0
+    if not dry_run:
+        _remove_litter(root, [STATE, *record.files])
     restores, changed = [], []
     for path, (before, after) in record.files.items():
         now = root.read(path)

@@ -218,6 +218,23 @@ def test_a_failing_update_grub_puts_every_file_back(tree: Path) -> None:
     assert snapshot(tree) == before
 
 
+@pytest.mark.parametrize("nth", [1, 2, 3])
+def test_a_setup_killed_at_any_write_is_reverted_exactly(tree: Path, nth: int) -> None:
+    """SIGKILL at setup's nth rename (strace's fault injection): its record's, the GRUB
+    drop-in's, the modules file's. /var/lib/gvtd is there, as on a host where gvtd has run."""
+    debian_grub(tree)
+    (tree / "var/lib/gvtd").mkdir(parents=True)
+    before = snapshot(tree)
+    killed = in_root(tree, "strace", "-o", "/dev/null", "-e", "trace=rename", "-e",
+                     f"inject=rename:signal=KILL:when={nth}", CLIENT, "setup", "--root",
+                     str(tree))
+    assert killed.returncode in (-9, 137), killed
+    back = setup(tree, "--revert")
+    assert back.returncode == 0, back.stderr
+    assert snapshot(tree) == before
+    assert setup(tree).returncode == 0  # and setup works again from there
+
+
 def systemd_boot(root: Path) -> Path:
     """A host booting with systemd-boot: kernel-install writes its entries into /efi."""
     write(root / "etc/machine-id", MACHINE_ID + "\n")
