@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gvtd import doctor
+from gvtd.mdev import read_attr
 
 HEADER = ("# Written by `gvt-client setup` for Intel GVT-g; `gvt-client setup --revert` "
           "removes it.\n")
@@ -99,7 +100,6 @@ class Plan:
     revert_commands: list[list[str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     next_cmdline: str | None = None  # what the next boot gets; None: cannot tell
-    added: list[str] = field(default_factory=list)  # kernel parameters setup adds
     manual: str = ""  # unknown boot tooling: the step left to do by hand
 
 
@@ -193,7 +193,7 @@ def _grub_plan(root: Root, base: Base) -> Plan:
                    "a file of its own there." if dropins else
                    f"; {generator} reads no /etc/default/grub.d, so setup appends its lines "
                    f"to {DEFAULT_GRUB}."),
-                commands=[regen], revert_commands=[regen], added=additions)
+                commands=[regen], revert_commands=[regen])
     now = root.read(target)
     if now != then:
         plan.changes.append(Change(target, now, then))
@@ -223,7 +223,6 @@ def kernels(root: Root) -> list[list[str]]:
 
 def proc_cmdline(procfs: Path) -> str | None:
     """The running kernel's command line, read as doctor reads it."""
-    from gvtd.mdev import read_attr
     text = read_attr(procfs / "cmdline")
     return text.strip() if text is not None else None
 
@@ -231,9 +230,9 @@ def proc_cmdline(procfs: Path) -> str | None:
 def _systemd_boot_plan(root: Root, base: Base, procfs: Path) -> Plan:
     original = base(KERNEL_CMDLINE)
     if original is not None:
-        line, source = " ".join(as_text(original).split()), KERNEL_CMDLINE
+        line = " ".join(as_text(original).split())
     elif (usr := root.read("/usr/lib/kernel/cmdline")) is not None:
-        line, source = " ".join(as_text(usr).split()), "/usr/lib/kernel/cmdline"
+        line = " ".join(as_text(usr).split())
     else:
         current = proc_cmdline(procfs)
         if current is None:
@@ -244,13 +243,12 @@ def _systemd_boot_plan(root: Root, base: Base, procfs: Path) -> Plan:
         # what kernel-install itself falls back to
         line = " ".join(w for w in current.split()
                         if not w.startswith(("BOOT_IMAGE=", "initrd=")))
-        source = f"{procfs / 'cmdline'} (there is no {KERNEL_CMDLINE} yet)"
     additions = doctor.cmdline_additions(line)
     regen = [["kernel-install", "add", *k] for k in kernels(root)]
     plan = Plan("systemd-boot", "This host boots with systemd-boot (boot loader entries "
                 "written by kernel-install): setup adds to the kernel command line in "
                 f"{KERNEL_CMDLINE}, from which kernel-install writes each kernel's entry.",
-                commands=regen, revert_commands=regen, added=additions)
+                commands=regen, revert_commands=regen)
     if not regen:
         plan.notes.append("No installed kernel found under /boot or /usr/lib/modules: the "
                           f"next kernel installed gets the line from {KERNEL_CMDLINE}.")
@@ -264,7 +262,7 @@ def _systemd_boot_plan(root: Root, base: Base, procfs: Path) -> Plan:
         plan.changes.append(Change(KERNEL_CMDLINE, now, then))
     plan.next_cmdline = " ".join(as_text(then).split()) if then is not None else line
     _check_result(plan.next_cmdline, KERNEL_CMDLINE)
-    plan.notes += _overridden(additions, [(source, line)])
+    plan.notes += _overridden(additions, [(KERNEL_CMDLINE, line)])  # where the line goes
     if not plan.changes:
         plan.commands = []
     return plan
@@ -279,7 +277,7 @@ def _grubby_plan(root: Root, read: Reader) -> Plan:
     line = m.group(1)
     additions = doctor.cmdline_additions(line)
     plan = Plan("grubby", "This host's boot entries are kept by grubby: setup adds the "
-                "parameters to every kernel's entry with it.", added=additions)
+                "parameters to every kernel's entry with it.")
     if additions:
         # grubby drops every parameter of the same name before it appends one: a revert
         # appends the old value again, and removes only what was not there before.
@@ -327,7 +325,7 @@ def _unknown_plan(procfs: Path) -> Plan:
     plan = Plan("unknown", "gvtd cannot tell how this host boots: it finds no grubby, no "
                 f"{KERNEL_CMDLINE} or boot loader entries with kernel-install (systemd-boot), "
                 f"and no {DEFAULT_GRUB} with update-grub or grub-mkconfig.",
-                next_cmdline=None, added=additions)
+                next_cmdline=None)
     if additions:
         plan.manual = ("Add these parameters to the kernel command line in your boot "
                        f"loader's configuration, then reboot: {' '.join(additions)}")
