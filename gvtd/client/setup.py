@@ -203,6 +203,30 @@ def setup(root: bootcfg.Root, dry_run: bool, out: TextIO, run: Runner = run_comm
 
     procfs = procfs or root.file("/proc")
     plan = bootcfg.plan(root, base, procfs, _read(root, run))
+    _show(root, plan, procfs, dry_run, out)
+    status = 1 if plan.manual else 0  # the command line is left to the person
+    if not plan.changes and not plan.commands:
+        if not plan.manual:
+            print("Nothing to change: the next boot already gets what GVT-g needs here.",
+                  file=out)
+        return status
+    if dry_run:
+        print("Dry run: nothing was changed; `sudo gvt-client setup` applies it.", file=out)
+    else:
+        _apply(root, record, base, plan, run, out)
+    if plan.manual:
+        if not dry_run:
+            print(f"The kernel command line is left to you: {plan.manual}", file=out)
+    else:
+        print(_expectation(plan), file=out)
+        if not dry_run:
+            print("`sudo gvt-client setup --revert` undoes it.", file=out)
+    return status
+
+
+def _show(root: bootcfg.Root, plan: bootcfg.Plan, procfs: Path, dry_run: bool,
+          out: TextIO) -> None:
+    """How the host boots, what its kernel runs with now, the diffs, the commands, notes."""
     print(plan.how, file=out)
     current = bootcfg.proc_cmdline(procfs)
     if current is not None:
@@ -217,32 +241,26 @@ def setup(root: bootcfg.Root, dry_run: bool, out: TextIO, run: Runner = run_comm
         print(f"note: {note}", file=out)
     if plan.manual:
         print(f"To do by hand: {plan.manual}", file=out)
-    if not plan.changes and not plan.commands:
-        if not plan.manual:
-            print("Nothing to change: the next boot already gets what GVT-g needs here.",
-                  file=out)
-        return 1 if plan.manual else 0
-    if dry_run:
-        print("Dry run: nothing was changed; `sudo gvt-client setup` applies it.", file=out)
-        if not plan.manual:
-            print(_expectation(plan), file=out)
-        return 1 if plan.manual else 0
+
+
+def _apply(root: bootcfg.Root, record: Record, base: bootcfg.Base, plan: bootcfg.Plan,
+           run: Runner, out: TextIO) -> None:
+    """Record, write, run; on any failure every file goes back and so does the record."""
     before = Record(record.tool, dict(record.files), list(record.dirs),
                     list(record.revert_commands))
     record.tool = plan.tool
     for c in plan.changes:
         original = base(c.path) if c.path in record.files else c.now
         record.files[c.path] = (original, c.then)
+        if c.then is not None:
+            record.dirs += [d for d in _missing(root, root.file(c.path).parent)
+                            if d not in record.dirs]
     if plan.revert_commands:
         record.revert_commands = plan.revert_commands
     done: list[bootcfg.Change] = []
     try:
         # The record first, with every directory setup is about to create: a crash at any
         # later point leaves each file whole, old or new, and --revert knows which.
-        for c in plan.changes:
-            if c.then is not None:
-                record.dirs += [d for d in _missing(root, root.file(c.path).parent)
-                                if d not in record.dirs]
         _save(root, record)
         for c in plan.changes:
             if c.then is not None:
@@ -259,12 +277,6 @@ def setup(root: bootcfg.Root, dry_run: bool, out: TextIO, run: Runner = run_comm
         raise SetupError(f"{why.rstrip('.')}. Setup put every file back as it was.") from None
     for c in plan.changes:
         print(f"{'removed' if c.then is None else 'wrote'} {c.path}", file=out)
-    if plan.manual:
-        print(f"The kernel command line is left to you: {plan.manual}", file=out)
-        return 1
-    print(_expectation(plan), file=out)
-    print("`sudo gvt-client setup --revert` undoes it.", file=out)
-    return 0
 
 
 def _save(root: bootcfg.Root, record: Record) -> None:
