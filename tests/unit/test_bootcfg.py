@@ -84,3 +84,12 @@ def test_setup_help_names_doctor_parameters_and_modules() -> None:
     text = " ".join(SETUP_EPILOG.split())
     assert " ".join(p for _, p in doctor.REQUIRED_CMDLINE) in text
     assert ", ".join(m.load for m in doctor.REQUIRED_MODULES) in text
+
+
+def test_only_the_client_changes_the_boot_configuration() -> None:
+    """gvtd is root and every local user may call it: no daemon module may reach setup."""
+    top = Path(__file__).resolve().parents[2] / "gvtd"
+    users = sorted(str(p.relative_to(top)) for p in top.rglob("*.py")
+                   if ("bootcfg" in p.read_text() or "client.setup" in p.read_text())
+                   and p.name != "bootcfg.py")
+    assert users == ["client/main.py", "client/setup.py"]
