@@ -93,3 +93,20 @@ def test_only_the_client_changes_the_boot_configuration() -> None:
                    if ("bootcfg" in p.read_text() or "client.setup" in p.read_text())
                    and p.name != "bootcfg.py")
     assert users == ["client/main.py", "client/setup.py"]
+
+
+def test_modules_already_loaded_at_boot_are_not_added(tmp_path: Path) -> None:
+    root = bootcfg.Root(tmp_path)
+    (tmp_path / "etc/modules-load.d").mkdir(parents=True)
+    (tmp_path / "etc/modules-load.d/virt.conf").write_text("# mine\nkvmgt\n")
+    (tmp_path / "etc/modules").write_text("vfio-iommu-type1 # dashes count too\n")
+    change, missing = bootcfg.modules_change(root, root.read)
+    assert missing == ["mdev"]
+    assert change is not None and change.then is not None
+    assert change.then.decode().splitlines()[-1] == "mdev"
+    old = tmp_path / "usr/lib/modules/5.10.0-9-amd64/kernel/drivers/vfio/mdev/vfio_mdev.ko"
+    old.parent.mkdir(parents=True)
+    old.write_text("")
+    assert bootcfg.modules_change(root, root.read)[1] == ["mdev", "vfio_mdev"]
+    (tmp_path / "etc/modules-load.d/virt.conf").write_text("kvmgt\nmdev\n")
+    assert bootcfg.modules_change(root, root.read) == (None, [])
