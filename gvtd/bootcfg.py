@@ -307,7 +307,8 @@ def detect(root: Root) -> str:
     boot loader entries, GRUB where /etc/default/grub and its generator are; else unknown."""
     if root.which("grubby"):
         return "grubby"
-    install_conf = as_text(root.read("/etc/kernel/install.conf"))
+    conf = root.read("/etc/kernel/install.conf")  # kernel-install's: this one, else /usr's
+    install_conf = as_text(conf if conf is not None else root.read("/usr/lib/kernel/install.conf"))
     if root.which("kernel-install") and (
             root.file(KERNEL_CMDLINE).exists()
             or re.search(r"^\s*layout\s*=\s*bls\s*$", install_conf, re.MULTILINE)

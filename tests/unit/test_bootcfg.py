@@ -47,6 +47,13 @@ def test_detection(tmp_path: Path) -> None:
     assert bootcfg.detect(root) == "grub"
     _tool(tmp_path, "/usr/bin/kernel-install")
     assert bootcfg.detect(root) == "grub"  # kernel-install alone says nothing
+    (tmp_path / "usr/lib/kernel").mkdir(parents=True)
+    (tmp_path / "usr/lib/kernel/install.conf").write_text("#layout=bls|other|...\n")
+    assert bootcfg.detect(root) == "grub"  # systemd's own, commented out
+    (tmp_path / "etc/kernel").mkdir()
+    (tmp_path / "etc/kernel/install.conf").write_text("layout=bls\n")
+    assert bootcfg.detect(root) == "systemd-boot"
+    (tmp_path / "etc/kernel/install.conf").unlink()
     (tmp_path / "boot/efi/loader/entries").mkdir(parents=True)
     assert bootcfg.detect(root) == "systemd-boot"
     _tool(tmp_path, "/usr/sbin/grubby")
