@@ -21,10 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
-# mfusepy takes FUSE 2's libfuse.so.2 when one is installed (grub-common pulls it in, for
-# grub-mount); the emulated sysfs speaks FUSE 3.
-os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
-import mfusepy  # noqa: E402
+import mfusepy  # FUSE 3, as gvtd/sim/__init__.py asks for
 
 from .kernel import Kernel, Mdev, Parent
 
