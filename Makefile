@@ -32,6 +32,11 @@ DEB_PACKAGES += strace
 # gdbus (libglib2.0-bin) runs the gdbus script in examples/ (busctl comes with systemd).
 DEB_PACKAGES += libglib2.0-bin
 
+# gvt-client setup's tests run the host's real boot tools in a throw-away root: grub-common
+# ships grub-mkconfig, grub-probe and /etc/grub.d, grub2-common update-grub (neither installs
+# a boot loader or touches this machine's boot); kernel-install comes with systemd (above).
+DEB_PACKAGES += grub-common grub2-common
+
 # End-to-end VM (tests/e2e): mke2fs -d makes its disk from a directory and debugfs reads
 # the guest's journal back out of it; QEMU (above) boots it.
 DEB_PACKAGES += e2fsprogs

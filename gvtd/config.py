@@ -458,12 +458,13 @@ def remove_temporaries(directory: Path, entries: list[str]) -> None:
                             directory / entry, e.strerror)
 
 
-def _write_temporary(path: Path, text: str, mode: int) -> str:
-    """A synced temporary file beside path (.NAME.XXXXXXXX.tmp) holding text; its name."""
+def _write_temporary(path: Path, text: str | bytes, mode: int) -> str:
+    """A synced temporary file beside path (.NAME.XXXXXXXX.tmp) holding text (UTF-8) or
+    bytes as they are; its name."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8") if isinstance(text, str) else text)
             f.flush()
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
@@ -480,7 +481,7 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
-def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+def atomic_write(path: Path, text: str | bytes, mode: int = 0o644) -> None:
     """Write a file so that a crash at any point leaves the old or the new content.
 
     Temporary file in the same directory, fsync, rename over the target, fsync the directory.

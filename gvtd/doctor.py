@@ -30,6 +30,34 @@ MIN_KERNEL = (5, 3)  # MDEV_STATE uevents on parent (un)registration
 LOG_TAIL_BYTES = 1 << 20  # enough for a boot's worth of kernel messages
 ACCESS_STORM = 20  # more invalid-access lines than this at vGPU init means trouble
 
+# What the host must boot with (the guide's step 1); doctor checks it and `gvt-client setup`
+# applies it. The kernel command line, in the guide's order: (the check, the parameter).
+REQUIRED_CMDLINE = (("cmdline.enable_gvt", "i915.enable_gvt=1"),
+                    ("cmdline.ignore_msrs", "kvm.ignore_msrs=1"),
+                    ("cmdline.intel_iommu", "intel_iommu=on"),
+                    ("cmdline.guc", "i915.enable_guc=0"))
+GUC_OLD_SWITCHES = ("i915.enable_guc_submission", "i915.enable_guc_loading")
+
+
+@dataclass(frozen=True)
+class Module:
+    """A module GVT-g needs loaded: the name to load, the names that count as loaded."""
+
+    check_id: str
+    load: str
+    names: tuple[str, ...]
+    why: str
+
+
+# mdev is the mediated device core on every kernel; before 5.16 its VFIO half was vfio_mdev.
+REQUIRED_MODULES = (
+    Module("module.kvmgt", "kvmgt", ("kvmgt",),
+           "GVT-g's KVM half: without it the GPU never registers as an mdev parent"),
+    Module("module.mdev", "mdev", ("mdev", "vfio_mdev"), "the mediated device core"),
+    Module("module.vfio_iommu_type1", "vfio_iommu_type1", ("vfio_iommu_type1",),
+           "VFIO's IOMMU backend for VMs"),
+)
+
 
 @dataclass(frozen=True)
 class Check:
@@ -191,7 +219,7 @@ def check_platform(gpu: Gpu | None) -> Check:
                  "manage those.")
 
 
-def _cmdline_params(text: str) -> dict[str, str]:
+def cmdline_params(text: str) -> dict[str, str]:
     """Kernel command line to {name: value}; the last occurrence wins, as in the kernel.
     Module parameters match with '-' and '_' alike."""
     out: dict[str, str] = {}
@@ -213,8 +241,9 @@ def check_cmdline(text: str | None) -> list[Check]:
     if text is None:
         return [Check("cmdline", "warn", "Cannot read the kernel command line (/proc/cmdline).",
                       "Run gvtd with /proc mounted, or check procfs_root in gvtd.toml.")]
-    p = _cmdline_params(text)
-    edit = ("Add it to GRUB_CMDLINE_LINUX in /etc/default/grub, run update-grub "
+    p = cmdline_params(text)
+    edit = ("`sudo gvt-client setup` does it through this host's boot tooling; by hand, add "
+            "it to GRUB_CMDLINE_LINUX in /etc/default/grub, run update-grub "
             "(grub-mkconfig -o /boot/grub/grub.cfg) and reboot.")
     out = []
     iommu = p.get("intel_iommu")
@@ -243,11 +272,23 @@ def check_cmdline(text: str | None) -> list[Check]:
     return out
 
 
+def _guc_enablers(p: dict[str, str]) -> list[str]:
+    """The older kernels' GuC switches (enable_guc_submission, enable_guc_loading) set on."""
+    return [k for k, v in p.items() if k in GUC_OLD_SWITCHES and v.strip() not in ("0", "")]
+
+
+def cmdline_additions(text: str) -> list[str]:
+    """What to append to a command line so that every check_cmdline finding passes, in the
+    guide's order: the kernel (and modprobe, for a module's parameters) takes the last
+    occurrence of a parameter, so an appended value overrides an earlier wrong one."""
+    failing = {c.id for c in check_cmdline(text) if c.severity != "pass"}
+    out = [param for check_id, param in REQUIRED_CMDLINE if check_id in failing]
+    return out + [f"{k}=0" for k in _guc_enablers(cmdline_params(text))]
+
+
 def _guc_check(p: dict[str, str], edit: str) -> Check:
     """GuC submission makes GVT-g fail to load (and crashed i915 on older kernels)."""
-    enabling = [f"{k}={v}" for k, v in p.items()
-                if k in ("i915.enable_guc_submission", "i915.enable_guc_loading")
-                and v.strip() not in ("0", "")]
+    enabling = [f"{k}={p[k]}" for k in _guc_enablers(p)]
     guc = p.get("i915.enable_guc")
     value = parse_int(guc)
     if guc is not None and value != 0:
@@ -315,20 +356,16 @@ def check_modules(sysfs: Path) -> list[Check]:
     """kvmgt registers the GPU as an mdev parent; the mdev core and VFIO's type1 IOMMU
     backend are what a VM opens it through."""
     module = sysfs / "module"
-    wanted = [("kvmgt", ("kvmgt",), "GVT-g's KVM half: without it the GPU never registers "
-               "as an mdev parent"),
-              ("mdev", ("mdev", "vfio_mdev"), "the mediated device core"),
-              ("vfio_iommu_type1", ("vfio_iommu_type1",), "VFIO's IOMMU backend for VMs")]
     out = []
-    for check_id, alternatives, why in wanted:
-        loaded = next((m for m in alternatives if (module / m).is_dir()), None)
+    for m in REQUIRED_MODULES:
+        loaded = next((n for n in m.names if (module / n).is_dir()), None)
         if loaded:
-            out.append(Check(f"module.{check_id}", "pass", f"{loaded} is loaded."))
+            out.append(Check(m.check_id, "pass", f"{loaded} is loaded."))
         else:
-            names = " or ".join(alternatives)
-            out.append(Check(f"module.{check_id}", "fail", f"{names} is not loaded ({why}).",
-                             f"modprobe {alternatives[-1]}; to load it at every boot: echo "
-                             f"{alternatives[-1]} >> /etc/modules-load.d/gvt.conf"))
+            out.append(Check(m.check_id, "fail",
+                             f"{' or '.join(m.names)} is not loaded ({m.why}).",
+                             f"modprobe {m.load}; to load it at every boot: sudo gvt-client "
+                             f"setup (or echo {m.load} >> /etc/modules-load.d/gvt.conf)"))
     return out
 
 

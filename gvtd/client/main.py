@@ -488,6 +488,38 @@ async def cmd_monitor(c: Client, args: argparse.Namespace) -> None:
             out("changed", msg.path, objects[msg.path], text, props=changed)
 
 
+def cmd_setup(args: argparse.Namespace) -> int:
+    """Local, without the bus: gvtd must never edit the boot configuration for a caller."""
+    from gvtd import bootcfg
+    from gvtd.client import setup
+
+    if not args.root.is_dir():
+        raise ClientError(f"--root {args.root}: no such directory; it names the system to set "
+                          "up (default /).")
+    root = bootcfg.Root(args.root)
+    try:
+        return (setup.revert if args.revert else setup.setup)(root, args.dry_run, sys.stdout)
+    except (setup.SetupError, bootcfg.BootError) as e:
+        raise ClientError(str(e)) from None
+    except OSError as e:  # a file setup had checked, gone or unwritable since
+        raise ClientError(f"{e.filename or args.root}: {e.strerror}.") from None
+
+
+SETUP_EPILOG = """\
+examples:
+  gvt-client setup --dry-run        the changes as a diff, and the commands; needs no root
+  sudo gvt-client setup             apply them, then reboot
+  sudo gvt-client setup --revert    put back every file setup changed, byte for byte
+
+It adds what `gvt-client doctor` asks of the kernel command line (i915.enable_gvt=1
+kvm.ignore_msrs=1 intel_iommu=on i915.enable_guc=0) through the host's boot tooling: a
+file in /etc/default/grub.d and update-grub (or grub-mkconfig) for GRUB, /etc/kernel/cmdline
+and kernel-install for systemd-boot, grubby where it keeps the entries; and the modules
+(kvmgt, mdev, vfio_iommu_type1) in /etc/modules-load.d/gvtd.conf. An unknown boot loader
+gets the exact step to do by hand, and exit status 1.
+"""
+
+
 def _attr(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name:
@@ -609,6 +641,22 @@ def build_parser() -> argparse.ArgumentParser:
         "(exit status 1 when a check fails)", cmd_doctor, read=True)
     add("monitor", "print every change as it happens (JSON lines with --json) until "
         "interrupted", cmd_monitor, read=True)
+    s = sub.add_parser("setup", help="set up this host's kernel command line and modules for "
+                       "GVT-g through its boot tooling (as root; reboot after it)",
+                       description="Set up this host's kernel command line and modules for "
+                       "GVT-g through its own boot tooling.", epilog=SETUP_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.set_defaults(func=cmd_setup, local=True)
+    s.add_argument("--dry-run", action="store_true",
+                   help="print the changes as a unified diff and the commands it would run, "
+                        "and change nothing (works as any user)")
+    s.add_argument("--revert", action="store_true",
+                   help="put back every file setup changed, byte for byte, and run the boot "
+                        "tool again")
+    s.add_argument("--root", type=Path, default=Path("/"), metavar="DIR",
+                   help="work on the system installed in DIR, as systemctl --root: its files, "
+                        "its kernel command line (DIR/proc/cmdline), its tools run through "
+                        "chroot (default /)")
     return p
 
 
@@ -629,6 +677,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.json = getattr(args, "json", False)
     try:
+        if getattr(args, "local", False):
+            return int(args.func(args))
         asyncio.run(run(args))
     except ClientError as e:
         print(f"gvt-client: {e}", file=sys.stderr)

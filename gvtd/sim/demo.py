@@ -12,6 +12,9 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
+import tomllib
+from pathlib import Path
 
 from gvtd import names
 from gvtd.sim.session import DBusDaemon, SimulatedHost
@@ -56,6 +59,37 @@ def simulator(env: dict[str, str], method: str, *args: str) -> None:
         names.SIMULATOR_IFACE, method, *args)
 
 
+def config_dir(env: dict[str, str]) -> Path:
+    """The simulated host's configuration directory (its gvtd.toml, vgpus.d)."""
+    return Path(subprocess.run(
+        ["busctl", "--user", "get-property", names.SIMULATOR_BUS_NAME, names.SIMULATOR_PATH,
+         names.SIMULATOR_IFACE, "ConfigDir"], env=env, capture_output=True, text=True,
+        check=True).stdout.split('"')[1])
+
+
+def setup_demo(env: dict[str, str]) -> None:
+    """`gvt-client setup --dry-run` on the simulated laptop's root: GRUB's own tools (this
+    machine's /usr), /proc the simulation's, an /etc/default/grub holding the command line
+    the emulated kernel was booted with, and the guide's modules file."""
+    settings = tomllib.loads((config_dir(env) / "gvtd.toml").read_text())
+    procfs = Path(settings["procfs_root"])
+    booted = [w for w in (procfs / "cmdline").read_text().split()
+              if not w.startswith(("BOOT_IMAGE=", "root=")) and w != "ro"]
+    with tempfile.TemporaryDirectory(prefix="gvtd-demo-root.") as tmp:
+        root = Path(tmp)
+        (root / "usr").symlink_to("/usr")
+        (root / "proc").symlink_to(procfs)
+        (root / "etc/default/grub.d").mkdir(parents=True)
+        (root / "etc/default/grub").write_text(
+            Path("/usr/share/grub/default/grub").read_text().replace(
+                'GRUB_CMDLINE_LINUX_DEFAULT="quiet"',
+                f'GRUB_CMDLINE_LINUX_DEFAULT="{" ".join(booted)}"'))
+        (root / "etc/modules-load.d").mkdir()
+        (root / "etc/modules-load.d/gvt.conf").write_text("kvmgt\nmdev\nvfio_iommu_type1\n")
+        run(env, sys.executable, "-m", "gvtd.client.main", "setup", "--dry-run", "--root",
+            str(root))
+
+
 def doctor_demo(env: dict[str, str]) -> None:
     """A second emulated host, on its own bus since one bus holds one gvtd, booted the way the
     guide warns against; every other failure is a profile too (`--simulate-profile help`)."""
@@ -66,8 +100,12 @@ def doctor_demo(env: dict[str, str]) -> None:
     host = None
     try:
         host = SimulatedHost(bus.address, "guc-enabled", stderr=subprocess.DEVNULL)
-        client(dict(host.env, DBUS_SESSION_BUS_ADDRESS=bus.address), "doctor",
-               expect_fail=True)
+        guc_env = dict(host.env, DBUS_SESSION_BUS_ADDRESS=bus.address)
+        client(guc_env, "doctor", expect_fail=True)
+        say("`gvt-client setup --dry-run` on that laptop (booted through GRUB, its "
+            "/etc/default/grub as it booted): the fix through GRUB's own tools, as a diff, "
+            "and the command it would run; `sudo gvt-client setup` applies it")
+        setup_demo(guc_env)
     finally:
         if host is not None:
             host.stop()
@@ -95,11 +133,7 @@ def main() -> int:
         say("Define a persistent vGPU for the win10 VM: gvtd picks the smallest type that "
             "gives 1920x1200, writes vgpus.d/win10.toml atomically and creates it")
         client(env, "define", "win10", "--min-resolution", "1920x1200", "--domain", "win10")
-        config = subprocess.run(
-            ["busctl", "--user", "get-property", names.SIMULATOR_BUS_NAME, names.SIMULATOR_PATH,
-             names.SIMULATOR_IFACE, "ConfigDir"], env=env, capture_output=True, text=True,
-            check=True).stdout.split('"')[1]
-        run(env, "cat", os.path.join(config, "vgpus.d", "win10.toml"))
+        run(env, "cat", str(config_dir(env) / "vgpus.d" / "win10.toml"))
         client(env, "list")
         client(env, "types")
         say("Attach it to the win10 VM the way the guide does by hand (hostdev, OpRegion, "

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
-import mfusepy
+import mfusepy  # FUSE 3, as gvtd/sim/__init__.py asks for
 
 from .kernel import Kernel, Mdev, Parent
 

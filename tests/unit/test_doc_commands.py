@@ -114,7 +114,7 @@ def test_every_documented_command_parses(path: Path) -> None:
 def test_the_guide_shows_each_step_as_a_command() -> None:
     lines, _ = commands(ROOT / "docs" / "guide.md")
     shown = {argv[0] for argv in lines if argv}
-    assert {"doctor", "types", "define", "attach", "start", "stop", "status"} <= shown
+    assert {"setup", "doctor", "types", "define", "attach", "start", "stop", "status"} <= shown
     assert ["attach", "win10", "win10", "--display", "gtk-gl", "--x-display", ":1"] in lines
     assert any("--min-resolution" in argv for argv in lines)
     readme, _ = commands(ROOT / "README.md")
