@@ -32,6 +32,10 @@ DEB_PACKAGES += strace
 # gdbus (libglib2.0-bin) runs the gdbus script in examples/ (busctl comes with systemd).
 DEB_PACKAGES += libglib2.0-bin
 
+# desktop-file-validate (desktop-file-utils) judges the launcher `gvt-client desktop-entry`
+# writes.
+DEB_PACKAGES += desktop-file-utils
+
 # End-to-end VM (tests/e2e): mke2fs -d makes its disk from a directory and debugfs reads
 # the guest's journal back out of it; QEMU (above) boots it.
 DEB_PACKAGES += e2fsprogs

@@ -265,6 +265,27 @@ async def cmd_attach(c: Client, args: argparse.Namespace) -> None:
               f"{args.domain} already has {args.vgpu} attached this way")
 
 
+async def cmd_desktop_entry(c: Client | None, args: argparse.Namespace) -> None:
+    """Local files only: no call to gvtd, which runs as root and must not write them."""
+    from gvtd.client import launcher
+
+    try:
+        entry = launcher.Launcher(args.domain, launcher.data_home(),
+                                  "--session" if getattr(args, "bus", "") == "session" else "")
+        if args.remove:
+            paths = launcher.remove(entry)
+            print("\n".join([f"removed {p}" for p in paths]
+                            + [f"Removed the launcher of {args.domain}"]))
+        else:
+            paths = launcher.install(entry)
+            print("\n".join([f"wrote {p}" for p in paths]
+                            + [f"Installed a launcher for {args.domain}: it starts the VM "
+                               "and opens its display (`gvt-client desktop-entry "
+                               f"{args.domain} --remove` takes it away)"]))
+    except launcher.LauncherError as e:
+        raise ClientError(str(e)) from None
+
+
 async def cmd_detach(c: Client, args: argparse.Namespace) -> None:
     await c.call("DetachVGPU", "ss", [args.domain, args.vgpu])
     print(f"Detached {args.vgpu} from {args.domain}")
@@ -605,6 +626,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dir", type=Path, metavar="DIR",
                    help="write one file per vGPU as mdevctl keeps them (DIR/PARENT/UUID) "
                         "instead of printing")
+    s = add("desktop-entry", "install a launcher in your application menu that starts a VM "
+            "and opens its display (gvt-client view --start); written as you, under "
+            "$XDG_DATA_HOME (default ~/.local/share), with its icon", cmd_desktop_entry)
+    s.set_defaults(local=True)
+    s.add_argument("domain", help="libvirt domain name")
+    s.add_argument("--remove", action="store_true",
+                   help="take away the launcher and icon this command installed for the "
+                        "domain (and nothing else)")
     add("doctor", "check the host for what GVT-g needs, with the fix for each problem "
         "(exit status 1 when a check fails)", cmd_doctor, read=True)
     add("monitor", "print every change as it happens (JSON lines with --json) until "
@@ -613,6 +642,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def run(args: argparse.Namespace) -> None:
+    if getattr(args, "local", False):
+        await args.func(None, args)
+        return
     bus_type = BusType.SESSION if getattr(args, "bus", "system") == "session" else BusType.SYSTEM
     try:
         bus = await MessageBus(bus_type=bus_type).connect()
