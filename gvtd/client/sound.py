@@ -107,12 +107,12 @@ def _server() -> str:
     return found.group(1) if found else ""
 
 
-def _loaded(socket: Path) -> list[str]:
-    """The arguments of the modules serving socket."""
+def _loaded(socket: Path) -> dict[str, str]:
+    """The modules serving socket: index -> arguments."""
     p = _run(["pactl", "list", "short", "modules"])
-    return [fields[2] for line in p.stdout.splitlines()
+    return {fields[0]: fields[2] for line in p.stdout.splitlines()
             if len(fields := line.split("\t")) > 2 and fields[1] == MODULE
-            and f"socket={socket}" in fields[2].split()]
+            and f"socket={socket}" in fields[2].split()}
 
 
 def _own_directory(path: Path, create: bool) -> None:
@@ -150,8 +150,11 @@ def ensure(grant: Grant) -> None:
             raise SoundError(f"Cannot let {grant.user} reach {path} (setfacl: "
                              f"{p.stderr.strip()[:200]}); does its file system take ACLs?")
     wanted = f"auth-group={group}"
-    if any(wanted in args.split() for args in _loaded(grant.socket)):
+    loaded = _loaded(grant.socket)
+    if any(wanted in args.split() for args in loaded.values()):
         return
+    for index in loaded:  # another group's (QEMU's user changed): this one replaces it
+        _run(["pactl", "unload-module", index])
     if grant.socket.is_socket():  # left by a sound server that is gone
         grant.socket.unlink()
     p = _run(["pactl", "load-module", MODULE, f"socket={grant.socket}", wanted,
@@ -188,7 +191,7 @@ def verdict(grant: Grant) -> tuple[str, str, str]:
     if not loaded:
         return ("fail", f"{server} serves no {grant.socket}: QEMU (as {grant.user}) cannot "
                 "play there and the VM will not start.", fix)
-    if not any(f"auth-group={group}" in a.split() for a in loaded):
+    if not any(f"auth-group={group}" in a.split() for a in loaded.values()):
         return ("warn", f"{grant.socket} is served without auth-group={group}: QEMU's user "
                 "may be refused, or others let in.", fix)
     if closed:

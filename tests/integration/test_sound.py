@@ -153,8 +153,7 @@ def test_qemu_plays_into_the_strangers_own_server(gvtd: Simulation, lv: PrivateL
     assert "user:libvirt-qemu:--x" in acl(Path(SOCKET).parent)
     modules = pulse.pactl_as_stranger("pactl", "list", "short", "modules").stdout
     assert f"socket={SOCKET} auth-group=libvirt-qemu auth-cookie-enabled=0" in modules
-    qemu_user = pwd.getpwnam("libvirt-qemu")
-    libvirt_qemu = (qemu_user.pw_uid, qemu_user.pw_gid)
+    libvirt_qemu = _qemu_ids()
     assert reaches(*libvirt_qemu, SOCKET)
     assert not reaches(1, 1, SOCKET)  # daemon: the ACL stops it at the runtime directory
     assert not reaches(0, 0, SOCKET)  # root reaches the socket; the server refuses it
@@ -241,3 +240,24 @@ def test_the_socket_is_the_callers_own(gvtd: Simulation, lv: PrivateLibvirtd) ->
     assert f"serverName=\"unix:{SOCKET}\"" in answer and stored(lv) == before
     root = gvtd.root_client.call("AttachVGPU", "ssa{sv}", ["win", "g", dry])[0]
     assert f"serverName=\"unix:{names.sound_socket(0)}\"" in root
+
+
+def test_a_socket_served_for_another_group_is_served_for_qemus(gvtd: Simulation,
+                                                               lv: PrivateLibvirtd,
+                                                               pulse: PulseAudio) -> None:
+    """An earlier grant for another group (QEMU's user changed) is replaced, not doubled."""
+    Path(SOCKET).parent.mkdir(mode=0o700)
+    os.chown(Path(SOCKET).parent, STRANGER, STRANGER_GID)
+    assert pulse.pactl_as_stranger("pactl", "load-module", "module-native-protocol-unix",
+                                   f"socket={SOCKET}", "auth-group=nogroup").returncode == 0
+    lv.define(domain_xml("win"))
+    assert session(gvtd, "attach", "win", "g", "--display", "vnc").returncode == 0
+    modules = pulse.pactl_as_stranger("pactl", "list", "short", "modules").stdout
+    assert [line.split("\t")[2] for line in modules.splitlines() if SOCKET in line] == [
+        f"socket={SOCKET} auth-group=libvirt-qemu auth-cookie-enabled=0"]
+    assert reaches(*_qemu_ids(), SOCKET)
+
+
+def _qemu_ids() -> tuple[int, int]:
+    entry = pwd.getpwnam("libvirt-qemu")
+    return entry.pw_uid, entry.pw_gid
