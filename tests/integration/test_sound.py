@@ -97,10 +97,12 @@ def runtime() -> Iterator[Path]:
 def pulse(runtime: Path) -> Iterator[PulseAudio]:
     home = Path(tempfile.mkdtemp(prefix="gvtd-pulse-"))
     os.chown(home, STRANGER, STRANGER_GID)
-    pa = PulseAudio(home)
-    yield pa
-    pa.stop()
-    shutil.rmtree(home)
+    try:
+        pa = PulseAudio(home)
+        yield pa
+        pa.stop()
+    finally:
+        shutil.rmtree(home)
 
 
 @pytest.fixture
