@@ -37,6 +37,15 @@ DEB_PACKAGES += libglib2.0-bin
 # a boot loader or touches this machine's boot); kernel-install comes with systemd (above).
 DEB_PACKAGES += grub-common grub2-common
 
+# desktop-file-validate (desktop-file-utils) judges the launcher `gvt-client desktop-entry`
+# writes.
+DEB_PACKAGES += desktop-file-utils
+
+# A VM's sound: a real PulseAudio daemon (pulseaudio) runs as the test's unprivileged user,
+# gvt-client opens its socket with pactl (pulseaudio-utils) and lets QEMU's user reach it
+# with setfacl (acl), which the tests read back with getfacl.
+DEB_PACKAGES += pulseaudio pulseaudio-utils acl
+
 # End-to-end VM (tests/e2e): mke2fs -d makes its disk from a directory and debugfs reads
 # the guest's journal back out of it; QEMU (above) boots it.
 DEB_PACKAGES += e2fsprogs

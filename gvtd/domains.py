@@ -16,7 +16,7 @@ from gvtd.bounded import KeyedLock
 from gvtd.config import atomic_write
 from gvtd.errors import Busy, Failed, InvalidArgument, NotFound
 from gvtd.host import Host
-from gvtd.virt import domxml, tune
+from gvtd.virt import audio, domxml, tune
 from gvtd.virt.connection import DomainInfo, Libvirt
 
 if TYPE_CHECKING:
@@ -158,8 +158,11 @@ class Domains:
         return list(dict.fromkeys([*uses, *(u for u in uuids if u not in uses and keep(u))]))
 
     async def attach(self, name: str, key: str, display: str, dry_run: bool,
-                     x_display: str) -> str:
-        """Edit the domain's persistent XML as the guide does by hand; returns the diff."""
+                     x_display: str, audio_on: bool | None = None, socket: str = "") -> str:
+        """Edit the domain's persistent XML as the guide does by hand; returns the diff.
+        audio_on: its sound on `socket` (True), none of gvtd's (False) or as it is (None);
+        a dry run with sound then names QEMU's user, whom the caller's session must let
+        reach the socket."""
         async with self.locks.hold(name):
             view = self.host.find(key)
             before = await self.libvirt.read_xml(name)
@@ -170,13 +173,23 @@ class Domains:
                 render_node=render_node,
                 x_display=x_display,
                 override=await self.libvirt.version() >= domxml.OVERRIDE_VERSION)
-            return await self._edit(name, before, domxml.attach(before, spec), dry_run)
+            after = domxml.attach(before, spec)
+            if audio_on is not None:
+                after = audio.wire(after, socket if audio_on else None)
+            change = await self._edit(name, before, after, dry_run)
+            if not (audio_on and dry_run):
+                return change
+            from gvtd import doctor  # not on the way to READY=1
+            user = domxml.dac_user(before) or await asyncio.to_thread(doctor.qemu_user,
+                                                                      self.qemu_conf)
+            return f"{change}{names.SOUND_LINE}{user}@{socket}\n"
 
     async def detach(self, name: str, key: str) -> str:
         async with self.locks.hold(name):
             view = self.host.find(key)
             before = await self.libvirt.read_xml(name)
-            return await self._edit(name, before, domxml.detach(before, view.uuid), False)
+            return await self._edit(name, before,
+                                    audio.wire(domxml.detach(before, view.uuid), None), False)
 
     def backup_path(self, name: str) -> Path:
         return self.backups / f"{names.escape_path_element(name)}.xml"
@@ -264,24 +277,34 @@ class Domains:
                 "opregion", "warn", f"libvirt {shown} is older than 8.2: OpRegion can only be "
                 "set with -set device.ALIAS.x-igd-opregion=on, which QEMU 7 and newer reject "
                 "(JSON -device).", "Use libvirt 8.2 or newer with QEMU 7 and newer."))
-        return out + self._display_checks()
+        return out + self._display_checks() + self._sound_checks()
 
     def _display_checks(self) -> list[doctor.Check]:
         """One X access finding per (user, display) that gtk-gl domains open windows on."""
         from gvtd import doctor
-        users: dict[tuple[str, str], list[str]] = {}
+        found = self._by_qemu_user(lambda xml: [d] if (d := domxml.gtk_display(xml)) else [])
+        return [doctor.check_x_access(display, user, domains)
+                for (user, display), domains in sorted(found.items())]
+
+    def _sound_checks(self) -> list[doctor.Check]:
+        """One finding per (QEMU's user, socket) that domains play their sound through."""
+        return [audio.check(user, socket, domains)
+                for (user, socket), domains in sorted(self._by_qemu_user(audio.sockets).items())]
+
+    def _by_qemu_user(self, found: Callable[[str], list[str]]) -> dict[tuple[str, str],
+                                                                       list[str]]:
+        """(QEMU's user for a domain, what found() sees in its XML) -> the domains."""
+        from gvtd import doctor
+        out: dict[tuple[str, str], list[str]] = {}
         default: str | None = None
         for name, info in sorted(self.libvirt.domains.items()):
-            display = domxml.gtk_display(info.xml)
-            if display is None:
-                continue
-            user = domxml.dac_user(info.xml)
-            if user is None:
-                default = default or doctor.qemu_user(self.qemu_conf)
-                user = default
-            users.setdefault((user, display), []).append(name)
-        return [doctor.check_x_access(display, user, domains)
-                for (user, display), domains in sorted(users.items())]
+            for key in found(info.xml):
+                user = domxml.dac_user(info.xml)
+                if user is None:
+                    default = default or doctor.qemu_user(self.qemu_conf)
+                    user = default
+                out.setdefault((user, key), []).append(name)
+        return out
 
     def problems(self) -> list[tuple[str, str, str, str]]:
         """The guide's pitfalls in every domain gvtd shows, and a UUID used twice."""
@@ -318,17 +341,20 @@ def _release_failed(name: str, e: BaseException) -> Problem:
             "See `gvt-client status`; `gvt-client remove VGPU` removes one by hand.")
 
 
-def attach_options(options: dict[str, object]) -> tuple[str, bool, str]:
+def attach_options(options: dict[str, object]) -> tuple[str, bool, str, bool | None]:
     display = options.get("display", "spice-gl")
     dry_run = options.get("dry_run", False)
     x_display = options.get("x_display", ":0")
+    sound = options.get("audio")
     if not isinstance(display, str) or not isinstance(dry_run, bool) or \
-            not isinstance(x_display, str) or set(options) - {"display", "dry_run", "x_display"}:
+            not isinstance(x_display, str) or not isinstance(sound, (bool, type(None))) or \
+            set(options) - {"display", "dry_run", "x_display", "audio"}:
         raise InvalidArgument("AttachVGPU options are display (s: spice-gl, gtk-gl, vnc or "
-                              "none), dry_run (b) and x_display (s, for gtk-gl).")
+                              "none), dry_run (b), x_display (s, for gtk-gl) and audio (b: "
+                              "sound on the caller's own sound server, or none of gvtd's).")
     if not x_display.startswith(":") or not x_display[1:].replace(".", "").isdigit():
         raise InvalidArgument(f"x_display {x_display[:20]!r} is not an X display like :0.")
-    return display, dry_run, x_display
+    return display, dry_run, x_display, sound
 
 
 def hook_options(options: dict[str, object]) -> list[str]:

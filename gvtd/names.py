@@ -34,6 +34,19 @@ ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
 # x-access:USER@DISPLAY, and gvt-client doctor checks it in the desktop session.
 CHECK_X_ACCESS = "x-access:"
 
+# A domain's sound goes to a PulseAudio socket of its own in the runtime directory of the
+# user who attached it, derived from the uid the bus reports for that caller (never a path
+# a caller names). Diagnose emits sound-access:USER@SOCKET for QEMU's user, which
+# gvt-client checks in that user's session; a dry run of AttachVGPU with audio ends with a
+# line "# sound: USER@SOCKET" naming what the caller's session must grant.
+CHECK_SOUND = "sound-access:"
+SOUND_LINE = "# sound: "
+
+
+def sound_socket(uid: int) -> str:
+    return f"/run/user/{uid}/gvtd-sound/native"
+
+
 # polkit action ids
 ACTION_MANAGE = "io.github.gvtd1.manage"
 ACTION_VGPU = "io.github.gvtd1.vgpu"

@@ -35,6 +35,8 @@ MOUNTS = {"etc": "/etc/libvirt", "lib": "/var/lib/libvirt", "cache": "/var/cache
 # it does not, a tmpfs over /run makes a place for it without creating anything on the host.
 # With a bus socket as $2, that bus is the system bus there: libvirtd runs hooks with a
 # cleared environment, so a hook finds the system bus only at /run/dbus/system_bus_socket.
+# With $3 set, the host's /run/user stays in sight (the users' runtime directories, where
+# their sound servers listen), moved back over the tmpfs.
 #
 # The namespace starts as a copy of every mount on the host, including the FUSE file systems
 # of emulated kernels running at that moment (ours or another session's). A copy held by
@@ -50,9 +52,11 @@ mount --bind "$T/etc" /etc/libvirt
 mount --bind "$T/lib" /var/lib/libvirt
 mount --bind "$T/cache" /var/cache/libvirt
 mount --bind "$T/log" /var/log/libvirt
+if [ -n "$3" ]; then mkdir "$T/run-user"; mount --bind /run/user "$T/run-user"; fi
 if [ ! -d /run/libvirt ] || { [ -n "$2" ] && [ ! -d /run/dbus ]; }; then
     mount -t tmpfs -o mode=0755 tmpfs /run; mkdir /run/libvirt /run/dbus
 fi
+if [ -n "$3" ]; then mkdir -p /run/user; mount --move "$T/run-user" /run/user; fi
 mount --bind "$T/run" /run/libvirt
 if [ -n "$2" ]; then
     mount -t tmpfs -o mode=0755 tmpfs /run/dbus; ln -s "$2" /run/dbus/system_bus_socket
@@ -89,9 +93,12 @@ def _state(pid: int) -> str:
 class PrivateLibvirtd:
     """libvirtd on a socket of its own; `uri` is what gvtd and virsh connect to."""
 
-    def __init__(self, hooks: tuple[Path, ...] = (), system_bus: str = "") -> None:
+    def __init__(self, hooks: tuple[Path, ...] = (), system_bus: str = "",
+                 run_user: bool = False) -> None:
         """hooks: scripts installed as its etc/libvirt/hooks/qemu.d/, which libvirtd looks
-        at when it starts; system_bus: the path of a bus socket to be its system bus."""
+        at when it starts; system_bus: the path of a bus socket to be its system bus;
+        run_user: its guests see the host's /run/user."""
+        self.run_user = run_user
         self.dir = Path(tempfile.mkdtemp(prefix="gvtd-libvirtd-"))
         for name in MOUNTS:
             (self.dir / name).mkdir()
@@ -120,7 +127,7 @@ class PrivateLibvirtd:
             stale.unlink()
         p = subprocess.run(["unshare", "--mount", "--propagation", "private",
                             "sh", "-c", NAMESPACE_SCRIPT, "sh", str(self.dir),
-                            self.system_bus],
+                            self.system_bus, "1" if self.run_user else ""],
                            capture_output=True, text=True, timeout=TIMEOUT)
         if p.returncode != 0 or not self.socket.is_socket():
             raise RuntimeError(f"libvirtd did not start (status {p.returncode}): "

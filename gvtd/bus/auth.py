@@ -180,6 +180,16 @@ def authorized(action: str, detail: Details = None) -> Callable[[Callable[..., A
     return decorate
 
 
+async def caller_uid() -> int:
+    """The uid the bus reports for the caller of the method being answered: what a method
+    derives the caller's own paths from (never from a path the caller names)."""
+    current = _current.get()
+    if current is None:
+        raise _denied("gvtd cannot tell who is calling; nothing was changed.")
+    gate, msg = current
+    return await gate.caller_uid(msg.sender or "")
+
+
 def root_only(why: str) -> Callable[[Callable[..., Any]], Any]:
     """Decorate a method that only root may call, whatever polkit would say; why ends the
     refusal's sentence (who the method is for and what to use instead)."""

@@ -18,7 +18,7 @@ from dbus_fast.service import ServiceInterface, dbus_property, method
 
 from gvtd import __version__, names
 from gvtd.bounded import Shared
-from gvtd.bus.auth import authorized, define_details, root_only
+from gvtd.bus.auth import authorized, caller_uid, define_details, root_only
 from gvtd.domains import attach_options, hook_options, stop_options, tune_options
 from gvtd.errors import Busy, Failed, GvtdError, InvalidArgument
 from gvtd.mdev import Parent
@@ -195,8 +195,11 @@ class ManagerInterface(_Mirror):
     @dbus_errors
     @authorized(names.ACTION_DOMAIN, detail=("domain", "vgpu"))
     async def AttachVGPU(self, domain: "s", vgpu: "s", options: "a{sv}") -> "s":  # noqa: F821
-        display, dry_run, x_display = attach_options({k: v.value for k, v in options.items()})
-        return await self.daemon.domains.attach(domain, vgpu, display, dry_run, x_display)
+        display, dry_run, x_display, audio = attach_options(
+            {k: v.value for k, v in options.items()})
+        socket = names.sound_socket(await caller_uid()) if audio else ""
+        return await self.daemon.domains.attach(domain, vgpu, display, dry_run, x_display,
+                                                audio, socket)
 
     @method()
     @dbus_errors

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from gvtd import __version__, names
-from gvtd.client import xaccess
+from gvtd.client import sound, xaccess
 
 EPILOG = """\
 examples:
@@ -224,9 +225,11 @@ async def cmd_doctor(c: Client, args: argparse.Namespace) -> None:
     checks = [{"id": i, "severity": sev, "message": msg, "fix": fix}
               for i, sev, msg, fix in found]
     for ch in checks:  # only this (desktop) session can see its X server's access list
-        if ch["id"].startswith(names.CHECK_X_ACCESS):
-            ch["severity"], ch["message"], ch["fix"] = xaccess.recheck(
-                ch["id"], ch["severity"], ch["message"], ch["fix"])
+        for prefix, recheck in ((names.CHECK_X_ACCESS, xaccess.recheck),
+                                (names.CHECK_SOUND, sound.recheck)):
+            if ch["id"].startswith(prefix):
+                ch["severity"], ch["message"], ch["fix"] = await asyncio.to_thread(
+                    recheck, ch["id"], ch["severity"], ch["message"], ch["fix"])
     lines = []
     for ch in checks:
         lines.append(f"[{_MARK.get(ch['severity'], ch['severity'])}] {ch['id']}: {ch['message']}")
@@ -250,19 +253,80 @@ async def cmd_reload(c: Client, args: argparse.Namespace) -> None:
 
 
 async def cmd_start(c: Client, args: argparse.Namespace) -> None:
+    await _sound_before_start(c)
     await c.call("StartDomain", "sa{sv}", [args.domain, {}])
     print(f"{args.domain} is running")
 
 
+async def _sound_before_start(c: Client) -> None:
+    """QEMU does not start while the socket its sound goes to is missing (a new login
+    forgot it): open it again when a domain plays through this session's."""
+    if Path(names.sound_socket(os.getuid())).is_socket():
+        return
+    (found,) = await c.call("Diagnose")
+    grants = [g for i, *_ in found if i.startswith(names.CHECK_SOUND)
+              if (g := sound.Grant.parse(i[len(names.CHECK_SOUND):])) and g.mine]
+    try:
+        for grant in grants:
+            await asyncio.to_thread(sound.ensure, grant)
+    except sound.SoundError as e:
+        print(f"gvt-client: warning: the VM's sound: {e}", file=sys.stderr)
+
+
 async def cmd_attach(c: Client, args: argparse.Namespace) -> None:
-    options = {"display": Variant("s", args.display), "dry_run": Variant("b", args.dry_run),
-               "x_display": Variant("s", args.x_display)}
-    (change,) = await c.call("AttachVGPU", "ssa{sv}", [args.domain, args.vgpu, options])
+    """With sound, a dry run names QEMU's user and the socket, and this session lets it in
+    before anything is written. A session that cannot (no sound server here, sudo, ssh)
+    leaves the sound as it was and says why."""
+    options = {"display": Variant("s", args.display), "dry_run": Variant("b", True),
+               "x_display": Variant("s", args.x_display), "audio": Variant("b", args.audio)}
+    answer, grants = None, []
+    if args.audio:
+        (answer,) = await c.call("AttachVGPU", "ssa{sv}", [args.domain, args.vgpu, options])
+        grants = sound.split_answer(answer)[1]
+    if args.audio and not args.dry_run:
+        answer = None
+        try:
+            for grant in grants:
+                await asyncio.to_thread(sound.ensure, grant)
+        except sound.SoundError as e:
+            print(f"gvt-client: warning: the VM's sound is left as it was: {e}",
+                  file=sys.stderr)
+            del options["audio"]
+            grants = []
+    if answer is None:
+        options["dry_run"] = Variant("b", args.dry_run)
+        (answer,) = await c.call("AttachVGPU", "ssa{sv}", [args.domain, args.vgpu, options])
+    change = sound.split_answer(answer)[0]
+    heard = "".join(f"; sound through {g.socket}, which {g.user} (QEMU) may reach"
+                    for g in grants)
     if args.dry_run:
         print(change or f"{args.domain} already has {args.vgpu} attached this way.", end="")
+        for g in grants:
+            print(f"# {g.user} (QEMU) would be let into {g.socket}")
     else:
-        print(f"Attached {args.vgpu} to {args.domain} ({args.display})" if change else
-              f"{args.domain} already has {args.vgpu} attached this way")
+        print(f"Attached {args.vgpu} to {args.domain} ({args.display}{heard})" if change else
+              f"{args.domain} already has {args.vgpu} attached this way{heard}")
+
+
+async def cmd_desktop_entry(c: Client | None, args: argparse.Namespace) -> None:
+    """Local files only: no call to gvtd, which runs as root and must not write them."""
+    from gvtd.client import launcher
+
+    try:
+        entry = launcher.Launcher(args.domain, launcher.data_home(),
+                                  "--session" if getattr(args, "bus", "") == "session" else "")
+        if args.remove:
+            paths = launcher.remove(entry)
+            print("\n".join([f"removed {p}" for p in paths]
+                            + [f"Removed the launcher of {args.domain}"]))
+        else:
+            paths = launcher.install(entry)
+            print("\n".join([f"wrote {p}" for p in paths]
+                            + [f"Installed a launcher for {args.domain}: it starts the VM "
+                               "and opens its display (`gvt-client desktop-entry "
+                               f"{args.domain} --remove` takes it away)"]))
+    except launcher.LauncherError as e:
+        raise ClientError(str(e)) from None
 
 
 async def cmd_detach(c: Client, args: argparse.Namespace) -> None:
@@ -588,6 +652,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "no vGPU display")
     s.add_argument("--x-display", default=":0", metavar=":N",
                    help="the X display QEMU opens its window on, for gtk-gl (default :0)")
+    s.add_argument("--no-audio", dest="audio", action="store_false",
+                   help="no sound card (and take out the one an earlier attach added); by "
+                        "default the VM's sound plays on your session's sound server "
+                        "(PulseAudio), which this command opens to QEMU's user alone")
     s.add_argument("--dry-run", action="store_true",
                    help="print the change as a unified diff and change nothing")
     s = add("detach", "remove a vGPU from a domain's XML", cmd_detach)
@@ -637,6 +705,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dir", type=Path, metavar="DIR",
                    help="write one file per vGPU as mdevctl keeps them (DIR/PARENT/UUID) "
                         "instead of printing")
+    s = add("desktop-entry", "install a launcher in your application menu that starts a VM "
+            "and opens its display (gvt-client view --start); written as you, under "
+            "$XDG_DATA_HOME (default ~/.local/share), with its icon", cmd_desktop_entry)
+    s.set_defaults(local=True)
+    s.add_argument("domain", help="libvirt domain name")
+    s.add_argument("--remove", action="store_true",
+                   help="take away the launcher and icon this command installed for the "
+                        "domain (and nothing else)")
     add("doctor", "check the host for what GVT-g needs, with the fix for each problem "
         "(exit status 1 when a check fails)", cmd_doctor, read=True)
     add("monitor", "print every change as it happens (JSON lines with --json) until "
@@ -661,6 +737,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def run(args: argparse.Namespace) -> None:
+    if getattr(args, "local", False):
+        await args.func(None, args)
+        return
     bus_type = BusType.SESSION if getattr(args, "bus", "system") == "session" else BusType.SYSTEM
     try:
         bus = await MessageBus(bus_type=bus_type).connect()

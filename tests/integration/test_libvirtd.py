@@ -54,10 +54,14 @@ def lv(libvirtd: PrivateLibvirtd) -> Iterator[PrivateLibvirtd]:
 
 @pytest.fixture
 def gvtd(dbus: DBusDaemon, lv: PrivateLibvirtd, tmp_path: Path) -> Iterator[Simulation]:
+    yield from on_libvirtd(dbus, lv, tmp_path)
+
+
+def on_libvirtd(dbus: DBusDaemon, lv: PrivateLibvirtd, config: Path) -> Iterator[Simulation]:
     """`gvtd --simulate` (emulated kernel) whose libvirt is the private libvirtd."""
-    (tmp_path / "gvtd.toml").write_text(f'libvirt_uri = "{lv.uri}"\n'
-                                        f'qemu_conf = "{lv.dir / "etc" / "qemu.conf"}"\n')
-    sim = Simulation(dbus, config_dir=tmp_path)
+    (config / "gvtd.toml").write_text(f'libvirt_uri = "{lv.uri}"\n'
+                                      f'qemu_conf = "{lv.dir / "etc" / "qemu.conf"}"\n')
+    sim = Simulation(dbus, config_dir=config)
     try:
         if not manager(sim)["LibvirtConnected"]:
             wait_connected(sim, True)

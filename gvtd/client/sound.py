@@ -1,0 +1,210 @@
+"""The person's own session lets QEMU's user reach its sound server, through one socket.
+
+gvtd wires a domain's sound to names.sound_socket(uid) of the caller (gvtd/virt/audio.py);
+the daemon cannot open that socket, nor should it: the socket belongs to the user's sound
+server, and gvtd's sandbox hides /run/user. gvt-client runs as that user, in that session,
+and makes the grant with the user's own rights:
+
+- PulseAudio opens a second native-protocol socket, `module-native-protocol-unix` with
+  `auth-group=` the group of QEMU's user and `auth-cookie-enabled=0`: the server lets in
+  only processes of that group (the kernel vouches for the peer's credentials) besides
+  the user; no cookie, no anonymous access. The user's main socket stays as it was.
+- The socket's directory (`gvtd-sound`, mode 0700) and the runtime directory above it get
+  one ACL entry each, search (x) for QEMU's user alone: it can reach the socket by its name
+  and list nothing.
+
+A PulseAudio restart (a new login) forgets the module, and QEMU refuses to start when the
+socket does not answer: `gvt-client start` (and attach) make the grant again when it is
+missing. Every step is idempotent.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import re
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from gvtd import names
+
+TIMEOUT = 10.0
+MODULE = "module-native-protocol-unix"
+
+
+class SoundError(Exception):
+    """The grant cannot be made in this session; the sentence says what to do."""
+
+
+@dataclass(frozen=True)
+class Grant:
+    """QEMU's user, and the socket it must reach."""
+
+    user: str
+    socket: Path
+
+    @classmethod
+    def parse(cls, text: str) -> Grant | None:
+        """From `USER@SOCKET` (AttachVGPU's last line, Diagnose's check id)."""
+        user, sep, socket = text.rpartition("@")
+        return cls(user, Path(socket)) if sep and user and socket.startswith("/") else None
+
+    @property
+    def mine(self) -> bool:
+        return str(self.socket) == names.sound_socket(os.getuid())
+
+
+def split_answer(text: str) -> tuple[str, list[Grant]]:
+    """AttachVGPU's answer: the diff, and the grants its last lines name."""
+    lines = text.splitlines(True)
+    grants = [g for line in lines if line.startswith(names.SOUND_LINE)
+              if (g := Grant.parse(line[len(names.SOUND_LINE):].strip())) is not None]
+    return "".join(x for x in lines if not x.startswith(names.SOUND_LINE)), grants
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)
+    except FileNotFoundError:
+        package = {"pactl": "pulseaudio-utils", "setfacl": "acl",
+                   "getfacl": "acl"}.get(cmd[0], cmd[0])
+        raise SoundError(f"{cmd[0]} is not installed: install {package}, or attach with "
+                         "--no-audio.") from None
+    except subprocess.TimeoutExpired:
+        raise SoundError(f"{' '.join(cmd[:2])} did not answer within {TIMEOUT:.0f} s: is "
+                         "the sound server hung?") from None
+
+
+def group_of(user: str) -> str:
+    """The group PulseAudio lets in: the one named like QEMU's user that it belongs to
+    (libvirt-qemu on Debian, qemu on Fedora), else its primary group."""
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise SoundError(f"QEMU's user {user} does not exist on this host: is libvirt's "
+                         "QEMU driver installed (libvirt-daemon-system)?") from None
+    try:
+        own = grp.getgrnam(user)
+        if own.gr_gid == entry.pw_gid or user in own.gr_mem:
+            return own.gr_name
+    except KeyError:
+        pass
+    return grp.getgrgid(entry.pw_gid).gr_name
+
+
+def _server() -> str:
+    """The server's name, from the session's own connection (XDG_RUNTIME_DIR/PULSE_SERVER)."""
+    p = _run(["pactl", "info"])
+    if p.returncode != 0:
+        raise SoundError("No sound server answers in this session (pactl info: "
+                         f"{(p.stderr or p.stdout).strip()[:200]}): run this from your "
+                         "desktop session with PulseAudio or PipeWire's pipewire-pulse "
+                         "running, or attach with --no-audio.")
+    found = re.search(r"^Server Name: (.*)$", p.stdout, re.MULTILINE)
+    return found.group(1) if found else ""
+
+
+def _loaded(socket: Path) -> dict[str, str]:
+    """The modules serving socket: index -> arguments."""
+    p = _run(["pactl", "list", "short", "modules"])
+    return {fields[0]: fields[2] for line in p.stdout.splitlines()
+            if len(fields := line.split("\t")) > 2 and fields[1] == MODULE
+            and f"socket={socket}" in fields[2].split()}
+
+
+def _own_directory(path: Path, create: bool) -> None:
+    """path is a directory of this user's (never a link someone placed), made if asked."""
+    if create:
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise SoundError(f"Cannot make {path}: {e.strerror}.") from None
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        raise SoundError(f"{path} does not exist: this is not a login session of uid "
+                         f"{os.getuid()} (no runtime directory). Run this from your desktop "
+                         "session, or attach with --no-audio.") from None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise SoundError(f"{path} is not a directory of yours; remove it and try again.")
+
+
+def ensure(grant: Grant) -> None:
+    """Make the grant in this session, as this user: socket, module, ACLs."""
+    if not grant.mine:
+        raise SoundError(f"{grant.socket} is not this session's sound socket (you are uid "
+                         f"{os.getuid()}): run this as the user who attached the VM.")
+    group = group_of(grant.user)
+    folder = grant.socket.parent
+    _own_directory(folder.parent, create=False)
+    server = _server()  # before anything is made: no server, nothing to grant
+    _own_directory(folder, create=True)
+    for path in (folder.parent, folder):
+        p = _run(["setfacl", "-m", f"u:{grant.user}:x", str(path)])
+        if p.returncode != 0:
+            raise SoundError(f"Cannot let {grant.user} reach {path} (setfacl: "
+                             f"{p.stderr.strip()[:200]}); does its file system take ACLs?")
+    wanted = f"auth-group={group}"
+    loaded = _loaded(grant.socket)
+    if any(wanted in args.split() for args in loaded.values()):
+        return
+    for index in loaded:  # another group's (QEMU's user changed): this one replaces it
+        _run(["pactl", "unload-module", index])
+    if grant.socket.is_socket():  # left by a sound server that is gone
+        grant.socket.unlink()
+    p = _run(["pactl", "load-module", MODULE, f"socket={grant.socket}", wanted,
+              "auth-cookie-enabled=0"])
+    if p.returncode != 0:
+        pipewire = "PipeWire" in server
+        raise SoundError(
+            f"{server or 'The sound server'} refused to open {grant.socket} "
+            f"({(p.stderr or p.stdout).strip()[:200]})" + (
+                ": PipeWire's PulseAudio server cannot open a socket at run time. Use "
+                "PulseAudio, or attach with --no-audio." if pipewire else
+                ". Attach with --no-audio to leave the sound out."))
+
+
+def _acl_has(path: Path, user: str) -> bool:
+    p = _run(["getfacl", "-cp", str(path)])
+    entries = dict(line.rsplit(":", 1) for line in p.stdout.splitlines() if ":" in line)
+    mask = entries.get("mask", "rwx")
+    return "x" in entries.get(f"user:{user}", "") and "x" in mask
+
+
+def verdict(grant: Grant) -> tuple[str, str, str]:
+    """(severity, message, fix) of doctor's sound check, seen from this session."""
+    fix = (f"Run `gvt-client start` for the VM from this session (it lets {grant.user} in "
+           "again), or `gvt-client attach DOMAIN VGPU` once more.")
+    try:
+        server = _server()
+        loaded = _loaded(grant.socket)
+        group = group_of(grant.user)
+        folders = [grant.socket.parent.parent, grant.socket.parent]
+        closed = [str(f) for f in folders if not f.is_dir() or not _acl_has(f, grant.user)]
+    except SoundError as e:
+        return "fail", f"QEMU's sound cannot reach this session: {e}", fix
+    if not loaded:
+        return ("fail", f"{server} serves no {grant.socket}: QEMU (as {grant.user}) cannot "
+                "play there and the VM will not start.", fix)
+    if not any(f"auth-group={group}" in a.split() for a in loaded.values()):
+        return ("warn", f"{grant.socket} is served without auth-group={group}: QEMU's user "
+                "may be refused, or others let in.", fix)
+    if closed:
+        return ("fail", f"{grant.user} may not reach {', '.join(closed)} (no search "
+                "permission in its ACL), so QEMU cannot open the socket.", fix)
+    return ("pass", f"{server} serves {grant.socket} to group {group}, and {grant.user} "
+            "alone may reach it.", "")
+
+
+def recheck(check_id: str, severity: str, message: str, fix: str) -> tuple[str, str, str]:
+    """The daemon's sound-access:USER@SOCKET finding, checked here when the socket is this
+    session's; unchanged otherwise."""
+    grant = Grant.parse(check_id[len(names.CHECK_SOUND):])
+    if grant is None or not grant.mine:
+        return severity, message, fix
+    return verdict(grant)
