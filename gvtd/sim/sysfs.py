@@ -21,7 +21,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
-import mfusepy
+# The mount options below are libfuse 3's; mfusepy loads libfuse 2 when both are
+# installed (desktop packages pull it in), and its mount then fails on max_threads.
+os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
+import mfusepy  # noqa: E402
 
 from .kernel import Kernel, Mdev, Parent
 
