@@ -46,8 +46,8 @@ class Domains:
     async def start(self) -> None:
         await self.libvirt.start()
 
-    def close(self) -> None:
-        self.libvirt.close()
+    def close(self) -> asyncio.Future[None] | None:
+        return self.libvirt.close()
 
     def retarget(self, uri: str) -> None:
         """Reload: domains from another libvirt. Those of the old one that the new one does
