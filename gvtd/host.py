@@ -298,8 +298,7 @@ class Host:
         for name, target, available in plan:
             uuid = self.definitions[name].uuid
             try:
-                reconcile.check_capacity(target, lambda: self.sysfs.no_capacity_message(
-                    target.parent.name, target.type_id))
+                await self._check_capacity(target)
                 await self._create(name, target, recorded=True)
                 self.blocked.pop(uuid, None)
             except GvtdError as e:
@@ -323,6 +322,13 @@ class Host:
                   extra=_fields(name, self.definitions[name].uuid, target.parent.name))
         return Failed(self.errors[name])
 
+    async def _check_capacity(self, target: reconcile.Target) -> None:
+        """NoCapacity before any write when the kernel said no instance is left; the
+        sentence re-reads the parent for what still fits, in a worker thread."""
+        if reconcile.full(target):
+            raise NoCapacity(await asyncio.to_thread(
+                self.sysfs.no_capacity_message, target.parent.name, target.type_id))
+
     async def _create(self, name: str, target: reconcile.Target, recorded: bool = False) -> None:
         """Record (unless the caller recorded a batch), then write the create."""
         d = self.definitions[name]
@@ -338,7 +344,7 @@ class Host:
                 await asyncio.to_thread(self.sysfs.write_attr, d.uuid, attr, value)
         except GvtdError as e:
             self.errors[name] = e.message
-            if self.sysfs.mdev(d.uuid) is None:
+            if await asyncio.to_thread(self.sysfs.mdev, d.uuid) is None:  # never written
                 await self.ownership.discard(d.uuid)
             log.error("Could not create vGPU %s: %s", name, e.message, extra=fields)
             raise
@@ -440,8 +446,7 @@ class Host:
         except ParentMissing:
             target = None  # allowed: created when the parent registers
         if target is not None and definition.start == "auto" and foreign is None:
-            reconcile.check_capacity(target, lambda: self.sysfs.no_capacity_message(
-                target.parent.name, target.type_id))
+            await self._check_capacity(target)
         await on_disk(self.config.save_definition, name, definition)
         self.definitions[name] = definition
         log.info("Defined vGPU %s (%s)", name, definition.uuid,
@@ -502,8 +507,7 @@ class Host:
             touched: set[str] = set()
             try:
                 target = reconcile.resolve(d, list(self.parents.values()))
-                reconcile.check_capacity(target, lambda: self.sysfs.no_capacity_message(
-                    target.parent.name, target.type_id))
+                await self._check_capacity(target)
                 touched.add(target.parent.name)
                 await self._create(view.name, target)
             except GvtdError as e:
