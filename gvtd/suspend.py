@@ -36,7 +36,8 @@ from dbus_fast.aio import MessageBus
 
 from gvtd.background import Background, Problem
 from gvtd.errors import Busy
-from gvtd.host import Host, Teardown
+from gvtd.host import Host
+from gvtd.teardown import Teardown, restore_after_sleep, teardown_idle
 
 if TYPE_CHECKING:
     from gvtd.domains import Domains
@@ -362,7 +363,7 @@ class Suspend:
                     "libvirt_uri in /etc/gvtd/gvtd.toml names it.")
             else:
                 started = time.monotonic()
-                task = asyncio.ensure_future(self.host.teardown_idle(progress))
+                task = asyncio.ensure_future(teardown_idle(self.host, progress))
                 self._teardown_task = task
                 try:
                     await asyncio.wait_for(asyncio.shield(task), budget)
@@ -447,10 +448,10 @@ class Suspend:
                 log.warning("Removing vGPU %s, begun before sleep, still waits for the kernel; "
                             "it is recreated once removed", progress.current or "(queued)")
                 task.add_done_callback(lambda t: self._spawn(
-                    self.host.restore_after_sleep(progress.done[len(torn):])))
+                    restore_after_sleep(self.host, progress.done[len(torn):])))
             if torn:
                 log.info("The host resumed: recreating %s", ", ".join(t.name for t in torn))
-                await self.host.restore_after_sleep(torn)
+                await restore_after_sleep(self.host, torn)
             else:
                 log.info("The host resumed; no vGPU to recreate")
             self._set_state("on")
