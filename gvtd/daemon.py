@@ -26,6 +26,7 @@ from gvtd.errors import InvalidArgument
 from gvtd.host import Host
 from gvtd.mdev import Sysfs
 from gvtd.state import Ownership
+from gvtd.status import Status
 from gvtd.suspend import Suspend
 from gvtd.udev import UdevWatcher
 
@@ -156,8 +157,9 @@ class Daemon:
         self.suspend = Suspend(self.host, self.domains, self.settings.suspend, self.host.publish)
         # Start-up steps beside READY (libvirt, suspend handling): a failure is a Problem.
         self.starting = Background(self.host.publish)
-        self.host.attach(self.domains, [self.suspend.problems, self._restart_problems,
-                                        self.starting.problems])
+        self.host.attach(self.domains)
+        self.status = Status(self.host, [self.domains.problems, self.suspend.problems,
+                                         self._restart_problems, self.starting.problems])
         self.wanted = self.settings  # gvtd.toml as last loaded: what a restart would run
         self._reloading = asyncio.Lock()
         self._libvirt_started: asyncio.Future[None] | None = None
@@ -222,11 +224,11 @@ class Daemon:
     def state(self) -> str:
         if not self.ready:
             return "starting"
-        errors = [p for p in self.host.problems() if p[1] == "error"]
+        errors = [p for p in self.status.problems() if p[1] == "error"]
         return "degraded" if errors else "running"  # warnings are advice, not a fault
 
     def _status(self) -> None:
-        summary = self.host.summary()
+        summary = self.status.summary()
         if summary != self._last_status:
             self._last_status = summary
             self._notify(f"STATUS={summary}")
@@ -288,9 +290,9 @@ class Daemon:
             return 1
         self.ready = True
         tree.manager.refresh()
-        self._last_status = self.host.summary()
+        self._last_status = self.status.summary()
         self._notify(f"READY=1\nSTATUS={self._last_status}")
-        log.info("Ready: %s", self.host.summary())
+        log.info("Ready: %s", self.status.summary())
         # libvirt may be down or slow to answer: it never delays READY, and gvtd keeps
         # trying in the background.
         self._libvirt_started = libvirt_started = self.starting.spawn(

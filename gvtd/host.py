@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -23,7 +23,7 @@ from gvtd.config import (SETTINGS_FILE, ConfigDir, Definition, Problem, on_disk,
 from gvtd.errors import (Busy, Failed, GvtdError, InvalidArgument, NoCapacity, NotFound,
                          ParentMissing)
 from gvtd.mdev import Mdev, Parent, Sysfs, render_nodes
-from gvtd.observed import Observed, ProblemRow
+from gvtd.observed import Observed
 from gvtd.reconcile import VgpuView
 from gvtd.state import Ownership
 from gvtd.udev import Uevent
@@ -56,9 +56,6 @@ class DomainView(Protocol):
     def running_user(self, uuid: str) -> str | None:
         """The running domain that uses a vGPU, or None."""
 
-    def problems(self) -> list[ProblemRow]:
-        """The domains' own entries for Manager.Problems."""
-
 
 class NoDomains:
     """The DomainView until attach(): no domain uses anything."""
@@ -68,9 +65,6 @@ class NoDomains:
 
     def running_user(self, uuid: str) -> str | None:
         return None
-
-    def problems(self) -> list[ProblemRow]:
-        return []
 
 
 def _not_restored(name: str) -> str:
@@ -109,10 +103,8 @@ class Host:
         # in `uevents`, never lost) and answering D-Bus.
         self.lock = asyncio.Lock()
         self.uevents = UeventQueue(self.lock, self._follow, self.refresh, self.publish)
-        # Given by attach(): which domain uses a UUID, which running domain does, and what
-        # else goes into Manager.Problems.
+        # Given by attach(): which domain uses a UUID, and which running domain does.
         self.domains: DomainView = NoDomains()
-        self._problem_sources: tuple[Callable[[], list[ProblemRow]], ...] = ()
 
     @property
     def parents(self) -> dict[str, Parent]:
@@ -124,13 +116,9 @@ class Host:
         """Every mdev sysfs shows, by UUID (gvtd.observed)."""
         return self.observed.mdevs
 
-    def attach(self, domains: DomainView,
-               problem_sources: Sequence[Callable[[], list[ProblemRow]]] = ()) -> None:
-        """The wiring step (gvtd.daemon), once its collaborators exist: libvirt's domains,
-        and the other parts whose entries Manager.Problems lists after the domains' (each
-        called whenever Problems is read)."""
+    def attach(self, domains: DomainView) -> None:
+        """The wiring step (gvtd.daemon), once libvirt's domains exist."""
         self.domains = domains
-        self._problem_sources = tuple(problem_sources)
 
     def set_restore_removed(self, on: bool) -> None:
         """Reload: whether a vGPU removed outside gvtd is recreated from now on."""
@@ -359,46 +347,11 @@ class Host:
 
     # -- what the bus shows ---------------------------------------------------------------
 
-    def problems(self) -> list[ProblemRow]:
-        """(id, severity, message, fix) for Manager.Problems."""
-        out = [(f"config:{p.file}", "error", str(p),
-                "Fix or remove the file, then run `gvt-client reload`.")
-               for p in self.config_problems]
-        out += self.domains.problems()
-        for source in self._problem_sources:
-            out += source()
-        out += self.uevents.problems()  # a pass over uevents that failed
-        out += list(self.observed.unreadable.values())
-        for v in self.views.values():
-            if v.state == "failed":
-                out.append((f"vgpu:{v.name or v.uuid}", "error",
-                            f"vGPU {v.name or v.uuid}: {v.last_error}",
-                            "See `gvt-client status` and the journal (journalctl -u gvtd)."))
-            elif v.uuid in self.refused and v.state == "active":
-                out.append((f"vgpu:{v.name or v.uuid}", "warn",
-                            f"vGPU {v.name or v.uuid}: {v.last_error}",
-                            "Close what holds it open (a VM outside libvirt, or QEMU still "
-                            f"exiting), then `gvt-client remove {v.name or v.uuid}`."))
-        return out
-
     def render_node(self, parent: str) -> str | None:
         """/dev/dri/renderD* of a parent GPU, for SPICE GL."""
         p = self.parents.get(parent)
         nodes = render_nodes(self.sysfs.root, Path(p.syspath)) if p else []
         return f"/dev/dri/{nodes[0]}" if nodes else None
-
-    def summary(self) -> str:
-        active = [v for v in self.views.values() if v.state == "active"]
-        parents = {v.parent for v in active}
-        failed = sum(v.state == "failed" for v in self.views.values())
-        text = (f"{len(active)} vGPU{'s' if len(active) != 1 else ''} active on "
-                f"{len(parents)} parent{'s' if len(parents) != 1 else ''}")
-        if failed:
-            text += f", {failed} failed"
-        files = len({p.file for p in self.config_problems})
-        if files:
-            text += f", {files} invalid config file{'s' if files != 1 else ''}"
-        return text
 
     # -- operations (D-Bus methods) -----------------------------------------------------------
 
