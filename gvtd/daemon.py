@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from dbus_fast import BusType, DBusError, Message
@@ -24,10 +26,14 @@ from gvtd.errors import InvalidArgument
 from gvtd.host import Host
 from gvtd.mdev import Sysfs
 from gvtd.state import Ownership
+from gvtd.status import Status
 from gvtd.suspend import Suspend
 from gvtd.udev import UdevWatcher
 
 log = logging.getLogger("gvtd")
+
+LIBVIRT_CLOSE_WAIT = 3.0  # seconds a stop waits for libvirtd to answer the close
+WORKERS_WAIT = 5.0  # seconds the exit waits for the worker threads' last kernel or disk work
 
 # gvtd.toml settings that Reload cannot apply to a running gvtd: the host's model reads
 # that sysfs, and the udev monitor follows it, from the start.
@@ -151,8 +157,9 @@ class Daemon:
         self.suspend = Suspend(self.host, self.domains, self.settings.suspend, self.host.publish)
         # Start-up steps beside READY (libvirt, suspend handling): a failure is a Problem.
         self.starting = Background(self.host.publish)
-        self.host.attach(self.domains, [self.suspend.problems, self._restart_problems,
-                                        self.starting.problems])
+        self.host.attach(self.domains)
+        self.status = Status(self.host, [self.domains.problems, self.suspend.problems,
+                                         self._restart_problems, self.starting.problems])
         self.wanted = self.settings  # gvtd.toml as last loaded: what a restart would run
         self._reloading = asyncio.Lock()
         self._libvirt_started: asyncio.Future[None] | None = None
@@ -160,6 +167,7 @@ class Daemon:
         self.ready = False
         self._last_status = ""
         self.stopping = asyncio.Event()
+        self.abandoned = False  # a worker thread is left blocked at exit: see serve()
 
     async def reload(self) -> None:
         """Manager.Reload: apply what changed in gvtd.toml, live where it can be (see
@@ -216,11 +224,11 @@ class Daemon:
     def state(self) -> str:
         if not self.ready:
             return "starting"
-        errors = [p for p in self.host.problems() if p[1] == "error"]
+        errors = [p for p in self.status.problems() if p[1] == "error"]
         return "degraded" if errors else "running"  # warnings are advice, not a fault
 
     def _status(self) -> None:
-        summary = self.host.summary()
+        summary = self.status.summary()
         if summary != self._last_status:
             self._last_status = summary
             self._notify(f"STATUS={summary}")
@@ -282,9 +290,9 @@ class Daemon:
             return 1
         self.ready = True
         tree.manager.refresh()
-        self._last_status = self.host.summary()
+        self._last_status = self.status.summary()
         self._notify(f"READY=1\nSTATUS={self._last_status}")
-        log.info("Ready: %s", self.host.summary())
+        log.info("Ready: %s", self.status.summary())
         # libvirt may be down or slow to answer: it never delays READY, and gvtd keeps
         # trying in the background.
         self._libvirt_started = libvirt_started = self.starting.spawn(
@@ -302,13 +310,20 @@ class Daemon:
             return 1
         watcher.stop()
         libvirt_started.cancel()
-        self.domains.close()
+        closing = self.domains.close()
         suspend_started.cancel()
         self.suspend.close()
         self._notify("STOPPING=1")
         log.info("Stopping; vGPUs stay in place for the VMs that use them")
         await _abandon_calls(bus)
         bus.disconnect()
+        if closing is not None:
+            done, _ = await asyncio.wait({closing}, timeout=LIBVIRT_CLOSE_WAIT)
+            if not done:
+                log.warning("libvirtd did not answer the close of gvtd's connection within "
+                            "%.0f s (it hangs); exiting without waiting for it",
+                            LIBVIRT_CLOSE_WAIT)
+                self.abandoned = True
         return 0
 
 
@@ -353,10 +368,34 @@ def main(argv: list[str] | None = None) -> int:
     config = ConfigDir(args.config_dir)
     settings, _ = config.load_settings()
     setup_logging(args.log_level or settings.log_level)
-    try:
-        return asyncio.run(Daemon(args).run())
-    except KeyboardInterrupt:
-        return 0
+    return serve(Daemon(args))
+
+
+def serve(daemon: Daemon) -> int:
+    """asyncio.run(daemon.run()), except at the exit: asyncio.run and the interpreter wait
+    for every worker thread, and one blocked in an RPC to a hung libvirtd would keep gvtd
+    from exiting until systemd kills it. So the workers get WORKERS_WAIT to finish (a kernel
+    write, a state file's fsync), then gvtd leaves without them: the log is flushed, and
+    every file it writes is replaced atomically, so one cut short leaves the one before."""
+    executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="gvtd-worker")
+    with asyncio.Runner() as runner:
+        runner.get_loop().set_default_executor(executor)
+        try:
+            code = runner.run(daemon.run())
+        except KeyboardInterrupt:  # before run() took SIGINT over
+            code = 0
+        ended = threading.Thread(target=executor.shutdown, name="gvtd-exit", daemon=True)
+        ended.start()
+        if not daemon.abandoned:
+            ended.join(WORKERS_WAIT)
+        if ended.is_alive():
+            if not daemon.abandoned:
+                log.warning("A worker thread did not finish within %.0f s (libvirtd or the "
+                            "kernel does not answer); exiting without it", WORKERS_WAIT)
+            logging.shutdown()
+            sys.stdout.flush()
+            os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gvtd import cputopo, names
+from gvtd import cputopo, names, ondemand
 from gvtd.background import Background, Problem, why
 from gvtd.bounded import KeyedLock
 from gvtd.config import atomic_write
@@ -46,8 +46,8 @@ class Domains:
     async def start(self) -> None:
         await self.libvirt.start()
 
-    def close(self) -> None:
-        self.libvirt.close()
+    def close(self) -> asyncio.Future[None] | None:
+        return self.libvirt.close()
 
     def retarget(self, uri: str) -> None:
         """Reload: domains from another libvirt. Those of the old one that the new one does
@@ -90,7 +90,7 @@ class Domains:
         async with self.locks.hold(name):
             info = self.libvirt.domains.get(name)
             if info is None or not info.active:
-                await self.host.release_on_demand(name, self._uses_by_name(name))
+                await ondemand.release(self.host, name, self._uses_by_name(name))
 
     def _uses_by_name(self, name: str) -> list[str]:
         info = self.libvirt.domains.get(name)
@@ -106,7 +106,7 @@ class Domains:
             await self.libvirt.read_xml(name)  # LibvirtUnavailable / NotFound first, off the loop
             await self.libvirt.resync() if name not in self.libvirt.domains else None
             uuids = self._uses_by_name(name)
-            await self.host.ensure(uuids, name)
+            await ondemand.ensure(self.host, uuids, name)
             info = self.libvirt.domains.get(name)
             if info is not None and info.active:
                 return  # already running: nothing to do, not an error
@@ -114,7 +114,7 @@ class Domains:
             try:
                 await self.libvirt.create(name)
             except Failed:  # libvirt refused: on-demand vGPUs made for it free their share
-                await self.host.release_on_demand(name, uuids)
+                await ondemand.release(self.host, name, uuids)
                 raise
 
     async def prepare_domain(self, name: str, uuids: list[str]) -> None:
@@ -129,7 +129,7 @@ class Domains:
         passed on, so that the start fails with the fix (nothing is created for it)."""
         defined = {d.uuid for d in self.host.definitions.values()}
         wanted = self._hook_uuids("PrepareDomain", name, uuids, keep=lambda u: u not in defined)
-        await self.host.ensure(wanted, name)
+        await ondemand.ensure(self.host, wanted, name)
 
     async def release_domain(self, name: str, uuids: list[str]) -> None:
         """libvirt has released the domain after it stopped (its hook): remove the on-demand
@@ -142,8 +142,8 @@ class Domains:
         for the hook, which waits for gvtd. So nothing is asked: a vGPU of a domain the
         cache still has running stays, and goes when libvirt's STOPPED event arrives
         (_stopped), which follows the hook by milliseconds."""
-        await self.host.release_on_demand(
-            name, self._hook_uuids("ReleaseDomain", name, uuids, keep=lambda u: False))
+        await ondemand.release(
+            self.host, name, self._hook_uuids("ReleaseDomain", name, uuids, keep=lambda u: False))
 
     def _hook_uuids(self, method: str, name: str, uuids: list[str],
                     keep: Callable[[str], bool]) -> list[str]:
@@ -331,7 +331,7 @@ class Domains:
                 raise Busy(f"{name} did not shut down within {timeout:.0f} s (the guest may "
                            f"ignore the ACPI request); `gvt-client stop {name} --force` turns "
                            "it off.")
-            await self.host.release_on_demand(name, self._uses_by_name(name))
+            await ondemand.release(self.host, name, self._uses_by_name(name))
             self.releases.succeeded(name)  # released now: the earlier failure is past
 
 

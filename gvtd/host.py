@@ -8,11 +8,10 @@ listeners (the D-Bus objects) once at the end.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -24,7 +23,7 @@ from gvtd.config import (SETTINGS_FILE, ConfigDir, Definition, Problem, on_disk,
 from gvtd.errors import (Busy, Failed, GvtdError, InvalidArgument, NoCapacity, NotFound,
                          ParentMissing)
 from gvtd.mdev import Mdev, Parent, Sysfs, render_nodes
-from gvtd.observed import Observed, ProblemRow
+from gvtd.observed import Observed
 from gvtd.reconcile import VgpuView
 from gvtd.state import Ownership
 from gvtd.udev import Uevent
@@ -36,7 +35,7 @@ RESTORE_LIMIT = 3  # automatic re-creations of one vGPU after its first ...
 RESTORE_WINDOW = 60.0  # ... within this many seconds, before gvtd gives up on it
 
 
-def _fields(name: str = "", uuid: str = "", parent: str = "") -> dict[str, str]:
+def journal_fields(name: str = "", uuid: str = "", parent: str = "") -> dict[str, str]:
     """Structured journal fields, so `journalctl VGPU_NAME=win10` finds every line."""
     out = {}
     if name:
@@ -57,9 +56,6 @@ class DomainView(Protocol):
     def running_user(self, uuid: str) -> str | None:
         """The running domain that uses a vGPU, or None."""
 
-    def problems(self) -> list[ProblemRow]:
-        """The domains' own entries for Manager.Problems."""
-
 
 class NoDomains:
     """The DomainView until attach(): no domain uses anything."""
@@ -69,9 +65,6 @@ class NoDomains:
 
     def running_user(self, uuid: str) -> str | None:
         return None
-
-    def problems(self) -> list[ProblemRow]:
-        return []
 
 
 def _not_restored(name: str) -> str:
@@ -90,8 +83,8 @@ class Host:
         # UUIDs not to create on their own: removed on request (until CreateVGPU or the next
         # start), or whose create failed (value: the type's available instances then, so a
         # retry waits until room appears; None: until CreateVGPU or Reload).
-        self.held: set[str] = set()
-        self.blocked: dict[str, int | None] = {}
+        self._held: set[str] = set()
+        self._blocked: dict[str, int | None] = {}
         self._restores: dict[str, list[float]] = {}  # when gvtd last created each UUID itself
         self.definitions: dict[str, Definition] = {}
         self.config_problems: list[Problem] = []
@@ -110,10 +103,8 @@ class Host:
         # in `uevents`, never lost) and answering D-Bus.
         self.lock = asyncio.Lock()
         self.uevents = UeventQueue(self.lock, self._follow, self.refresh, self.publish)
-        # Given by attach(): which domain uses a UUID, which running domain does, and what
-        # else goes into Manager.Problems.
+        # Given by attach(): which domain uses a UUID, and which running domain does.
         self.domains: DomainView = NoDomains()
-        self._problem_sources: tuple[Callable[[], list[ProblemRow]], ...] = ()
 
     @property
     def parents(self) -> dict[str, Parent]:
@@ -125,13 +116,9 @@ class Host:
         """Every mdev sysfs shows, by UUID (gvtd.observed)."""
         return self.observed.mdevs
 
-    def attach(self, domains: DomainView,
-               problem_sources: Sequence[Callable[[], list[ProblemRow]]] = ()) -> None:
-        """The wiring step (gvtd.daemon), once its collaborators exist: libvirt's domains,
-        and the other parts whose entries Manager.Problems lists after the domains' (each
-        called whenever Problems is read)."""
+    def attach(self, domains: DomainView) -> None:
+        """The wiring step (gvtd.daemon), once libvirt's domains exist."""
         self.domains = domains
-        self._problem_sources = tuple(problem_sources)
 
     def set_restore_removed(self, on: bool) -> None:
         """Reload: whether a vGPU removed outside gvtd is recreated from now on."""
@@ -203,19 +190,19 @@ class Host:
             await self.observed.reread_parents({p for e in events for p in e.parents})
         now_reg = {n for n, p in self.parents.items() if p.registered}
         for name in sorted(now_reg - before_reg):
-            log.info("mdev parent %s registered", name, extra=_fields(parent=name))
-            self.blocked.clear()  # a new registration: every failed create gets a new try
+            log.info("mdev parent %s registered", name, extra=journal_fields(parent=name))
+            self._blocked.clear()  # a new registration: every failed create gets a new try
             self._restores.clear()
         for name in sorted(before_reg - now_reg):
             log.warning("mdev parent %s unregistered; its vGPUs wait for it to come back",
-                        name, extra=_fields(parent=name))
+                        name, extra=journal_fields(parent=name))
         by_uuid = {d.uuid: n for n, d in self.definitions.items()}
         for uuid in sorted(before_mdevs - set(self.mdevs)):
             name = by_uuid.get(uuid, "")
             d = self.definitions.get(name)
             self.refused.pop(uuid, None)
-            if d is None or d.start != "auto" or uuid in self.held or uuid in self.removing:
-                log.info("mdev %s is gone", uuid, extra=_fields(name, uuid))
+            if d is None or d.start != "auto" or uuid in self._held or uuid in self.removing:
+                log.info("mdev %s is gone", uuid, extra=journal_fields(name, uuid))
                 continue
             parent = self.parents.get(self._last_parent.get(uuid, ""))
             if parent is None or not parent.registered:
@@ -223,19 +210,19 @@ class Host:
             user = self.domains.running_user(uuid)
             if user is not None:
                 log.error("vGPU %s (%s) was removed outside gvtd while %s uses it", name, uuid,
-                          user, extra=_fields(name, uuid, parent.name))
-                self.held.add(uuid)
+                          user, extra=journal_fields(name, uuid, parent.name))
+                self._held.add(uuid)
                 self.errors[name] = (f"Removed outside gvtd while the running domain {user} "
                                      f"uses it; not recreated under a running VM. Stop {user}, "
                                      f"then `gvt-client start {user}`.")
             elif self.restore_removed:
                 log.warning("vGPU %s (%s) was removed outside gvtd; recreating it", name, uuid,
-                            extra=_fields(name, uuid, parent.name))
+                            extra=journal_fields(name, uuid, parent.name))
             else:
                 log.warning("vGPU %s (%s) was removed outside gvtd; not recreating it "
                             "(restore_removed = false)", name, uuid,
-                            extra=_fields(name, uuid, parent.name))
-                self.held.add(uuid)
+                            extra=journal_fields(name, uuid, parent.name))
+                self._held.add(uuid)
                 self.errors[name] = _not_restored(name)
         self.publish()
         await self._converge()
@@ -249,8 +236,8 @@ class Host:
             self._restores[uuid] = recent + [now]
             return True
         log.error("vGPU %s (%s) keeps vanishing right after gvtd creates it; giving up until "
-                  "`gvt-client create %s`", name, uuid, name, extra=_fields(name, uuid))
-        self.held.add(uuid)
+                  "`gvt-client create %s`", name, uuid, name, extra=journal_fields(name, uuid))
+        self._held.add(uuid)
         self.errors[name] = (
             f"Created {len(recent)} times within {RESTORE_WINDOW:.0f} s and removed again each "
             "time: something removes it (the driver, or another tool). gvtd stopped recreating "
@@ -266,9 +253,9 @@ class Host:
                 if d.uuid not in self.ownership:
                     log.info("Adopting existing mdev %s for %s: used and shown, never "
                              "removed by gvtd", d.uuid, name,
-                             extra=_fields(name, d.uuid, mdev.parent))
+                             extra=journal_fields(name, d.uuid, mdev.parent))
                 adopted[d.uuid] = name
-                self.blocked.pop(d.uuid, None)
+                self._blocked.pop(d.uuid, None)
         await self.ownership.add_all(adopted, "adopted")  # gvtd's own stay its own: see state.py
         plan: list[tuple[str, reconcile.Target, int]] = []
         for name, target in reconcile.to_create(self.definitions, list(self.parents.values()),
@@ -276,10 +263,10 @@ class Host:
             uuid = self.definitions[name].uuid
             mtype = target.parent.type(target.type_id)
             available = mtype.available if mtype else 0
-            if uuid in self.held or uuid in self.removing:
+            if uuid in self._held or uuid in self.removing:
                 continue
-            if uuid in self.blocked:
-                then = self.blocked[uuid]
+            if uuid in self._blocked:
+                then = self._blocked[uuid]
                 if then is None or available <= then:
                     continue  # nothing changed since it failed: no retry storm
             if not self._may_create(name, uuid):
@@ -290,7 +277,7 @@ class Host:
         except OSError as e:
             for name, target, _ in plan:
                 self._unrecorded(name, target, e)
-                self.blocked[self.definitions[name].uuid] = None
+                self._blocked[self.definitions[name].uuid] = None
             plan = []
         touched_parents: set[str] = set()
         touched: set[str] = set()
@@ -298,14 +285,13 @@ class Host:
         for name, target, available in plan:
             uuid = self.definitions[name].uuid
             try:
-                reconcile.check_capacity(target, lambda: self.sysfs.no_capacity_message(
-                    target.parent.name, target.type_id))
-                await self._create(name, target, recorded=True)
-                self.blocked.pop(uuid, None)
+                await self._check_capacity(target)
+                await self.create_target(name, target, recorded=True)
+                self._blocked.pop(uuid, None)
             except GvtdError as e:
                 self.errors[name] = e.message
                 retry = isinstance(e, (NoCapacity, ParentMissing))
-                self.blocked[uuid] = available if retry else None
+                self.block(uuid, available if retry else None)
                 failed.add(uuid)
             touched_parents.add(target.parent.name)
             touched.add(uuid)
@@ -320,13 +306,22 @@ class Host:
         self.errors[name] = (f"Cannot record the vGPU in {self.ownership.path}: "
                              f"{e.strerror}; it was not created. Free space there.")
         log.error("Not creating vGPU %s: %s", name, self.errors[name],
-                  extra=_fields(name, self.definitions[name].uuid, target.parent.name))
+                  extra=journal_fields(name, self.definitions[name].uuid, target.parent.name))
         return Failed(self.errors[name])
 
-    async def _create(self, name: str, target: reconcile.Target, recorded: bool = False) -> None:
-        """Record (unless the caller recorded a batch), then write the create."""
+    async def _check_capacity(self, target: reconcile.Target) -> None:
+        """NoCapacity before any write when the kernel said no instance is left; the
+        sentence re-reads the parent for what still fits, in a worker thread."""
+        if reconcile.full(target):
+            raise NoCapacity(await asyncio.to_thread(
+                self.sysfs.no_capacity_message, target.parent.name, target.type_id))
+
+    async def create_target(self, name: str, target: reconcile.Target,
+                            recorded: bool = False) -> None:
+        """Record (unless the caller recorded a batch), then write the create; with the
+        lock held."""
         d = self.definitions[name]
-        fields = _fields(name, d.uuid, target.parent.name)
+        fields = journal_fields(name, d.uuid, target.parent.name)
         if not recorded:
             try:
                 await self.ownership.add(d.uuid, name)  # before the write: see state.py
@@ -338,7 +333,7 @@ class Host:
                 await asyncio.to_thread(self.sysfs.write_attr, d.uuid, attr, value)
         except GvtdError as e:
             self.errors[name] = e.message
-            if self.sysfs.mdev(d.uuid) is None:
+            if await asyncio.to_thread(self.sysfs.mdev, d.uuid) is None:  # never written
                 await self.ownership.discard(d.uuid)
             log.error("Could not create vGPU %s: %s", name, e.message, extra=fields)
             raise
@@ -352,46 +347,11 @@ class Host:
 
     # -- what the bus shows ---------------------------------------------------------------
 
-    def problems(self) -> list[ProblemRow]:
-        """(id, severity, message, fix) for Manager.Problems."""
-        out = [(f"config:{p.file}", "error", str(p),
-                "Fix or remove the file, then run `gvt-client reload`.")
-               for p in self.config_problems]
-        out += self.domains.problems()
-        for source in self._problem_sources:
-            out += source()
-        out += self.uevents.problems()  # a pass over uevents that failed
-        out += list(self.observed.unreadable.values())
-        for v in self.views.values():
-            if v.state == "failed":
-                out.append((f"vgpu:{v.name or v.uuid}", "error",
-                            f"vGPU {v.name or v.uuid}: {v.last_error}",
-                            "See `gvt-client status` and the journal (journalctl -u gvtd)."))
-            elif v.uuid in self.refused and v.state == "active":
-                out.append((f"vgpu:{v.name or v.uuid}", "warn",
-                            f"vGPU {v.name or v.uuid}: {v.last_error}",
-                            "Close what holds it open (a VM outside libvirt, or QEMU still "
-                            f"exiting), then `gvt-client remove {v.name or v.uuid}`."))
-        return out
-
     def render_node(self, parent: str) -> str | None:
         """/dev/dri/renderD* of a parent GPU, for SPICE GL."""
         p = self.parents.get(parent)
         nodes = render_nodes(self.sysfs.root, Path(p.syspath)) if p else []
         return f"/dev/dri/{nodes[0]}" if nodes else None
-
-    def summary(self) -> str:
-        active = [v for v in self.views.values() if v.state == "active"]
-        parents = {v.parent for v in active}
-        failed = sum(v.state == "failed" for v in self.views.values())
-        text = (f"{len(active)} vGPU{'s' if len(active) != 1 else ''} active on "
-                f"{len(parents)} parent{'s' if len(parents) != 1 else ''}")
-        if failed:
-            text += f", {failed} failed"
-        files = len({p.file for p in self.config_problems})
-        if files:
-            text += f", {files} invalid config file{'s' if files != 1 else ''}"
-        return text
 
     # -- operations (D-Bus methods) -----------------------------------------------------------
 
@@ -440,15 +400,14 @@ class Host:
         except ParentMissing:
             target = None  # allowed: created when the parent registers
         if target is not None and definition.start == "auto" and foreign is None:
-            reconcile.check_capacity(target, lambda: self.sysfs.no_capacity_message(
-                target.parent.name, target.type_id))
+            await self._check_capacity(target)
         await on_disk(self.config.save_definition, name, definition)
         self.definitions[name] = definition
         log.info("Defined vGPU %s (%s)", name, definition.uuid,
-                 extra=_fields(name, definition.uuid))
+                 extra=journal_fields(name, definition.uuid))
         if take_over and foreign is not None and definition.uuid not in self.ownership:
             log.info("Taking over existing mdev %s for %s: gvtd removes it as its own",
-                     definition.uuid, name, extra=_fields(name, definition.uuid, foreign.parent))
+                     definition.uuid, name, extra=journal_fields(name, definition.uuid, foreign.parent))
             await self.ownership.add_all({definition.uuid: name}, "taken-over")
         await self._converge()
         return definition.uuid
@@ -467,45 +426,45 @@ class Host:
         if d.uuid in self.mdevs and self.ownership.removable(d.uuid):
             parent = self.mdevs[d.uuid].parent
             try:
-                await self._remove(d.uuid, name)
+                await self.remove_owned(d.uuid, name)
             except GvtdError:  # the definition stays; the vGPU shows why
                 self.publish()
                 raise
         elif d.uuid in self.mdevs:
             log.info("mdev %s stays: gvtd did not create it, and never removes what it did "
-                     "not create", d.uuid, extra=_fields(name, d.uuid))
+                     "not create", d.uuid, extra=journal_fields(name, d.uuid))
         await on_disk(self.config.delete_definition, name)
         del self.definitions[name]
         self.errors.pop(name, None)
-        self.held.discard(d.uuid)
-        self.blocked.pop(d.uuid, None)
+        self._held.discard(d.uuid)
+        self._blocked.pop(d.uuid, None)
         await self.ownership.discard(d.uuid)
-        log.info("Undefined vGPU %s", name, extra=_fields(name, d.uuid))
+        log.info("Undefined vGPU %s", name, extra=journal_fields(name, d.uuid))
         await self._reread({parent} if parent else set(), {d.uuid})
         self.publish()
 
     async def create(self, key: str) -> str:
         async with self.lock:
-            return await self._create_now(key)
+            return await self.create_now(key)
 
-    async def _create_now(self, key: str) -> str:
+    async def create_now(self, key: str) -> str:
+        """create(), with the lock held already."""
         view = self.find(key)
         if not view.name or view.name not in self.definitions:
             raise InvalidArgument(f"{key!r} has no definition; define it first.")
         await self._reread_around(view.uuid, self.definitions[view.name].parent)
-        self._not_removing(view.uuid, view.name)
-        self.held.discard(view.uuid)
-        self.blocked.pop(view.uuid, None)
+        self.not_removing(view.uuid, view.name)
+        self._held.discard(view.uuid)
+        self._blocked.pop(view.uuid, None)
         self._restores.pop(view.uuid, None)
         if view.uuid not in self.mdevs:
             d = self.definitions[view.name]
             touched: set[str] = set()
             try:
                 target = reconcile.resolve(d, list(self.parents.values()))
-                reconcile.check_capacity(target, lambda: self.sysfs.no_capacity_message(
-                    target.parent.name, target.type_id))
+                await self._check_capacity(target)
                 touched.add(target.parent.name)
-                await self._create(view.name, target)
+                await self.create_target(view.name, target)
             except GvtdError as e:
                 self.errors[view.name] = e.message
                 raise
@@ -530,13 +489,12 @@ class Host:
                 + (" (it existed when its definition named it)" if view.name else "")
                 + ", and gvtd never removes what it did not create. To remove it yourself: "
                 f"echo 1 > /sys/bus/mdev/devices/{view.uuid}/remove")
-        was_held = view.uuid in self.held
-        self.held.add(view.uuid)  # removed on request: not recreated on its own
+        was_held = self.hold(view.uuid)  # removed on request: not recreated on its own
         try:
-            await self._remove(view.uuid, view.name)
+            await self.remove_owned(view.uuid, view.name)
         except GvtdError:
             if not was_held:
-                self.held.discard(view.uuid)
+                self._held.discard(view.uuid)
             await self._reread({parent}, {view.uuid})
             self.publish()
             raise
@@ -545,18 +503,37 @@ class Host:
         await self._reread({parent}, {view.uuid})
         self.publish()
 
-    def _not_removing(self, uuid: str, name: str) -> None:
+    def not_removing(self, uuid: str, name: str) -> None:
+        """Busy while a remove of uuid waits for the kernel."""
         if uuid in self.removing:
             raise Busy(f"vGPU {name or uuid} is being removed and the kernel has not finished: "
                        "something holds it open (a VM outside libvirt, or QEMU still exiting). "
                        "Close that, then try again.")
 
-    async def _remove(self, uuid: str, name: str) -> None:
+    # -- for what goes on beside Host (gvtd.teardown, gvtd.ondemand), with the lock held ----
+
+    def hold(self, uuid: str) -> bool:
+        """Create uuid on its own no more (until CreateVGPU or the next start); returns
+        whether it was held already."""
+        held = uuid in self._held
+        self._held.add(uuid)
+        return held
+
+    def unhold(self, uuid: str) -> None:
+        self._held.discard(uuid)
+
+    def block(self, uuid: str, available: int | None) -> None:
+        """A create of uuid failed: no automatic retry until its type has more than
+        `available` instances free (None: until CreateVGPU or Reload)."""
+        self._blocked[uuid] = available
+
+    async def remove_owned(self, uuid: str, name: str) -> None:
         """Write the remove with the host lock let go: the kernel holds a remove for as long
         as QEMU keeps the device open, and gvtd must go on serving everything else. The UUID
         is in `removing` meanwhile: not recreated, not removed or created twice. A refusal
-        (Busy for EBUSY) stays shown on the vGPU until it goes."""
-        self._not_removing(uuid, name)
+        (Busy for EBUSY) stays shown on the vGPU until it goes. The caller holds the lock
+        and has checked that the mdev is gvtd's to remove (ownership)."""
+        self.not_removing(uuid, name)
         self.removing.add(uuid)
         self.lock.release()
         try:
@@ -566,53 +543,17 @@ class Host:
         except GvtdError as e:
             self.refused[uuid] = f"Not removed: {e.message}"
             log.error("Could not remove vGPU %s (%s): %s", name, uuid, e.message,
-                      extra=_fields(name, uuid))
+                      extra=journal_fields(name, uuid))
             raise
         finally:
             await _relock(self.lock)
             self.removing.discard(uuid)
         self.refused.pop(uuid, None)
-        log.info("Removed vGPU %s (%s)", name, uuid, extra=_fields(name, uuid))
+        log.info("Removed vGPU %s (%s)", name, uuid, extra=journal_fields(name, uuid))
 
     async def reload(self) -> None:
         async with self.lock:
             await self._reload()
-
-    async def ensure(self, uuids: list[str], domain: str) -> None:
-        """Every vGPU a domain is about to use exists: create on-demand and missing ones."""
-        async with self.lock:
-            await self.refresh()
-            by_uuid = {d.uuid: n for n, d in self.definitions.items()}
-            for uuid in uuids:
-                self._not_removing(uuid, by_uuid.get(uuid, ""))
-                if uuid in self.mdevs:
-                    continue
-                name = by_uuid.get(uuid)
-                if name is None:
-                    raise NotFound(
-                        f"{domain} uses the vGPU {uuid}, which no definition and no mdev has. "
-                        f"Define it: gvt-client define NAME --type TYPE --uuid {uuid} "
-                        f"--domain {domain}")
-                await self._create_now(name)
-
-    async def release_on_demand(self, domain: str, uuids: list[str]) -> None:
-        """After a domain stopped: remove the on-demand vGPUs gvtd created for it that no
-        running domain uses (running as libvirt's events say, not as a caller claims)."""
-        async with self.lock:
-            await self.refresh()
-            for name, d in sorted(self.definitions.items()):
-                if d.start == "on-demand" and d.uuid in uuids and d.uuid in self.mdevs \
-                        and self.ownership.removable(d.uuid) \
-                        and self.domains.running_user(d.uuid) is None:
-                    log.info("Domain %s stopped: removing its on-demand vGPU %s", domain, name,
-                             extra=_fields(name, d.uuid))
-                    try:
-                        await self._remove(d.uuid, name)
-                    except GvtdError as e:  # shown on the vGPU (LastError) and in Problems
-                        self.refused[d.uuid] = (f"Not removed after {domain} stopped: "
-                                                f"{e.message}")
-            await self.refresh()
-            self.publish()
 
     def reject_settings(self, problems: list[Problem]) -> None:
         """Reload found gvtd.toml invalid and applies none of it: Problems says why, in
@@ -632,82 +573,11 @@ class Host:
             for name, d in self.definitions.items():
                 if self.errors.get(name) == _not_restored(name):
                     del self.errors[name]
-                    self.held.discard(d.uuid)
+                    self._held.discard(d.uuid)
         self.errors = {k: v for k, v in self.errors.items() if k in self.definitions}
-        self.blocked.clear()
+        self._blocked.clear()
         self._restores.clear()
         await self.reconcile()
-
-    # -- host suspend (gvtd.suspend) ------------------------------------------------------------
-
-    async def teardown_idle(self, progress: "Teardown") -> None:
-        """Before the host sleeps: remove every vGPU gvtd created for a definition that no
-        running domain uses. Each lands in progress.done as soon as it is gone, so a caller
-        that stops waiting (a hung removal) still knows exactly what went. They are held
-        meanwhile, so nothing recreates them before restore_after_sleep()."""
-        async with self.lock:
-            await self.refresh()
-            by_uuid = {d.uuid: n for n, d in self.definitions.items()}
-            for uuid, mdev in sorted(self.mdevs.items()):
-                if progress.stop:
-                    break  # the host is awake again: remove nothing more
-                name = by_uuid.get(uuid, "")
-                user = self.domains.running_user(uuid)
-                if user is not None:
-                    log.info("vGPU %s stays through sleep: the running domain %s uses it",
-                             name or uuid, user, extra=_fields(name, uuid, mdev.parent))
-                    continue
-                if not self.ownership.removable(uuid) or not name:
-                    log.warning("mdev %s stays through sleep: gvtd did not create it, and "
-                                "never removes what it did not create", uuid,
-                                extra=_fields(name, uuid, mdev.parent))
-                    continue
-                progress.current = name
-                was_held = uuid in self.held
-                self.held.add(uuid)
-                try:
-                    await self._remove(uuid, name)
-                except GvtdError as e:
-                    if not was_held:
-                        self.held.discard(uuid)
-                    progress.failed.append((name, e.message))
-                    continue
-                finally:
-                    progress.current = ""
-                progress.done.append(TornDown(name, uuid, mdev.parent, mdev.type_id, was_held))
-            await self.refresh()
-            self.publish()
-
-    async def restore_after_sleep(self, torn: "list[TornDown]") -> None:
-        """After resume: recreate exactly what teardown_idle() removed (same UUID, parent
-        and type). A failure shows on the vGPU (LastError, state failed) and in Problems."""
-        async with self.lock:
-            await self.refresh()
-            for t in torn:
-                if not t.held:
-                    self.held.discard(t.uuid)
-                d = self.definitions.get(t.name)
-                if d is None or d.uuid != t.uuid or t.uuid in self.mdevs:
-                    continue  # undefined meanwhile, or already back
-                fields = _fields(t.name, t.uuid, t.parent)
-                parent = self.parents.get(t.parent)
-                mtype = parent.type(t.type_id) if parent else None
-                try:
-                    if parent is None or not parent.registered:
-                        raise ParentMissing(f"Its parent {t.parent} is not registered (for "
-                                            "GVT-g: kvmgt is not loaded).")
-                    await self._create(t.name, reconcile.Target(parent, t.type_id))
-                except GvtdError as e:
-                    self.errors[t.name] = (f"Not recreated after the host resumed: {e.message} "
-                                           f"`gvt-client create {t.name}` tries again.")
-                    retry = isinstance(e, (NoCapacity, ParentMissing)) and d.start == "auto"
-                    self.blocked[t.uuid] = (mtype.available if mtype else 0) if retry else None
-                    log.error("vGPU %s was not recreated after resume: %s", t.name, e.message,
-                              extra=fields)
-                    continue
-                log.info("Recreated vGPU %s after resume", t.name, extra=fields)
-            await self.refresh()
-            self.publish()
 
 
 async def _relock(lock: asyncio.Lock) -> None:
@@ -722,24 +592,3 @@ async def _relock(lock: asyncio.Lock) -> None:
             cancelled = True
     if cancelled:
         raise asyncio.CancelledError
-
-
-@dataclasses.dataclass(frozen=True)
-class TornDown:
-    """A vGPU removed before sleep, with what it takes to make the same one again."""
-
-    name: str
-    uuid: str
-    parent: str
-    type_id: str
-    held: bool  # already held before: stays held after resume
-
-
-@dataclasses.dataclass
-class Teardown:
-    """Progress of Host.teardown_idle(), readable while it runs."""
-
-    done: list[TornDown] = dataclasses.field(default_factory=list)
-    failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
-    current: str = ""  # the vGPU being removed now
-    stop: bool = False  # set on resume: the removals not begun yet are not wanted any more

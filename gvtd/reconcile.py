@@ -12,7 +12,7 @@ from typing import Literal
 
 from gvtd import gvt
 from gvtd.config import Definition
-from gvtd.errors import GvtdError, InvalidArgument, NoCapacity, ParentMissing
+from gvtd.errors import GvtdError, InvalidArgument, ParentMissing
 from gvtd.mdev import Mdev, Parent
 
 VgpuState = Literal["inactive", "active", "parent-missing", "failed"]
@@ -98,11 +98,10 @@ def resolve(definition: Definition, parents: list[Parent]) -> Target:
     return Target(parent, definition.type)
 
 
-def check_capacity(target: Target, message: Callable[[], str]) -> None:
-    """Refuse before writing when the kernel already says no instance is left."""
+def full(target: Target) -> bool:
+    """Whether the kernel already says no instance is left: refuse before writing."""
     mtype = target.parent.type(target.type_id)
-    if mtype is not None and mtype.available <= 0:
-        raise NoCapacity(message())
+    return mtype is not None and mtype.available <= 0
 
 
 def to_create(definitions: dict[str, Definition], parents: list[Parent],

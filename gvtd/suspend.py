@@ -28,14 +28,16 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Literal
 
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
+from gvtd.background import Background, Problem
 from gvtd.errors import Busy
-from gvtd.host import Host, Teardown
+from gvtd.host import Host
+from gvtd.teardown import Teardown, restore_after_sleep, teardown_idle
 
 if TYPE_CHECKING:
     from gvtd.domains import Domains
@@ -55,7 +57,6 @@ DELAY_SHARE = 0.8  # of InhibitDelayMaxSec that the removals may take before gvt
 DELAY_WHY = ("Removing the virtual GPUs (Intel GVT-g) that no running VM uses, so that the "
              "host sleeps and resumes safely")
 
-Problem = tuple[str, str, str, str]
 # What Manager.Suspend shows: off (policy ignore, or no logind), on (delay lock held),
 # blocked (a block lock held too: a VM with a vGPU runs), preparing (removing before sleep),
 # sleeping (lock released: the host may sleep), resuming (recreating after resume).
@@ -98,7 +99,9 @@ class Suspend:
         self._asleep = False
         self._teardown: Teardown | None = None
         self._teardown_task: asyncio.Future[None] | None = None
-        self._tasks: set[asyncio.Future[None]] = set()
+        # Sleeps, resumes and lock updates handled beside the signal that asked for them.
+        self._background = Background(changed)
+        self._lost: asyncio.Future[None] | None = None  # ends when the system bus does
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -122,9 +125,8 @@ class Suspend:
             await self._call(DBUS, DBUS_PATH, DBUS, "AddMatch", "s", [rule])
         if self.policy == "block-while-running":
             self.host.listeners.append(self._domains_changed)
-        lost = asyncio.ensure_future(bus.wait_for_disconnect())
-        lost.add_done_callback(self._bus_closed)
-        self._tasks.add(lost)
+        self._lost = asyncio.ensure_future(bus.wait_for_disconnect())
+        self._lost.add_done_callback(self._bus_closed)
         changes = self._owner_changes
         reply = await self._call(DBUS, DBUS_PATH, DBUS, "GetNameOwner", "s", [LOGIND])
         if self._owner_changes == changes:  # else a NameOwnerChanged came first: it is newer
@@ -137,8 +139,10 @@ class Suspend:
 
     def close(self) -> None:
         """Release every lock (by closing its descriptor) and the system bus."""
-        for task in list(self._tasks):
-            task.cancel()
+        for task in [*self._background.tasks, self._lost]:
+            if task is not None:
+                task.cancel()
+        self._lost = None
         self._close_fds()
         if self._bus is not None:
             bus, self._bus = self._bus, None
@@ -154,11 +158,11 @@ class Suspend:
                            "before the sleep are recreated when it resumes; nothing was "
                            "changed: run `gvt-client reload` again once it has resumed.")
             self.close()
-            self._tasks.clear()  # all cancelled: from now on it holds the new handling's
             if self._domains_changed in self.host.listeners:
                 self.host.listeners.remove(self._domains_changed)
             self._logind, self._logind_owner, self._block_pending = False, "", False
             self._problems.clear()
+            self._background.forget()
             self.state = "off"
             self.changed()
             log.info("Suspend policy changed from \"%s\" to \"%s\"", self.policy, policy)
@@ -166,7 +170,7 @@ class Suspend:
         await self.start()
 
     def problems(self) -> list[Problem]:
-        return list(self._problems.values())
+        return list(self._problems.values()) + self._background.problems()
 
     # -- logind --------------------------------------------------------------------------
 
@@ -290,30 +294,10 @@ class Suspend:
             self.state = state
             self.changed()
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Future[None]) -> None:
-        """A sleep or resume handled in the background ended: a failure goes to the log and
-        Problems (until the next one succeeds), never lost with its task."""
-        self._tasks.discard(task)
-        if task.cancelled():
-            return
-        e = task.exception()
-        if e is None:
-            if self._problems.pop("suspend:handling", None) is not None:
-                self.changed()
-            return
-        log.error("Suspend handling failed: %s", e, exc_info=e)
-        self._problems["suspend:handling"] = (
-            "suspend:handling", "error",
-            f"Handling the host's sleep or resume failed ({type(e).__name__}: {e}); vGPUs "
-            "removed before sleep may not be back.",
-            "See `gvt-client status` and the journal (journalctl -u gvtd); `gvt-client "
-            "create NAME` brings a vGPU back.")
-        self.changed()
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """A sleep, resume or lock update handled in the background: a failure goes to the
+        log and Problems (until the next one succeeds), never lost with its task."""
+        self._background.spawn(coro, "handling", _handling_failed)
 
     def _on_message(self, msg: Message) -> None:
         """logind's and the bus driver's signals, each acted on only from its real sender."""
@@ -379,7 +363,7 @@ class Suspend:
                     "libvirt_uri in /etc/gvtd/gvtd.toml names it.")
             else:
                 started = time.monotonic()
-                task = asyncio.ensure_future(self.host.teardown_idle(progress))
+                task = asyncio.ensure_future(teardown_idle(self.host, progress))
                 self._teardown_task = task
                 try:
                     await asyncio.wait_for(asyncio.shield(task), budget)
@@ -464,10 +448,10 @@ class Suspend:
                 log.warning("Removing vGPU %s, begun before sleep, still waits for the kernel; "
                             "it is recreated once removed", progress.current or "(queued)")
                 task.add_done_callback(lambda t: self._spawn(
-                    self.host.restore_after_sleep(progress.done[len(torn):])))
+                    restore_after_sleep(self.host, progress.done[len(torn):])))
             if torn:
                 log.info("The host resumed: recreating %s", ", ".join(t.name for t in torn))
-                await self.host.restore_after_sleep(torn)
+                await restore_after_sleep(self.host, torn)
             else:
                 log.info("The host resumed; no vGPU to recreate")
             self._set_state("on")
@@ -509,3 +493,11 @@ class Suspend:
                 self._set_state("on")
         if self._running_with_vgpu() != self._block_for:
             self._domains_changed()  # changed while we talked to logind
+
+
+def _handling_failed(e: BaseException) -> Problem:
+    return ("suspend:handling", "error",
+            f"Handling the host's sleep or resume failed ({type(e).__name__}: {e}); vGPUs "
+            "removed before sleep may not be back.",
+            "See `gvt-client status` and the journal (journalctl -u gvtd); `gvt-client "
+            "create NAME` brings a vGPU back.")

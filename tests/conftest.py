@@ -8,7 +8,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import DBusDaemon, Simulation  # noqa: E402
-from logind import Logind  # noqa: E402
+from logind import Logind, system_bus  # noqa: E402, F401 (system_bus: a fixture)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -19,6 +19,7 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -215,42 +216,49 @@ def domain_xml(name: str, mdev: str | None = None) -> str:
             f"<devices>{hostdev}<memballoon model='none'/></devices></domain>")
 
 
+# The watch's own process: libvirt takes one event loop implementation per process, and
+# an in-process test that registered libvirtaio's first would leave none to register here.
+POWERDOWN_WATCH = """\
+import sys
+import libvirt, libvirt_qemu
+
+libvirt.virEventRegisterDefaultImpl()
+conn = libvirt.open(sys.argv[1])
+seen = []
+
+def powerdown(*args):
+    seen.append(True)
+    print("POWERDOWN", flush=True)
+
+libvirt_qemu.qemuMonitorEventRegister(conn, conn.lookupByName(sys.argv[2]), "POWERDOWN",
+                                      powerdown, None, 0)
+print("ready", flush=True)
+while not seen:
+    libvirt.virEventRunDefaultImpl()
+"""
+
+
 class PowerdownWatch:
     """Tells when QEMU received an ACPI power button press (its POWERDOWN monitor event),
-    that is when a shutdown request reached the guest; registered before it returns."""
+    that is when a shutdown request reached the guest; registered before it returns. It
+    listens in a process of its own (see POWERDOWN_WATCH)."""
 
     def __init__(self, uri: str, name: str) -> None:
-        import threading
-
-        import libvirt
-        import libvirt_qemu
-
-        libvirt.virEventRegisterDefaultImpl()
-        self.seen = threading.Event()
-        self._running = True
-
-        def loop() -> None:
-            while self._running:
-                libvirt.virEventRunDefaultImpl()
-
-        self.conn = libvirt.open(uri)
-        self.id = libvirt_qemu.qemuMonitorEventRegister(
-            self.conn, self.conn.lookupByName(name), "POWERDOWN",
-            lambda *args: self.seen.set(), None, 0)
-        # a timer keeps the loop turning so that close() can stop it
-        self._timer = libvirt.virEventAddTimeout(100, lambda *args: None, None)
-        self.thread = threading.Thread(target=loop, daemon=True)
-        self.thread.start()
+        self.proc = subprocess.Popen([sys.executable, "-c", POWERDOWN_WATCH, uri, name],
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if line != "ready\n":
+            self.close()
+            raise RuntimeError(f"the POWERDOWN watch did not start: {line!r}")
 
     def wait(self, timeout: float = TIMEOUT) -> bool:
-        return self.seen.wait(timeout)
+        assert self.proc.stdout is not None
+        if not select.select([self.proc.stdout], [], [], timeout)[0]:
+            return False
+        return self.proc.stdout.readline() == "POWERDOWN\n"
 
     def close(self) -> None:
-        import libvirt
-        import libvirt_qemu
-
-        libvirt_qemu.qemuMonitorEventDeregister(self.conn, self.id)
-        self._running = False
-        self.thread.join(TIMEOUT)
-        libvirt.virEventRemoveTimeout(self._timer)
-        self.conn.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(TIMEOUT)

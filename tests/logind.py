@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from dbus_fast import Message, Variant
 
 from harness import TIMEOUT, Client, DBusDaemon, plain
@@ -17,6 +19,16 @@ LOGIND_PATH = "/org/freedesktop/login1"
 MANAGER = "org.freedesktop.login1.Manager"
 MOCK = "org.freedesktop.DBus.Mock"
 DBUS = "org.freedesktop.DBus"
+
+
+@pytest.fixture
+def system_bus(monkeypatch: pytest.MonkeyPatch) -> Iterator[DBusDaemon]:
+    """A test's own system bus, for its Logind: gvtd started from the test connects to it
+    for logind (DBUS_SYSTEM_BUS_ADDRESS)."""
+    bus = DBusDaemon()
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", bus.address)
+    yield bus
+    bus.stop()
 
 
 class Logind:

@@ -126,7 +126,7 @@ class ManagerInterface(_Mirror):
 
     def _compute(self) -> dict[str, Any]:
         return {"Version": __version__, "State": self.daemon.state,
-                "Problems": [list(p) for p in self.host.problems()],
+                "Problems": [list(p) for p in self.daemon.status.problems()],
                 "LibvirtConnected": self.daemon.domains.libvirt.connected,
                 "Suspend": self.daemon.suspend.state}
 

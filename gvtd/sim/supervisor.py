@@ -75,6 +75,13 @@ class SimulatorInterface(ServiceInterface):
         except Exception as e:
             raise _sim_error(e) from e
 
+    def _fault(self, usage: str, arm: Any, suffix: str, *args: Any) -> None:
+        """Arm one of the emulated kernel's faults for the paths ending in suffix; an
+        empty suffix (every path) or a bad errno name is InvalidArgument."""
+        if not suffix:
+            raise DBusError(names.ERROR_PREFIX + "InvalidArgument", usage)
+        self._do(arm, suffix, *args)
+
     @method()
     def UnregisterParent(self, parent: "s") -> None:  # noqa: F821
         self._do(self.sup.host.unregister_parent, parent)
@@ -148,9 +155,7 @@ class SimulatorInterface(ServiceInterface):
     def StallWrites(self, suffix: "s") -> None:  # noqa: F821
         """gvtd's writes to paths ending in suffix hang before the kernel acts on them (a
         stuck driver) until ReleaseWrites(); gvtd stopping releases them too."""
-        if not suffix:
-            raise DBusError(names.ERROR_PREFIX + "InvalidArgument", "StallWrites(suffix)")
-        self.sup.host.stall_writes(suffix)
+        self._fault("StallWrites(suffix)", self.sup.host.stall_writes, suffix)
 
     @method()
     def HoldRemove(self, uuid: "s") -> None:  # noqa: F821
@@ -169,31 +174,20 @@ class SimulatorInterface(ServiceInterface):
         """gvtd's reads and lookups of paths ending in suffix hang until ReleaseWrites():
         a test can change something while gvtd is in the middle of an operation that
         reads them."""
-        if not suffix:
-            raise DBusError(names.ERROR_PREFIX + "InvalidArgument", "StallReads(suffix)")
-        self.sup.host.stall_reads(suffix)
+        self._fault("StallReads(suffix)", self.sup.host.stall_reads, suffix)
 
     @method()
     def FailReads(self, suffix: "s", errno_name: "s") -> None:  # noqa: F821
         """gvtd's reads and lookups of paths ending in suffix fail with errno_name (EACCES,
         EIO) until ReleaseWrites(): a fault that is not the file's absence."""
-        if not suffix:
-            raise DBusError(names.ERROR_PREFIX + "InvalidArgument", "FailReads(suffix, errno)")
-        try:
-            self.sup.host.fail_reads(suffix, errno_name)
-        except ValueError as e:
-            raise DBusError(names.ERROR_PREFIX + "InvalidArgument", str(e)) from e
+        self._fault("FailReads(suffix, errno)", self.sup.host.fail_reads, suffix, errno_name)
 
     @method()
     def FailWrites(self, suffix: "s", errno_name: "s") -> None:  # noqa: F821
         """gvtd's writes to paths ending in suffix fail with errno_name (EBUSY, EIO) before
         the kernel acts on them, until ReleaseWrites()."""
-        if not suffix:
-            raise DBusError(names.ERROR_PREFIX + "InvalidArgument", "FailWrites(suffix, errno)")
-        try:
-            self.sup.host.fail_writes(suffix, errno_name)
-        except ValueError as e:
-            raise DBusError(names.ERROR_PREFIX + "InvalidArgument", str(e)) from e
+        self._fault("FailWrites(suffix, errno)", self.sup.host.fail_writes, suffix,
+                    errno_name)
 
     @method()
     async def WaitStalled(self) -> "s":  # noqa: F821

@@ -120,17 +120,18 @@ class Libvirt:
         if not await self._connect():
             self._reconnect_later()
 
-    def close(self) -> None:
+    def close(self) -> asyncio.Future[None] | None:
+        """Stop reconnecting and let go of the connection. Closing it is an RPC that a hung
+        libvirtd never answers, so it runs in a worker thread; the future (None without a
+        connection) ends when libvirtd has answered."""
         self._closing = True
         if self._reconnecting is not None:
             self._reconnecting.cancel()
         conn, self.conn = self.conn, None
-        if conn is not None:
-            try:
-                conn.unregisterCloseCallback()
-                conn.close()
-            except libvirt.libvirtError:
-                pass
+        if conn is None:
+            return None
+        assert self.loop is not None
+        return self.loop.run_in_executor(None, _drop, conn)
 
     def retarget(self, uri: str) -> None:
         """Reload named another URI: leave the old libvirt as when it goes away (its

@@ -8,6 +8,7 @@ libvirtd that dies and comes back while gvtd runs.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -22,9 +23,12 @@ from dbus_fast import Message, MessageType, Variant
 
 from gvtd import names
 from gvtd.cputopo import Topology
+from gvtd.sim.session import NotifySocket
+from gvtd.state import Ownership
 from gvtd.virt import domxml, tune
 from gvtd.virt.connection import MAX_DELAY
-from harness import WATCHDOG, WATCHDOG_SEC, CallError, DBusDaemon, Simulation, keeps_answering, plain
+from harness import (WATCHDOG, WATCHDOG_SEC, CallError, Client, DBusDaemon, Simulation,
+                     keeps_answering, plain)
 from libvirtd import PowerdownWatch, PrivateLibvirtd, domain_xml, wait_exit
 from xserver import Xvfb
 
@@ -529,3 +533,80 @@ def test_a_failed_release_after_a_domain_stops_on_its_own_is_a_problem(
     stop(gvtd, "tiny", force=True, timeout=1)
     assert gvtd.client.vgpus()["s"]["State"] == "inactive"
     assert not [p for p in manager(gvtd)["Problems"] if p[0] == "vgpu:s"]
+
+
+def test_sigterm_while_libvirtd_hangs(gvtd: Simulation, lv: PrivateLibvirtd,
+                                      tmp_path: Path) -> None:
+    """systemd stops gvtd while libvirtd hangs: the close of gvtd's libvirt connection
+    (an RPC nobody answers) does not hold the stop. gvtd says STOPPING=1 and exits with 0
+    while libvirtd is still frozen, sooner than libvirt's keepalive takes a hung libvirtd
+    for gone (which the simulation's own gvtd, connected to it too, shows as
+    LibvirtConnected false); its definition and ownership record are as they were.
+
+    This gvtd runs as systemd runs it (its own bus, our notify socket), over the
+    simulation's emulated kernel."""
+    etc, state = tmp_path / "own" / "etc", tmp_path / "own" / "state"
+    (etc / "vgpus.d").mkdir(parents=True)
+    (etc / "gvtd.toml").write_text(f'libvirt_uri = "{lv.uri}"\n')
+    definition = f'uuid = "{U1}"\ntype = "i915-GVTg_V5_8"\n'
+    (etc / "vgpus.d" / "a.toml").write_text(definition)
+    notify = NotifySocket(tmp_path / "own")
+    bus = DBusDaemon()
+    env = dict(os.environ, DBUS_SESSION_BUS_ADDRESS=bus.address, NOTIFY_SOCKET=notify.path,
+               UMOCKDEV_DIR=str(gvtd.root), LD_PRELOAD="libumockdev-preload.so.0")
+    proc = subprocess.Popen([sys.executable, "-m", "gvtd.daemon", "--session",
+                             "--config-dir", str(etc), "--state-dir", str(state)],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    stranger = None
+    try:
+        notify.wait("READY=1")
+        stranger = Client(bus.address)
+        if not stranger.props(names.ROOT_PATH, names.MANAGER_IFACE)["LibvirtConnected"]:
+            stranger.wait_for(lambda m: changed(m, names.ROOT_PATH, "LibvirtConnected", True))
+        assert (gvtd.root / "sys/bus/mdev/devices" / U1).exists()
+        forget(gvtd)
+        with lv.frozen():
+            proc.send_signal(signal.SIGTERM)
+            assert notify.wait("STOPPING=1")
+            assert exits_first(gvtd, proc.pid, lambda m: changed(
+                m, names.ROOT_PATH, "LibvirtConnected", False))
+            assert proc.wait() == 0
+        assert proc.stderr is not None
+        assert "libvirtd did not answer the close" in proc.stderr.read()
+        assert (etc / "vgpus.d" / "a.toml").read_text() == definition
+        owned = Ownership(state)
+        owned.load()
+        assert owned.name(U1) == "a" and owned.removable(U1)
+        assert (gvtd.root / "sys/bus/mdev/devices" / U1).exists()  # left for its VM
+    finally:
+        if stranger is not None:
+            stranger.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        bus.stop()
+        notify.close()
+
+
+def exits_first(sim: Simulation, pid: int, signal_seen: Any) -> bool:
+    """Whether process pid exits before a signal for which signal_seen is true reaches
+    sim's client: both awaited as events (a pidfd, the bus), whichever comes first."""
+    loop = sim.client.loop
+    fd = os.pidfd_open(pid)
+    exited: asyncio.Future[None] = loop.create_future()
+    seen: asyncio.Future[None] = loop.create_future()
+
+    def on_message(msg: Message) -> None:
+        if not seen.done() and signal_seen(msg):
+            seen.set_result(None)
+
+    loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
+    sim.client.bus.add_message_handler(on_message)
+    try:
+        loop.run_until_complete(asyncio.wait({exited, seen},
+                                             return_when=asyncio.FIRST_COMPLETED))
+        return exited.done() and not seen.done()
+    finally:
+        sim.client.bus.remove_message_handler(on_message)
+        loop.remove_reader(fd)
+        os.close(fd)

@@ -9,7 +9,6 @@ import queue
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -195,15 +194,6 @@ def test_sysfs_root_waits_for_a_restart_and_reload_says_so(sim: Simulation) -> N
     out = sim.gvt_client("reload", check=True).stdout
     assert "restart" not in out
     assert not [p for p in manager(sim)["Problems"] if p[0].startswith("settings:restart")]
-
-
-@pytest.fixture
-def system_bus(monkeypatch: pytest.MonkeyPatch) -> Iterator[DBusDaemon]:
-    """This test's own system bus, with its logind: gvtd started from here uses it."""
-    bus = DBusDaemon()
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", bus.address)
-    yield bus
-    bus.stop()
 
 
 def test_suspend_policy_applies_at_reload(dbus: DBusDaemon, system_bus: DBusDaemon,

@@ -4,7 +4,6 @@ over the emulated kernel and the libvirt test driver."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,15 +25,6 @@ def domain(name: str, uuid: str) -> str:
             f"<devices><hostdev mode='subsystem' type='mdev' managed='no' model='vfio-pci'>"
             f"<source><address uuid='{uuid}'/></source></hostdev></devices>"
             f"<test:runstate>5</test:runstate></domain>")
-
-
-@pytest.fixture
-def system_bus(monkeypatch: pytest.MonkeyPatch) -> Iterator[DBusDaemon]:
-    """This test's own system bus: gvtd started from here connects to it for logind."""
-    bus = DBusDaemon()
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", bus.address)
-    yield bus
-    bus.stop()
 
 
 def start_gvtd(dbus: DBusDaemon, tmp_path: Path, policy: str = "teardown-idle",

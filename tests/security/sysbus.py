@@ -211,12 +211,9 @@ def policed(shipped: bool = True) -> Iterator[tuple[SystemBus, Simulation, Polki
         bus.stop()
 
 
-def run_caller(address: str, vgpu: str, members: list[str], uid: int = 0,
-               interactive: bool = False) -> dict[str, Any]:
-    """Run caller.py as uid (setpriv drops root for any other uid) and return its report."""
-    cmd = [sys.executable, str(HERE / "caller.py"), address, vgpu, *members]
-    if interactive:
-        cmd.append("--interactive")
+def run_as(cmd: list[str], uid: int) -> dict[str, Any]:
+    """Run one of this directory's scripts as uid (setpriv drops root for any other uid),
+    with gvtd importable, and return the JSON report it prints."""
     if uid != 0:
         cmd = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *cmd]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [
@@ -225,6 +222,15 @@ def run_caller(address: str, vgpu: str, members: list[str], uid: int = 0,
                           cwd="/")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
+
+
+def run_caller(address: str, vgpu: str, members: list[str], uid: int = 0,
+               interactive: bool = False) -> dict[str, Any]:
+    """Run caller.py as uid and return its report."""
+    cmd = [sys.executable, str(HERE / "caller.py"), address, vgpu, *members]
+    if interactive:
+        cmd.append("--interactive")
+    return run_as(cmd, uid)
 
 
 def manager_methods(client: Client) -> list[str]:

@@ -13,7 +13,6 @@ line, a signal or a reply.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -31,7 +30,7 @@ from gvtd import names
 from gvtd.suspend import DELAY_WHY
 from harness import ROOT, TIMEOUT, Simulation, plain
 from logind import Logind
-from sysbus import NOBODY, HERE, SystemBus
+from sysbus import NOBODY, HERE, SystemBus, run_as
 
 IDLE = "11111111-2222-4333-8444-555555555555"
 DELAY = ("sleep", "gvtd", DELAY_WHY, "delay")
@@ -169,14 +168,7 @@ def run_forger(world: World, signals: list[str], uid: int, to: list[str],
            *(a for n in to for a in ("--to", n))]
     if broadcast:
         cmd.append("--broadcast")
-    if uid != 0:
-        cmd = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *cmd]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [
-        str(ROOT), os.environ.get("PYTHONPATH", "")])))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env,
-                          cwd="/")
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)["unique_name"]
+    return run_as(cmd, uid)["unique_name"]
 
 
 def forge(world: World, signals: list[str], uid: int, broadcast: bool = False) -> str:

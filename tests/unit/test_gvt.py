@@ -112,6 +112,7 @@ def test_a_failed_uevent_pass_is_in_problems_and_the_log(
     from gvtd.config import ConfigDir
     from gvtd.host import Host
     from gvtd.state import Ownership
+    from gvtd.status import Status
     from gvtd.udev import Uevent
 
     class Broken(Sysfs):
@@ -127,7 +128,7 @@ def test_a_failed_uevent_pass_is_in_problems_and_the_log(
 
     caplog.set_level("ERROR", logger="gvtd.host")
     asyncio.run(go())
-    (problem,) = [p for p in host.problems() if p[0] == "host:uevents"]
+    (problem,) = [p for p in Status(host, []).problems() if p[0] == "host:uevents"]
     assert "the reader broke" in problem[2] and "gvt-client reload" in problem[3]
     assert any("Failed to follow the kernel's uevents" in r.getMessage()
                for r in caplog.records)

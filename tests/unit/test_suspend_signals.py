@@ -6,6 +6,7 @@ would hand it; no bus, logind or host is needed since nothing forged may reach t
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import pytest
 from dbus_fast import Message, MessageType
@@ -27,9 +28,9 @@ def logind_left(sender: str) -> Message:
                    signature="sss", body=["org.freedesktop.login1", LOGIND_OWNER, ""])
 
 
-def handler() -> Suspend:
+def handler(changed: Callable[[], None] = lambda: None) -> Suspend:
     """A handler that believes logind is LOGIND_OWNER (as after GetNameOwner)."""
-    s = Suspend(None, None, "teardown-idle", lambda: None)  # type: ignore[arg-type]
+    s = Suspend(None, None, "teardown-idle", changed)  # type: ignore[arg-type]
     s._logind_owner = LOGIND_OWNER
     return s
 
@@ -50,7 +51,7 @@ def test_forged_signals_change_nothing_and_are_logged_once(
         f"({LOGIND_OWNER}) sends it",
         "Ignored a NameOwnerChanged signal from :1.9: only org.freedesktop.DBus "
         "(org.freedesktop.DBus) sends it"]
-    assert s._logind_owner == LOGIND_OWNER and not s._tasks and s.state == "off"
+    assert s._logind_owner == LOGIND_OWNER and s.problems() == [] and s.state == "off"
 
 
 def test_the_memory_of_forgers_is_bounded(caplog: pytest.LogCaptureFixture) -> None:
@@ -66,7 +67,7 @@ def test_the_memory_of_forgers_is_bounded(caplog: pytest.LogCaptureFixture) -> N
     assert ignored(caplog) == []
     s._on_message(sleep(senders[0]))  # forgotten long ago: logged again
     assert len(ignored(caplog)) == 1 and len(s._forged) == FORGED_MEMORY
-    assert not s._tasks
+    assert s.state == "off" and s.problems() == []
 
 
 @pytest.mark.parametrize("answer", ["error", "raise"])
@@ -99,31 +100,45 @@ def test_an_unreadable_inhibit_delay_is_said_and_the_default_used(
 
 def test_a_failed_sleep_handler_is_in_problems_and_the_log(
         caplog: pytest.LogCaptureFixture) -> None:
-    """A task the handler starts for PrepareForSleep that fails: logged and shown in
-    Problems, not lost with the task; the next that succeeds clears it."""
+    """logind's PrepareForSleep(true) handled in the background fails (here the bus
+    objects' update raises when the state changes): logged and shown in Problems, not lost
+    with its task; the resume that follows succeeds and clears it."""
     import asyncio
 
-    s = handler()
-    changed: list[None] = []
-    s.changed = lambda: changed.append(None)  # type: ignore[method-assign]
+    failures = [RuntimeError("the host went away")]
+    problems: list[list[tuple[str, str, str, str]]] = []
+    seen: asyncio.Event
 
-    async def fails() -> None:
-        raise RuntimeError("the host went away")
+    def changed() -> None:  # what gvtd's bus objects do on each change
+        problems.append(s.problems())
+        seen.set()
+        if failures:
+            raise failures.pop()
 
-    async def succeeds() -> None:
-        pass
+    s = handler(changed)
 
-    async def run(coro: object) -> None:
-        s._spawn(coro)
-        (task,) = s._tasks
-        handled = asyncio.get_running_loop().create_future()
-        task.add_done_callback(lambda _: handled.set_result(None))  # runs after s._done
-        await handled
+    async def signal(sleeping: bool, until: object) -> None:
+        nonlocal seen
+        seen = asyncio.Event()
+        s._on_message(Message(message_type=MessageType.SIGNAL, sender=LOGIND_OWNER,
+                              path="/org/freedesktop/login1",
+                              interface="org.freedesktop.login1.Manager",
+                              member="PrepareForSleep", signature="b", body=[sleeping]))
+        while not until():  # type: ignore[operator]
+            seen.clear()
+            await seen.wait()
 
-    caplog.set_level(logging.ERROR, logger="gvtd.suspend")
-    asyncio.run(run(fails()))
-    (problem,) = [p for p in s._problems.values() if p[0] == "suspend:handling"]
-    assert "the host went away" in problem[2] and changed
+    def handling() -> list[tuple[str, str, str, str]]:
+        return [p for p in s.problems() if p[0] == "suspend:handling"]
+
+    async def run() -> None:
+        await signal(True, lambda: handling())
+        (problem,) = handling()
+        assert "RuntimeError: the host went away" in problem[2], problem
+        assert "gvt-client create NAME" in problem[3]
+        await signal(False, lambda: not handling())
+        assert s.state == "on"
+
+    caplog.set_level(logging.ERROR)
+    asyncio.run(run())
     assert any("the host went away" in r.getMessage() for r in caplog.records)
-    asyncio.run(run(succeeds()))
-    assert "suspend:handling" not in s._problems and not s._tasks
