@@ -308,7 +308,7 @@ async def cmd_attach(c: Client, args: argparse.Namespace) -> None:
               f"{args.domain} already has {args.vgpu} attached this way{heard}")
 
 
-async def cmd_desktop_entry(c: Client | None, args: argparse.Namespace) -> None:
+def cmd_desktop_entry(args: argparse.Namespace) -> int:
     """Local files only: no call to gvtd, which runs as root and must not write them."""
     from gvtd.client import launcher
 
@@ -327,6 +327,7 @@ async def cmd_desktop_entry(c: Client | None, args: argparse.Namespace) -> None:
                                f"{args.domain} --remove` takes it away)"]))
     except launcher.LauncherError as e:
         raise ClientError(str(e)) from None
+    return 0
 
 
 async def cmd_detach(c: Client, args: argparse.Namespace) -> None:
@@ -737,9 +738,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def run(args: argparse.Namespace) -> None:
-    if getattr(args, "local", False):
-        await args.func(None, args)
-        return
     bus_type = BusType.SESSION if getattr(args, "bus", "system") == "session" else BusType.SYSTEM
     try:
         bus = await MessageBus(bus_type=bus_type).connect()
