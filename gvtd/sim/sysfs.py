@@ -13,6 +13,7 @@ lock across a send (the handlers serialise themselves with their own lock).
 
 from __future__ import annotations
 
+import ctypes.util
 import errno
 import os
 import stat
@@ -21,7 +22,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
-import mfusepy
+# mfusepy takes libfuse 2 when both are installed (grub-common pulls libfuse2 in), and the
+# mount options here are libfuse 3's (max_threads): name libfuse 3 unless the caller did.
+if not os.environ.get("FUSE_LIBRARY_PATH") and (_fuse3 := ctypes.util.find_library("fuse3")):
+    os.environ["FUSE_LIBRARY_PATH"] = _fuse3
+
+import mfusepy  # noqa: E402
 
 from .kernel import Kernel, Mdev, Parent
 
