@@ -14,8 +14,10 @@ from gvtd import cputopo, names
 from gvtd.background import Background, Problem, why
 from gvtd.bounded import KeyedLock
 from gvtd.config import atomic_write
+from gvtd.desktop import Desktop
 from gvtd.errors import Busy, Failed, InvalidArgument, NotFound
 from gvtd.host import Host
+from gvtd.session import Logind
 from gvtd.virt import domxml, tune
 from gvtd.virt.connection import DomainInfo, Libvirt
 
@@ -31,8 +33,10 @@ BACKUP_DIR = "tune"  # under STATE_DIRECTORY: each domain's XML before its last 
 class Domains:
     def __init__(self, host: Host, uri: str, sysfs: Path = Path("/sys"),
                  state_dir: Path = Path("/var/lib/gvtd"),
-                 qemu_conf: Path = Path("/etc/libvirt/qemu.conf")) -> None:
+                 qemu_conf: Path = Path("/etc/libvirt/qemu.conf"),
+                 desktop: Desktop | None = None) -> None:
         self.host = host
+        self.desktop = desktop or Desktop(Logind(), sysfs)
         self.qemu_conf = qemu_conf
         self.sysfs = sysfs
         self.backups = state_dir / BACKUP_DIR
@@ -48,6 +52,7 @@ class Domains:
 
     def close(self) -> None:
         self.libvirt.close()
+        self.desktop.logind.close()
 
     def retarget(self, uri: str) -> None:
         """Reload: domains from another libvirt. Those of the old one that the new one does
@@ -99,23 +104,34 @@ class Domains:
 
     # -- operations (D-Bus methods) --------------------------------------------------------
 
-    async def start_domain(self, name: str) -> None:
-        """Make sure every vGPU the domain uses exists, then start it. Concurrent starts of
-        one domain start it once."""
+    async def start_domain(self, name: str, uid: int | None = None) -> None:
+        """Make sure every vGPU the domain uses exists, then start it; a GL display gets
+        what uid's desktop session needs (gvtd.desktop). Concurrent starts of one domain
+        start it once."""
         async with self.locks.hold(name):
-            await self.libvirt.read_xml(name)  # LibvirtUnavailable / NotFound first, off the loop
+            xml = await self.libvirt.read_xml(name)  # LibvirtUnavailable / NotFound first
             await self.libvirt.resync() if name not in self.libvirt.domains else None
             uuids = self._uses_by_name(name)
+            info = self.libvirt.domains.get(name)
+            live = None
+            if uid is not None and not (info is not None and info.active):
+                live = await self.desktop.start_xml(xml, uid, await self._qemu_user(xml))
             await self.host.ensure(uuids, name)
             info = self.libvirt.domains.get(name)
             if info is not None and info.active:
                 return  # already running: nothing to do, not an error
             log.info("Starting domain %s", name, extra={"DOMAIN": name})
             try:
-                await self.libvirt.create(name)
+                await self.libvirt.create(name, live)
             except Failed:  # libvirt refused: on-demand vGPUs made for it free their share
                 await self.host.release_on_demand(name, uuids)
                 raise
+
+    async def _qemu_user(self, xml: str) -> str:
+        """Who QEMU runs as: the domain's static DAC label, else qemu.conf's user."""
+        from gvtd import doctor
+
+        return domxml.dac_user(xml) or await asyncio.to_thread(doctor.qemu_user, self.qemu_conf)
 
     async def prepare_domain(self, name: str, uuids: list[str]) -> None:
         """libvirt is about to start the domain (its hook, packaging/libvirt-hook): create

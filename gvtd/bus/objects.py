@@ -18,7 +18,7 @@ from dbus_fast.service import ServiceInterface, dbus_property, method
 
 from gvtd import __version__, names
 from gvtd.bounded import Shared
-from gvtd.bus.auth import authorized, define_details, root_only
+from gvtd.bus.auth import authorized, caller_uid, define_details, root_only
 from gvtd.domains import attach_options, hook_options, stop_options, tune_options
 from gvtd.errors import Busy, Failed, GvtdError, InvalidArgument
 from gvtd.mdev import Parent
@@ -167,7 +167,7 @@ class ManagerInterface(_Mirror):
     async def StartDomain(self, name: "s", options: "a{sv}") -> "o":  # noqa: F821
         if options:
             raise InvalidArgument(f"StartDomain takes no options yet, not {', '.join(options)}.")
-        await self.daemon.domains.start_domain(name)
+        await self.daemon.domains.start_domain(name, await caller_uid())
         return names.domain_path(name)
 
     @method()
