@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from gvtd import __version__, names
-from gvtd.client import xaccess
+from gvtd.client import sessiondisplay, xaccess
 
 EPILOG = """\
 examples:
@@ -227,6 +228,9 @@ async def cmd_doctor(c: Client, args: argparse.Namespace) -> None:
         if ch["id"].startswith(names.CHECK_X_ACCESS):
             ch["severity"], ch["message"], ch["fix"] = xaccess.recheck(
                 ch["id"], ch["severity"], ch["message"], ch["fix"])
+    here = sessiondisplay.check(os.environ)  # which GL display works in this session
+    if here is not None:
+        checks.append(dict(zip(("id", "severity", "message", "fix"), here)))
     lines = []
     for ch in checks:
         lines.append(f"[{_MARK.get(ch['severity'], ch['severity'])}] {ch['id']}: {ch['message']}")
@@ -552,10 +556,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("vgpu", help="vGPU name or UUID")
     s.add_argument("--display", choices=["spice-gl", "gtk-gl", "vnc", "none"],
                    default="spice-gl", help="spice-gl: SPICE with GL on the GPU (default; "
-                   "view with virt-viewer); gtk-gl: QEMU's own window, fastest; vnc or none: "
-                   "no vGPU display")
+                   "view with virt-viewer; works on X11 and Wayland); gtk-gl: QEMU's own "
+                   "window, fastest (on Wayland under Xwayland); vnc or none: no vGPU "
+                   "display. `gvt-client doctor` in your session says which works there")
     s.add_argument("--x-display", default=":0", metavar=":N",
-                   help="the X display QEMU opens its window on, for gtk-gl (default :0)")
+                   help="for gtk-gl started outside gvtd (virsh start): the X display QEMU "
+                   "opens its window on (default :0); `gvt-client start` uses your "
+                   "session's")
     s.add_argument("--dry-run", action="store_true",
                    help="print the change as a unified diff and change nothing")
     s = add("detach", "remove a vGPU from a domain's XML", cmd_detach)

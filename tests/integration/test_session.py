@@ -2,12 +2,15 @@
 on this test's system bus) for the sessions of the uid that calls, and QEMU (real, under a
 private libvirtd) gets that session's X display, access to it for its own user only, and
 Mesa's EGL on a machine with a second GPU. The desktops are real: Xvfb as an X11 session,
-weston's headless backend with Xwayland as a Wayland one."""
+weston's headless backend with Xwayland as a Wayland one. `gvt-client doctor` run in each
+says which GL display works there."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -257,3 +260,48 @@ def test_a_display_without_gl_starts_as_before(gvtd: Simulation, lv: PrivateLibv
     start(gvtd, "plain")
     assert lv.domstate("plain") == "running"
     assert "DISPLAY" not in qemu_env(lv, "plain")
+
+
+def doctor_in(gvtd: Simulation, session_env: dict[str, str]) -> dict[str, str]:
+    """`gvt-client doctor --json` run as the stranger inside a desktop session: its
+    display-session finding."""
+    env = {k: v for k, v in gvtd.stranger_env.items()
+           if k not in ("DISPLAY", "WAYLAND_DISPLAY", "XDG_SESSION_TYPE", "XAUTHORITY")}
+    proc = subprocess.run(gvtd.as_stranger([sys.executable, "-m", "gvtd.client.main",
+                                            "--session", "doctor", "--json"]),
+                          env=dict(env, **session_env), cwd=gvtd.home, capture_output=True,
+                          text=True, timeout=60)
+    assert "Traceback" not in proc.stderr
+    return {c["id"]: c for c in json.loads(proc.stdout)}["display-session"]
+
+
+def test_doctor_in_a_wayland_session_says_which_display_works(
+        gvtd: Simulation, runtime_dir: Path) -> None:
+    wayland = {"XDG_SESSION_TYPE": "wayland", "XDG_RUNTIME_DIR": str(runtime_dir),
+               "WAYLAND_DISPLAY": "wayland-gvtd"}
+    weston = Weston(STRANGER, STRANGER_GID, runtime_dir)
+    try:
+        check = doctor_in(gvtd, dict(wayland, DISPLAY=weston.display))
+        assert check["severity"] == "pass", check
+        assert "Wayland session: spice-gl works" in check["message"]
+        assert f"gtk-gl works under Xwayland (X display {weston.display})" in check["message"]
+    finally:
+        weston.stop()
+    weston = Weston(STRANGER, STRANGER_GID, runtime_dir, xwayland=False)
+    try:
+        check = doctor_in(gvtd, wayland)
+        assert check["severity"] == "warn" and "gtk-gl does not" in check["message"]
+        assert "DMABUF" in check["message"] and "--display spice-gl" in check["fix"]
+    finally:
+        weston.stop()
+
+
+def test_doctor_in_an_x11_session(gvtd: Simulation, x: Xvfb, runtime_dir: Path) -> None:
+    cookie_in(runtime_dir, x)
+    x11 = {"XDG_SESSION_TYPE": "x11", "DISPLAY": x.display,
+           "XAUTHORITY": str(runtime_dir / "gdm" / "Xauthority")}
+    check = doctor_in(gvtd, x11)
+    assert check["severity"] == "pass" and "X11 session" in check["message"]
+    assert "gtk-gl" in check["message"], check
+    check = doctor_in(gvtd, dict(x11, XAUTHORITY="/nonexistent"))  # no cookie: no display
+    assert check["severity"] == "warn" and "does not open" in check["message"]
