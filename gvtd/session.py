@@ -96,6 +96,8 @@ def choose(uid: int, seen: list[Seen]) -> Seen:
         kinds = ", ".join(sorted({f"{s.type or 'unknown'}"
                                   f"{' (remote)' if s.remote else ''}" for s in own}))
         why = f"your sessions (uid {uid}) are {kinds}, none of them a local graphical one"
+    elif uid == 0:
+        why = "root has no desktop session (run gvt-client start as yourself, not with sudo)"
     else:
         why = f"you (uid {uid}) have no session at all"
     if others:

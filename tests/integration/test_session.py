@@ -305,3 +305,33 @@ def test_doctor_in_an_x11_session(gvtd: Simulation, x: Xvfb, runtime_dir: Path) 
     assert "gtk-gl" in check["message"], check
     check = doctor_in(gvtd, dict(x11, XAUTHORITY="/nonexistent"))  # no cookie: no display
     assert check["severity"] == "warn" and "does not open" in check["message"]
+
+
+def qemu_log_env(lv: PrivateLibvirtd, name: str) -> dict[str, str]:
+    """The environment libvirt started QEMU with, from the head of the domain's log."""
+    head = (lv.dir / "log" / "qemu" / f"{name}.log").read_text().split("/usr/bin/qemu")[0]
+    return dict(line.rstrip(" \\").partition("=")[::2] for line in head.splitlines()[1:]
+                if "=" in line)
+
+
+def test_spice_gl_in_a_wayland_session_on_a_hybrid_laptop(
+        gvtd: Simulation, lv: PrivateLibvirtd, logind: Logind, runtime_dir: Path) -> None:
+    """spice-gl in a Wayland session: QEMU gets no X display (virt-viewer shows it in the
+    session), and on a machine with a second GPU Mesa's EGL for the Intel render node.
+    There is no render node here, so QEMU then fails on it: what libvirt started it with is
+    in the domain's log."""
+    node = gvtd.root / "sys" / "class" / "drm" / "renderD129" / "device"
+    node.mkdir(parents=True)
+    (node / "vendor").write_text("0x10de\n")
+    weston = Weston(STRANGER, STRANGER_GID, runtime_dir, xwayland=False)
+    try:
+        add_session(logind, "c2", STRANGER, "nobody", "wayland", "", runtime_dir)
+        lv.define(gl_domain("spice", "spice-gl"))
+        e = refused(gvtd, "spice")
+        assert e.name == ERR + "Failed" and "libvirt could not start spice" in e.text, e.text
+        env = qemu_log_env(lv, "spice")
+        assert env[EGL_VENDOR_ENV] == str(MESA_EGL)
+        assert "DISPLAY" not in env and "GDK_BACKEND" not in env
+        assert EGL_VENDOR_ENV not in env_of(lv.virsh("dumpxml", "--inactive", "spice").stdout)
+    finally:
+        weston.stop()

@@ -34,7 +34,9 @@ def test_never_another_users_session() -> None:
     with pytest.raises(NotFound, match="alice's, and a VM is never shown"):
         choose(ME, [seen("1", uid=ME + 1), seen("2", kind="tty")])
     with pytest.raises(NotFound, match="no session at all"):
-        choose(ME, [])
+        choose(1000, [])
+    with pytest.raises(NotFound, match="not with sudo"):
+        choose(0, [seen("1", uid=1000)])
 
 
 def test_checked_values(tmp_path: Path) -> None:
@@ -44,7 +46,7 @@ def test_checked_values(tmp_path: Path) -> None:
             with pytest.raises(Failed, match="not a local X display"):
                 checked(seen("1", display=bad, runtime_path=str(tmp_path)))
     (tmp_path / "link").symlink_to(tmp_path)
-    for runtime in (str(tmp_path / "link"), "relative", f"{tmp_path}/../x", "/nonexistent"):
+    for runtime in (str(tmp_path / "link"), "relative", f"{tmp_path}/../x", str(tmp_path / "missing")):
         with pytest.raises(Failed, match="runtime directory"):
             checked(seen("1", runtime_path=runtime))
     with pytest.raises(Failed, match="runtime directory"):
