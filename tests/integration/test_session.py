@@ -20,9 +20,10 @@ from dbus_fast import Variant
 
 from gvtd import names
 from gvtd.desktop import EGL_VENDOR_ENV, MESA_EGL
-from harness import STRANGER, STRANGER_GID, CallError, DBusDaemon, Simulation, plain
+from harness import STRANGER, STRANGER_GID, CallError, DBusDaemon, Simulation
 from libvirtd import PrivateLibvirtd, domain_xml
 from logind import Logind
+from test_libvirtd import libvirtd, lv, wait_connected  # noqa: F401 (fixtures)
 from wayland import Weston
 from xserver import Xvfb
 
@@ -48,20 +49,6 @@ def gl_domain(name: str, display: str = "gtk-gl") -> str:
                        "<gl enable='yes' rendernode='/dev/dri/renderD128'/></graphics>")
 
 
-@pytest.fixture(scope="module")
-def libvirtd() -> Iterator[PrivateLibvirtd]:
-    lv = PrivateLibvirtd()
-    lv.virsh("version")
-    yield lv
-    lv.stop()
-
-
-@pytest.fixture
-def lv(libvirtd: PrivateLibvirtd) -> Iterator[PrivateLibvirtd]:
-    yield libvirtd
-    libvirtd.clear()
-
-
 @pytest.fixture
 def logind(monkeypatch: pytest.MonkeyPatch) -> Iterator[Logind]:
     """logind on this test's own system bus, which the gvtd started here uses."""
@@ -81,9 +68,7 @@ def gvtd(dbus: DBusDaemon, logind: Logind, lv: PrivateLibvirtd,
     sim = Simulation(dbus, config_dir=tmp_path)
     try:
         if not sim.client.props(names.ROOT_PATH, names.MANAGER_IFACE)["LibvirtConnected"]:
-            sim.client.wait_for(lambda m: m.member == "PropertiesChanged"
-                                and m.path == names.ROOT_PATH
-                                and plain(m.body[1]).get("LibvirtConnected") is True)
+            wait_connected(sim, True)
         yield sim
     finally:
         sim.stop()
