@@ -139,7 +139,7 @@ async def xhost(session: Session, display: str, qemu_user: str,
         proc.kill()
         await proc.wait()
         return -1, f"xhost did not finish within {XHOST_TIMEOUT:.0f} s"
-    return proc.returncode or 0, err.decode(errors="replace").strip()
+    return proc.returncode or 0, " ".join(err.decode(errors="replace").split())
 
 
 async def grant_x(session: Session, qemu_user: str) -> None:

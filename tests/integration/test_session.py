@@ -188,8 +188,30 @@ def test_wayland_session_gives_gtk_gl_its_xwayland(gvtd: Simulation, lv: Private
         assert (env["DISPLAY"], env["GDK_BACKEND"], env["GDK_SCALE"]) == \
             (weston.display, "x11", "1.0")
         assert "WAYLAND_DISPLAY" not in env
+        assert "SI:localuser:libvirt-qemu" in xhost_as_stranger(weston.display)
     finally:
         weston.stop()
+
+
+def xhost_as_stranger(display: str) -> str:
+    return subprocess.run(Simulation.as_stranger(["xhost"]), capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "DISPLAY": display}, check=True).stdout
+
+
+def test_access_is_granted_in_the_session_users_own_credentials(
+        gvtd: Simulation, lv: PrivateLibvirtd, logind: Logind, x: Xvfb,
+        runtime_dir: Path) -> None:
+    """No cookie anywhere: the X server lets the session's user in by name, as GDM's do.
+    Only xhost run as that user gets in, and nobody else's access is asked for."""
+    add_session(logind, "c1", STRANGER, "nobody", "x11", x.display, runtime_dir)
+    lv.define(gl_domain("win"))
+    before = x.xhost()
+    e = refused(gvtd, "win")  # the user cannot open their display: neither can gvtd
+    assert e.name == ERR + "Failed" and "could not let libvirt-qemu open X display" in e.text
+    assert lv.domstate("win") == "shut off" and x.xhost() == before
+    x.xhost("+si:localuser:nobody")
+    start(gvtd, "win")
+    assert "SI:localuser:libvirt-qemu" in x.xhost() and lv.domstate("win") == "running"
 
 
 def test_wayland_without_xwayland_says_to_use_spice_gl(
