@@ -177,11 +177,12 @@ class Desktop:
         session = await self.logind.session_of(uid)
         if kind == "gtk-gl":
             if not session.x_display:
+                why = "no Xwayland running as you" if session.type == "wayland" else \
+                    "logind names no X display for it"
                 raise NotFound(f"QEMU's own window (gtk-gl) needs an X display, and your "
-                               f"{session.type} session {session.id} has none (no Xwayland "
-                               "running as you). Attach the VM with --display spice-gl and "
-                               "view it with virt-viewer, which works on Wayland, or enable "
-                               "Xwayland.")
+                               f"{session.type} session {session.id} has none ({why}). "
+                               "Attach the VM with --display spice-gl and view it with "
+                               "virt-viewer, which works on Wayland too, or enable Xwayland.")
             await grant_x(session, qemu_user)
         second = await asyncio.to_thread(other_gpus, self.sysfs)
         mesa = self.mesa if second and await asyncio.to_thread(self.mesa.is_file) else None
