@@ -9,7 +9,7 @@ virt-viewer in the session) gets what it needs from the session at each start:
   scaling is broken), no session bus for GTK to launch (NO_BUS), and access to that display
   for QEMU's user alone: `xhost +si:localuser:USER` run as the session's user, with the
   session's own credentials (its Xauthority in its runtime directory or home), never as root
-  and never `xhost +`.
+  and never `xhost +`; taken back when the VM stops (Desktop.stopped).
 - both: on a machine with a second, non-Intel GPU, glvnd's EGL vendor pinned to Mesa, so
   that QEMU's EGL renders on the Intel node the vGPU uses and not on the other vendor's
   library ("vfio-display-dmabuf: opengl not available").
@@ -29,6 +29,7 @@ import os
 import pwd
 import re
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -116,47 +117,68 @@ def xauthorities(session: Session) -> list[str | None]:
     return out
 
 
-async def xhost(session: Session, display: str, qemu_user: str,
-                xauthority: str | None) -> tuple[int, str]:
-    """`xhost +si:localuser:QEMU_USER` as the session's user (its uid, gid and groups, no
-    new privileges), with only the session's display and cookie in its environment."""
+@dataclass
+class Grant:
+    """X access gvtd gave QEMU's user for one running domain; `added`: the entry was not
+    there before, so it goes when the last domain that needs it stops."""
+
+    session: Session
+    qemu_user: str
+    xauthority: str | None
+    added: bool
+
+    def same_display(self, other: Grant) -> bool:
+        return (self.session.uid, self.session.x_display, self.qemu_user) == \
+            (other.session.uid, other.session.x_display, other.qemu_user)
+
+
+async def xhost(session: Session, args: list[str],
+                xauthority: str | None) -> tuple[int, str, str]:
+    """xhost as the session's user (its uid, gid and groups, no new privileges), with only
+    the session's display and cookie in its environment: (status, output, errors)."""
     try:
         pw = pwd.getpwuid(session.uid)
     except KeyError:
         raise Failed(f"uid {session.uid} of session {session.id} has no passwd entry.") from None
-    env = {"PATH": "/usr/bin:/bin", "DISPLAY": display, "HOME": pw.pw_dir,
+    env = {"PATH": "/usr/bin:/bin", "DISPLAY": session.x_display, "HOME": pw.pw_dir,
            "USER": pw.pw_name, "LOGNAME": pw.pw_name, "XDG_RUNTIME_DIR": session.runtime_path}
     if xauthority is not None:
         env["XAUTHORITY"] = xauthority
     proc = await asyncio.create_subprocess_exec(
         "setpriv", f"--reuid={session.uid}", f"--regid={pw.pw_gid}", "--init-groups",
-        "--no-new-privs", "--", "xhost", f"+si:localuser:{qemu_user}", env=env,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE, cwd="/")
+        "--no-new-privs", "--", "xhost", *args, env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd="/")
     try:
-        _, err = await asyncio.wait_for(proc.communicate(), XHOST_TIMEOUT)
+        out, err = await asyncio.wait_for(proc.communicate(), XHOST_TIMEOUT)
     except asyncio.TimeoutError:
         proc.kill()
         await proc.wait()
-        return -1, f"xhost did not finish within {XHOST_TIMEOUT:.0f} s"
-    return proc.returncode or 0, " ".join(err.decode(errors="replace").split())
+        return -1, "", f"xhost did not finish within {XHOST_TIMEOUT:.0f} s"
+    return (proc.returncode or 0, out.decode(errors="replace"),
+            " ".join(err.decode(errors="replace").split()))
 
 
-async def grant_x(session: Session, qemu_user: str) -> None:
+async def grant_x(session: Session, qemu_user: str) -> Grant:
     """Let QEMU's user (only it) open the session's X display, in the session's credentials."""
     if not USER_RE.fullmatch(qemu_user):
         raise Failed(f"QEMU's user {qemu_user[:40]!r} is not a user name; check qemu.conf's "
                      "user and the domain's <seclabel model='dac'>.")
+    entry = f"si:localuser:{qemu_user}"
     why = ""
     for xauthority in xauthorities(session):
-        status, why = await xhost(session, session.x_display, qemu_user, xauthority)
+        status, listing, why = await xhost(session, [], xauthority)
+        if status != 0:
+            continue
+        there = entry in {line.strip().lower() for line in listing.splitlines()}
+        if not there:
+            status, _, why = await xhost(session, [f"+{entry}"], xauthority)
         if status == 0:
             log.info("X display %s of session %s (%s) lets %s in", session.x_display,
                      session.id, session.user, qemu_user)
-            return
+            return Grant(session, qemu_user, xauthority, added=not there)
     raise Failed(f"gvtd could not let {qemu_user} open X display {session.x_display} of your "
                  f"session {session.id} (xhost as {session.user}: {why[:200] or 'failed'}). "
-                 f"Run `xhost +si:localuser:{qemu_user}` in the session and start again.")
+                 f"Run `xhost +{entry}` in the session and start again.")
 
 
 class Desktop:
@@ -166,8 +188,26 @@ class Desktop:
         self.logind = logind
         self.sysfs = sysfs
         self.mesa = mesa
+        self.grants: dict[str, Grant] = {}  # by running domain
 
-    async def start_xml(self, xml: str, uid: int, qemu_user: str) -> str | None:
+    async def stopped(self, name: str) -> None:
+        """The domain is off: take back the X access its start added, unless another
+        running domain still needs it (that one takes it over). Best effort: after a
+        logout the display is gone and nothing is left to take back."""
+        grant = self.grants.pop(name, None)
+        if grant is None or not grant.added:
+            return
+        other = next((g for g in self.grants.values() if g.same_display(grant)), None)
+        if other is not None:
+            other.added = True
+            return
+        status, _, why = await xhost(grant.session, [f"-si:localuser:{grant.qemu_user}"],
+                                     grant.xauthority)
+        if status:
+            log.info("Could not take back %s's access to X display %s: %s", grant.qemu_user,
+                     grant.session.x_display, why)
+
+    async def start_xml(self, name: str, xml: str, uid: int, qemu_user: str) -> str | None:
         """The XML to start with for uid's session, or None when the display is not GL
         (started as it is, with no session). Errors before anything is changed when uid
         has no graphical session."""
@@ -183,7 +223,7 @@ class Desktop:
                                f"{session.type} session {session.id} has none ({why}). "
                                "Attach the VM with --display spice-gl and view it with "
                                "virt-viewer, which works on Wayland too, or enable Xwayland.")
-            await grant_x(session, qemu_user)
+            self.grants[name] = await grant_x(session, qemu_user)
         second = await asyncio.to_thread(other_gpus, self.sysfs)
         mesa = self.mesa if second and await asyncio.to_thread(self.mesa.is_file) else None
         env = qemu_env(kind, session, bool(second), mesa)

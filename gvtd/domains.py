@@ -15,7 +15,7 @@ from gvtd.background import Background, Problem, why
 from gvtd.bounded import KeyedLock
 from gvtd.config import atomic_write
 from gvtd.desktop import Desktop
-from gvtd.errors import Busy, Failed, InvalidArgument, NotFound
+from gvtd.errors import Busy, Failed, GvtdError, InvalidArgument, NotFound
 from gvtd.host import Host
 from gvtd.session import Logind
 from gvtd.virt import domxml, tune
@@ -96,6 +96,7 @@ class Domains:
             info = self.libvirt.domains.get(name)
             if info is None or not info.active:
                 await self.host.release_on_demand(name, self._uses_by_name(name))
+                await self.desktop.stopped(name)
 
     def _uses_by_name(self, name: str) -> list[str]:
         info = self.libvirt.domains.get(name)
@@ -115,8 +116,13 @@ class Domains:
             info = self.libvirt.domains.get(name)
             live = None
             if uid is not None and not (info is not None and info.active):
-                live = await self.desktop.start_xml(xml, uid, await self._qemu_user(xml))
-            await self.host.ensure(uuids, name)
+                live = await self.desktop.start_xml(name, xml, uid,
+                                                    await self._qemu_user(xml))
+            try:
+                await self.host.ensure(uuids, name)
+            except GvtdError:  # nothing starts: the X access given for it goes
+                await self.desktop.stopped(name)
+                raise
             info = self.libvirt.domains.get(name)
             if info is not None and info.active:
                 return  # already running: nothing to do, not an error
@@ -125,6 +131,7 @@ class Domains:
                 await self.libvirt.create(name, live)
             except Failed:  # libvirt refused: on-demand vGPUs made for it free their share
                 await self.host.release_on_demand(name, uuids)
+                await self.desktop.stopped(name)
                 raise
 
     async def _qemu_user(self, xml: str) -> str:
@@ -325,6 +332,7 @@ class Domains:
                            f"ignore the ACPI request); `gvt-client stop {name} --force` turns "
                            "it off.")
             await self.host.release_on_demand(name, self._uses_by_name(name))
+            await self.desktop.stopped(name)
             self.releases.succeeded(name)  # released now: the earlier failure is past
 
 

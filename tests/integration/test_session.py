@@ -157,6 +157,11 @@ def test_x11_session_gives_qemu_its_display_and_access_for_qemu_user_only(
     # this start's XML ran; the definition is as attach left it
     assert env_of(lv.virsh("dumpxml", "win").stdout)["DISPLAY"] == x.display
     assert env_of(lv.virsh("dumpxml", "--inactive", "win").stdout)["DISPLAY"] == STALE
+    # off again: the access its start added goes with it
+    gvtd.client.call("StopDomain", "sa{sv}", ["win", {"force": Variant("b", True),
+                                                     "timeout": Variant("u", 0)}])
+    assert x.xhost() == listing.replace("SI:localuser:libvirt-qemu\n", "")
+    assert not x.reachable_as(QEMU_USER)
 
 
 def test_hybrid_graphics_pins_mesa_egl(gvtd: Simulation, lv: PrivateLibvirtd, logind: Logind,
@@ -212,6 +217,21 @@ def test_access_is_granted_in_the_session_users_own_credentials(
     x.xhost("+si:localuser:nobody")
     start(gvtd, "win")
     assert "SI:localuser:libvirt-qemu" in x.xhost() and lv.domstate("win") == "running"
+
+
+def test_access_granted_before_gvtd_stays_after_the_vm(
+        gvtd: Simulation, lv: PrivateLibvirtd, logind: Logind, x: Xvfb,
+        runtime_dir: Path) -> None:
+    """The desktop's owner let QEMU's user in already (autostart): stopping the VM leaves it."""
+    cookie_in(runtime_dir, x)
+    x.xhost("+si:localuser:libvirt-qemu")
+    add_session(logind, "c1", STRANGER, "nobody", "x11", x.display, runtime_dir)
+    lv.define(gl_domain("win"))
+    before = x.xhost()
+    start(gvtd, "win")
+    gvtd.client.call("StopDomain", "sa{sv}", ["win", {"force": Variant("b", True),
+                                                     "timeout": Variant("u", 0)}])
+    assert x.xhost() == before and x.reachable_as(QEMU_USER)
 
 
 def test_wayland_without_xwayland_says_to_use_spice_gl(
