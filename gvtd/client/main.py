@@ -548,7 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
         s = add(name, help, cmd_simple)
         s.add_argument("name", help="vGPU name or UUID")
     add("reload", "re-read /etc/gvtd after editing it by hand", cmd_reload)
-    s = add("start", "create the vGPUs a libvirt domain uses, then start it", cmd_start)
+    s = add("start", "create the vGPUs a libvirt domain uses, then start it; a GL display "
+            "(spice-gl, gtk-gl) opens in the desktop session you run it from", cmd_start)
     s.add_argument("domain", help="libvirt domain name")
     s = add("attach", "add a vGPU to a domain's XML the way that works (display, OpRegion, "
             "PCI slot)", cmd_attach)
