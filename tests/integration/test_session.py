@@ -271,10 +271,10 @@ def test_another_users_session_is_never_used(gvtd: Simulation, lv: PrivateLibvir
     assert lv.domstate("win") == "shut off" and x.xhost() == before
 
 
-def test_spice_gl_needs_the_session_but_no_display(gvtd: Simulation, lv: PrivateLibvirtd,
-                                                   logind: Logind, runtime_dir: Path) -> None:
-    """spice-gl is viewed with virt-viewer in the session, on X11 and Wayland alike: QEMU
-    gets no DISPLAY. Without a session it is refused like gtk-gl."""
+def test_spice_gl_without_a_session_is_refused(gvtd: Simulation, lv: PrivateLibvirtd,
+                                               logind: Logind) -> None:
+    """spice-gl is viewed with virt-viewer in the session (what QEMU gets then: the hybrid
+    Wayland test below); without one it is refused like gtk-gl."""
     lv.define(gl_domain("spice", "spice-gl"))
     e = refused(gvtd, "spice")
     assert e.name == ERR + "NotFound" and "no session at all" in e.text
