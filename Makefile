@@ -18,6 +18,10 @@ DEB_PACKAGES = pkg-config gcc python3-dev libgirepository1.0-dev libcairo2-dev \
 
 # doctor's gtk-gl check runs xhost as QEMU's user against a real X server (Xvfb in tests).
 DEB_PACKAGES += xvfb x11-xserver-utils xauth
+# A GL start follows the desktop session (tests/integration/test_session.py): QEMU opens its
+# GTK window (qemu-system-gui) on Xvfb as an X11 session and on the Xwayland of weston's
+# headless backend as a Wayland one.
+DEB_PACKAGES += qemu-system-gui weston xwayland
 
 # Packaging: man-db renders the generated man pages; bash, zsh and fish run the generated
 # completions; debhelper, dh-python and lintian build and check the .deb, and

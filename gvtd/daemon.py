@@ -21,10 +21,12 @@ from gvtd import __version__, names
 from gvtd.background import Background, Problem, why
 from gvtd.bus.flow import patient
 from gvtd.config import DEFAULT_CONFIG_DIR, MACHINE_ID_FILE, ConfigDir
+from gvtd.desktop import Desktop
 from gvtd.domains import Domains
 from gvtd.errors import InvalidArgument
 from gvtd.host import Host
 from gvtd.mdev import Sysfs
+from gvtd.session import Logind
 from gvtd.state import Ownership
 from gvtd.status import Status
 from gvtd.suspend import Suspend
@@ -151,9 +153,9 @@ class Daemon:
         self.settings, self.settings_problems = self.config.load_settings()
         self.host = Host(self.config, Sysfs(Path(self.settings.sysfs_root)),
                          Ownership(args.state_dir), self.settings.restore_removed)
-        self.domains = Domains(self.host, self.settings.libvirt_uri,
-                               Path(self.settings.sysfs_root), args.state_dir,
-                               Path(self.settings.qemu_conf))
+        sysfs = Path(self.settings.sysfs_root)
+        self.domains = Domains(self.host, self.settings.libvirt_uri, sysfs, args.state_dir,
+                               Path(self.settings.qemu_conf), Desktop(Logind(), sysfs))
         self.suspend = Suspend(self.host, self.domains, self.settings.suspend, self.host.publish)
         # Start-up steps beside READY (libvirt, suspend handling): a failure is a Problem.
         self.starting = Background(self.host.publish)

@@ -14,8 +14,10 @@ from gvtd import cputopo, names, ondemand
 from gvtd.background import Background, Problem, why
 from gvtd.bounded import KeyedLock
 from gvtd.config import atomic_write
-from gvtd.errors import Busy, Failed, InvalidArgument, NotFound
+from gvtd.desktop import Desktop
+from gvtd.errors import Busy, Failed, GvtdError, InvalidArgument, NotFound
 from gvtd.host import Host
+from gvtd.session import Logind
 from gvtd.virt import audio, domxml, tune
 from gvtd.virt.connection import DomainInfo, Libvirt
 
@@ -31,8 +33,10 @@ BACKUP_DIR = "tune"  # under STATE_DIRECTORY: each domain's XML before its last 
 class Domains:
     def __init__(self, host: Host, uri: str, sysfs: Path = Path("/sys"),
                  state_dir: Path = Path("/var/lib/gvtd"),
-                 qemu_conf: Path = Path("/etc/libvirt/qemu.conf")) -> None:
+                 qemu_conf: Path = Path("/etc/libvirt/qemu.conf"),
+                 desktop: Desktop | None = None) -> None:
         self.host = host
+        self.desktop = desktop or Desktop(Logind(), sysfs)
         self.qemu_conf = qemu_conf
         self.sysfs = sysfs
         self.backups = state_dir / BACKUP_DIR
@@ -47,6 +51,7 @@ class Domains:
         await self.libvirt.start()
 
     def close(self) -> asyncio.Future[None] | None:
+        self.desktop.logind.close()
         return self.libvirt.close()
 
     def retarget(self, uri: str) -> None:
@@ -91,6 +96,7 @@ class Domains:
             info = self.libvirt.domains.get(name)
             if info is None or not info.active:
                 await ondemand.release(self.host, name, self._uses_by_name(name))
+                await self.desktop.stopped(name)
 
     def _uses_by_name(self, name: str) -> list[str]:
         info = self.libvirt.domains.get(name)
@@ -99,23 +105,40 @@ class Domains:
 
     # -- operations (D-Bus methods) --------------------------------------------------------
 
-    async def start_domain(self, name: str) -> None:
-        """Make sure every vGPU the domain uses exists, then start it. Concurrent starts of
-        one domain start it once."""
+    async def start_domain(self, name: str, uid: int | None = None) -> None:
+        """Make sure every vGPU the domain uses exists, then start it; a GL display gets
+        what uid's desktop session needs (gvtd.desktop). Concurrent starts of one domain
+        start it once."""
         async with self.locks.hold(name):
-            await self.libvirt.read_xml(name)  # LibvirtUnavailable / NotFound first, off the loop
+            xml = await self.libvirt.read_xml(name)  # LibvirtUnavailable / NotFound first
             await self.libvirt.resync() if name not in self.libvirt.domains else None
             uuids = self._uses_by_name(name)
-            await ondemand.ensure(self.host, uuids, name)
+            info = self.libvirt.domains.get(name)
+            live = None
+            if uid is not None and not (info is not None and info.active):
+                live = await self.desktop.start_xml(name, xml, uid,
+                                                    await self._qemu_user(xml))
+            try:
+                await ondemand.ensure(self.host, uuids, name)
+            except GvtdError:  # nothing starts: the X access given for it goes
+                await self.desktop.stopped(name)
+                raise
             info = self.libvirt.domains.get(name)
             if info is not None and info.active:
                 return  # already running: nothing to do, not an error
             log.info("Starting domain %s", name, extra={"DOMAIN": name})
             try:
-                await self.libvirt.create(name)
+                await self.libvirt.create(name, live)
             except Failed:  # libvirt refused: on-demand vGPUs made for it free their share
                 await ondemand.release(self.host, name, uuids)
+                await self.desktop.stopped(name)
                 raise
+
+    async def _qemu_user(self, xml: str) -> str:
+        """Who QEMU runs as: the domain's static DAC label, else qemu.conf's user."""
+        from gvtd import doctor
+
+        return domxml.dac_user(xml) or await asyncio.to_thread(doctor.qemu_user, self.qemu_conf)
 
     async def prepare_domain(self, name: str, uuids: list[str]) -> None:
         """libvirt is about to start the domain (its hook, packaging/libvirt-hook): create
@@ -332,6 +355,7 @@ class Domains:
                            f"ignore the ACPI request); `gvt-client stop {name} --force` turns "
                            "it off.")
             await ondemand.release(self.host, name, self._uses_by_name(name))
+            await self.desktop.stopped(name)
             self.releases.succeeded(name)  # released now: the earlier failure is past
 
 

@@ -167,7 +167,7 @@ class ManagerInterface(_Mirror):
     async def StartDomain(self, name: "s", options: "a{sv}") -> "o":  # noqa: F821
         if options:
             raise InvalidArgument(f"StartDomain takes no options yet, not {', '.join(options)}.")
-        await self.daemon.domains.start_domain(name)
+        await self.daemon.domains.start_domain(name, await caller_uid())
         return names.domain_path(name)
 
     @method()

@@ -19,7 +19,7 @@ from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from gvtd import __version__, names
-from gvtd.client import sound, xaccess
+from gvtd.client import sessiondisplay, sound, xaccess
 
 EPILOG = """\
 examples:
@@ -230,6 +230,9 @@ async def cmd_doctor(c: Client, args: argparse.Namespace) -> None:
             if ch["id"].startswith(prefix):
                 ch["severity"], ch["message"], ch["fix"] = await asyncio.to_thread(
                     recheck, ch["id"], ch["severity"], ch["message"], ch["fix"])
+    here = sessiondisplay.check(os.environ)  # which GL display works in this session
+    if here is not None:
+        checks.append(dict(zip(("id", "severity", "message", "fix"), here)))
     lines = []
     for ch in checks:
         lines.append(f"[{_MARK.get(ch['severity'], ch['severity'])}] {ch['id']}: {ch['message']}")
@@ -641,7 +644,8 @@ def build_parser() -> argparse.ArgumentParser:
         s = add(name, help, cmd_simple)
         s.add_argument("name", help="vGPU name or UUID")
     add("reload", "re-read /etc/gvtd after editing it by hand", cmd_reload)
-    s = add("start", "create the vGPUs a libvirt domain uses, then start it", cmd_start)
+    s = add("start", "create the vGPUs a libvirt domain uses, then start it; a GL display "
+            "(spice-gl, gtk-gl) opens in the desktop session you run it from", cmd_start)
     s.add_argument("domain", help="libvirt domain name")
     s = add("attach", "add a vGPU to a domain's XML the way that works (display, OpRegion, "
             "PCI slot)", cmd_attach)
@@ -649,10 +653,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("vgpu", help="vGPU name or UUID")
     s.add_argument("--display", choices=["spice-gl", "gtk-gl", "vnc", "none"],
                    default="spice-gl", help="spice-gl: SPICE with GL on the GPU (default; "
-                   "view with virt-viewer); gtk-gl: QEMU's own window, fastest; vnc or none: "
-                   "no vGPU display")
+                   "view with virt-viewer; works on X11 and Wayland); gtk-gl: QEMU's own "
+                   "window, fastest (on Wayland under Xwayland); vnc or none: no vGPU "
+                   "display. `gvt-client doctor` in your session says which works there")
     s.add_argument("--x-display", default=":0", metavar=":N",
-                   help="the X display QEMU opens its window on, for gtk-gl (default :0)")
+                   help="for gtk-gl started outside gvtd (virsh start): the X display QEMU "
+                   "opens its window on (default :0); `gvt-client start` uses your "
+                   "session's")
     s.add_argument("--no-audio", dest="audio", action="store_false",
                    help="no sound card (and take out the one an earlier attach added); by "
                         "default the VM's sound plays on your session's sound server "

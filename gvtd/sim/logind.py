@@ -1,14 +1,17 @@
 """The emulated machine's systemd-logind: python-dbusmock's logind template on a bus of its
 own, which the simulated gvtd takes for its system bus (DBUS_SYSTEM_BUS_ADDRESS), as a real
 gvtd finds logind on the system bus whichever bus it serves. The supervisor makes it
-announce sleep and resume (Simulator.PrepareForSleep)."""
+announce sleep and resume (Simulator.PrepareForSleep), and it has one desktop session, a
+Wayland one of the user running the simulation, for the starts of GL displays."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import pwd
 import sys
+from pathlib import Path
 
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
@@ -70,6 +73,19 @@ class Logind:
             raise RuntimeError("python-dbusmock's logind template did not start (is "
                                "python-dbusmock installed? it comes with gvtd[sim])")
         self._bus.remove_message_handler(on_message)
+
+    async def add_desktop(self, runtime_dir: Path) -> None:
+        """A local Wayland session on seat0 of whoever runs the simulation: the person
+        trying it sits at a desktop, and a GL display's start looks for their session."""
+        uid = os.getuid()
+        runtime_dir.mkdir(mode=0o700, exist_ok=True)
+        path = (await self._call(LOGIND, LOGIND_PATH, MOCK, "AddSession", "ssusb", [
+            "sim", "seat0", uid, pwd.getpwuid(uid).pw_name, True])).body[0]
+        await self._call(LOGIND, path, MOCK, "UpdateProperties", "sa{sv}", [
+            f"{LOGIND}.Session", {"Type": Variant("s", "wayland"), "Display": Variant("s", "")}])
+        await self._call(LOGIND, f"{LOGIND_PATH}/user/{uid}", MOCK, "UpdateProperties",
+                         "sa{sv}", [f"{LOGIND}.User",
+                                    {"RuntimePath": Variant("s", str(runtime_dir))}])
 
     async def prepare_for_sleep(self, sleeping: bool) -> None:
         """logind's PrepareForSleep(sleeping), sent by the mock that owns logind's name,

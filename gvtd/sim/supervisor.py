@@ -411,6 +411,7 @@ class Supervisor:
         logind = Logind()
         try:
             await logind.start()
+            await logind.add_desktop(self.workdir / "desktop-run")
         except (RuntimeError, OSError, asyncio.TimeoutError) as e:
             log.warning("Suspend is not simulated: %s", e)
             await logind.stop()

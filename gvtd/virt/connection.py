@@ -371,10 +371,18 @@ class Libvirt:
                                       "reconnects as soon as libvirtd is back.")
         return Failed(f"{what}: {e.get_error_message()}")
 
-    async def create(self, name: str) -> None:
-        """Start a defined domain (virsh start)."""
+    async def create(self, name: str, xml: str | None = None) -> None:
+        """Start a defined domain (virsh start); with xml, that edit of its definition for
+        this run only (virDomainCreateXML: the persistent definition stays as it is)."""
+        def create() -> None:
+            dom = self._domain(name)
+            if xml is None or self.conn is None:
+                dom.create()
+            else:
+                self.conn.createXML(xml, 0)
+
         try:
-            await asyncio.to_thread(lambda: self._domain(name).create())
+            await asyncio.to_thread(create)
         except libvirt.libvirtError as e:
             if _lost(e):
                 raise LibvirtUnavailable(f"lost the connection to libvirt at {self.uri} while "

@@ -91,7 +91,7 @@ def test_unit_writes_in_sys_only_below_the_gvt_g_parent() -> None:
     protected = paths(settings, "ReadOnlyPaths")
     # Under ProtectSystem=strict, neither ProtectKernelTunables= nor ReadOnlyPaths=/sys left
     # /sys read-only (seen on systemd 257): a read-only bind mount of /sys does
-    assert settings["BindReadOnlyPaths"] == ["/sys"]
+    assert settings["BindReadOnlyPaths"] == ["/sys", "-/tmp/.X11-unix"]  # and the X sockets
     for name in ("config", "resource0", "resource2", "rom", "remove", "reset", "rescan",
                  "driver_override", "power", "drm", "i2c-0", "sriov_numvfs"):
         assert f"-{GPU}/{name}" in protected, name
