@@ -21,7 +21,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
-import mfusepy
+# mfusepy takes libfuse 2 when both are installed (grub and others pull it in), and this
+# file system uses libfuse 3's options.
+os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
+import mfusepy  # noqa: E402
 
 from .kernel import Kernel, Mdev, Parent
 
