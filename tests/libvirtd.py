@@ -46,12 +46,17 @@ T="$1"
 while read -r _ dir fstype _; do
     case "$fstype" in fuse|fuse.*) umount -l "$(printf '%b' "$dir")" || true ;; esac
 done < /proc/self/mounts
+if [ -n "$3" ]; then  # swtpm: its logs and certificate authority, outside the host's
+    mount -t tmpfs -o mode=0755 tmpfs /var/log; mkdir /var/log/libvirt
+    mount --bind "$T/swtpm-localca" /var/lib/swtpm-localca
+fi
+if [ -n "$4" ]; then ip link set lo up; fi  # a network namespace of its own
 mount --bind "$T/etc" /etc/libvirt
 mount --bind "$T/lib" /var/lib/libvirt
 mount --bind "$T/cache" /var/cache/libvirt
 mount --bind "$T/log" /var/log/libvirt
 if [ ! -d /run/libvirt ] || { [ -n "$2" ] && [ ! -d /run/dbus ]; }; then
-    mount -t tmpfs -o mode=0755 tmpfs /run; mkdir /run/libvirt /run/dbus
+    mount -t tmpfs -o mode=0755 tmpfs /run; mkdir /run/libvirt /run/dbus /run/lock
 fi
 mount --bind "$T/run" /run/libvirt
 if [ -n "$2" ]; then
@@ -89,12 +94,21 @@ def _state(pid: int) -> str:
 class PrivateLibvirtd:
     """libvirtd on a socket of its own; `uri` is what gvtd and virsh connect to."""
 
-    def __init__(self, hooks: tuple[Path, ...] = (), system_bus: str = "") -> None:
+    def __init__(self, hooks: tuple[Path, ...] = (), system_bus: str = "",
+                 tpm: bool = False, network: bool = False) -> None:
         """hooks: scripts installed as its etc/libvirt/hooks/qemu.d/, which libvirtd looks
-        at when it starts; system_bus: the path of a bus socket to be its system bus."""
+        at when it starts; system_bus: the path of a bus socket to be its system bus;
+        tpm: swtpm's log and certificate directories are the temporary directory's too;
+        network: libvirtd and its guests in a network namespace of their own, where a
+        libvirt network (a bridge, dnsmasq, NAT rules) touches nothing of the host's."""
         self.dir = Path(tempfile.mkdtemp(prefix="gvtd-libvirtd-"))
         for name in MOUNTS:
             (self.dir / name).mkdir()
+        self.tpm, self.network = tpm, network
+        if tpm:
+            ca = self.dir / "swtpm-localca"
+            ca.mkdir(mode=0o750)
+            shutil.chown(ca, "tss", "root")
         (self.dir / "etc" / "qemu").mkdir()
         self.system_bus = system_bus
         for hook in hooks:
@@ -119,8 +133,10 @@ class PrivateLibvirtd:
         for stale in self.dir.glob("run/libvirt*-sock*"):  # a killed libvirtd leaves them
             stale.unlink()
         p = subprocess.run(["unshare", "--mount", "--propagation", "private",
+                            *(["--net"] if self.network else []),
                             "sh", "-c", NAMESPACE_SCRIPT, "sh", str(self.dir),
-                            self.system_bus],
+                            self.system_bus, "1" if self.tpm else "",
+                            "1" if self.network else ""],
                            capture_output=True, text=True, timeout=TIMEOUT)
         if p.returncode != 0 or not self.socket.is_socket():
             raise RuntimeError(f"libvirtd did not start (status {p.returncode}): "
@@ -172,7 +188,7 @@ class PrivateLibvirtd:
         """Destroy and undefine every domain, so the next test starts from nothing."""
         for name in self.virsh("list", "--all", "--name").stdout.split():
             self.virsh("destroy", name, check=False)
-            self.virsh("undefine", name, check=False)
+            self.virsh("undefine", name, "--nvram", "--tpm", check=False)  # UEFI, swtpm
 
     def log_tail(self, lines: int = 5) -> str:
         try:

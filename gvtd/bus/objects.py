@@ -19,6 +19,7 @@ from dbus_fast.service import ServiceInterface, dbus_property, method
 from gvtd import __version__, names
 from gvtd.bounded import Shared
 from gvtd.bus.auth import authorized, define_details, root_only
+from gvtd.bus.fds import closing_fds
 from gvtd.domains import attach_options, hook_options, stop_options, tune_options
 from gvtd.errors import Busy, Failed, GvtdError, InvalidArgument
 from gvtd.mdev import Parent
@@ -210,6 +211,17 @@ class ManagerInterface(_Mirror):
     async def TuneDomain(self, domain: "s", options: "a{sv}") -> "s":  # noqa: F821
         opts = tune_options({k: v.value for k, v in options.items()})
         return await self.daemon.domains.tune(domain, opts)
+
+    @method()
+    @dbus_errors
+    @closing_fds
+    @authorized(names.ACTION_MANAGE, detail=lambda name, *_: {"vgpu": name, "domain": name})
+    @authorized(names.ACTION_DOMAIN, detail="domain")
+    async def NewDomain(self, name: "s", iso: "h", virtio_win: "h",  # noqa: F821
+                        options: "a{sv}") -> "s":  # noqa: F821
+        """A domain, its disk and its vGPU (gvtd.newvm): manage for the vGPU, as Define."""
+        return await self.daemon.newvm.new(name, iso, virtio_win,
+                                           {k: v.value for k, v in options.items()})
 
     @method()
     @dbus_errors

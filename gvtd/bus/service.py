@@ -10,7 +10,7 @@ from dbus_fast import Message, MessageFlag, MessageType
 from dbus_fast.aio import MessageBus
 
 from gvtd import names
-from gvtd.bus import auth
+from gvtd.bus import auth, fds
 from gvtd.bus.objects import (DomainInterface, ManagerInterface, ParentInterface, VgpuInterface,
                               _Mirror)
 
@@ -48,6 +48,7 @@ class ObjectTree:
         self.domains: dict[str, DomainInterface] = {}
         self._objects: bytes | None = None  # GetManagedObjects' body, marshalled
         auth.watch(bus)  # before export: mutating methods need their caller
+        fds.watch(bus)  # descriptors only NewDomain keeps, and only while it runs
         bus.add_message_handler(self._get_managed_objects)
         bus.export(names.ROOT_PATH, self.manager)
         self.host.listeners.append(self.sync)
