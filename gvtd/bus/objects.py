@@ -129,6 +129,7 @@ class ManagerInterface(_Mirror):
         return {"Version": __version__, "State": self.daemon.state,
                 "Problems": [list(p) for p in self.host.problems()],
                 "LibvirtConnected": self.daemon.domains.libvirt.connected,
+                "LibvirtURI": self.daemon.domains.libvirt.uri,
                 "Suspend": self.daemon.suspend.state}
 
     @method()
@@ -258,6 +259,10 @@ class ManagerInterface(_Mirror):
         return self._props["LibvirtConnected"]
 
     @dbus_property(access=PropertyAccess.READ)
+    def LibvirtURI(self) -> "s":  # noqa: F821
+        return self._props["LibvirtURI"]
+
+    @dbus_property(access=PropertyAccess.READ)
     def Suspend(self) -> "s":  # noqa: F821
         return self._props["Suspend"]
 
@@ -377,14 +382,18 @@ class VgpuInterface(_Mirror):
 class DomainInterface(_Mirror):
     """A libvirt domain that uses a vGPU (or that a definition names)."""
 
-    def __init__(self, name: str, state: str, vgpus: list[str]) -> None:
+    def __init__(self, name: str, state: str, vgpus: list[str], display: str) -> None:
         super().__init__(names.DOMAIN_IFACE)  # (`name` is the interface's own attribute)
-        self.domain, self.state, self.vgpus = name, state, vgpus
+        self.domain, self.state, self.vgpus, self.display = name, state, vgpus, display
         self.refresh(emit=False)
 
     def _compute(self) -> dict[str, Any]:
         return {"Name": self.domain, "State": self.state,
-                "VGPUs": [names.vgpu_path(u) for u in self.vgpus]}
+                "VGPUs": [names.vgpu_path(u) for u in self.vgpus], "Display": self.display}
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Display(self) -> "s":  # noqa: F821
+        return self._props["Display"]
 
     @dbus_property(access=PropertyAccess.READ)
     def Name(self) -> "s":  # noqa: F821

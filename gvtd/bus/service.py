@@ -11,6 +11,7 @@ from dbus_fast.aio import MessageBus
 
 from gvtd import names
 from gvtd.bus import auth, fds
+from gvtd.virt import domxml
 from gvtd.bus.objects import (DomainInterface, ManagerInterface, ParentInterface, VgpuInterface,
                               _Mirror)
 
@@ -114,9 +115,11 @@ class ObjectTree:
         for name, info in shown.items():
             dobj = self.domains.get(name)
             if dobj is None:
-                self.domains[name] = dobj = DomainInterface(name, info.state, domains.uses(info))
+                self.domains[name] = dobj = DomainInterface(name, info.state, domains.uses(info),
+                                                            domxml.display_of(info.xml))
                 self._export(names.domain_path(name), dobj)
             else:
                 dobj.state, dobj.vgpus = info.state, domains.uses(info)
+                dobj.display = domxml.display_of(info.xml)
                 dobj.refresh()
         self.manager.refresh()

@@ -18,7 +18,7 @@ from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from gvtd import __version__, names
-from gvtd.client import newvm, xaccess
+from gvtd.client import newvm, view, xaccess
 from gvtd.client.errors import ClientError
 
 EPILOG = """\
@@ -581,6 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-spice", dest="spice", action="store_false",
                    help="leave the SPICE display alone")
     newvm.add_parser(add)
+    view.add_parser(add)
     s = add("stop", "shut a domain down, then remove its on-demand vGPUs", cmd_stop)
     s.add_argument("domain", help="libvirt domain name")
     s.add_argument("--force", action="store_true",
