@@ -232,3 +232,18 @@ def test_windows_11_refuses_a_7th_generation_cpu(dbus: DBusDaemon,
         assert bypass.returncode == 0, bypass.stderr
     finally:
         sim.stop()
+
+
+def test_a_failure_midway_undoes_the_volume(sim: Simulation, media: tuple[Path, Path]) -> None:
+    """vgpus.d/w11.toml written by hand and not reloaded: gvtd never replaces it, so the
+    vGPU's definition fails after the volume was made, and the volume goes again."""
+    hand = sim.config_dir / "vgpus.d" / "w11.toml"
+    hand.parent.mkdir(exist_ok=True)
+    hand.write_text('type = "i915-GVTg_V5_8"\n')
+    p = new(sim, media, "w11", "--disk-size", "16")
+    assert p.returncode == 1 and "w11.toml" in p.stderr, p.stderr
+    assert names.domain_path("w11") not in sim.client.objects()
+    hand.unlink()
+    # the volume's name is free again (a volume left behind would be Busy)
+    again = new(sim, media, "w11", "--disk-size", "16", "--no-vgpu")
+    assert again.returncode == 0, again.stderr
