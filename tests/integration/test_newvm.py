@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,21 +16,13 @@ import pytest
 
 from gvtd import names
 from harness import STRANGER, STRANGER_GID, DBusDaemon, Simulation, tree_snapshot
-from newvm_xml import check_windows_domain
+from windows_vm import check_windows_domain, stranger_isos
 
 
 @pytest.fixture(scope="module")
 def media() -> Iterator[tuple[Path, Path]]:
-    """The stranger's ISOs, where QEMU's user may read them."""
-    d = Path(tempfile.mkdtemp(prefix="gvtd-media-"))
-    d.chmod(0o755)
-    iso, drivers = d / "Win11_x64.iso", d / "virtio-win.iso"
-    for f in (iso, drivers):
-        f.write_bytes(b"CD001" * 100)
-        f.chmod(0o644)
-        os.chown(f, STRANGER, STRANGER_GID)
-    yield iso, drivers
-    shutil.rmtree(d)
+    with stranger_isos() as isos:
+        yield isos
 
 
 def new(sim: Simulation, media: tuple[Path, Path], name: str, *extra: str

@@ -13,11 +13,8 @@ ISO is a file of zeros, which the firmware finds nothing to boot on.
 from __future__ import annotations
 
 import json
-import os
 import queue
-import shutil
 import subprocess
-import tempfile
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -26,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from gvtd import names
-from harness import STRANGER, STRANGER_GID, DBusDaemon, Simulation
+from harness import DBusDaemon, Simulation
 from libvirtd import PrivateLibvirtd
-from newvm_xml import check_windows_domain
+from windows_vm import check_windows_domain, stranger_isos
 
 BOOT_DEADLINE = 240.0  # TCG: OVMF reaches its boot manager in about 20 s here
 POOL_DIR = "/var/lib/libvirt/images"  # inside libvirtd's namespace: its lib/images
@@ -50,16 +47,8 @@ def libvirtd() -> Iterator[PrivateLibvirtd]:
 
 @pytest.fixture(scope="module")
 def media() -> Iterator[tuple[Path, Path]]:
-    """A Windows ISO and a virtio-win ISO of the stranger's, which QEMU's user may read."""
-    d = Path(tempfile.mkdtemp(prefix="gvtd-media-"))
-    d.chmod(0o755)
-    iso, drivers = d / "Win11_x64.iso", d / "virtio-win.iso"
-    for f in (iso, drivers):
-        f.write_bytes(bytes(2 * 1024 * 1024))
-        f.chmod(0o644)
-        os.chown(f, STRANGER, STRANGER_GID)
-    yield iso, drivers
-    shutil.rmtree(d)
+    with stranger_isos(2 * 1024 * 1024) as isos:
+        yield isos
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from gvtd import win11cpu
 from gvtd.errors import Failed, InvalidArgument, NotFound
 from gvtd.newvm import prove_readable
 from gvtd.virt import newdomain
-from newvm_xml import check_windows_domain
+from windows_vm import check_windows_domain
 
 SPEC = newdomain.NewSpec(name="win11", iso="/srv/iso/Win11.iso",
                          virtio_win="/srv/iso/virtio-win.iso")

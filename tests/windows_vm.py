@@ -1,9 +1,34 @@
-"""What the domain `gvt-client new` makes must have, checked on libvirt's XML of it: the
-guide's devices and gvtd's, by the issue's list."""
+"""What `gvt-client new` is given (the stranger's ISOs) and what the domain it makes must
+have, checked on libvirt's XML of it: the guide's devices and gvtd's."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from harness import STRANGER, STRANGER_GID
+
+
+@contextmanager
+def stranger_isos(size: int = 4096) -> Iterator[tuple[Path, Path]]:
+    """A Windows ISO and a virtio-win ISO of the stranger's, which QEMU's user may read
+    (zeros: nothing boots from them)."""
+    d = Path(tempfile.mkdtemp(prefix="gvtd-media-"))
+    d.chmod(0o755)
+    iso, drivers = d / "Win11_x64.iso", d / "virtio-win.iso"
+    try:
+        for f in (iso, drivers):
+            f.write_bytes(bytes(size))
+            f.chmod(0o644)
+            os.chown(f, STRANGER, STRANGER_GID)
+        yield iso, drivers
+    finally:
+        shutil.rmtree(d)
 
 
 def check_windows_domain(root: ET.Element, windows: str = "11", pool: str = "default",
