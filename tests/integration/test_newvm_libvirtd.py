@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import queue
 import subprocess
+import sys
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -24,8 +25,9 @@ import pytest
 
 from gvtd import names
 from harness import DBusDaemon, Simulation
-from libvirtd import PrivateLibvirtd
+from libvirtd import PrivateLibvirtd, domain_xml
 from windows_vm import check_windows_domain, stranger_isos
+from xserver import Xvfb
 
 BOOT_DEADLINE = 240.0  # TCG: OVMF reaches its boot manager in about 20 s here
 POOL_DIR = "/var/lib/libvirt/images"  # inside libvirtd's namespace: its lib/images
@@ -93,6 +95,40 @@ def volume_file(lv: PrivateLibvirtd, volume: str) -> Path:
 def qemu_img(*args: str) -> object:
     return json.loads(subprocess.run(["qemu-img", *args, "--output=json"], check=True,
                                      capture_output=True, text=True).stdout)
+
+
+class GraphicsWatch:
+    """libvirt's graphics events of one domain (a SPICE client connecting), registered
+    before anything connects."""
+
+    def __init__(self, uri: str, name: str) -> None:
+        import libvirt
+
+        libvirt.virEventRegisterDefaultImpl()
+        self.events: queue.Queue[int] = queue.Queue()
+        self._running = True
+        self.conn = libvirt.open(uri)
+        self.id = self.conn.domainEventRegisterAny(
+            self.conn.lookupByName(name), libvirt.VIR_DOMAIN_EVENT_ID_GRAPHICS,
+            lambda conn, dom, phase, *rest: self.events.put(phase), None)
+        self._timer = libvirt.virEventAddTimeout(100, lambda *args: None, None)
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        import libvirt
+
+        while self._running:
+            libvirt.virEventRunDefaultImpl()
+
+    def close(self) -> None:
+        import libvirt
+
+        self.conn.domainEventDeregisterAny(self.id)
+        self._running = False
+        self.thread.join(60)
+        libvirt.virEventRemoveTimeout(self._timer)
+        self.conn.close()
 
 
 class Console:
@@ -185,6 +221,28 @@ def test_new_vm_starts_with_secure_boot_firmware_and_tpm(gvtd: Simulation,
     assert any("DVD-ROM" in line for line in lines), lines  # the installer's CD was tried
     assert libvirtd.domstate("w11") == "running"
 
+    # gvt-client view: virt-viewer attached through libvirt (root's here: the private
+    # libvirtd's socket is root's alone), on an X server; SPICE sees a client arrive
+    import libvirt
+
+    x = Xvfb()
+    watch = GraphicsWatch(libvirtd.uri, "w11")
+    viewer = subprocess.Popen(
+        [sys.executable, "-m", "gvtd.client.main", "--session", "view", "w11"],
+        env=dict(gvtd.env, DISPLAY=x.display, XAUTHORITY=str(x.auth)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        phase = watch.events.get(timeout=60)
+        assert phase in (libvirt.VIR_DOMAIN_EVENT_GRAPHICS_CONNECT,
+                         libvirt.VIR_DOMAIN_EVENT_GRAPHICS_INITIALIZE)
+        assert viewer.poll() is None  # it is virt-viewer now, showing the VM
+        assert Path(f"/proc/{viewer.pid}/exe").resolve().name == "virt-viewer"
+    finally:
+        viewer.terminate()
+        viewer.wait(60)
+        watch.close()
+        x.stop()
+
 
 def test_new_vm_with_vgpu_is_accepted_by_libvirt_and_dry_run_makes_nothing(
         gvtd: Simulation, libvirtd: PrivateLibvirtd, media: tuple[Path, Path]) -> None:
@@ -209,3 +267,18 @@ def test_new_vm_with_vgpu_is_accepted_by_libvirt_and_dry_run_makes_nothing(
     assert xml.find(f"{q}override/{q}device/{q}frontend/{q}property").get("name") == \
         "x-igd-opregion"
     assert gvtd.client.vgpus()["w11"]["Start"] == "on-demand"
+
+
+def test_view_has_nothing_to_open_for_gtk_gl(gvtd: Simulation,
+                                             libvirtd: PrivateLibvirtd) -> None:
+    """QEMU's own window is the display (the qemu namespace, which only a real libvirtd
+    keeps, says so)."""
+    libvirtd.define(domain_xml("g"))
+    gvtd.client.define(name="g", type="i915-GVTg_V5_8", start="manual", domain="g")
+    attached = gvtd.gvt_client("attach", "g", "g", "--display", "gtk-gl")
+    assert attached.returncode == 0, attached.stderr
+    assert gvtd.client.props(names.domain_path("g"), names.DOMAIN_IFACE)["Display"] == \
+        "gtk-gl"
+    p = gvtd.gvt_client("view", "g")
+    assert p.returncode == 0 and "QEMU's own window" in p.stdout, p.stderr
+    assert "virt-viewer" not in p.stdout
