@@ -169,7 +169,7 @@ class NewVm:
         spec = newdomain.spec_from({"name": name, **fields})
         async with self.domains.locks.hold(name):
             await self._refuse(spec, opts)
-            user = self._qemu_user()
+            user = await asyncio.to_thread(self._qemu_user)  # reads qemu.conf
             iso = await asyncio.to_thread(prove_readable, spec.iso, iso_fd, user)
             drivers = await asyncio.to_thread(prove_readable, spec.virtio_win, virtio_fd, user)
             spec = spec.model_copy(update={"iso": iso, "virtio_win": drivers})

@@ -51,6 +51,14 @@ def watch(bus: MessageBus) -> None:
     bus.add_message_handler(_on_message)
 
 
+def carried(*fds: object) -> bool:
+    """Whether each of fds came with the call being answered. Without descriptors in the
+    message dbus-fast leaves an `h` argument as the bare index, which would name one of
+    gvtd's own open files."""
+    received = _received.get()
+    return all(isinstance(fd, int) and fd in received for fd in fds)
+
+
 def closing_fds(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Decorate a method that takes descriptors: all of its call's are closed when it ends."""
 

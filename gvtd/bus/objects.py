@@ -19,7 +19,7 @@ from dbus_fast.service import ServiceInterface, dbus_property, method
 from gvtd import __version__, names
 from gvtd.bounded import Shared
 from gvtd.bus.auth import authorized, define_details, root_only
-from gvtd.bus.fds import closing_fds
+from gvtd.bus.fds import carried, closing_fds
 from gvtd.domains import attach_options, hook_options, stop_options, tune_options
 from gvtd.errors import Busy, Failed, GvtdError, InvalidArgument
 from gvtd.mdev import Parent
@@ -221,6 +221,9 @@ class ManagerInterface(_Mirror):
     async def NewDomain(self, name: "s", iso: "h", virtio_win: "h",  # noqa: F821
                         options: "a{sv}") -> "s":  # noqa: F821
         """A domain, its disk and its vGPU (gvtd.newvm): manage for the vGPU, as Define."""
+        if not carried(iso, virtio_win):
+            raise InvalidArgument("NewDomain needs the two ISOs passed open (unix file "
+                                  "descriptors, type h), and the call carried none for them.")
         return await self.daemon.newvm.new(name, iso, virtio_win,
                                            {k: v.value for k, v in options.items()})
 

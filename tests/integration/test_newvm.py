@@ -155,7 +155,8 @@ async def main():
     for _ in range(int(sys.argv[6])):
         reply = await bus.call(Message(destination="io.github.gvtd1", path="/io/github/gvtd1",
                                        interface="io.github.gvtd1.Manager", member=member,
-                                       signature=sig, body=body, unix_fds=[fd]))
+                                       signature=sig, body=body,
+                                       unix_fds=[fd] if sys.argv[7] == "fds" else []))
     print(reply.error_name or "ok", reply.body[0] if reply.body else "")
 
 asyncio.run(main())
@@ -163,9 +164,10 @@ asyncio.run(main())
 
 
 def call_with_fd(sim: Simulation, path: str, flags: int, opened: str, member: str = "NewDomain",
-                 signature: str = "shha{sv}", times: int = 1) -> str:
+                 signature: str = "shha{sv}", times: int = 1, send: bool = True) -> str:
     p = subprocess.run(sim.as_stranger([sys.executable, "-c", CALLER, path, str(flags), member,
-                                        signature, opened, str(times)]),
+                                        signature, opened, str(times),
+                                        "fds" if send else "none"]),
                        env=sim.stranger_env, cwd=sim.home, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     return p.stdout
@@ -182,6 +184,9 @@ def test_a_path_comes_only_with_a_readable_descriptor_of_that_file(
     o_path = call_with_fd(sim, "/etc/shadow", os.O_PATH, "/etc/shadow")
     assert o_path.startswith(names.ERROR_PREFIX + "InvalidArgument") and \
         "not open for reading" in o_path
+    # no descriptor at all: the bare index must not be taken for one of gvtd's own files
+    bare = call_with_fd(sim, str(media[0]), os.O_RDONLY, str(media[0]), send=False)
+    assert bare.startswith(names.ERROR_PREFIX + "InvalidArgument") and "passed open" in bare
     made_nothing(sim, before, "w11")
 
 

@@ -282,3 +282,16 @@ def test_view_has_nothing_to_open_for_gtk_gl(gvtd: Simulation,
     p = gvtd.gvt_client("view", "g")
     assert p.returncode == 0 and "QEMU's own window" in p.stdout, p.stderr
     assert "virt-viewer" not in p.stdout
+
+
+def test_windows_10_starts_on_the_guides_bios(gvtd: Simulation, libvirtd: PrivateLibvirtd,
+                                              media: tuple[Path, Path]) -> None:
+    made = new(gvtd, media, "w10", "--windows", "10", "--no-vgpu")
+    assert made.returncode == 0, made.stderr
+    check_windows_domain(ET.fromstring(libvirtd.virsh("dumpxml", "--inactive", "w10").stdout),
+                         "10")
+    started = gvtd.gvt_client("start", "w10")
+    assert started.returncode == 0, started.stderr
+    live = ET.fromstring(libvirtd.virsh("dumpxml", "w10").stdout)
+    assert live.find("os/loader") is None and live.find("devices/tpm") is None  # SeaBIOS
+    assert libvirtd.domstate("w10") == "running"
