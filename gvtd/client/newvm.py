@@ -39,6 +39,17 @@ then: gvt-client start win11; gvt-client view win11
 """
 
 
+def _count(text: str) -> int:
+    """A whole number from 1 up (sent as D-Bus u)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 up")
+    return value
+
+
 def add_parser(add: Any) -> None:
     s = add("new", HELP, cmd_new)
     s.epilog = EPILOG
@@ -50,11 +61,11 @@ def add_parser(add: Any) -> None:
                         "exists)")
     s.add_argument("--windows", choices=["11", "10"], default="11",
                    help="11 (default: UEFI, Secure Boot, TPM 2.0) or 10 (BIOS, as the guide)")
-    s.add_argument("--memory", type=int, default=8192, metavar="MIB",
+    s.add_argument("--memory", type=_count, default=8192, metavar="MIB",
                    help="memory in MiB (default 8192)")
-    s.add_argument("--vcpus", type=int, metavar="N",
+    s.add_argument("--vcpus", type=_count, metavar="N",
                    help="vCPUs (default: every host thread outside CPU 0's core, as `tune`)")
-    s.add_argument("--disk-size", type=int, default=64, metavar="GIB",
+    s.add_argument("--disk-size", type=_count, default=64, metavar="GIB",
                    help="the disk's size in GiB (default 64; it grows as Windows writes)")
     s.add_argument("--pool", default="default",
                    help="the libvirt storage pool the disk is made in (default: default)")

@@ -198,6 +198,12 @@ def check_host(spec: NewSpec, firmware_dir: Path = FIRMWARE_DIR,
                      "swtpm-tools on Fedora, swtpm on Arch), or use --windows 10.")
 
 
+# NewSpec's fields as gvt-client new names them, for refusals a person reads
+FLAGS = {"memory_mib": "--memory, in MiB", "vcpus": "--vcpus", "disk_gib": "--disk-size, in GiB",
+         "windows": "--windows", "pool": "--pool", "network": "--network",
+         "virt_type": "--virt-type", "name": "the VM's name"}
+
+
 def spec_from(data: dict[str, object]) -> NewSpec:
     """The spec from NewDomain's options, with pydantic's complaint as one sentence."""
     from pydantic import ValidationError
@@ -207,4 +213,5 @@ def spec_from(data: dict[str, object]) -> NewSpec:
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "options"
+        where = f"{where} ({FLAGS[where]})" if where in FLAGS else where
         raise InvalidArgument(f"{where}: {err['msg'].removeprefix('Value error, ')}.") from None
