@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import queue
+import select
 import subprocess
 import sys
 import threading
@@ -97,38 +98,38 @@ def qemu_img(*args: str) -> object:
                                      capture_output=True, text=True).stdout)
 
 
+WATCH_GRAPHICS = """\
+import sys, libvirt
+libvirt.virEventRegisterDefaultImpl()
+conn = libvirt.open(sys.argv[1])
+conn.domainEventRegisterAny(conn.lookupByName(sys.argv[2]),
+                            libvirt.VIR_DOMAIN_EVENT_ID_GRAPHICS,
+                            lambda c, d, phase, *rest: print(phase, flush=True), None)
+print("ready", flush=True)
+while True:
+    libvirt.virEventRunDefaultImpl()
+"""
+
+
 class GraphicsWatch:
-    """libvirt's graphics events of one domain (a SPICE client connecting), registered
-    before anything connects."""
+    """libvirt's graphics events of one domain (a SPICE client connecting), one line each
+    from a process of its own (libvirt takes one event loop per process, and gvtd's tests
+    of other modules may have set theirs), registered before it says ready."""
 
     def __init__(self, uri: str, name: str) -> None:
-        import libvirt
+        self.proc = subprocess.Popen([sys.executable, "-c", WATCH_GRAPHICS, uri, name],
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None and self.proc.stdout.readline() == "ready\n"
 
-        libvirt.virEventRegisterDefaultImpl()
-        self.events: queue.Queue[int] = queue.Queue()
-        self._running = True
-        self.conn = libvirt.open(uri)
-        self.id = self.conn.domainEventRegisterAny(
-            self.conn.lookupByName(name), libvirt.VIR_DOMAIN_EVENT_ID_GRAPHICS,
-            lambda conn, dom, phase, *rest: self.events.put(phase), None)
-        self._timer = libvirt.virEventAddTimeout(100, lambda *args: None, None)
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        import libvirt
-
-        while self._running:
-            libvirt.virEventRunDefaultImpl()
+    def next_phase(self, timeout: float = 60.0) -> int:
+        assert self.proc.stdout is not None
+        if not select.select([self.proc.stdout], [], [], timeout)[0]:
+            raise TimeoutError("no graphics event: no viewer connected")
+        return int(self.proc.stdout.readline())
 
     def close(self) -> None:
-        import libvirt
-
-        self.conn.domainEventDeregisterAny(self.id)
-        self._running = False
-        self.thread.join(60)
-        libvirt.virEventRemoveTimeout(self._timer)
-        self.conn.close()
+        self.proc.kill()
+        self.proc.wait(60)
 
 
 class Console:
@@ -232,7 +233,7 @@ def test_new_vm_starts_with_secure_boot_firmware_and_tpm(gvtd: Simulation,
         env=dict(gvtd.env, DISPLAY=x.display, XAUTHORITY=str(x.auth)),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        phase = watch.events.get(timeout=60)
+        phase = watch.next_phase()
         assert phase in (libvirt.VIR_DOMAIN_EVENT_GRAPHICS_CONNECT,
                          libvirt.VIR_DOMAIN_EVENT_GRAPHICS_INITIALIZE)
         assert viewer.poll() is None  # it is virt-viewer now, showing the VM
