@@ -50,6 +50,13 @@ DEB_PACKAGES += desktop-file-utils
 # with setfacl (acl), which the tests read back with getfacl.
 DEB_PACKAGES += pulseaudio pulseaudio-utils acl
 
+# `gvt-client new`: ovmf (UEFI with Secure Boot and Microsoft's keys, and the descriptors
+# libvirt selects it by), swtpm and swtpm-tools (Windows 11's TPM 2.0, set up by libvirtd),
+# qemu-utils (qemu-img: libvirt makes the qcow2 disk with it, the tests read it back) and
+# dnsmasq-base (libvirt's NAT network, started in the tests' private libvirtd); virt-viewer
+# for `gvt-client view`.
+DEB_PACKAGES += ovmf swtpm swtpm-tools qemu-utils dnsmasq-base virt-viewer
+
 # End-to-end VM (tests/e2e): mke2fs -d makes its disk from a directory and debugfs reads
 # the guest's journal back out of it; QEMU (above) boots it.
 DEB_PACKAGES += e2fsprogs

@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dbus_fast import BusType, DBusError, Message
 from dbus_fast.aio import MessageBus
@@ -31,6 +32,9 @@ from gvtd.state import Ownership
 from gvtd.status import Status
 from gvtd.suspend import Suspend
 from gvtd.udev import UdevWatcher
+
+if TYPE_CHECKING:
+    from gvtd.newvm import NewVm
 
 log = logging.getLogger("gvtd")
 
@@ -171,6 +175,13 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.abandoned = False  # a worker thread is left blocked at exit: see serve()
 
+    @property
+    def newvm(self) -> NewVm:
+        """NewDomain's maker, over the roots gvtd.toml names now."""
+        from gvtd.newvm import NewVm  # only for NewDomain: not on the way to READY=1
+
+        return NewVm(self.host, self.domains, Path(self.settings.procfs_root))
+
     async def reload(self) -> None:
         """Manager.Reload: apply what changed in gvtd.toml, live where it can be (see
         RESTART), then re-read the definitions. A gvtd.toml that fails validation, or a
@@ -261,7 +272,7 @@ class Daemon:
             loop.add_signal_handler(sig, self.stopping.set)
         bus_type = BusType.SESSION if self.args.bus == "session" else BusType.SYSTEM
         try:
-            bus = patient(await MessageBus(bus_type=bus_type).connect())
+            bus = patient(await MessageBus(bus_type=bus_type, negotiate_unix_fd=True).connect())
         except Exception as e:
             log.error("Cannot connect to the %s bus: %s", self.args.bus, e)
             return 1

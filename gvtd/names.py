@@ -47,6 +47,11 @@ def sound_socket(uid: int) -> str:
     return f"/run/user/{uid}/gvtd-sound/native"
 
 
+# Where Windows' virtio drivers come from (gvt-client new, NewDomain's refusal without them).
+VIRTIO_WIN_URL = ("https://fedorapeople.org/groups/virt/virtio-win/direct-downloads/"
+                  "stable-virtio/virtio-win.iso")
+VIRTIO_WIN_DEFAULT = "/usr/share/virtio-win/virtio-win.iso"  # Fedora's virtio-win package
+
 # polkit action ids
 ACTION_MANAGE = "io.github.gvtd1.manage"
 ACTION_VGPU = "io.github.gvtd1.vgpu"

@@ -36,7 +36,7 @@ MOUNTS = {"etc": "/etc/libvirt", "lib": "/var/lib/libvirt", "cache": "/var/cache
 # it does not, a tmpfs over /run makes a place for it without creating anything on the host.
 # With a bus socket as $2, that bus is the system bus there: libvirtd runs hooks with a
 # cleared environment, so a hook finds the system bus only at /run/dbus/system_bus_socket.
-# With $3 set, the host's /run/user stays in sight (the users' runtime directories, where
+# With $5 set, the host's /run/user stays in sight (the users' runtime directories, where
 # their sound servers listen), moved back over the tmpfs.
 #
 # The namespace starts as a copy of every mount on the host, including the FUSE file systems
@@ -49,15 +49,20 @@ T="$1"
 while read -r _ dir fstype _; do
     case "$fstype" in fuse|fuse.*) umount -l "$(printf '%b' "$dir")" || true ;; esac
 done < /proc/self/mounts
+if [ -n "$3" ]; then  # swtpm: its logs and certificate authority, outside the host's
+    mount -t tmpfs -o mode=0755 tmpfs /var/log; mkdir /var/log/libvirt
+    mount --bind "$T/swtpm-localca" /var/lib/swtpm-localca
+fi
+if [ -n "$4" ]; then ip link set lo up; fi  # a network namespace of its own
 mount --bind "$T/etc" /etc/libvirt
 mount --bind "$T/lib" /var/lib/libvirt
 mount --bind "$T/cache" /var/cache/libvirt
 mount --bind "$T/log" /var/log/libvirt
-if [ -n "$3" ]; then mkdir "$T/run-user"; mount --bind /run/user "$T/run-user"; fi
+if [ -n "$5" ]; then mkdir "$T/run-user"; mount --bind /run/user "$T/run-user"; fi
 if [ ! -d /run/libvirt ] || { [ -n "$2" ] && [ ! -d /run/dbus ]; }; then
-    mount -t tmpfs -o mode=0755 tmpfs /run; mkdir /run/libvirt /run/dbus
+    mount -t tmpfs -o mode=0755 tmpfs /run; mkdir /run/libvirt /run/dbus /run/lock
 fi
-if [ -n "$3" ]; then mkdir -p /run/user; mount --move "$T/run-user" /run/user; fi
+if [ -n "$5" ]; then mkdir -p /run/user; mount --move "$T/run-user" /run/user; fi
 mount --bind "$T/run" /run/libvirt
 if [ -n "$2" ]; then
     mount -t tmpfs -o mode=0755 tmpfs /run/dbus; ln -s "$2" /run/dbus/system_bus_socket
@@ -95,14 +100,22 @@ class PrivateLibvirtd:
     """libvirtd on a socket of its own; `uri` is what gvtd and virsh connect to."""
 
     def __init__(self, hooks: tuple[Path, ...] = (), system_bus: str = "",
-                 run_user: bool = False) -> None:
+                 tpm: bool = False, network: bool = False, run_user: bool = False) -> None:
         """hooks: scripts installed as its etc/libvirt/hooks/qemu.d/, which libvirtd looks
         at when it starts; system_bus: the path of a bus socket to be its system bus;
+        tpm: swtpm's log and certificate directories are the temporary directory's too;
+        network: libvirtd and its guests in a network namespace of their own, where a
+        libvirt network (a bridge, dnsmasq, NAT rules) touches nothing of the host's;
         run_user: its guests see the host's /run/user."""
         self.run_user = run_user
         self.dir = Path(tempfile.mkdtemp(prefix="gvtd-libvirtd-"))
         for name in MOUNTS:
             (self.dir / name).mkdir()
+        self.tpm, self.network = tpm, network
+        if tpm:
+            ca = self.dir / "swtpm-localca"
+            ca.mkdir(mode=0o750)
+            shutil.chown(ca, "tss", "root")
         (self.dir / "etc" / "qemu").mkdir()
         self.system_bus = system_bus
         for hook in hooks:
@@ -127,8 +140,10 @@ class PrivateLibvirtd:
         for stale in self.dir.glob("run/libvirt*-sock*"):  # a killed libvirtd leaves them
             stale.unlink()
         p = subprocess.run(["unshare", "--mount", "--propagation", "private",
+                            *(["--net"] if self.network else []),
                             "sh", "-c", NAMESPACE_SCRIPT, "sh", str(self.dir),
-                            self.system_bus, "1" if self.run_user else ""],
+                            self.system_bus, "1" if self.tpm else "",
+                            "1" if self.network else "", "1" if self.run_user else ""],
                            capture_output=True, text=True, timeout=TIMEOUT)
         if p.returncode != 0 or not self.socket.is_socket():
             raise RuntimeError(f"libvirtd did not start (status {p.returncode}): "
@@ -180,7 +195,7 @@ class PrivateLibvirtd:
         """Destroy and undefine every domain, so the next test starts from nothing."""
         for name in self.virsh("list", "--all", "--name").stdout.split():
             self.virsh("destroy", name, check=False)
-            self.virsh("undefine", name, check=False)
+            self.virsh("undefine", name, "--nvram", "--tpm", check=False)  # UEFI, swtpm
 
     def log_tail(self, lines: int = 5) -> str:
         try:

@@ -19,6 +19,7 @@ from dbus_fast.service import ServiceInterface, dbus_property, method
 from gvtd import __version__, names
 from gvtd.bounded import Shared
 from gvtd.bus.auth import authorized, caller_uid, define_details, root_only
+from gvtd.bus.fds import carried, closing_fds
 from gvtd.domains import attach_options, hook_options, stop_options, tune_options
 from gvtd.errors import Busy, Failed, GvtdError, InvalidArgument
 from gvtd.mdev import Parent
@@ -128,6 +129,7 @@ class ManagerInterface(_Mirror):
         return {"Version": __version__, "State": self.daemon.state,
                 "Problems": [list(p) for p in self.daemon.status.problems()],
                 "LibvirtConnected": self.daemon.domains.libvirt.connected,
+                "LibvirtURI": self.daemon.domains.libvirt.uri,
                 "Suspend": self.daemon.suspend.state}
 
     @method()
@@ -216,6 +218,20 @@ class ManagerInterface(_Mirror):
 
     @method()
     @dbus_errors
+    @closing_fds
+    @authorized(names.ACTION_MANAGE, detail=lambda name, *_: {"vgpu": name, "domain": name})
+    @authorized(names.ACTION_DOMAIN, detail="domain")
+    async def NewDomain(self, name: "s", iso: "h", virtio_win: "h",  # noqa: F821
+                        options: "a{sv}") -> "s":  # noqa: F821
+        """A domain, its disk and its vGPU (gvtd.newvm): manage for the vGPU, as Define."""
+        if not carried(iso, virtio_win):
+            raise InvalidArgument("NewDomain needs the two ISOs passed open (unix file "
+                                  "descriptors, type h), and the call carried none for them.")
+        return await self.daemon.newvm.new(name, iso, virtio_win,
+                                           {k: v.value for k, v in options.items()})
+
+    @method()
+    @dbus_errors
     async def Diagnose(self) -> "a(ssss)":  # noqa: F821
         """Host checks (gvtd.doctor) over the roots gvtd.toml names; a read, open to all,
         shared between callers (see __init__)."""
@@ -247,6 +263,10 @@ class ManagerInterface(_Mirror):
     @dbus_property(access=PropertyAccess.READ)
     def LibvirtConnected(self) -> "b":  # noqa: F821
         return self._props["LibvirtConnected"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LibvirtURI(self) -> "s":  # noqa: F821
+        return self._props["LibvirtURI"]
 
     @dbus_property(access=PropertyAccess.READ)
     def Suspend(self) -> "s":  # noqa: F821
@@ -368,14 +388,18 @@ class VgpuInterface(_Mirror):
 class DomainInterface(_Mirror):
     """A libvirt domain that uses a vGPU (or that a definition names)."""
 
-    def __init__(self, name: str, state: str, vgpus: list[str]) -> None:
+    def __init__(self, name: str, state: str, vgpus: list[str], display: str) -> None:
         super().__init__(names.DOMAIN_IFACE)  # (`name` is the interface's own attribute)
-        self.domain, self.state, self.vgpus = name, state, vgpus
+        self.domain, self.state, self.vgpus, self.display = name, state, vgpus, display
         self.refresh(emit=False)
 
     def _compute(self) -> dict[str, Any]:
         return {"Name": self.domain, "State": self.state,
-                "VGPUs": [names.vgpu_path(u) for u in self.vgpus]}
+                "VGPUs": [names.vgpu_path(u) for u in self.vgpus], "Display": self.display}
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Display(self) -> "s":  # noqa: F821
+        return self._props["Display"]
 
     @dbus_property(access=PropertyAccess.READ)
     def Name(self) -> "s":  # noqa: F821

@@ -10,7 +10,8 @@ from dbus_fast import Message, MessageFlag, MessageType
 from dbus_fast.aio import MessageBus
 
 from gvtd import names
-from gvtd.bus import auth
+from gvtd.bus import auth, fds
+from gvtd.virt import domxml
 from gvtd.bus.objects import (DomainInterface, ManagerInterface, ParentInterface, VgpuInterface,
                               _Mirror)
 
@@ -48,6 +49,7 @@ class ObjectTree:
         self.domains: dict[str, DomainInterface] = {}
         self._objects: bytes | None = None  # GetManagedObjects' body, marshalled
         auth.watch(bus)  # before export: mutating methods need their caller
+        fds.watch(bus)  # descriptors only NewDomain keeps, and only while it runs
         bus.add_message_handler(self._get_managed_objects)
         bus.export(names.ROOT_PATH, self.manager)
         self.host.listeners.append(self.sync)
@@ -113,9 +115,11 @@ class ObjectTree:
         for name, info in shown.items():
             dobj = self.domains.get(name)
             if dobj is None:
-                self.domains[name] = dobj = DomainInterface(name, info.state, domains.uses(info))
+                self.domains[name] = dobj = DomainInterface(name, info.state, domains.uses(info),
+                                                            domxml.display_of(info.xml))
                 self._export(names.domain_path(name), dobj)
             else:
                 dobj.state, dobj.vgpus = info.state, domains.uses(info)
+                dobj.display = domxml.display_of(info.xml)
                 dobj.refresh()
         self.manager.refresh()

@@ -19,7 +19,8 @@ from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from gvtd import __version__, names
-from gvtd.client import sessiondisplay, sound, xaccess
+from gvtd.client import newvm, sessiondisplay, sound, view, xaccess
+from gvtd.client.errors import ClientError
 
 EPILOG = """\
 examples:
@@ -33,10 +34,6 @@ Every read command takes --json for scripts. Mutating commands are authorized by
 
 
 BUS_DRIVER = "org.freedesktop.DBus"  # the sender of the bus's own signals
-
-
-class ClientError(Exception):
-    """A failure to report as one line on stderr, exit status 1."""
 
 
 def _plain(value: Any) -> Any:
@@ -56,12 +53,13 @@ class Client:
 
     async def call(self, member: str, signature: str = "", body: list[Any] | None = None,
                    path: str = names.ROOT_PATH, interface: str = names.MANAGER_IFACE,
-                   destination: str = names.BUS_NAME) -> list[Any]:
+                   destination: str = names.BUS_NAME, fds: list[int] | None = None
+                   ) -> list[Any]:
         # A person at a terminal may answer a polkit password prompt for changes.
         flags = MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION if sys.stdin.isatty() else 0
         reply = await self.bus.call(Message(
             destination=destination, path=path, interface=interface, member=member,
-            signature=signature, body=body or [], flags=flags))
+            signature=signature, body=body or [], flags=flags, unix_fds=fds or []))
         assert reply is not None
         if reply.message_type == MessageType.ERROR:
             text = reply.body[0] if reply.body else reply.error_name
@@ -690,6 +688,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave the Hyper-V enlightenments alone")
     s.add_argument("--no-spice", dest="spice", action="store_false",
                    help="leave the SPICE display alone")
+    newvm.add_parser(add)
+    view.add_parser(add)
     s = add("stop", "shut a domain down, then remove its on-demand vGPUs", cmd_stop)
     s.add_argument("domain", help="libvirt domain name")
     s.add_argument("--force", action="store_true",
@@ -747,7 +747,7 @@ def build_parser() -> argparse.ArgumentParser:
 async def run(args: argparse.Namespace) -> None:
     bus_type = BusType.SESSION if getattr(args, "bus", "system") == "session" else BusType.SYSTEM
     try:
-        bus = await MessageBus(bus_type=bus_type).connect()
+        bus = await MessageBus(bus_type=bus_type, negotiate_unix_fd=True).connect()
     except Exception as e:
         which = "session" if bus_type == BusType.SESSION else "system"
         raise ClientError(f"Cannot connect to the D-Bus {which} bus: {e}") from e

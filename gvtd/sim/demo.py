@@ -115,6 +115,45 @@ def doctor_demo(env: dict[str, str]) -> None:
     client(env, "doctor")
 
 
+def new_vm_demo(env: dict[str, str]) -> None:
+    """`gvt-client new` and `view` on the emulated laptop, then on a 7th generation one
+    (its own bus and gvtd, as doctor_demo), whose CPU Windows 11 refuses."""
+    media = tempfile.mkdtemp(prefix="gvtd-demo-media-")
+    try:
+        os.chmod(media, 0o755)  # QEMU's user must be able to read the ISOs
+        iso, drivers = os.path.join(media, "Win11_x64.iso"), os.path.join(media, "virtio-win.iso")
+        for path in (iso, drivers):
+            with open(path, "wb") as f:
+                f.write(bytes(4096))  # stand-ins: the simulation's libvirt boots nothing
+            os.chmod(path, 0o644)
+        isos = ("--iso", iso, "--virtio-win", drivers)
+        say("A new Windows 11 VM the guide's way, in one command: first what it would make "
+            "(the disk volume in libvirt's pool `default`, then the domain with its vGPU "
+            "attached and tuned)")
+        client(env, "new", "win11", *isos, "--dry-run")
+        client(env, "new", "win11", *isos)
+        client(env, "list")
+        say("Then `gvt-client start win11` and `gvt-client view win11`: virt-viewer attached "
+            "through libvirt, as SPICE listening nowhere needs (here, with no desktop, the "
+            "command it would run)")
+        client(env, "view", "--print", "win11")
+        say("The name is taken now; and the same command on a 7th generation Kaby Lake "
+            "laptop (--simulate-profile kabylake-7th), whose CPU Windows 11 Setup refuses")
+        client(env, "new", "win11", *isos, expect_fail=True)
+        bus = DBusDaemon()
+        host = None
+        try:
+            host = SimulatedHost(bus.address, "kabylake-7th", stderr=subprocess.DEVNULL)
+            client(dict(host.env, DBUS_SESSION_BUS_ADDRESS=bus.address), "new", "win11",
+                   *isos, expect_fail=True)
+        finally:
+            if host is not None:
+                host.stop()
+            bus.stop()
+    finally:
+        shutil.rmtree(media, ignore_errors=True)
+
+
 def main() -> int:
     # No system bus of the caller's: the simulation then brings its own, with a logind on it
     # that the demo makes suspend the laptop.
@@ -183,6 +222,7 @@ def main() -> int:
         client(env, "define", "second", "--type", "i915-GVTg_V5_4", expect_fail=True)
         say("The same API for scripts: JSON")
         client(env, "list", "--json")
+        new_vm_demo(env)
         doctor_demo(env)
         say("Done; cleaning up")
         return 0

@@ -306,6 +306,9 @@ PROFILES: dict[str, Callable[..., list[Parent]]] = {
     # Hosts for `gvt-client doctor`: their non-kernel facts are in gvtd.sim.machine.
     "no-iommu": lambda: [gvt_parent()],
     "guc-enabled": lambda: [gvt_parent(registered=False)],  # GVT-g refused to load
+    # A 7th generation Kaby Lake laptop (i7-7500U, HD 620 8086:5916): Windows 11 refuses
+    # its CPU (gvtd.sim.machine).
+    "kabylake-7th": lambda: [gvt_parent(device_id=0x5916)],
     # Ice Lake (Iris Plus G7, 8086:8A52): i915 has no GVT-g for it, so no mdev types.
     "icelake": lambda: [gvt_parent(device_id=0x8A52, registered=False)],
     # A 128 MB aperture: the host keeps all of it, no vGPU type fits.
@@ -323,6 +326,8 @@ PROFILE_HELP: dict[str, str] = {
     "no-iommu": "the Kaby Lake laptop booted without intel_iommu=on: no IOMMU groups (doctor fails)",
     "guc-enabled": "the Kaby Lake laptop with i915.enable_guc=3 after enable_guc=0: GVT-g did not "
                    "load (doctor fails)",
+    "kabylake-7th": "a 7th generation Kaby Lake laptop (i7-7500U, HD 620): GVT-g works, but "
+                    "Windows 11 refuses its CPU (`gvt-client new` says so)",
     "icelake": "an Ice Lake laptop (Iris Plus, 8086:8A52): no GVT-g at all (doctor fails)",
     "small-aperture": "the Kaby Lake laptop with a 128 MB aperture: no vGPU type fits (doctor fails)",
 }

@@ -50,6 +50,8 @@ class HostFacts:
     # Each core's SMT siblings, numbered as on a Kaby Lake laptop (i7-8550U: 4 cores,
     # 8 threads): the kernel lists every core's first thread, then the second ones.
     cpu_cores: tuple[tuple[int, ...], ...] = ((0, 4), (1, 5), (2, 6), (3, 7))
+    # /proc/cpuinfo's identity of that CPU: Kaby Lake-R, which Windows 11 accepts
+    cpu: tuple[str, int, int] = ("Intel(R) Core(TM) i7-8550U CPU @ 1.80GHz", 142, 10)
     kernel_log: tuple[str, ...] = field(default_factory=lambda: (
         "DMAR: IOMMU enabled",
         "i915 0000:00:02.0: [drm] Initialized i915 1.6.0 20201103 for 0000:00:02.0 on minor 0",
@@ -71,6 +73,9 @@ FACTS: dict[str, HostFacts] = {
             "virtualization is not yet supported with GuC submission",)),
     "unregistered": replace(_DEFAULT, modules=tuple(m for m in _DEFAULT.modules
                                                     if m != "kvmgt")),
+    # The 7th generation (i7-7500U: 2 cores, 4 threads), whose CPU Windows 11 refuses.
+    "kabylake-7th": replace(_DEFAULT, cpu_cores=((0, 2), (1, 3)),
+                            cpu=("Intel(R) Core(TM) i7-7500U CPU @ 2.70GHz", 142, 9)),
     "icelake": replace(
         _DEFAULT, kernel_log=_DEFAULT.kernel_log + (
             "i915 0000:00:02.0: [drm] Unsupported device. GVT-g is disabled",)),
@@ -80,6 +85,15 @@ FACTS: dict[str, HostFacts] = {
 def facts_for(profile: str) -> HostFacts:
     """The profile's host facts; profiles that only change the GPU get the working host."""
     return FACTS.get(profile, _DEFAULT)
+
+
+def cpuinfo(facts: HostFacts) -> str:
+    """/proc/cpuinfo's lines that gvtd reads, for every thread."""
+    name, model, stepping = facts.cpu
+    threads = sorted(t for core in facts.cpu_cores for t in core)
+    return "".join(f"processor\t: {t}\nvendor_id\t: GenuineIntel\ncpu family\t: 6\n"
+                   f"model\t\t: {model}\nmodel name\t: {name}\nstepping\t: {stepping}\n\n"
+                   for t in threads)
 
 
 def settings_toml(workdir: Path) -> str:
@@ -119,6 +133,7 @@ def install(facts: HostFacts, host: EmulatedHost, workdir: Path) -> None:
     host.kernel.cpu_cores = facts.cpu_cores  # /sys/devices is the kernel's (FUSE)
     proc = workdir / PROC_DIR
     _write(proc / "cmdline", facts.cmdline + "\n")
+    _write(proc / "cpuinfo", cpuinfo(facts))
     _write(proc / "sys" / "kernel" / "osrelease", facts.osrelease + "\n")
     _write(workdir / KERNEL_LOG, "".join(line + "\n" for line in facts.kernel_log))
     (workdir / MDEVCTL_DIR).mkdir(exist_ok=True)

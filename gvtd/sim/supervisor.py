@@ -40,6 +40,15 @@ PROPERTIES = "org.freedesktop.DBus.Properties"
 
 LIBVIRT_TEST_NODE = """\
 <node>
+  <pool type='dir'>
+    <name>default</name>
+    <uuid>35bb2ad9-388a-cdfe-461a-b8907f6e53fe</uuid>
+    <capacity unit='GiB'>200</capacity>
+    <allocation unit='GiB'>80</allocation>
+    <available unit='GiB'>120</available>
+    <source/>
+    <target><path>/var/lib/libvirt/images</path></target>
+  </pool>
   <domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
     <name>win10</name>
     <uuid>4dea22b3-1d52-d8f3-2516-782e98ab3fa0</uuid>

@@ -314,6 +314,17 @@ def gtk_display(xml: str) -> str | None:
     return env.get("value", ":0") if env is not None else ":0"
 
 
+def display_of(xml: str) -> str:
+    """How the domain is seen: gtk-gl (QEMU's own window), spice or vnc (a viewer attached
+    through libvirt), or none."""
+    if gtk_display(xml) is not None:
+        return "gtk-gl"
+    root = _read(xml)
+    kinds = [g.get("type") for g in root.iterfind("devices/graphics")] if root is not None \
+        else []
+    return next((k for k in ("spice", "vnc") if k in kinds), "none")
+
+
 def dac_user(xml: str) -> str | None:
     """The user of a static DAC label (<seclabel model='dac'><label>USER:GROUP), which
     overrides qemu.conf's user for this domain."""

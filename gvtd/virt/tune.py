@@ -115,7 +115,8 @@ def _tune_cpu(root: Element, plan: CpuPlan) -> None:
         remove(cputune)
     cpu = _place(root, "cpu")
     cpu.attrib.pop("match", None)  # (libvirt adds migratable='on' to host-passthrough)
-    cpu.set("mode", "host-passthrough")
+    # TCG (domain type qemu) has no host CPU to pass through: its "maximum" is the nearest
+    cpu.set("mode", "maximum" if root.get("type") == "qemu" else "host-passthrough")
     cpu.set("check", "none")
     for tag in ("model", "vendor"):  # a named model means nothing with host-passthrough
         for child in cpu.findall(tag):
