@@ -28,7 +28,7 @@ from gvtd import cputopo, names, reconcile, win11cpu
 from gvtd.config import Definition
 from gvtd.errors import Busy, Failed, GvtdError, InvalidArgument, LibvirtUnavailable, \
     NoCapacity, NotFound, ParentMissing
-from gvtd.virt import domxml, newdomain, tune
+from gvtd.virt import audio, domxml, newdomain, tune
 from gvtd.virt.connection import libvirt
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ class NewOptions:
 
     dry_run: bool = False
     vgpu: bool = True
+    audio: bool = True
     min_resolution: str = "1920x1200"
     pinning: bool = True
     allow_unsupported_cpu: bool = False
@@ -57,7 +58,7 @@ class NewOptions:
 OPTION_TYPES: dict[str, type] = {
     "iso": str, "virtio_win": str, "windows": str, "memory_mib": int, "vcpus": int,
     "disk_gib": int, "pool": str, "network": str, "virt_type": str, "dry_run": bool,
-    "vgpu": bool, "min_resolution": str, "pinning": bool, "allow_unsupported_cpu": bool,
+    "vgpu": bool, "audio": bool, "min_resolution": str, "pinning": bool, "allow_unsupported_cpu": bool,
 }
 
 
@@ -157,9 +158,10 @@ class NewVm:
         return conn
 
     async def new(self, name: str, iso_fd: int, virtio_fd: int,
-                  options: dict[str, object]) -> str:
+                  options: dict[str, object], uid: int) -> str:
         """Make it (or with dry_run, say what would be made); returns the volume's and the
-        domain's XML."""
+        domain's XML. uid: the caller's, whose sound socket the VM plays on (the grant is
+        the caller's session's, made when it starts the VM: gvtd.client.sound)."""
         fields, opts = new_options(options)
         if not fields.get("virtio_win"):
             raise InvalidArgument(
@@ -179,6 +181,8 @@ class NewVm:
                            "for the VM, or `gvt-client undefine` that vGPU first.")
             vgpu = self._vgpu(spec, opts) if opts.vgpu else None
             xml = await self._xml(spec, opts, vgpu)
+            if opts.audio:
+                xml = audio.wire(xml, names.sound_socket(uid))
             volume = newdomain.volume_xml(spec)
             shown = (f"<!-- volume {spec.volume} in pool {spec.pool}, qcow2 with "
                      "preallocation=metadata and lazy_refcounts -->\n" + volume + xml)

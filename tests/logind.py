@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,8 @@ from harness import TIMEOUT, Client, DBusDaemon, plain
 LOGIND = "org.freedesktop.login1"
 LOGIND_PATH = "/org/freedesktop/login1"
 MANAGER = "org.freedesktop.login1.Manager"
+SESSION = "org.freedesktop.login1.Session"
+USER = "org.freedesktop.login1.User"
 MOCK = "org.freedesktop.DBus.Mock"
 DBUS = "org.freedesktop.DBus"
 
@@ -81,6 +84,24 @@ class Logind:
             self.proc.terminate()
             self.proc.wait(TIMEOUT)
         self.client.close()
+
+    def add_session(self, sid: str, uid: int, user: str, kind: str, display: str = "",
+                    runtime: Path | None = None, active: bool = True,
+                    remote: bool = False) -> str:
+        """A session on seat0 of type kind (x11, wayland, tty); returns its path, which
+        remove_session takes away again."""
+        path: str = self.mock("AddSession", "ssusb", [sid, "seat0", uid, user, active])[0]
+        self.client.call("UpdateProperties", "sa{sv}", [SESSION, {
+            "Type": Variant("s", kind), "Display": Variant("s", display),
+            "Remote": Variant("b", remote)}], dest=LOGIND, path=path, iface=MOCK)
+        if runtime is not None:
+            self.client.call("UpdateProperties", "sa{sv}", [USER, {
+                "RuntimePath": Variant("s", str(runtime))}], dest=LOGIND,
+                path=f"{LOGIND_PATH}/user/{uid}", iface=MOCK)
+        return path
+
+    def remove_session(self, path: str) -> None:
+        self.mock("RemoveObject", "o", [path])
 
     def mock(self, member: str, signature: str = "", body: list[Any] | None = None) -> Any:
         return self.client.call(member, signature, body, dest=LOGIND, path=LOGIND_PATH,

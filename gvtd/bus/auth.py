@@ -164,15 +164,6 @@ def _call_of(fn: Callable[..., Any], iface: str) -> tuple[Gate, Message]:
     return gate, msg
 
 
-async def caller_uid() -> int:
-    """The uid of the caller of the method being answered: whose session a start uses."""
-    current = _current.get()
-    if current is None:
-        raise _denied("gvtd cannot tell who is calling; nothing was changed.")
-    gate, msg = current
-    return await gate.caller_uid(msg.sender or "")
-
-
 def authorized(action: str, detail: Details = None) -> Callable[[Callable[..., Any]], Any]:
     """Decorate a mutating D-Bus method: refuse it unless the caller may do action."""
 

@@ -228,7 +228,8 @@ class ManagerInterface(_Mirror):
             raise InvalidArgument("NewDomain needs the two ISOs passed open (unix file "
                                   "descriptors, type h), and the call carried none for them.")
         return await self.daemon.newvm.new(name, iso, virtio_win,
-                                           {k: v.value for k, v in options.items()})
+                                           {k: v.value for k, v in options.items()},
+                                           await caller_uid())
 
     @method()
     @dbus_errors

@@ -254,24 +254,9 @@ async def cmd_reload(c: Client, args: argparse.Namespace) -> None:
 
 
 async def cmd_start(c: Client, args: argparse.Namespace) -> None:
-    await _sound_before_start(c)
+    await sound.before_start(c)
     await c.call("StartDomain", "sa{sv}", [args.domain, {}])
     print(f"{args.domain} is running")
-
-
-async def _sound_before_start(c: Client) -> None:
-    """QEMU does not start while the socket its sound goes to is missing (a new login
-    forgot it): open it again when a domain plays through this session's."""
-    if Path(names.sound_socket(os.getuid())).is_socket():
-        return
-    (found,) = await c.call("Diagnose")
-    grants = [g for i, *_ in found if i.startswith(names.CHECK_SOUND)
-              if (g := sound.Grant.parse(i[len(names.CHECK_SOUND):])) and g.mine]
-    try:
-        for grant in grants:
-            await asyncio.to_thread(sound.ensure, grant)
-    except sound.SoundError as e:
-        print(f"gvt-client: warning: the VM's sound: {e}", file=sys.stderr)
 
 
 async def cmd_attach(c: Client, args: argparse.Namespace) -> None:

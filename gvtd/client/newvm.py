@@ -76,6 +76,9 @@ def add_parser(add: Any) -> None:
                         "1920x1200)")
     s.add_argument("--no-vgpu", dest="vgpu", action="store_false",
                    help="no vGPU (add one later with `define` and `attach`)")
+    s.add_argument("--no-audio", dest="audio", action="store_false",
+                   help="no sound card; by default the VM's sound plays on your session's "
+                        "PulseAudio, opened to QEMU's user alone when the VM starts")
     s.add_argument("--no-pinning", dest="pinning", action="store_false",
                    help="no vCPU pinning (see `tune --no-pinning`)")
     s.add_argument("--virt-type", choices=["kvm", "qemu"], default="kvm",
@@ -114,6 +117,7 @@ async def cmd_new(c: Client, args: argparse.Namespace) -> None:
         "disk_gib": Variant("u", args.disk_size), "pool": Variant("s", args.pool),
         "network": Variant("s", args.network), "virt_type": Variant("s", args.virt_type),
         "min_resolution": Variant("s", args.min_resolution), "vgpu": Variant("b", args.vgpu),
+        "audio": Variant("b", args.audio),
         "pinning": Variant("b", args.pinning), "dry_run": Variant("b", args.dry_run),
         "allow_unsupported_cpu": Variant("b", args.allow_unsupported_cpu)}
     if args.vcpus is not None:

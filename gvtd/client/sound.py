@@ -20,16 +20,22 @@ missing. Every step is idempotent.
 
 from __future__ import annotations
 
+import asyncio
 import grp
 import os
 import pwd
 import re
 import stat
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gvtd import names
+
+if TYPE_CHECKING:
+    from gvtd.client.main import Client
 
 TIMEOUT = 10.0
 MODULE = "module-native-protocol-unix"
@@ -208,3 +214,18 @@ def recheck(check_id: str, severity: str, message: str, fix: str) -> tuple[str, 
     if grant is None or not grant.mine:
         return severity, message, fix
     return verdict(grant)
+
+
+async def before_start(c: Client) -> None:
+    """QEMU does not start while the socket its sound goes to is missing (a new login
+    forgot it): open it again when a domain plays through this session's."""
+    if Path(names.sound_socket(os.getuid())).is_socket():
+        return
+    (found,) = await c.call("Diagnose")
+    grants = [g for i, *_ in found if i.startswith(names.CHECK_SOUND)
+              if (g := Grant.parse(i[len(names.CHECK_SOUND):])) and g.mine]
+    try:
+        for grant in grants:
+            await asyncio.to_thread(ensure, grant)
+    except SoundError as e:
+        print(f"gvt-client: warning: the VM's sound: {e}", file=sys.stderr)

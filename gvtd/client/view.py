@@ -15,6 +15,7 @@ import shutil
 from typing import TYPE_CHECKING, Any
 
 from gvtd import names
+from gvtd.client import sound
 from gvtd.client.errors import ClientError
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ async def cmd_view(c: Client, args: argparse.Namespace) -> None:
     display = domain.get("Display", "spice")  # what `new --no-vgpu` and virt-manager make
     if args.start and domain.get("State") != "running":
         print(f"Starting {args.domain}...", flush=True)
+        await sound.before_start(c)
         await c.call("StartDomain", "sa{sv}", [args.domain, {}])
     if display == "gtk-gl":
         print(f"{args.domain} shows itself in QEMU's own window on your desktop (gtk-gl): "

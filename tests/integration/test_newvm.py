@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 
 from gvtd import names
 from harness import STRANGER, STRANGER_GID, DBusDaemon, Simulation, tree_snapshot
+from logind import Logind
 from windows_vm import check_windows_domain, stranger_isos
 
 
@@ -48,11 +50,22 @@ def test_dry_run_prints_everything_and_makes_nothing(sim: Simulation,
     domain = ET.fromstring(dry.stdout[dry.stdout.index("<domain "):])
     check_windows_domain(domain)
     assert domain.find("devices/hostdev[@type='mdev']") is not None
+    # its sound plays on the caller's own PulseAudio socket, derived from the uid the bus
+    # reports, and --no-audio leaves the card out
+    assert [a.get("serverName") for a in domain.iterfind("devices/audio[@type='pulseaudio']")
+            ] == [f"unix:{names.sound_socket(STRANGER)}"]
+    assert domain.find("devices/sound[@model='ich9']") is not None
+    quiet = new(sim, media, "w11", "--dry-run", "--no-audio")
+    assert quiet.returncode == 0, quiet.stderr
+    domain = ET.fromstring(quiet.stdout[quiet.stdout.index("<domain "):])
+    assert domain.find("devices/audio[@type='pulseaudio']") is None
+    assert domain.find("devices/sound") is None
     made_nothing(sim, before, "w11")
 
 
 def test_new_makes_the_vm_with_its_vgpu_and_view_attaches(sim: Simulation,
-                                                          media: tuple[Path, Path]) -> None:
+                                                          media: tuple[Path, Path],
+                                                          system_logind: Logind) -> None:
     made = new(sim, media, "w11")
     assert made.returncode == 0, made.stderr
     assert "gvt-client start w11; gvt-client view w11" in made.stdout
@@ -69,8 +82,16 @@ def test_new_makes_the_vm_with_its_vgpu_and_view_attaches(sim: Simulation,
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.split() == ["virt-viewer", "--connect", uri, "--attach", "--wait",
                                     "w11"]
-    # --start starts it through gvtd (its on-demand vGPU with it) before viewing
-    started = sim.gvt_client("view", "--start", "--print", "w11")
+    # --start starts it through gvtd (its on-demand vGPU with it) before viewing; its
+    # SPICE GL display wants the caller's desktop session
+    runtime = Path(tempfile.mkdtemp(prefix="gvtd-stranger-run-"))
+    os.chown(runtime, STRANGER, STRANGER_GID)
+    session = system_logind.add_session("w11", STRANGER, "nobody", "wayland", "", runtime)
+    try:
+        started = sim.gvt_client("view", "--start", "--print", "w11")
+    finally:
+        system_logind.remove_session(session)
+        shutil.rmtree(runtime)
     assert started.returncode == 0, started.stderr
     assert sim.client.vgpus()["w11"]["State"] == "active"
     assert sim.client.props(names.domain_path("w11"), names.DOMAIN_IFACE)["State"] == "running"

@@ -28,8 +28,6 @@ from wayland import Weston
 from xserver import Xvfb
 
 QEMU_USER = "libvirt-qemu"  # the private libvirtd's QEMU user (its build default)
-SESSION = "org.freedesktop.login1.Session"
-USER = "org.freedesktop.login1.User"
 ERR = names.ERROR_PREFIX
 STALE = ":9"  # the DISPLAY an attach wrote some logins ago
 
@@ -91,19 +89,6 @@ def x() -> Iterator[Xvfb]:
     server.stop()
 
 
-def add_session(logind: Logind, sid: str, uid: int, user: str, kind: str, display: str = "",
-                runtime: Path | None = None, active: bool = True, remote: bool = False) -> None:
-    path = logind.mock("AddSession", "ssusb", [sid, "seat0", uid, user, active])[0]
-    logind.client.call("UpdateProperties", "sa{sv}", [SESSION, {
-        "Type": Variant("s", kind), "Display": Variant("s", display),
-        "Remote": Variant("b", remote)}], dest="org.freedesktop.login1", path=path,
-        iface="org.freedesktop.DBus.Mock")
-    if runtime is not None:
-        logind.client.call("UpdateProperties", "sa{sv}", [USER, {
-            "RuntimePath": Variant("s", str(runtime))}], dest="org.freedesktop.login1",
-            path=f"/org/freedesktop/login1/user/{uid}", iface="org.freedesktop.DBus.Mock")
-
-
 def cookie_in(runtime: Path, x: Xvfb) -> None:
     """The X session's cookie where GDM keeps it, the user's alone."""
     (runtime / "gdm").mkdir(mode=0o700)
@@ -142,7 +127,7 @@ def test_x11_session_gives_qemu_its_display_and_access_for_qemu_user_only(
     """The caller's X11 session: QEMU gets its DISPLAY (not attach's stale one), GDK_SCALE
     and access for libvirt-qemu alone, granted with the session's own cookie."""
     cookie_in(runtime_dir, x)
-    add_session(logind, "c1", STRANGER, "nobody", "x11", x.display, runtime_dir)
+    logind.add_session("c1", STRANGER, "nobody", "x11", x.display, runtime_dir)
     lv.define(gl_domain("win"))
     assert not x.reachable_as(QEMU_USER)
     start(gvtd, "win")
@@ -171,7 +156,7 @@ def test_hybrid_graphics_pins_mesa_egl(gvtd: Simulation, lv: PrivateLibvirtd, lo
     node.mkdir(parents=True)
     (node / "vendor").write_text("0x10de\n")
     cookie_in(runtime_dir, x)
-    add_session(logind, "c1", STRANGER, "nobody", "x11", x.display, runtime_dir)
+    logind.add_session("c1", STRANGER, "nobody", "x11", x.display, runtime_dir)
     lv.define(gl_domain("win"))
     start(gvtd, "win")
     env = qemu_env(lv, "win")
@@ -185,7 +170,7 @@ def test_wayland_session_gives_gtk_gl_its_xwayland(gvtd: Simulation, lv: Private
     Xwayland, found by the X socket the user owns, with access for libvirt-qemu."""
     weston = Weston(STRANGER, STRANGER_GID, runtime_dir)
     try:
-        add_session(logind, "c2", STRANGER, "nobody", "wayland", "", runtime_dir)
+        logind.add_session("c2", STRANGER, "nobody", "wayland", "", runtime_dir)
         lv.define(gl_domain("win"))
         start(gvtd, "win")
         assert lv.domstate("win") == "running"
@@ -208,7 +193,7 @@ def test_access_is_granted_in_the_session_users_own_credentials(
         runtime_dir: Path) -> None:
     """No cookie anywhere: the X server lets the session's user in by name, as GDM's do.
     Only xhost run as that user gets in, and nobody else's access is asked for."""
-    add_session(logind, "c1", STRANGER, "nobody", "x11", x.display, runtime_dir)
+    logind.add_session("c1", STRANGER, "nobody", "x11", x.display, runtime_dir)
     lv.define(gl_domain("win"))
     before = x.xhost()
     e = refused(gvtd, "win")  # the user cannot open their display: neither can gvtd
@@ -225,7 +210,7 @@ def test_access_granted_before_gvtd_stays_after_the_vm(
     """The desktop's owner let QEMU's user in already (autostart): stopping the VM leaves it."""
     cookie_in(runtime_dir, x)
     x.xhost("+si:localuser:libvirt-qemu")
-    add_session(logind, "c1", STRANGER, "nobody", "x11", x.display, runtime_dir)
+    logind.add_session("c1", STRANGER, "nobody", "x11", x.display, runtime_dir)
     lv.define(gl_domain("win"))
     before = x.xhost()
     start(gvtd, "win")
@@ -238,7 +223,7 @@ def test_wayland_without_xwayland_says_to_use_spice_gl(
         gvtd: Simulation, lv: PrivateLibvirtd, logind: Logind, runtime_dir: Path) -> None:
     weston = Weston(STRANGER, STRANGER_GID, runtime_dir, xwayland=False)
     try:
-        add_session(logind, "c2", STRANGER, "nobody", "wayland", "", runtime_dir)
+        logind.add_session("c2", STRANGER, "nobody", "wayland", "", runtime_dir)
         lv.define(gl_domain("win"))
         e = refused(gvtd, "win")
         assert e.name == ERR + "NotFound" and "spice-gl" in e.text and "virt-viewer" in e.text
@@ -260,9 +245,9 @@ def test_another_users_session_is_never_used(gvtd: Simulation, lv: PrivateLibvir
                                              logind: Logind, x: Xvfb,
                                              runtime_dir: Path) -> None:
     """The stranger has a text console; alice's X11 session is the active one on seat0."""
-    add_session(logind, "c3", 1000, "alice", "x11", x.display, runtime_dir)
-    add_session(logind, "c4", STRANGER, "nobody", "tty", "", runtime_dir, active=False)
-    add_session(logind, "c5", STRANGER, "nobody", "x11", x.display, runtime_dir, remote=True)
+    logind.add_session("c3", 1000, "alice", "x11", x.display, runtime_dir)
+    logind.add_session("c4", STRANGER, "nobody", "tty", "", runtime_dir, active=False)
+    logind.add_session("c5", STRANGER, "nobody", "x11", x.display, runtime_dir, remote=True)
     lv.define(gl_domain("win"))
     before = x.xhost()
     e = refused(gvtd, "win")
@@ -352,7 +337,7 @@ def test_spice_gl_in_a_wayland_session_on_a_hybrid_laptop(
     (node / "vendor").write_text("0x10de\n")
     weston = Weston(STRANGER, STRANGER_GID, runtime_dir, xwayland=False)
     try:
-        add_session(logind, "c2", STRANGER, "nobody", "wayland", "", runtime_dir)
+        logind.add_session("c2", STRANGER, "nobody", "wayland", "", runtime_dir)
         lv.define(gl_domain("spice", "spice-gl"))
         e = refused(gvtd, "spice")
         assert e.name == ERR + "Failed" and "libvirt could not start spice" in e.text, e.text
