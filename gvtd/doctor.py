@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from gvtd import gvt, names
+from gvtd import gvt, kmsg, names
 from gvtd.config import UUID_RE, Settings
 from gvtd.mdev import list_dir, parse_int, read_attr, render_nodes
 
@@ -89,33 +89,46 @@ def find_gpu(sysfs: Path) -> Gpu | None:
 
 
 def read_kernel_log(path: Path) -> str:
-    """The kernel log's text: the tail of a file, or every record of /dev/kmsg without
-    waiting for new ones. OSError when it cannot be read (e.g. not root)."""
-    st = os.stat(path)
-    if stat.S_ISCHR(st.st_mode):
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        lines = []
-        try:
-            while True:
-                try:
-                    record = os.read(fd, 8192)
-                except BlockingIOError:
-                    break
-                except OSError as e:
-                    if e.errno == errno.EPIPE:  # overwritten while reading: skip ahead
-                        continue
-                    raise
-                if not record:
-                    break
-                # "PRIO,SEQ,USEC,FLAGS;message\n continuation..."
-                lines.append(record.decode(errors="replace").partition(";")[2].split("\n")[0])
-        finally:
-            os.close(fd)
-        return "\n".join(lines)
+    """The kernel log's text: every record of /dev/kmsg (or the emulated one) without
+    waiting for new ones, or the tail of a text file. OSError when it cannot be read
+    (e.g. not root)."""
+    records = read_kernel_records(path)
+    if records is not None:
+        return "\n".join(r.text for r in records)
     with open(path, "rb") as f:
-        if st.st_size > LOG_TAIL_BYTES:
-            f.seek(st.st_size - LOG_TAIL_BYTES)
+        size = os.fstat(f.fileno()).st_size
+        if size > LOG_TAIL_BYTES:
+            f.seek(size - LOG_TAIL_BYTES)
         return f.read().decode(errors="replace")
+
+
+def read_kernel_records(path: Path) -> list[kmsg.Record] | None:
+    """Every record in a /dev/kmsg ring now; None for a text file (whose first read is
+    not a record). The ring is the kernel's, so the list is bounded by its size."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    records: list[kmsg.Record] = []
+    try:
+        chardev = stat.S_ISCHR(os.fstat(fd).st_mode)
+        while True:
+            try:
+                data = os.read(fd, kmsg.RECORD_MAX)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno == errno.EPIPE:  # overwritten while reading: skip ahead
+                    continue
+                raise
+            if not data:
+                break
+            record = kmsg.parse(data)
+            if record is None:
+                if records or chardev:
+                    continue
+                return None  # a text file
+            records.append(record)
+    finally:
+        os.close(fd)
+    return records
 
 
 _QEMU_USER_RE = re.compile(r'^\s*user\s*=\s*"([^"]*)"', re.MULTILINE)

@@ -21,6 +21,7 @@ from gvtd.bounded import Shared
 from gvtd.bus.auth import authorized, define_details, root_only
 from gvtd.domains import attach_options, hook_options, stop_options, tune_options
 from gvtd.errors import Busy, Failed, GvtdError, InvalidArgument
+from gvtd.health import Health
 from gvtd.mdev import Parent
 from gvtd.reconcile import VgpuView
 
@@ -305,14 +306,17 @@ class ParentInterface(_Mirror):
 
 
 class VgpuInterface(_Mirror):
-    def __init__(self, view: VgpuView) -> None:
+    def __init__(self, view: VgpuView, health: Health) -> None:
         super().__init__(names.VGPU_IFACE)
         self.view = view
+        self.health = health
         self.refresh(emit=False)
 
     def _compute(self) -> dict[str, Any]:
         v = self.view
-        return {"Name": v.name, "UUID": v.uuid, "Parent": v.parent, "Type": v.type_id,
+        h = self.health.of(v.uuid)
+        return {"Health": h.health, "HealthMessage": h.message, "HealthTime": h.time_usec,
+                "Name": v.name, "UUID": v.uuid, "Parent": v.parent, "Type": v.type_id,
                 "State": v.state, "Start": v.start, "Domain": v.domain, "Managed": v.managed,
                 "Origin": v.origin, "LastError": v.last_error,
                 "Attrs": [list(a) for a in v.attrs]}
@@ -360,6 +364,18 @@ class VgpuInterface(_Mirror):
     @dbus_property(access=PropertyAccess.READ)
     def Attrs(self) -> "a(ss)":  # noqa: F821
         return self._props["Attrs"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Health(self) -> "s":  # noqa: F821
+        return self._props["Health"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def HealthMessage(self) -> "s":  # noqa: F821
+        return self._props["HealthMessage"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def HealthTime(self) -> "t":  # noqa: F821
+        return self._props["HealthTime"]
 
 
 class DomainInterface(_Mirror):

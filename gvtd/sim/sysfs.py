@@ -187,6 +187,8 @@ class Tree:
             if m.bound:
                 links["driver"] = f"/bus/mdev/drivers/{p.mdev_driver}"
             out.update(self._links(at, links))
+            if m.vgpu_id:  # kvmgt's attribute group (intel_vgpu_groups)
+                out["intel_vgpu"] = Dir(lambda: {"vgpu_id": File(lambda: f"{m.vgpu_id}\n")})
             if m.vfio_present:
                 vat = f"{at}/vfio-dev/vfio{m.vfio}"
                 vfio = Dir(
