@@ -126,6 +126,9 @@ FAILSAFE_REASONS = {
 }
 # vfio_iommu_type1's pin path: the locked-memory limit of QEMU's user is lower than the
 # guest's memory (intel/gvt-linux#106); the VM fails to start or its vGPU to map.
+# What GVT-g prints a few of while a guest driver probes the vGPU ("invalid untracked MMIO
+# 0x... len 4"): normal at init, so no vGPU's health; doctor counts a storm of them.
+_INIT_NOISE_RE = re.compile(r".*\b(invalid|untracked)\b.*\bMMIO\b.*", re.IGNORECASE | re.DOTALL)
 _MEMLOCK_RE = re.compile(r"vfio_pin_pages_remote: RLIMIT_MEMLOCK \((\d+)\) exceeded")
 
 
@@ -166,6 +169,11 @@ KNOWN: dict[str, KnownMessage] = {
         "The vGPU entered failsafe mode after a GVT-g internal error for the guest.",
         "Power the VM off and start it again; if it repeats, report the kernel log "
         "(journalctl -k | grep gvt) to intel/gvt-linux."),
+    "failsafe": KnownMessage(
+        "failsafe", "failed",
+        "The vGPU entered failsafe mode (the kernel log before it may say why): it stops "
+        "rendering for the guest.",
+        "See journalctl -k around that time; power the VM off and start it again."),
     "memlock": KnownMessage(
         "memlock", "failed",
         "VFIO could not pin the guest's memory: the locked-memory limit (RLIMIT_MEMLOCK) "
@@ -200,15 +208,32 @@ def classify(text: str, level: int, reason: str = "") -> GvtMessage | None:
         return GvtMessage(KNOWN["memlock"], text, None) if m else None
     m = _FAILSAFE_RE.fullmatch(text)
     if m:
-        return GvtMessage(KNOWN[FAILSAFE_REASONS.get(reason, "failsafe.internal")],
+        return GvtMessage(KNOWN[FAILSAFE_REASONS.get(reason, "failsafe")],
                           f"{reason} {text}".strip(), int(m.group(1)))
     m = _VGPU_RE.fullmatch(text)
+    if m and _INIT_NOISE_RE.fullmatch(m.group(2)):
+        return None
     if m:
         return GvtMessage(_known(m.group(2)), text, int(m.group(1)))
     m = _GVT_RE.fullmatch(text)
     if m:
         return GvtMessage(_known(m.group(1)), text, None)
     return None
+
+
+class Classifier:
+    """classify() over a stream of the kernel's records, pairing each failsafe entry with
+    the reason printed just before it (one record of memory)."""
+
+    def __init__(self) -> None:
+        self._reason = ""
+
+    def feed(self, text: str, level: int) -> GvtMessage | None:
+        if level <= LOG_ERR and text in FAILSAFE_REASONS:
+            self._reason = text
+            return None
+        reason, self._reason = self._reason, ""
+        return classify(text, level, reason)
 
 
 def _known(text: str) -> KnownMessage:

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -104,7 +104,7 @@ class Health:
         self._ids_of: frozenset[str] | None = None  # the mdevs the id map was read for
         self._pending: deque[tuple[gvt.GvtMessage, int]] = deque(maxlen=PENDING)
         self._reading: asyncio.Task[None] | None = None
-        self._reason = ""  # the failsafe reason printed just before "Now vgpu N will ..."
+        self._classifier = gvt.Classifier()
         self._unknown = _RateLimit()
 
     # -- what the bus shows -------------------------------------------------------------
@@ -141,11 +141,7 @@ class Health:
         for r in records:
             if not r.from_kernel:
                 continue  # written into /dev/kmsg by a process: never trusted
-            if r.level <= gvt.LOG_ERR and r.text in gvt.FAILSAFE_REASONS:
-                self._reason = r.text
-                continue
-            msg = gvt.classify(r.text, r.level, self._reason)
-            self._reason = ""
+            msg = self._classifier.feed(r.text, r.level)
             if msg is None:
                 continue
             seen = True
@@ -166,7 +162,7 @@ class Health:
         """The vgpu id of each mdev, off the loop; then the messages that waited for it."""
         while True:
             uuids = frozenset(self.mdevs())
-            self._ids = await asyncio.to_thread(self._vgpu_ids, uuids)
+            self._ids = await asyncio.to_thread(vgpu_ids, self.sysfs, uuids)
             self._ids_of = uuids
             if uuids == frozenset(self.mdevs()):
                 break
@@ -175,15 +171,6 @@ class Health:
             changed |= self._apply(*self._pending.popleft())
         if changed:
             self.changed()
-
-    def _vgpu_ids(self, uuids: frozenset[str]) -> dict[int, str]:
-        out = {}
-        for uuid in uuids:
-            n = parse_int(read_attr(self.sysfs / "bus" / "mdev" / "devices" / uuid /
-                                    "intel_vgpu" / "vgpu_id"))
-            if n is not None:
-                out[n] = uuid
-        return out
 
     def _owner(self, msg: gvt.GvtMessage) -> str | None:
         if msg.vgpu_id is not None:
@@ -245,6 +232,17 @@ class Health:
         await self.shutdown(domain)
         log.info("Domain %s shut down after the fault of its vGPU %s", domain, who,
                  extra={"DOMAIN": domain})
+
+
+def vgpu_ids(sysfs: Path, uuids: Iterable[str]) -> dict[int, str]:
+    """GVT-g's id of each mdev that has one (kvmgt's intel_vgpu/vgpu_id), to its UUID."""
+    out = {}
+    for uuid in uuids:
+        n = parse_int(read_attr(sysfs / "bus" / "mdev" / "devices" / uuid / "intel_vgpu" /
+                                "vgpu_id"))
+        if n is not None:
+            out[n] = uuid
+    return out
 
 
 def _shutdown_failed(domain: str, e: BaseException) -> Problem:

@@ -227,6 +227,8 @@ class ManagerInterface(_Mirror):
         roots = doctor.HostRoots.from_settings(self.daemon.settings)
         uuids = [d.uuid for d in self.host.definitions.values()]
         checks = await asyncio.to_thread(doctor.diagnose, roots, uuids)
+        with_vgpu = [(n, i.xml) for n, i in self.daemon.domains.shown().items()]
+        checks.append(await asyncio.to_thread(doctor.check_memlock, roots.procfs, with_vgpu))
         checks += await self.daemon.domains.checks()
         return [list(c.as_tuple()) for c in checks]
 
