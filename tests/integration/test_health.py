@@ -170,3 +170,27 @@ def test_status_and_list_show_health(sim: Simulation) -> None:
     assert "degraded" in text
     status = sim.gvt_client("status", check=True).stdout
     assert "MMIO read" in status and "degraded" in status
+
+
+def test_monitor_shows_the_change(sim: Simulation) -> None:
+    import subprocess
+    import sys
+
+    sim.client.define(name="win10", type="i915-GVTg_V5_4", uuid=U)
+    proc = subprocess.Popen(sim.as_stranger([sys.executable, "-m", "gvtd.client.main",
+                                             "--session", "monitor"]),
+                            env=sim.stranger_env, cwd=sim.home, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("-- watching"):
+                break
+        kernel_says(sim, "fail to emulate MMIO read 00064320", uuid=U)
+        for line in proc.stdout:
+            if "Health ok -> degraded" in line:
+                assert line.startswith("vgpu win10: ") and "MMIO read" in line
+                break
+    finally:
+        proc.kill()
+        proc.wait()
