@@ -125,6 +125,17 @@ class SimulatorInterface(ServiceInterface):
         return self.sup.kmsg.emit(text, level, facility)
 
     @method()
+    def KernelFlood(self, text: "s", count: "u") -> "t":  # noqa: F821
+        """The kernel prints count info-level records "text N" at once (a driver spamming
+        the log), as fast as the emulated /dev/kmsg takes them; the last one's number."""
+        if count > 1_000_000 or len(text) > 1000:
+            raise _sim_error(ValueError("at most 1000000 records of 1000 characters"))
+        seq = 0
+        for i in range(count):
+            seq = self.sup.kmsg.emit(f"{text} {i}", level=6)
+        return seq
+
+    @method()
     async def Reboot(self) -> None:
         await self.sup.reboot()
 
