@@ -102,6 +102,7 @@ class Health:
         self._host: dict[str, tuple[str, int, str]] = {}  # known id -> (text, time, where)
         self._ids: dict[int, str] = {}  # GVT-g's vgpu id -> mdev UUID
         self._ids_of: frozenset[str] | None = None  # the mdevs the id map was read for
+        self._checked: set[int] = set()  # ids looked for again since (bounded: 4 digits)
         self._pending: deque[tuple[gvt.GvtMessage, int]] = deque(maxlen=PENDING)
         self._reading: asyncio.Task[None] | None = None
         self._classifier = gvt.Classifier()
@@ -145,7 +146,7 @@ class Health:
             if msg is None:
                 continue
             seen = True
-            if self._ids_of != frozenset(self.mdevs()):
+            if self._ids_of != frozenset(self.mdevs()) or self._new_id(msg.vgpu_id):
                 self._pending.append((msg, r.usec))
                 self._read_ids()
                 continue
@@ -153,6 +154,14 @@ class Health:
         if changed:
             self.changed()
         return seen
+
+    def _new_id(self, vgpu_id: int | None) -> bool:
+        """An id no mdev had when the map was read: read it again, once per id until the
+        mdevs change (an attribute may appear after its mdev's uevent)."""
+        if vgpu_id is None or vgpu_id in self._ids or vgpu_id in self._checked:
+            return False
+        self._checked.add(vgpu_id)
+        return True
 
     def _read_ids(self) -> None:
         if self._reading is None or self._reading.done():
@@ -163,6 +172,8 @@ class Health:
         while True:
             uuids = frozenset(self.mdevs())
             self._ids = await asyncio.to_thread(vgpu_ids, self.sysfs, uuids)
+            if self._ids_of != uuids:
+                self._checked = set()
             self._ids_of = uuids
             if uuids == frozenset(self.mdevs()):
                 break
