@@ -8,7 +8,6 @@ and nothing raises: an unreadable input is itself a finding.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import pwd
@@ -112,23 +111,12 @@ def read_kernel_records(path: Path) -> list[kmsg.Record] | None:
     records: list[kmsg.Record] = []
     try:
         chardev = stat.S_ISCHR(os.fstat(fd).st_mode)
-        while True:
-            try:
-                data = os.read(fd, kmsg.RECORD_MAX)
-            except BlockingIOError:
-                break
-            except OSError as e:
-                if e.errno == errno.EPIPE:  # overwritten while reading: skip ahead
-                    continue
-                raise
-            if not data:
-                break
+        for data in kmsg.records(fd):
             record = kmsg.parse(data)
-            if record is None:
-                if records or chardev:
-                    continue
+            if record is None and not (records or chardev):
                 return None  # a text file
-            records.append(record)
+            if record is not None:
+                records.append(record)
     finally:
         os.close(fd)
     return records

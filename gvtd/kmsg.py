@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import itertools
 import json
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,46 +181,46 @@ class KernelLog:
 
     def _readable(self) -> None:
         batch: list[Record] = []
-        for _ in range(BATCH):
-            try:
-                data = os.read(self._fd, RECORD_MAX)
-            except BlockingIOError:
-                break
-            except OSError as e:
-                if e.errno == errno.EPIPE:  # the ring moved past us: the next read resumes
+        try:
+            for data in itertools.islice(records(self._fd), BATCH):
+                record = parse(data)
+                if record is None or record.seq <= self._skip_to:
                     continue
-                log.error("Cannot read the kernel log %s (%s); no longer following it",
-                          self.path, e.strerror)
-                self.stop()
-                break
-            if not data:
-                break
-            record = parse(data)
-            if record is None or record.seq <= self._skip_to:
-                continue
-            if record.seq > self._skip_to + 1 and self._skip_to >= 0:
-                self.lost += record.seq - self._skip_to - 1
-            self._skip_to = record.seq
-            batch.append(record)
+                if record.seq > self._skip_to + 1 and self._skip_to >= 0:
+                    self.lost += record.seq - self._skip_to - 1
+                self._skip_to = record.seq
+                batch.append(record)
+        except OSError as e:
+            log.error("Cannot read the kernel log %s (%s); no longer following it",
+                      self.path, e.strerror)
+            self.stop()
         if batch and self.on_records(batch):
             self.cursor.advance(batch[-1].seq)
+
+
+def records(fd: int) -> Iterator[bytes]:
+    """Each record the ring holds from where fd is, without waiting for more. A reader
+    the ring left behind (EPIPE) goes on from the oldest record."""
+    while True:
+        try:
+            data = os.read(fd, RECORD_MAX)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            if e.errno == errno.EPIPE:
+                continue
+            raise
+        if not data:
+            return
+        yield data
 
 
 def _last_seq(fd: int) -> int:
     """The sequence number of the newest record now in the ring (-1 if none): where a
     gvtd that has handled nothing in this boot starts."""
     last = -1
-    while True:
-        try:
-            data = os.read(fd, RECORD_MAX)
-        except BlockingIOError:
-            return last
-        except OSError as e:
-            if e.errno == errno.EPIPE:
-                continue
-            raise
-        if not data:
-            return last
+    for data in records(fd):
         m = _HEADER_RE.match(data)
         if m:
             last = int(m.group(2))
+    return last

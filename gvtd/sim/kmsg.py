@@ -22,7 +22,6 @@ import ctypes
 import errno
 import os
 import stat
-import subprocess
 import threading
 import time
 from collections import deque
@@ -30,6 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import mfusepy
+
+from .sysfs import mount
 
 RING_RECORDS = 4096  # records kept, like the kernel's log buffer (whose unit is bytes)
 KERN = 0  # facility of the kernel's own records
@@ -186,27 +187,4 @@ _libfuse.fuse_pollhandle_destroy.argtypes = [ctypes.c_void_p]
 
 def serve(ops: KmsgOps, mountpoint: str) -> threading.Thread:
     """Mount ``ops`` at ``mountpoint`` in a daemon thread; returns once the mount answers."""
-    opts: dict[str, Any] = {"fsname": "kmsg", "raw_fi": True}
-    if os.geteuid() == 0:
-        opts["allow_other"] = True
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            mfusepy.FUSE(ops, mountpoint, foreground=True, **opts)
-        except BaseException as e:  # reported to the caller
-            errors.append(e)
-            ops.ready.set()
-
-    thread = threading.Thread(target=run, name="gvtd-sim-kmsg", daemon=True)
-    thread.start()
-    if not ops.ready.wait(30) or errors:
-        raise RuntimeError(f"FUSE mount at {mountpoint} failed: {errors[0] if errors else 'timeout'}")
-    return thread
-
-
-def unmount(mountpoint: str) -> None:
-    """Unmount (lazily if a reader still holds it open); quiet if it is not mounted."""
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "UMOCKDEV_DIR")}
-    if subprocess.run(["fusermount3", "-u", mountpoint], env=env, capture_output=True).returncode:
-        subprocess.run(["fusermount3", "-u", "-z", mountpoint], env=env, capture_output=True)
+    return mount(ops, mountpoint, "kmsg", raw_fi=True)

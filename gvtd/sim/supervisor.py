@@ -31,7 +31,8 @@ from systemd import daemon as sd_daemon
 
 from gvtd import names
 from gvtd.sim import machine
-from gvtd.sim.kmsg import KmsgOps, serve as serve_kmsg, unmount as unmount_kmsg
+from gvtd.sim.kmsg import KmsgOps, serve as serve_kmsg
+from gvtd.sim.sysfs import unmount
 from gvtd.sim.logind import Logind
 
 log = logging.getLogger("gvtd.sim")
@@ -518,7 +519,7 @@ class Supervisor:
         finally:
             if self.logind is not None:
                 await self.logind.stop()
-            unmount_kmsg(str(kmsg_dir))
+            unmount(str(kmsg_dir))
             self.host.close()
             self.notify.close()
             if self.own_workdir:
