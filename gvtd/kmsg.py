@@ -187,7 +187,11 @@ class KernelLog:
                 if record is None or record.seq <= self._skip_to:
                     continue
                 if record.seq > self._skip_to + 1 and self._skip_to >= 0:
-                    self.lost += record.seq - self._skip_to - 1
+                    gap = record.seq - self._skip_to - 1
+                    self.lost += gap
+                    log.warning("%d kernel log records were overwritten before gvtd read "
+                                "them (records %d-%d); GVT-g messages among them are not "
+                                "shown", gap, self._skip_to + 1, record.seq - 1)
                 self._skip_to = record.seq
                 batch.append(record)
         except OSError as e:
