@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dbus_calls  # noqa: E402
 import events  # noqa: E402
+import kernel_log  # noqa: E402
 import libvirt_start  # noqa: E402
 import mdevctl  # noqa: E402
 import profiles  # noqa: E402
@@ -41,6 +42,7 @@ BENCHMARKS: dict[str, tuple[Callable[[], Section], Callable[[], Section]]] = {
     "profile": (lambda: profiles.measure(False), lambda: profiles.measure(True)),
     "soak": (lambda: soak.measure(1800.0), lambda: soak.measure(10.0)),
     "libvirt": (lambda: libvirt_start.measure(15), lambda: libvirt_start.measure(2)),
+    "kernel-log": (lambda: kernel_log.measure(30, 10_000), lambda: kernel_log.measure(3, 500)),
 }
 
 DOC_INTRO = """\

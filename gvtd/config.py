@@ -200,8 +200,14 @@ class Settings(BaseModel):
     # Inputs of `gvt-client doctor`, redirectable so tests and the simulation use their own.
     procfs_root: StrictStr = Field("/proc", description="where doctor reads cmdline and "
                                    "sys/kernel/osrelease")
-    kernel_log: StrictStr = Field("/dev/kmsg", description="the kernel log doctor scans for "
-                                  'GVT-g errors: /dev/kmsg or a file; "" skips the check')
+    kernel_log: StrictStr = Field("/dev/kmsg", description="the kernel log gvtd follows for "
+                                  "GVT-g's messages about each vGPU, and doctor scans: "
+                                  '/dev/kmsg (or a text file, for doctor only); "" turns both '
+                                  "off")
+    on_guest_fault: Literal["notify", "shutdown"] = Field(
+        "notify", description="what gvtd does when the kernel log says a vGPU's guest is "
+        "about to hang the host (\"guest page write error\"): show it (notify), or also ask "
+        "the domain to shut down cleanly (shutdown)")
     mdevctl_dir: StrictStr = Field("/etc/mdevctl.d", description="mdevctl's definitions, "
                                    "which doctor checks for a UUID both tools start at boot")
     qemu_conf: StrictStr = Field("/etc/libvirt/qemu.conf", description="libvirt's QEMU "

@@ -25,7 +25,9 @@ from gvtd.config import DEFAULT_CONFIG_DIR, MACHINE_ID_FILE, ConfigDir
 from gvtd.desktop import Desktop
 from gvtd.domains import Domains
 from gvtd.errors import InvalidArgument
+from gvtd.health import SHUTDOWN_TIMEOUT, Health
 from gvtd.host import Host
+from gvtd.kmsg import Cursor, KernelLog, boot_id
 from gvtd.mdev import Sysfs
 from gvtd.session import Logind
 from gvtd.state import Ownership
@@ -42,8 +44,8 @@ LIBVIRT_CLOSE_WAIT = 3.0  # seconds a stop waits for libvirtd to answer the clos
 WORKERS_WAIT = 5.0  # seconds the exit waits for the worker threads' last kernel or disk work
 
 # gvtd.toml settings that Reload cannot apply to a running gvtd: the host's model reads
-# that sysfs, and the udev monitor follows it, from the start.
-RESTART = ("sysfs_root",)
+# that sysfs, and the udev monitor follows it, from the start; so is the kernel log.
+RESTART = ("sysfs_root", "kernel_log")
 
 DESCRIPTION = """\
 Keeps Intel GVT-g virtual GPUs (mdevs) as defined in /etc/gvtd/vgpus.d, recreates them at
@@ -163,9 +165,15 @@ class Daemon:
         self.suspend = Suspend(self.host, self.domains, self.settings.suspend, self.host.publish)
         # Start-up steps beside READY (libvirt, suspend handling): a failure is a Problem.
         self.starting = Background(self.host.publish)
+        self.health = Health(Path(self.settings.sysfs_root), lambda: self.host.mdevs,
+                             self._name_of, self.domains.running_user, self.host.publish,
+                             lambda d: self.domains.stop_domain(d, False, SHUTDOWN_TIMEOUT),
+                             self.settings.on_guest_fault)
+        self.host.listeners.append(self.health.published)
         self.host.attach(self.domains)
         self.status = Status(self.host, [self.domains.problems, self.suspend.problems,
-                                         self._restart_problems, self.starting.problems])
+                                         self._restart_problems, self.starting.problems,
+                                         self.health.problems])
         self.wanted = self.settings  # gvtd.toml as last loaded: what a restart would run
         self._reloading = asyncio.Lock()
         self._libvirt_started: asyncio.Future[None] | None = None
@@ -181,6 +189,18 @@ class Daemon:
         from gvtd.newvm import NewVm  # only for NewDomain: not on the way to READY=1
 
         return NewVm(self.host, self.domains, Path(self.settings.procfs_root))
+
+    def _name_of(self, uuid: str) -> str:
+        view = self.host.views.get(uuid)
+        return view.name if view else ""
+
+    def _kernel_log(self) -> KernelLog | None:
+        """The kernel log gvtd follows for the vGPUs' health (kernel_log in gvtd.toml)."""
+        if not self.settings.kernel_log:
+            return None
+        boot = boot_id(Path(self.settings.procfs_root) / "sys/kernel/random/boot_id")
+        return KernelLog(Path(self.settings.kernel_log), Cursor(self.args.state_dir, boot),
+                         self.health.on_records)
 
     async def reload(self) -> None:
         """Manager.Reload: apply what changed in gvtd.toml, live where it can be (see
@@ -206,6 +226,7 @@ class Daemon:
             if settings.restore_removed != old.restore_removed:
                 log.info("restore_removed is now %s", str(settings.restore_removed).lower())
             self.host.set_restore_removed(settings.restore_removed)
+            self.health.on_guest_fault = settings.on_guest_fault
             self.domains.qemu_conf = Path(settings.qemu_conf)
             if settings.log_level != old.log_level and self.args.log_level is None:
                 logging.getLogger().setLevel(settings.log_level.upper())
@@ -313,6 +334,10 @@ class Daemon:
         # logind, like libvirt, may be absent: suspend handling starts beside READY.
         self._suspend_started = suspend_started = self.starting.spawn(
             self.suspend.start(), "suspend", lambda e: _start_failed("suspend handling", e))
+        kernel_log = self._kernel_log()
+        if kernel_log is not None:  # like libvirt: never delays READY, a failure is a Problem
+            self.starting.spawn(kernel_log.start(), "kernel-log",
+                                lambda e: _start_failed("kernel log", e))
         self._start_watchdog(loop)
         disconnected = asyncio.ensure_future(bus.wait_for_disconnect())
         stop = asyncio.ensure_future(self.stopping.wait())
@@ -322,6 +347,9 @@ class Daemon:
                       "restarts gvtd")
             return 1
         watcher.stop()
+        if kernel_log is not None:
+            kernel_log.stop()
+            await kernel_log.cursor.flushed()  # a restart must not show these again
         libvirt_started.cancel()
         closing = self.domains.close()
         suspend_started.cancel()

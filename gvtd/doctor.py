@@ -8,7 +8,6 @@ and nothing raises: an unreadable input is itself a finding.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import pwd
@@ -17,9 +16,12 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from gvtd import gvt, names
+if TYPE_CHECKING:
+    import xml.etree.ElementTree as ET
+
+from gvtd import gvt, kmsg, names
 from gvtd.config import UUID_RE, Settings
 from gvtd.mdev import list_dir, parse_int, read_attr, render_nodes
 
@@ -117,33 +119,35 @@ def find_gpu(sysfs: Path) -> Gpu | None:
 
 
 def read_kernel_log(path: Path) -> str:
-    """The kernel log's text: the tail of a file, or every record of /dev/kmsg without
-    waiting for new ones. OSError when it cannot be read (e.g. not root)."""
-    st = os.stat(path)
-    if stat.S_ISCHR(st.st_mode):
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        lines = []
-        try:
-            while True:
-                try:
-                    record = os.read(fd, 8192)
-                except BlockingIOError:
-                    break
-                except OSError as e:
-                    if e.errno == errno.EPIPE:  # overwritten while reading: skip ahead
-                        continue
-                    raise
-                if not record:
-                    break
-                # "PRIO,SEQ,USEC,FLAGS;message\n continuation..."
-                lines.append(record.decode(errors="replace").partition(";")[2].split("\n")[0])
-        finally:
-            os.close(fd)
-        return "\n".join(lines)
+    """The kernel log's text: every record of /dev/kmsg (or the emulated one) without
+    waiting for new ones, or the tail of a text file. OSError when it cannot be read
+    (e.g. not root)."""
+    records = read_kernel_records(path)
+    if records is not None:
+        return "\n".join(r.text for r in records)
     with open(path, "rb") as f:
-        if st.st_size > LOG_TAIL_BYTES:
-            f.seek(st.st_size - LOG_TAIL_BYTES)
+        size = os.fstat(f.fileno()).st_size
+        if size > LOG_TAIL_BYTES:
+            f.seek(size - LOG_TAIL_BYTES)
         return f.read().decode(errors="replace")
+
+
+def read_kernel_records(path: Path) -> list[kmsg.Record] | None:
+    """Every record in a /dev/kmsg ring now; None for a text file (whose first read is
+    not a record). The ring is the kernel's, so the list is bounded by its size."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    records: list[kmsg.Record] = []
+    try:
+        chardev = stat.S_ISCHR(os.fstat(fd).st_mode)
+        for data in kmsg.records(fd):
+            record = kmsg.parse(data)
+            if record is None and not (records or chardev):
+                return None  # a text file
+            if record is not None:
+                records.append(record)
+    finally:
+        os.close(fd)
+    return records
 
 
 _QEMU_USER_RE = re.compile(r'^\s*user\s*=\s*"([^"]*)"', re.MULTILINE)
@@ -286,24 +290,37 @@ def cmdline_additions(text: str) -> list[str]:
     return out + [f"{k}=0" for k in _guc_enablers(cmdline_params(text))]
 
 
+# i915.enable_guc is a bit mask: bit 0 GuC submission, bit 1 HuC loading. Only GuC
+# submission stops GVT-g (drivers/gpu/drm/i915/intel_gvt.c refuses to load GVT-g when
+# intel_uc_wants_guc_submission), so 2 (HuC firmware for the host's media engine) is fine.
+GUC_SUBMISSION = 1
+
+
+def _guc_submission(value: int | None) -> bool:
+    return value is not None and value > 0 and bool(value & GUC_SUBMISSION)
+
+
 def _guc_check(p: dict[str, str], edit: str) -> Check:
     """GuC submission makes GVT-g fail to load (and crashed i915 on older kernels)."""
     enabling = [f"{k}={p[k]}" for k in _guc_enablers(p)]
     guc = p.get("i915.enable_guc")
     value = parse_int(guc)
-    if guc is not None and value != 0:
+    if guc is not None and (_guc_submission(value) or value is None or value < 0):
         enabling.insert(0, f"i915.enable_guc={guc}")
     if enabling:
         return Check("cmdline.guc", "fail",
                      f"The kernel command line re-enables GuC ({', '.join(enabling)}): GVT-g "
                      "does not work with GuC submission and i915 fails or crashes.",
-                     f"Remove {', '.join(enabling)} and set i915.enable_guc=0 (the last "
-                     f"occurrence wins). {edit}")
+                     f"Remove {', '.join(enabling)} and set i915.enable_guc=0 (or 2, to load "
+                     f"only the HuC firmware; the last occurrence wins). {edit}")
     if guc is None:
         return Check("cmdline.guc", "warn",
                      "The kernel command line does not set i915.enable_guc=0: a kernel whose "
                      "default enables GuC submission breaks GVT-g.",
                      f"Add i915.enable_guc=0. {edit}")
+    if value:
+        return Check("cmdline.guc", "pass", f"i915.enable_guc={guc} is set: HuC loading "
+                     "only, no GuC submission, which GVT-g works with.")
     return Check("cmdline.guc", "pass", "i915.enable_guc=0 is set.")
 
 
@@ -339,10 +356,9 @@ def check_i915_params(sysfs: Path) -> list[Check]:
                          "decides): new kernels turn GuC submission on for newer GPUs, and "
                          "GVT-g does not work with it.",
                          "Set i915.enable_guc=0 on the kernel command line and reboot."))
-    elif value is not None and value > 0 and not value & 1:
-        out.append(Check("i915.enable_guc", "warn", f"i915 runs with enable_guc={value}: GuC "
-                         "submission is off, but GuC/HuC firmware is loaded.",
-                         "Set i915.enable_guc=0 on the kernel command line and reboot."))
+    elif value is not None and value > 0 and not _guc_submission(value):
+        out.append(Check("i915.enable_guc", "pass", f"i915 runs with enable_guc={value}: HuC "
+                         "loading only, no GuC submission, which GVT-g works with."))
     else:
         out.append(Check("i915.enable_guc", "fail",
                          f"i915 runs with enable_guc={guc.strip()}: GuC submission is (or may "
@@ -474,12 +490,15 @@ _LOG_PATTERNS: list[tuple[re.Pattern[str], str, Severity, str, str]] = [
 _ACCESS_RE = re.compile(r"gvt: vgpu \d+: .*(invalid|untracked|failed to)", re.IGNORECASE)
 
 
-def check_kernel_log(path: Path | None) -> list[Check]:
-    """Lines the guide and the driver print when GVT-g fails."""
+def check_kernel_log(path: Path | None, sysfs: Path = Path("/sys")) -> list[Check]:
+    """Lines the guide and the driver print when GVT-g fails, and GVT-g's errors since
+    boot, per vGPU."""
     if path is None:
         return [Check("log", "pass", "Kernel log check is turned off (kernel_log = \"\").")]
     try:
-        text = read_kernel_log(path)
+        records = read_kernel_records(path)
+        text = read_kernel_log(path) if records is None else \
+            "\n".join(r.text for r in records)
     except OSError as e:
         return [Check("log", "warn", f"Cannot read the kernel log {path} ({e.strerror}): its "
                       "GVT-g messages are not checked.",
@@ -488,6 +507,12 @@ def check_kernel_log(path: Path | None) -> list[Check]:
     out = [Check(cid, sev, msg, fix) for pattern, cid, sev, msg, fix in _LOG_PATTERNS
            if pattern.search(text)]
     storm = sum(1 for line in text.splitlines() if _ACCESS_RE.search(line))
+    # A text log has no facility or level: what it holds is taken as the kernel's errors.
+    lines = [(r.text, r.level) for r in records if r.from_kernel] if records is not None \
+        else [(line, gvt.LOG_ERR) for line in text.splitlines()]
+    summary = check_gvt_messages(lines, sysfs)
+    if summary is not None:
+        out.append(summary)
     if storm > ACCESS_STORM:
         out.append(Check("log.access", "warn", f"The kernel log has {storm} GVT-g invalid-access "
                          "lines: a few at vGPU init are normal, this many mean the guest driver "
@@ -497,6 +522,103 @@ def check_kernel_log(path: Path | None) -> list[Check]:
     if not out:
         out.append(Check("log", "pass", "The kernel log shows no GVT-g errors."))
     return out
+
+
+def check_gvt_messages(lines: list[tuple[str, int]], sysfs: Path) -> Check | None:
+    """GVT-g's errors in the kernel log since boot, summed per vGPU (by its GVT-g id, named
+    by the mdev that has it now), each kind once with its count; None without any."""
+    from gvtd.health import vgpu_ids  # its GVT-g id map, shared with the daemon
+
+    classifier = gvt.Classifier()
+    counts: dict[str, dict[str, int]] = {}
+    known: dict[str, gvt.KnownMessage] = {}
+    for text, level in lines:
+        msg = classifier.feed(text, level)
+        if msg is None:
+            continue
+        who = "the host" if msg.vgpu_id is None else f"vgpu {msg.vgpu_id}"
+        counts.setdefault(who, {}).setdefault(msg.known.id, 0)
+        counts[who][msg.known.id] += 1
+        known[msg.known.id] = msg.known
+    if not counts:
+        return None
+    ids = vgpu_ids(sysfs, [u for u in list_dir(sysfs / "bus" / "mdev" / "devices")
+                           if UUID_RE.fullmatch(u)])
+    parts = []
+    for who, kinds in sorted(counts.items()):
+        n = int(who.split()[1]) if who.startswith("vgpu ") else None
+        name = f"{who} (mdev {ids[n]})" if n in ids else \
+            who + (" (no mdev has it now)" if n is not None else "")
+        parts.append(name + ": " + ", ".join(f"{c} x {k}" for k, c in sorted(kinds.items())))
+    failed = [k for k in known.values() if k.health == "failed"]
+    worst = failed[0] if failed else known["unknown"]
+    return Check("log.gvt", "fail" if failed else "warn",
+                 "Since boot, GVT-g reported errors: " + "; ".join(parts) + ". "
+                 + worst.cause, worst.fix)
+
+
+LIBVIRT_QEMU_RUN = Path("/run/libvirt/qemu")  # NAME.pid of each running domain's QEMU
+VFIO_SLACK_KIB = 1 << 20  # what libvirt adds to a VFIO guest's memory for its own limit
+_UNITS = {"b": 1 / 1024, "bytes": 1 / 1024, "k": 1, "kib": 1, "kb": 1000 / 1024,
+          "m": 1024, "mib": 1024, "mb": 1000 ** 2 / 1024, "g": 1 << 20, "gib": 1 << 20,
+          "gb": 1000 ** 3 / 1024, "t": 1 << 30, "tib": 1 << 30}
+
+
+def _kib(element: "ET.Element | None") -> int | None:
+    if element is None or element.text is None:
+        return None
+    unit = _UNITS.get((element.get("unit") or "KiB").lower())
+    value = parse_int(element.text.strip())
+    return int(value * unit) if value is not None and unit is not None else None
+
+
+def _memlock_kib(limits: str | None) -> int | None:
+    """/proc/PID/limits' "Max locked memory" soft limit; -1 for unlimited."""
+    for line in (limits or "").splitlines():
+        if line.startswith("Max locked memory"):
+            soft = line[len("Max locked memory"):].split()[0]
+            return -1 if soft == "unlimited" else (parse_int(soft) or 0) // 1024
+    return None
+
+
+def check_memlock(procfs: Path, domains: list[tuple[str, str]],
+                  run_dir: Path = LIBVIRT_QEMU_RUN) -> Check:
+    """VFIO pins all of a guest's memory, within its QEMU's locked-memory limit
+    (intel/gvt-linux#106): libvirt sets that limit from <memtune><hard_limit>, or to the
+    guest's memory plus 1 GiB without one. Checked for each domain with a vGPU: a
+    hard_limit below its memory, and a running QEMU whose limit is below it."""
+    import xml.etree.ElementTree as ET
+
+    low = []
+    for name, xml in domains:
+        try:
+            root = ET.fromstring(xml)
+        except ET.ParseError:
+            continue
+        memory = _kib(root.find("memory"))
+        if memory is None:
+            continue
+        hard = _kib(root.find("memtune/hard_limit"))
+        if hard is not None and hard < memory:
+            low.append(f"{name}: <hard_limit> {hard // 1024} MiB is below its memory "
+                       f"{memory // 1024} MiB")
+            continue
+        pid = parse_int(read_attr(run_dir / f"{name}.pid"))
+        limit = _memlock_kib(read_attr(procfs / str(pid) / "limits")) if pid else None
+        if limit is not None and limit != -1 and limit < memory:
+            low.append(f"{name}: its running QEMU (pid {pid}) may lock {limit // 1024} MiB, "
+                       f"less than its memory {memory // 1024} MiB")
+    if low:
+        return Check("memlock", "fail", "The locked-memory limit is too low for VFIO to pin "
+                     "the guest's memory, so the VM fails to start or its vGPU to map "
+                     "(intel/gvt-linux#106): " + "; ".join(low) + ".",
+                     "Remove <hard_limit> from <memtune> (libvirt then allows the guest's "
+                     "memory plus 1 GiB) or raise it above the memory; for QEMU run by hand, "
+                     "raise `ulimit -l` (LimitMEMLOCK= in a unit, memlock in "
+                     "/etc/security/limits.conf).")
+    return Check("memlock", "pass", "The locked-memory limit of each domain with a vGPU "
+                 "covers its memory." if domains else "No domain uses a vGPU: no "
+                 "locked-memory limit to check.")
 
 
 def check_mdevctl(mdevctl: Path, uuids: Iterable[str]) -> Check:
@@ -533,6 +655,6 @@ def diagnose(roots: HostRoots, uuids: Iterable[str] = ()) -> list[Check]:
     out.append(check_capacity(gpu))
     out.append(check_kernel(roots.procfs))
     out.append(check_render_node(roots.sysfs, gpu))
-    out += check_kernel_log(roots.kernel_log)
+    out += check_kernel_log(roots.kernel_log, roots.sysfs)
     out.append(check_mdevctl(roots.mdevctl, uuids))
     return out

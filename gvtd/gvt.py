@@ -106,3 +106,137 @@ def platform(vendor: int | None, device: int | None) -> tuple[str, bool]:
     if vendor != INTEL_VENDOR or device is None:
         return "", False
     return _PLATFORMS.get(device >> 8, ("", False))
+
+
+# -- GVT-g's kernel messages ------------------------------------------------------------------
+# GVT-g prints through gvt_err / gvt_vgpu_err (drivers/gpu/drm/i915/gvt/debug.h), pr_err at
+# level 3: "gvt: vgpu %d: TEXT" names the vGPU by GVT-g's own id (the mdev's
+# intel_vgpu/vgpu_id), "gvt: TEXT" does not. Entering failsafe mode (vgpu.c
+# enter_failsafe_mode) prints its reason unprefixed, then "Now vgpu %d will enter failsafe
+# mode.".
+
+LOG_ERR = 3
+_VGPU_RE = re.compile(r"gvt: vgpu (\d{1,4}): (.{1,512})", re.DOTALL)
+_GVT_RE = re.compile(r"gvt: (?!vgpu \d)(.{1,512})", re.DOTALL)
+_FAILSAFE_RE = re.compile(r"Now vgpu (\d{1,4}) will enter failsafe mode\.")
+FAILSAFE_REASONS = {
+    "Detected your guest driver doesn't support GVT-g.": "failsafe.guest-driver",
+    "Graphics resource is not enough for the guest": "failsafe.resources",
+    "GVT Internal error  for the guest": "failsafe.internal",
+}
+# vfio_iommu_type1's pin path: the locked-memory limit of QEMU's user is lower than the
+# guest's memory (intel/gvt-linux#106); the VM fails to start or its vGPU to map.
+# What GVT-g prints a few of while a guest driver probes the vGPU ("invalid untracked MMIO
+# 0x... len 4"): normal at init, so no vGPU's health; doctor counts a storm of them.
+_INIT_NOISE_RE = re.compile(r".*\b(invalid|untracked)\b.*\bMMIO\b.*", re.IGNORECASE | re.DOTALL)
+_MEMLOCK_RE = re.compile(r"vfio_pin_pages_remote: RLIMIT_MEMLOCK \((\d+)\) exceeded")
+
+
+@dataclass(frozen=True)
+class KnownMessage:
+    """A kernel message gvtd knows: what it means for the vGPU and what to do."""
+
+    id: str
+    health: str  # "degraded" or "failed"
+    cause: str
+    fix: str
+    hang: bool = False  # known to precede a guest and often a host hang
+
+
+KNOWN: dict[str, KnownMessage] = {
+    "page-write": KnownMessage(
+        "page-write", "failed",
+        "GVT-g failed to shadow a guest page write: the guest's Intel driver reuses graphics "
+        "memory without telling GVT-g (intel/gvt-linux#153, #188). It precedes a guest hang "
+        "and often a host hang.",
+        "Shut the VM down now (`gvt-client stop DOMAIN`; power off, not reboot) and start it "
+        "again; set on_guest_fault = \"shutdown\" in gvtd.toml to have gvtd do it. Updating "
+        "or rolling back the guest's Intel graphics driver may stop it.", hang=True),
+    "failsafe.guest-driver": KnownMessage(
+        "failsafe.guest-driver", "failed",
+        "The vGPU entered failsafe mode: the guest's graphics driver does not support GVT-g "
+        "(unsupported or too old), so the vGPU stops rendering.",
+        "Install an Intel graphics driver with GVT-g support in the guest (the guide's "
+        "15.45 or a newer one for your generation), then power the VM off and start it."),
+    "failsafe.resources": KnownMessage(
+        "failsafe.resources", "failed",
+        "The vGPU entered failsafe mode: GVT-g's graphics resources (aperture) are not "
+        "enough for the guest.",
+        "Give the vGPU a larger type (e.g. i915-GVTg_V5_4 instead of _8), or raise the "
+        "aperture / DVMT pre-allocated memory in the firmware setup."),
+    "failsafe.internal": KnownMessage(
+        "failsafe.internal", "failed",
+        "The vGPU entered failsafe mode after a GVT-g internal error for the guest.",
+        "Power the VM off and start it again; if it repeats, report the kernel log "
+        "(journalctl -k | grep gvt) to intel/gvt-linux."),
+    "failsafe": KnownMessage(
+        "failsafe", "failed",
+        "The vGPU entered failsafe mode (the kernel log before it may say why): it stops "
+        "rendering for the guest.",
+        "See journalctl -k around that time; power the VM off and start it again."),
+    "memlock": KnownMessage(
+        "memlock", "failed",
+        "VFIO could not pin the guest's memory: the locked-memory limit (RLIMIT_MEMLOCK) "
+        "of QEMU's user is below the guest's memory (intel/gvt-linux#106).",
+        "Raise the limit: in the domain XML <memtune><hard_limit> above the guest's memory, "
+        "or LimitMEMLOCK=infinity for libvirtd (systemctl edit libvirtd); gvt-client doctor "
+        "shows the limit."),
+    "unknown": KnownMessage(
+        "unknown", "degraded",
+        "GVT-g reported an error for this vGPU that gvtd does not know.",
+        "See the kernel log (journalctl -k | grep gvt); if the guest misbehaves, power it "
+        "off and start it again."),
+}
+
+
+@dataclass(frozen=True)
+class GvtMessage:
+    """A kernel record that is GVT-g's (or VFIO's about a vGPU), classified."""
+
+    known: KnownMessage
+    text: str  # as the kernel printed it
+    vgpu_id: int | None  # GVT-g's id, when the record names one
+
+
+def classify(text: str, level: int, reason: str = "") -> GvtMessage | None:
+    """What a kernel record (already known to come from the kernel, facility 0) says about
+    GVT-g; None for any other record. Only error-level records count: a text a user
+    controls that the kernel prints at a lower level (a process name before "segfault")
+    cannot pass. `reason` is the unprefixed failsafe reason printed just before."""
+    if level > LOG_ERR:
+        m = _MEMLOCK_RE.match(text) if level <= 4 else None  # pr_warn
+        return GvtMessage(KNOWN["memlock"], text, None) if m else None
+    m = _FAILSAFE_RE.fullmatch(text)
+    if m:
+        return GvtMessage(KNOWN[FAILSAFE_REASONS.get(reason, "failsafe")],
+                          f"{reason} {text}".strip(), int(m.group(1)))
+    m = _VGPU_RE.fullmatch(text)
+    if m and _INIT_NOISE_RE.fullmatch(m.group(2)):
+        return None
+    if m:
+        return GvtMessage(_known(m.group(2)), text, int(m.group(1)))
+    m = _GVT_RE.fullmatch(text)
+    if m:
+        return GvtMessage(_known(m.group(1)), text, None)
+    return None
+
+
+class Classifier:
+    """classify() over a stream of the kernel's records, pairing each failsafe entry with
+    the reason printed just before it (one record of memory)."""
+
+    def __init__(self) -> None:
+        self._reason = ""
+
+    def feed(self, text: str, level: int) -> GvtMessage | None:
+        if level <= LOG_ERR and text in FAILSAFE_REASONS:
+            self._reason = text
+            return None
+        reason, self._reason = self._reason, ""
+        return classify(text, level, reason)
+
+
+def _known(text: str) -> KnownMessage:
+    if text.startswith("guest page write error"):
+        return KNOWN["page-write"]
+    return KNOWN["unknown"]

@@ -53,6 +53,8 @@ EXPECTED = [
     "StartDomain, real libvirtd",
     "libvirt-python create(), same domain",
     "StartDomain, test:/// driver",
+    "GVT-g kernel message -> Health PropertiesChanged on a client",
+    "unrelated kernel records: gvtd's CPU time",
 ]
 
 

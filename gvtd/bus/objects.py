@@ -22,6 +22,7 @@ from gvtd.bus.auth import authorized, caller_uid, define_details, root_only
 from gvtd.bus.fds import carried, closing_fds
 from gvtd.domains import attach_options, hook_options, stop_options, tune_options
 from gvtd.errors import Busy, Failed, GvtdError, InvalidArgument
+from gvtd.health import Health
 from gvtd.mdev import Parent
 from gvtd.reconcile import VgpuView
 
@@ -246,6 +247,8 @@ class ManagerInterface(_Mirror):
         roots = doctor.HostRoots.from_settings(self.daemon.settings)
         uuids = [d.uuid for d in self.host.definitions.values()]
         checks = await asyncio.to_thread(doctor.diagnose, roots, uuids)
+        with_vgpu = [(n, i.xml) for n, i in self.daemon.domains.shown().items()]
+        checks.append(await asyncio.to_thread(doctor.check_memlock, roots.procfs, with_vgpu))
         checks += await self.daemon.domains.checks()
         return [list(c.as_tuple()) for c in checks]
 
@@ -329,14 +332,17 @@ class ParentInterface(_Mirror):
 
 
 class VgpuInterface(_Mirror):
-    def __init__(self, view: VgpuView) -> None:
+    def __init__(self, view: VgpuView, health: Health) -> None:
         super().__init__(names.VGPU_IFACE)
         self.view = view
+        self.health = health
         self.refresh(emit=False)
 
     def _compute(self) -> dict[str, Any]:
         v = self.view
-        return {"Name": v.name, "UUID": v.uuid, "Parent": v.parent, "Type": v.type_id,
+        h = self.health.of(v.uuid)
+        return {"Health": h.health, "HealthMessage": h.message, "HealthTime": h.time_usec,
+                "Name": v.name, "UUID": v.uuid, "Parent": v.parent, "Type": v.type_id,
                 "State": v.state, "Start": v.start, "Domain": v.domain, "Managed": v.managed,
                 "Origin": v.origin, "LastError": v.last_error,
                 "Attrs": [list(a) for a in v.attrs]}
@@ -384,6 +390,18 @@ class VgpuInterface(_Mirror):
     @dbus_property(access=PropertyAccess.READ)
     def Attrs(self) -> "a(ss)":  # noqa: F821
         return self._props["Attrs"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Health(self) -> "s":  # noqa: F821
+        return self._props["Health"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def HealthMessage(self) -> "s":  # noqa: F821
+        return self._props["HealthMessage"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def HealthTime(self) -> "t":  # noqa: F821
+        return self._props["HealthTime"]
 
 
 class DomainInterface(_Mirror):

@@ -103,7 +103,7 @@ class ObjectTree:
         for uuid, view in self.host.views.items():
             vobj = self.vgpus.get(uuid)
             if vobj is None:
-                self.vgpus[uuid] = vobj = VgpuInterface(view)
+                self.vgpus[uuid] = vobj = VgpuInterface(view, self.daemon.health)  # type: ignore[attr-defined]
                 self._export(names.vgpu_path(uuid), vobj)
             else:
                 vobj.view = view

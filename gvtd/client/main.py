@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
 import os
 import signal
@@ -108,8 +109,18 @@ def _vgpus(objs: dict[str, Any]) -> list[dict[str, Any]]:
             out.append({"name": v["Name"], "uuid": v["UUID"], "parent": v["Parent"],
                         "type": v["Type"], "state": v["State"], "start": v["Start"],
                         "domain": v["Domain"], "managed": v["Managed"],
-                        "origin": v.get("Origin", ""), "last_error": v["LastError"]})
+                        "origin": v.get("Origin", ""), "last_error": v["LastError"],
+                        "health": v.get("Health", "ok"),
+                        "health_message": v.get("HealthMessage", ""),
+                        "health_time": _iso(v.get("HealthTime", 0))})
     return sorted(out, key=lambda v: (v["name"] == "", v["name"], v["uuid"]))
+
+
+def _iso(usec: int) -> str:
+    """HealthTime (microseconds since 1970) as local ISO 8601; "" for none."""
+    if not usec:
+        return ""
+    return datetime.datetime.fromtimestamp(usec / 1e6).astimezone().isoformat(timespec="seconds")
 
 
 def _parents(objs: dict[str, Any]) -> list[dict[str, Any]]:
@@ -134,11 +145,13 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 async def cmd_list(c: Client, args: argparse.Namespace) -> None:
     vgpus = _vgpus(await c.objects())
     rows = [[v["name"] or "-", v["uuid"], v["type"] or "-", v["parent"], v["state"], v["start"],
-             v["domain"] or "-", v["origin"] or "-"] for v in vgpus]
+             v["domain"] or "-", v["origin"] or "-", v["health"]] for v in vgpus]
     text = _table(rows, ["NAME", "UUID", "TYPE", "PARENT", "STATE", "START", "DOMAIN",
-                         "ORIGIN"]) \
+                         "ORIGIN", "HEALTH"]) \
         or "No vGPUs defined. Define one with `gvt-client define NAME --type TYPE`."
     errors = [f"{v['name'] or v['uuid']}: {v['last_error']}" for v in vgpus if v["last_error"]]
+    errors += [f"{v['name'] or v['uuid']}: {v['health']} since {v['health_time']}: "
+               f"{v['health_message']}" for v in vgpus if v["health"] != "ok"]
     _emit(args, vgpus, "\n".join([text, *errors]))
 
 
@@ -185,7 +198,9 @@ async def cmd_status(c: Client, args: argparse.Namespace) -> None:
              f"{libvirt}"]
     for v in vgpus:
         lines.append(f"  vGPU {v['name'] or v['uuid']}: {v['state']}"
-                     + (f" ({v['last_error']})" if v["last_error"] else ""))
+                     + (f" ({v['last_error']})" if v["last_error"] else "")
+                     + (f", {v['health']} since {v['health_time']}: {v['health_message']}"
+                        if v["health"] != "ok" else ""))
     for d in domains:
         lines.append(f"  domain {d['name']}: {d['state']} (uses {', '.join(d['vgpus'])})")
     for p in problems:

@@ -7,4 +7,5 @@ first imported: here, before any module of the simulation imports it.
 
 import os
 
-os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
+if "FUSE_LIBRARY_PATH" not in os.environ:  # a caller's own choice stands
+    os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")

@@ -154,6 +154,43 @@ def new_vm_demo(env: dict[str, str]) -> None:
         shutil.rmtree(media, ignore_errors=True)
 
 
+def guest_fault_demo(env: dict[str, str], config: str) -> None:
+    """The kernel log speaks: a guest page write error, which precedes a host hang, makes
+    the vGPU failed and, with on_guest_fault = "shutdown", its domain shut down."""
+    say("gvtd follows the kernel log: ask it to shut a VM down cleanly when GVT-g reports "
+        "what precedes a host hang (on_guest_fault = \"shutdown\" in gvtd.toml)")
+    settings = os.path.join(config, "gvtd.toml")
+    run(env, "sh", "-c", f"echo 'on_guest_fault = \"shutdown\"' >> {shlex.quote(settings)}")
+    client(env, "reload")
+    client(env, "start", "win10")
+    watch = subprocess.Popen([sys.executable, "-m", "gvtd.client.main", "--session",
+                              "monitor", "--json"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert watch.stdout is not None
+        for line in watch.stdout:  # subscribed once it has shown what is there
+            if '"ready"' in line:
+                break
+        say("Hours later the Windows driver reuses graphics memory behind GVT-g's back: the "
+            "emulated kernel prints GVT-g's message into its /dev/kmsg")
+        simulator(env, "KernelMessage", "ssuu", "", "gvt: guest page write error, gpa 1f2e3000",
+                  "3", "0")
+        for line in watch.stdout:  # gvtd's own signals: no polling
+            event = json.loads(line)
+            if event.get("kind") == "vgpu" and "Health" in event["properties"]:
+                print(f"{DIM}(monitor){RESET} vgpu {event['name']}: Health -> "
+                      f"{event['properties']['Health']}", flush=True)
+            if event.get("path", "").startswith(names.DOMAIN_PREFIX) and \
+                    event["properties"].get("State") == "shut-off":
+                print(f"{DIM}(monitor){RESET} domain win10: State -> shut-off", flush=True)
+                break
+    finally:
+        watch.terminate()
+        watch.wait(10)
+    client(env, "status")
+    client(env, "list")
+
+
 def main() -> int:
     # No system bus of the caller's: the simulation then brings its own, with a logind on it
     # that the demo makes suspend the laptop.
@@ -224,6 +261,7 @@ def main() -> int:
         client(env, "list", "--json")
         new_vm_demo(env)
         doctor_demo(env)
+        guest_fault_demo(env, config)
         say("Done; cleaning up")
         return 0
     finally:

@@ -34,14 +34,13 @@ import errno
 import os
 import re
 import shutil
-import subprocess
 import threading
 import uuid as uuidlib
 from collections.abc import Callable
 from typing import Any
 
 from .kernel import CreateError, Kernel, Mdev, Parent, WriteRecord, make_kernel
-from .sysfs import Handlers, SysfsOps, Tree, serve
+from .sysfs import Handlers, SysfsOps, Tree, serve, unmount
 from .testbed import Testbed
 
 _ULONG = re.compile(r"^\+?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$")
@@ -105,11 +104,7 @@ class EmulatedHost:
             return
         atexit.unregister(self.close)
         self.release_writes()  # a stalled write would keep the mount busy
-        mnt = tb.real("/sys/devices")
-        # Without the preload: under it fusermount3 sees the mount at /sys and refuses.
-        env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "UMOCKDEV_DIR")}
-        if subprocess.run(["fusermount3", "-u", mnt], env=env, capture_output=True).returncode:
-            subprocess.run(["fusermount3", "-u", "-z", mnt], env=env, capture_output=True)
+        unmount(tb.real("/sys/devices"))
         if self._thread is not None:
             self._thread.join(10)
         root = tb.root

@@ -85,6 +85,7 @@ class Mdev:
     vfio_present: bool = False
     removing: bool = False
     typed: bool = False  # the mdev_type link: Linux adds it after the add and bind uevents
+    vgpu_id: int = 0  # GVT-g's own id (intel_vgpu/vgpu_id), 0 for other drivers' mdevs
 
 
 class WriteRecord(NamedTuple):
@@ -150,9 +151,23 @@ class Kernel:
             err = CreateError(p.full_errno, os.strerror(p.full_errno), uuid)
             err.probed = p.full_errno == errno.ENOSPC
             raise err
-        self.mdevs[uuid] = Mdev(uuid, parent, type_id, self._next_vfio)
+        self.mdevs[uuid] = Mdev(uuid, parent, type_id, self._next_vfio,
+                                vgpu_id=self._free_vgpu_id(parent) if p.kind == "gvt" else 0)
         self._next_vfio += 1
         return uuid
+
+    def _free_vgpu_id(self, parent: str) -> int:
+        """GVT-g's idr_alloc from 1 (0 is its idle vGPU): the lowest id free on that GPU,
+        so ids are reused once a vGPU is gone."""
+        used = {m.vgpu_id for m in self.mdevs_of(parent)}
+        return next(n for n in range(1, len(used) + 2) if n not in used)
+
+    def vgpu_id(self, uuid: str) -> int:
+        """GVT-g's id of a vGPU; KeyError for an unknown mdev, ValueError for a non-GVT-g one."""
+        m = self.mdevs[uuid.lower()]
+        if not m.vgpu_id:
+            raise ValueError(f"{uuid} is not a GVT-g vGPU (its parent is {m.parent})")
+        return m.vgpu_id
 
     def remove(self, uuid: str, force: bool = False) -> Mdev:
         """Start tearing ``uuid`` down (ENOENT if gone, EBUSY while refused and not

@@ -3,12 +3,13 @@
 The kernel model (:mod:`gvtd.sim.kernel`) covers the mdev ABI under ``/sys/devices``, and
 the CPU topology `gvt-client tune` pins to (``/sys/devices/system/cpu``, in the same FUSE
 tree); the rest of the host a doctor looks at (kernel command line and version, loaded
-modules, i915 parameters, IOMMU groups, the GPU's render node, the kernel log, mdevctl's
-definitions) is plain files: ``/sys/module``, ``/sys/kernel/iommu_groups`` and
-``/sys/class/drm`` inside the testbed (the preload shows them as ``/sys``), and a proc tree,
-a log file and an mdevctl directory in the simulation's work directory, named in the
-gvtd.toml it writes (umockdev does not redirect ``/proc``); beside them the machine's id,
-which gvtd derives UUIDs from (the supervisor names it on gvtd's command line). Each
+modules, i915 parameters, IOMMU groups, the GPU's render node, mdevctl's definitions) is
+plain files: ``/sys/module``, ``/sys/kernel/iommu_groups`` and ``/sys/class/drm`` inside
+the testbed (the preload shows them as ``/sys``), and a proc tree (with the boot id) and an
+mdevctl directory in the simulation's work directory, named in the gvtd.toml it writes
+(umockdev does not redirect ``/proc``); beside them the machine's id, which gvtd derives
+UUIDs from (the supervisor names it on gvtd's command line), and the kernel log: an
+emulated /dev/kmsg (gvtd.sim.kmsg) that the daemon follows as it follows the real one. Each
 simulation profile may change some of these facts.
 """
 
@@ -16,13 +17,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+import uuid as uuidlib
 from typing import TYPE_CHECKING
+
+from .kmsg import LOG_ERR, LOG_INFO, KmsgOps
 
 if TYPE_CHECKING:
     from .host import EmulatedHost
 
 PROC_DIR = "proc"
-KERNEL_LOG = "kmsg.log"
+KMSG_DIR = "kmsg"  # the emulated /dev/kmsg is KMSG_DIR/kmsg (gvtd.sim.kmsg, FUSE)
+BOOT_ID = "sys/kernel/random/boot_id"  # under PROC_DIR: a new one at each Reboot
 MDEVCTL_DIR = "mdevctl.d"
 MACHINE_ID_FILE = "machine-id"
 # The emulated laptop's /etc/machine-id, the same in every simulation: the UUIDs gvtd derives
@@ -99,7 +104,7 @@ def cpuinfo(facts: HostFacts) -> str:
 def settings_toml(workdir: Path) -> str:
     """The gvtd.toml lines that point the doctor's inputs at this machine's files."""
     return (f'procfs_root = "{workdir / PROC_DIR}"\n'
-            f'kernel_log = "{workdir / KERNEL_LOG}"\n'
+            f'kernel_log = "{workdir / KMSG_DIR / "kmsg"}"\n'
             f'mdevctl_dir = "{workdir / MDEVCTL_DIR}"\n')
 
 
@@ -108,7 +113,15 @@ def _write(path: Path, text: str) -> None:
     path.write_text(text)
 
 
-def install(facts: HostFacts, host: EmulatedHost, workdir: Path) -> None:
+def new_boot(kmsg: KmsgOps, workdir: Path, lines: tuple[str, ...] = ()) -> None:
+    """A boot: a new boot id, and a kernel log that starts afresh with lines."""
+    _write(workdir / PROC_DIR / BOOT_ID, str(uuidlib.uuid4()) + "\n")
+    kmsg.reset()
+    for line in lines:
+        kmsg.emit(line, level=LOG_INFO if "*ERROR*" not in line else LOG_ERR)
+
+
+def install(facts: HostFacts, host: EmulatedHost, workdir: Path, kmsg: KmsgOps) -> None:
     """Write the facts into a started host's testbed and into workdir."""
     tb = host.tb
     root = Path(tb.real("/sys"))
@@ -135,6 +148,6 @@ def install(facts: HostFacts, host: EmulatedHost, workdir: Path) -> None:
     _write(proc / "cmdline", facts.cmdline + "\n")
     _write(proc / "cpuinfo", cpuinfo(facts))
     _write(proc / "sys" / "kernel" / "osrelease", facts.osrelease + "\n")
-    _write(workdir / KERNEL_LOG, "".join(line + "\n" for line in facts.kernel_log))
+    new_boot(kmsg, workdir, facts.kernel_log)
     (workdir / MDEVCTL_DIR).mkdir(exist_ok=True)
     _write(workdir / MACHINE_ID_FILE, MACHINE_ID + "\n")

@@ -31,6 +31,8 @@ from systemd import daemon as sd_daemon
 
 from gvtd import names
 from gvtd.sim import machine
+from gvtd.sim.kmsg import KmsgOps, serve as serve_kmsg
+from gvtd.sim.sysfs import unmount
 from gvtd.sim.logind import Logind
 
 log = logging.getLogger("gvtd.sim")
@@ -125,6 +127,30 @@ class SimulatorInterface(ServiceInterface):
             await self.sup.prepare_for_sleep(sleeping)
         except (RuntimeError, TimeoutError) as e:
             raise _sim_error(e) from e
+
+    @method()
+    def KernelMessage(self, uuid: "s", text: "s", level: "u", facility: "u") -> "t":  # noqa: F821
+        """The kernel prints text (printk at level, 3 for pr_err); with a vGPU's UUID, as
+        GVT-g's gvt_vgpu_err does: "gvt: vgpu ID: text" with its intel_vgpu/vgpu_id.
+        facility 1 is what a process writing into /dev/kmsg gets. Returns its sequence
+        number in the emulated /dev/kmsg."""
+        if uuid:
+            text = f"gvt: vgpu {self._do(self.sup.host.kernel.vgpu_id, uuid)}: {text}"
+        if level > 7 or facility > 23 or len(text) > 1024:
+            raise _sim_error(ValueError("level is 0-7, facility 0-23, text at most 1024 "
+                                        "characters"))
+        return self.sup.kmsg.emit(text, level, facility)
+
+    @method()
+    def KernelFlood(self, text: "s", count: "u") -> "t":  # noqa: F821
+        """The kernel prints count info-level records "text N" at once (a driver spamming
+        the log), as fast as the emulated /dev/kmsg takes them; the last one's number."""
+        if count > 1_000_000 or len(text) > 1000:
+            raise _sim_error(ValueError("at most 1000000 records of 1000 characters"))
+        seq = 0
+        for i in range(count):
+            seq = self.sup.kmsg.emit(f"{text} {i}", level=6)
+        return seq
 
     @method()
     async def Reboot(self) -> None:
@@ -254,6 +280,7 @@ class Supervisor:
         self.runtime_dir: Path = args.runtime_dir or self.workdir / "run"
         profile, params = parse_profile(args.simulate_profile)
         self.host = EmulatedHost(profile, **params)
+        self.kmsg = KmsgOps()  # the emulated /dev/kmsg (workdir/kmsg/kmsg)
         self.child: asyncio.subprocess.Process | None = None
         self.startup_ms = 0.0
         self.startup_kernel_ms = 0.0
@@ -348,6 +375,7 @@ class Supervisor:
             await self.stop_daemon()
             if reboot:
                 self.host.forget_mdevs()
+                machine.new_boot(self.kmsg, self.workdir)
                 log.info("Rebooted the emulated host: every mdev is gone")
             await self.start_daemon()
         finally:
@@ -446,9 +474,12 @@ class Supervisor:
         loop.add_reader(self.notify.fileno(), self._on_notify)
         self._write_config()
         self.host.start()
-        machine.install(machine.facts_for(parse_profile(self.args.simulate_profile)[0]),
-                        self.host, self.workdir)
+        kmsg_dir = self.workdir / machine.KMSG_DIR
+        kmsg_dir.mkdir(exist_ok=True)
         try:
+            serve_kmsg(self.kmsg, str(kmsg_dir))
+            machine.install(machine.facts_for(parse_profile(self.args.simulate_profile)[0]),
+                            self.host, self.workdir, self.kmsg)
             await self._start_logind()
             bus_type = BusType.SESSION if self.args.bus == "session" else BusType.SYSTEM
             bus = self.bus = await MessageBus(bus_type=bus_type).connect()
@@ -492,6 +523,7 @@ class Supervisor:
         finally:
             if self.logind is not None:
                 await self.logind.stop()
+            unmount(str(kmsg_dir))
             self.host.close()
             self.notify.close()
             if self.own_workdir:

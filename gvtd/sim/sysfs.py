@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -187,6 +188,8 @@ class Tree:
             if m.bound:
                 links["driver"] = f"/bus/mdev/drivers/{p.mdev_driver}"
             out.update(self._links(at, links))
+            if m.vgpu_id:  # kvmgt's attribute group (intel_vgpu_groups)
+                out["intel_vgpu"] = Dir(lambda: {"vgpu_id": File(lambda: f"{m.vgpu_id}\n")})
             if m.vfio_present:
                 vat = f"{at}/vfio-dev/vfio{m.vfio}"
                 vfio = Dir(
@@ -333,7 +336,13 @@ class SysfsOps(mfusepy.Operations):
 
 def serve(ops: SysfsOps, mountpoint: str) -> threading.Thread:
     """Mount ``ops`` at ``mountpoint`` in a daemon thread; returns once the mount answers."""
-    opts: dict[str, Any] = {"fsname": "sysfs", "default_permissions": True, "max_threads": 32}
+    return mount(ops, mountpoint, "sysfs", default_permissions=True, max_threads=32)
+
+
+def mount(ops: Any, mountpoint: str, fsname: str, **opts: Any) -> threading.Thread:
+    """Mount a FUSE file system (its ``ready`` event set by its init) in a daemon thread;
+    returns once it answers."""
+    opts["fsname"] = fsname
     if os.geteuid() == 0:
         opts["allow_other"] = True
     errors: list[BaseException] = []
@@ -345,8 +354,16 @@ def serve(ops: SysfsOps, mountpoint: str) -> threading.Thread:
             errors.append(e)
             ops.ready.set()
 
-    thread = threading.Thread(target=run, name="gvtd-sim-sysfs", daemon=True)
+    thread = threading.Thread(target=run, name=f"gvtd-sim-{fsname}", daemon=True)
     thread.start()
     if not ops.ready.wait(30) or errors:
         raise RuntimeError(f"FUSE mount at {mountpoint} failed: {errors[0] if errors else 'timeout'}")
     return thread
+
+
+def unmount(mountpoint: str) -> None:
+    """Unmount (lazily if a reader still holds it open), without the preload: under it
+    fusermount3 sees the testbed's mounts at /sys and refuses."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "UMOCKDEV_DIR")}
+    if subprocess.run(["fusermount3", "-u", mountpoint], env=env, capture_output=True).returncode:
+        subprocess.run(["fusermount3", "-u", "-z", mountpoint], env=env, capture_output=True)

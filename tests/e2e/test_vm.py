@@ -241,3 +241,21 @@ def test_guest_journal_is_kept_and_gvtd_never_failed(guest: Results) -> None:
     assert text.count("Started gvtd.service") == 2
     for bad in ("Traceback", "gvtd.service: Failed", "gvtd.service: Watchdog timeout"):
         assert bad not in text, f"{bad!r} in {guest.run.dir / 'journal.txt'}"
+
+
+def test_the_kernels_gvt_message_reaches_the_vgpus_health(guest: Results) -> None:
+    """On the real kernel: a record printed by the kernel (the test module's pr_err, in
+    GVT-g's form) for the vgpu id the mdev shows in intel_vgpu/vgpu_id reaches gvtd through
+    the real /dev/kmsg, and tty0 turns degraded; the same words written into /dev/kmsg by
+    a process (facility user) never do."""
+    h = guest.step(1, "health")
+    assert (h["named"], h["vgpu_id"], h["injected"], h["said"]) == (None, "7", None, None)
+    assert any(line.startswith("<11>") and "written by a process" in line for line in h["kmsg"])
+    assert any(line.startswith("<3>") and "MMIO read" in line for line in h["kmsg"])
+    event = h["event"]
+    assert event is not None, "no Health change of tty0 within the deadline"
+    assert event["properties"]["Health"] == "degraded"
+    tty0 = next(v for v in h["list"] if v["name"] == "tty0")
+    assert tty0["health"] == "degraded" and "fail to emulate MMIO read" in tty0["health_message"]
+    assert "written by a process" not in tty0["health_message"]
+    assert any(p["id"] == "health:tty0" for p in h["problems"]["problems"])

@@ -38,8 +38,10 @@ IMAGE_PACKAGES = ["systemd", "systemd-sysv", "udev", "dbus", "kmod", "passwd", "
                   "linux-image-amd64", "initramfs-tools"]
 SAMPLES = ["mtty.c", "mdpy.c", "mdpy-defs.h", "mbochs.c"]
 # Our own build recipe for the three samples (Kbuild syntax; the kernel's own Makefile
-# there depends on CONFIG_SAMPLE_* options a distribution kernel does not set).
-KBUILD = "obj-m := mtty.o mdpy.o mbochs.o\n"
+# there depends on CONFIG_SAMPLE_* options a distribution kernel does not set), and for
+# guest/gvtd_e2e_gvt.c: GVT-g's kernel log messages and vgpu ids, from the kernel itself.
+KBUILD = "obj-m := mtty.o mdpy.o mbochs.o gvtd_e2e_gvt.o\n"
+GVT_MODULE = "gvtd_e2e_gvt.c"
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,8 @@ def samples(kernel: Kernel) -> Path:
     """mtty.ko, mdpy.ko and mbochs.ko for the guest kernel: the sources from Debian's
     linux-source package of the same version, built out of tree against its
     linux-headers package in a build root."""
-    out = CACHE / f"samples-{kernel.abi}-{_digest(kernel.version, KBUILD, *SAMPLES)}"
+    ours = (Path(__file__).resolve().parent / "guest" / GVT_MODULE).read_bytes()
+    out = CACHE / f"samples-{kernel.abi}-{_digest(kernel.version, KBUILD, *SAMPLES, ours)}"
     if out.exists():
         return out
     root_tar = debroot._tarball("minbase", [
@@ -93,13 +96,14 @@ def samples(kernel: Kernel) -> Path:
         root = debroot.extract(root_tar, work / "root")
         (root / "build").mkdir()
         (root / "build/Kbuild").write_text(KBUILD)
+        (root / "build" / GVT_MODULE).write_bytes(ours)
         members = " ".join(f"{kernel.source_package}/samples/vfio-mdev/{f}" for f in SAMPLES)
         debroot.run_in(root, f"""cd /build
             tar -xJf /usr/src/{kernel.source_package}.tar.xz --strip-components=3 {members}
             make -s -C /usr/src/linux-headers-{kernel.abi} M=/build modules""")
         made = work / "out"
         made.mkdir()
-        for f in [*SAMPLES, "mtty.ko", "mdpy.ko", "mbochs.ko"]:
+        for f in [*SAMPLES, "mtty.ko", "mdpy.ko", "mbochs.ko", "gvtd_e2e_gvt.ko"]:
             shutil.copy2(root / "build" / f, made / f)
         made.rename(out)
     finally:
@@ -126,7 +130,7 @@ install -d /usr/lib/modules/{abi}/updates/vfio-mdev
 mv /tmp/samples/*.ko /usr/lib/modules/{abi}/updates/vfio-mdev/
 rm -r /tmp/samples
 depmod -a {abi}
-printf 'mtty\\nmdpy\\nmbochs\\n' > /etc/modules-load.d/gvtd-e2e.conf
+printf 'mtty\\nmdpy\\nmbochs\\ngvtd_e2e_gvt\\n' > /etc/modules-load.d/gvtd-e2e.conf
 useradd -m -u 1000 -s /bin/sh alice
 useradd -m -u 1001 -s /bin/sh bob
 getent group libvirt >/dev/null || groupadd -r libvirt

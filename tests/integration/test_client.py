@@ -17,10 +17,11 @@ def test_define_list_types_parents_status(sim: Simulation) -> None:
     assert listed == [{"name": "win10", "uuid": UUID, "parent": "0000:00:02.0",
                        "type": "i915-GVTg_V5_4", "state": "active", "start": "auto",
                        "domain": "win10", "managed": True, "origin": "created",
-                       "last_error": ""}]
+                       "last_error": "", "health": "ok", "health_message": "",
+                       "health_time": ""}]
     table = sim.gvt_client("list", check=True).stdout.splitlines()
     assert table[0].split() == ["NAME", "UUID", "TYPE", "PARENT", "STATE", "START", "DOMAIN",
-                                 "ORIGIN"]
+                                 "ORIGIN", "HEALTH"]
     assert table[1].split()[:5] == ["win10", UUID, "i915-GVTg_V5_4", "0000:00:02.0", "active"]
     types = json.loads(sim.gvt_client("types", "--json", check=True).stdout)
     v4 = next(t for t in types if t["id"] == "i915-GVTg_V5_4")

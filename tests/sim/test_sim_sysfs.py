@@ -226,7 +226,10 @@ def test_every_file_reads(make_host: type[HostProc]) -> None:
     assert seen[f"{GPU}/{U1}/vfio-dev/vfio0/uevent"] == ""
     assert seen["/devices/pci0000:00/uevent"] == ""
     assert seen[f"{TYPES}/i915-GVTg_V5_8/available_instances"] == "0\n"  # the V5_4 took the low gm
-    assert len(seen) == 6 + 1 + 4 * 4 + 2 * 3 + 2 * 2 + 1  # parents, GVT types, mtty types, mdevs, bridge
+    assert seen[f"{GPU}/{U1}/intel_vgpu/vgpu_id"] == "1\n"  # kvmgt's, on GVT-g's mdevs only
+    assert f"{mtty}/{U2}/intel_vgpu/vgpu_id" not in seen
+    # parents, GVT types, mtty types, mdevs (and the GVT-g one's vgpu_id), bridge
+    assert len(seen) == 6 + 1 + 4 * 4 + 2 * 3 + 2 * 2 + 1 + 1
     assert os.readlink(host.sys(f"{mtty}/subsystem")) == "../../../../class/mtty"
     assert os.readlink(host.sys(f"{mtty}/{U2}/subsystem")) == "../../../../../bus/mdev"
 

@@ -118,6 +118,16 @@ def _mdev_groups_only(h: Host) -> None:
         os.symlink(f"../../../../devices/virtual/mtty/mtty/{uuid}", devices / uuid)
 
 
+def _gvt_errors(h: Host) -> None:
+    """GVT-g's errors since boot: vgpu 1 is the mdev UUID now (its intel_vgpu/vgpu_id)."""
+    write(h.sys / "bus/mdev/devices" / UUID / "intel_vgpu/vgpu_id", "1\n")
+    h.log_lines("gvt: guest page write error, gpa 1f2e3000",
+                "gvt: guest page write error, gpa 1f2e4000",
+                "Detected your guest driver doesn't support GVT-g.",
+                "Now vgpu 1 will enter failsafe mode.",
+                "gvt: vgpu 2: fail to emulate MMIO read 00064320")
+
+
 def _storm(h: Host) -> None:
     h.log_lines(*[f"gvt: vgpu 1: invalid untracked MMIO 0x{r:x} len 4" for r in range(30)])
 
@@ -157,8 +167,10 @@ FAILURES: list[tuple[str, Callable[[Host], None], str, str, str]] = [
                                                  "3\n"), "i915.enable_guc", "fail", "=3"),
     ("enable_guc=-1 at run time", lambda h: write(h.sys / "module/i915/parameters/enable_guc",
                                                   "-1\n"), "i915.enable_guc", "warn", "=-1"),
-    ("enable_guc=2 at run time", lambda h: write(h.sys / "module/i915/parameters/enable_guc",
-                                                 "2\n"), "i915.enable_guc", "warn", "HuC"),
+    ("enable_guc=1 on the command line", lambda h: h.cmdline(GOOD_CMDLINE.replace(
+        "i915.enable_guc=0", "i915.enable_guc=1")), "cmdline.guc", "fail", "enable_guc=1"),
+    ("enable_guc=-1 on the command line", lambda h: h.cmdline(GOOD_CMDLINE.replace(
+        "i915.enable_guc=0", "i915.enable_guc=-1")), "cmdline.guc", "fail", "enable_guc=-1"),
     ("kvmgt not loaded", lambda h: h.rmtree("sys/module/kvmgt"), "module.kvmgt", "fail",
      "modprobe kvmgt"),
     ("mdev not loaded", lambda h: h.rmtree("sys/module/mdev"), "module.mdev", "fail",
@@ -188,6 +200,9 @@ FAILURES: list[tuple[str, Callable[[Host], None], str, str, str]] = [
     ("unhandled MSRs in the log", lambda h: h.log_lines(
         "kvm [1820]: vcpu0, guest rIP: 0xfffff8034d5f2a11 unhandled rdmsr: 0x1c9"), "log.msrs",
      "warn", "ignore_msrs"),
+    ("GVT-g errors since boot", _gvt_errors, "log.gvt", "fail",
+     f"vgpu 1 (mdev {UUID}): 1 x failsafe.guest-driver; vgpu 2 (no mdev has it now): "
+     "1 x unknown"),
     ("invalid-access storm in the log", _storm, "log.access", "warn", "30"),
     ("unreadable kernel log", lambda h: h.log.unlink(), "log", "warn", "Cannot read"),
     ("mdevctl auto-starts a gvtd vGPU", _mdevctl_auto, "mdevctl", "fail", "mdevctl undefine"),
@@ -226,6 +241,11 @@ PASSES: list[tuple[str, Callable[[Host], None], str]] = [
         "i915.enable_guc=0", "i915.enable_guc=3 i915.enable_guc=0")), "cmdline.guc"),
     ("an i915 without enable_guc", lambda h: (h.sys / "module/i915/parameters/enable_guc")
      .unlink(), "i915.enable_guc"),
+    # enable_guc is a bit mask; only bit 0 (GuC submission) breaks GVT-g: 2 loads HuC only
+    ("enable_guc=2 at run time (HuC only)", lambda h: write(
+        h.sys / "module/i915/parameters/enable_guc", "2\n"), "i915.enable_guc"),
+    ("enable_guc=2 on the command line (HuC only)", lambda h: h.cmdline(GOOD_CMDLINE.replace(
+        "i915.enable_guc=0", "i915.enable_guc=2")), "cmdline.guc"),
     ("render node found through /sys/class/drm", lambda h: (
         h.rmtree("sys/devices/pci0000:00/0000:00:02.0/drm"),
         (h.sys / "class/drm/renderD129").mkdir(parents=True),
@@ -293,3 +313,29 @@ def test_x_access_names_the_user_and_the_exact_fix() -> None:
     assert check.message.startswith("win10, win11 open QEMU's own window (gtk-gl) on X "
                                     "display :1 as user nobody")
     assert "`xhost si:localuser:nobody`" in check.fix and "Never `xhost +`" in check.fix
+
+
+DOMAIN_XML = ("<domain><name>win10</name><memory unit='GiB'>4</memory>{}"
+              "<devices/></domain>")
+
+
+def test_memlock_hard_limit_below_the_guests_memory(tmp_path: Path) -> None:
+    xml = DOMAIN_XML.format("<memtune><hard_limit unit='MiB'>2048</hard_limit></memtune>")
+    check = doctor.check_memlock(tmp_path, [("win10", xml)], tmp_path)
+    assert check.severity == "fail" and "2048 MiB is below its memory 4096 MiB" in check.message
+    assert "hard_limit" in check.fix
+
+
+def test_memlock_of_a_running_qemu(tmp_path: Path) -> None:
+    write(tmp_path / "run" / "win10.pid", "4242\n")
+    limits = ("Limit                     Soft Limit           Hard Limit           Units\n"
+              "Max locked memory         {0}             {0}             bytes\n")
+    write(tmp_path / "4242" / "limits", limits.format(8 * 1024 * 1024))
+    check = doctor.check_memlock(tmp_path, [("win10", DOMAIN_XML.format(""))], tmp_path / "run")
+    assert check.severity == "fail" and "pid 4242" in check.message
+    write(tmp_path / "4242" / "limits", limits.format(5 << 30))
+    assert doctor.check_memlock(tmp_path, [("win10", DOMAIN_XML.format(""))],
+                                tmp_path / "run").severity == "pass"
+    write(tmp_path / "4242" / "limits", limits.format("unlimited"))
+    assert doctor.check_memlock(tmp_path, [("win10", DOMAIN_XML.format(""))],
+                                tmp_path / "run").severity == "pass"

@@ -197,6 +197,33 @@ def doctor() -> None:
     emit("doctor", result=client("doctor"), checks=client_json("doctor"))
 
 
+GVT = Path("/sys/module/gvtd_e2e_gvt/parameters")  # guest/gvtd_e2e_gvt.c
+
+
+def health() -> None:
+    """The kernel prints GVT-g's words for vgpu 7, which the test module made tty0's
+    intel_vgpu/vgpu_id; a process writes the same words into /dev/kmsg first ("<3>"
+    prefix: facility user). Only the kernel's own reaches tty0's Health."""
+    u = uuids().get("tty0", "")
+    out: dict[str, Any] = {"named": write(GVT / "vgpu", f"{u} 7")}
+    try:
+        out["vgpu_id"] = (MDEVS / u / "intel_vgpu/vgpu_id").read_text().strip()
+    except OSError as e:
+        out["vgpu_id"] = str(e)
+    mon = Monitor()
+    try:
+        out["injected"] = write(Path("/dev/kmsg"), "<3>gvt: vgpu 7: written by a process\n")
+        out["said"] = write(GVT / "say", "gvt: vgpu 7: fail to emulate MMIO read 00064320")
+        out["event"] = mon.until(lambda e: e.get("name") == "tty0"
+                                 and "Health" in e.get("properties", {}))
+    finally:
+        mon.close()
+    out["list"] = client_json("list")
+    out["problems"] = client_json("status")
+    out["kmsg"] = [line for line in sh("dmesg", "-r")["out"].splitlines() if "vgpu 7" in line]
+    emit("health", **out)
+
+
 # Run inside gvtd's mount namespace (nsenter), as root with every capability: only the
 # sandbox's read-only mounts can refuse the write. Prints "ok" or the errno's name.
 WRITE_IN_SANDBOX = """import errno, os, sys
@@ -406,7 +433,7 @@ def errors() -> None:
 
 def phase1() -> None:
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    for step in (service, define, reads, doctor, sandbox, polkit, domains, sysfs_remove,
+    for step in (service, define, reads, doctor, health, sandbox, polkit, domains, sysfs_remove,
                  foreign, reload_module, errors):
         run(step)
     STATE.parent.mkdir(parents=True, exist_ok=True)
