@@ -34,6 +34,8 @@ def calls(vgpu: str) -> dict[str, tuple[str, list[Any]]]:
         "RemoveVGPU": ("s", [vgpu]),
         "Reload": ("", []),
         "Undefine": ("s", [vgpu]),
+        # No descriptors ride along: past the gate, gvtd refuses it (InvalidArgument)
+        "NewDomain": ("shha{sv}", [vgpu, 0, 1, {"dry_run": Variant("b", True)}]),
     }
 
 

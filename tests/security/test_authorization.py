@@ -22,20 +22,23 @@ from sysbus import NOBODY, POLKIT, Monitor, NameWatcher, PolkitMock, SystemBus, 
     manager_methods, run_caller
 
 READS = {"Diagnose"}
+# What polkit is asked, in order, for each method.
 ACTIONS = {
-    "Define": names.ACTION_MANAGE, "Undefine": names.ACTION_MANAGE,
-    "Reload": names.ACTION_MANAGE,
-    "CreateVGPU": names.ACTION_VGPU, "RemoveVGPU": names.ACTION_VGPU,
-    "StartDomain": names.ACTION_DOMAIN, "StopDomain": names.ACTION_DOMAIN,
-    "AttachVGPU": names.ACTION_DOMAIN, "DetachVGPU": names.ACTION_DOMAIN,
-    "TuneDomain": names.ACTION_DOMAIN,
+    "Define": [names.ACTION_MANAGE], "Undefine": [names.ACTION_MANAGE],
+    "Reload": [names.ACTION_MANAGE],
+    "CreateVGPU": [names.ACTION_VGPU], "RemoveVGPU": [names.ACTION_VGPU],
+    "StartDomain": [names.ACTION_DOMAIN], "StopDomain": [names.ACTION_DOMAIN],
+    "AttachVGPU": [names.ACTION_DOMAIN], "DetachVGPU": [names.ACTION_DOMAIN],
+    "TuneDomain": [names.ACTION_DOMAIN],
+    # a vGPU definition and a domain: both
+    "NewDomain": [names.ACTION_MANAGE, names.ACTION_DOMAIN],
 }
 # The libvirt hook's: root's alone, whatever polkit says (tests/security/test_hook_methods.py)
 ROOT_ONLY = {"PrepareDomain", "ReleaseDomain"}
 # In the order a permitted caller makes them, so that each one can succeed.
 ORDER = ["Define", "CreateVGPU", "StartDomain", "StopDomain", "PrepareDomain",
          "ReleaseDomain", "AttachVGPU", "DetachVGPU", "TuneDomain",
-         "RemoveVGPU", "Reload", "Undefine"]
+         "RemoveVGPU", "NewDomain", "Reload", "Undefine"]
 # Methods whose success the permitted run checks; the domain methods need libvirt's test
 # driver to cooperate, so for them the matrix checks only that the gate let them through.
 MUST_SUCCEED = {"Define", "CreateVGPU", "RemoveVGPU", "Reload", "Undefine"}
@@ -155,11 +158,12 @@ def test_polkit_subject_is_the_caller_not_gvtd(world: World) -> None:
         plain = run_caller(world.bus.address, "subject", methods, uid=NOBODY)
         interactive = run_caller(world.bus.address, "subject", ["Reload"], uid=NOBODY,
                                  interactive=True)
-        seen = monitor.wait_calls(len(methods) + 1)
+        seen = monitor.wait_calls(sum(len(ACTIONS[m]) for m in methods) + 1)
     finally:
         monitor.close()
     assert plain["unique_name"] != gvtd and interactive["unique_name"] != gvtd
-    expected = [(plain["unique_name"], ACTIONS[m], 0) for m in methods] + \
+    asked = [(m, action) for m in methods for action in ACTIONS[m]]
+    expected = [(plain["unique_name"], action, 0) for _, action in asked] + \
         [(interactive["unique_name"], names.ACTION_MANAGE, 1)]
     got = []
     for msg in seen:
@@ -168,7 +172,11 @@ def test_polkit_subject_is_the_caller_not_gvtd(world: World) -> None:
         assert kind == "system-bus-name"
         got.append((subject["name"].value, action, flags))  # ... about its caller
     assert got == expected
-    details = {m: msg.body[2] for m, msg in zip(methods, seen)}
+    details = {ma: msg.body[2] for ma, msg in zip(asked, seen)}
+    assert details["NewDomain", names.ACTION_MANAGE] == {"vgpu": "subject",
+                                                         "domain": "subject"}
+    assert details["NewDomain", names.ACTION_DOMAIN] == {"domain": "subject"}
+    details = {m: d for (m, _), d in details.items() if m != "NewDomain"}
     assert details["Define"] == {"vgpu": "subject", "domain": "win10"}
     assert details["CreateVGPU"] == details["RemoveVGPU"] == {"vgpu": "subject"}
     assert details["Reload"] == {}

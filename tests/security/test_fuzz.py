@@ -109,7 +109,7 @@ hook_options = st.one_of(options, st.fixed_dictionaries(
 # Every Manager method; test_fuzz_every_method checks that gvtd exports no other.
 FUZZED = ["Define", "Undefine", "CreateVGPU", "RemoveVGPU", "StartDomain", "StopDomain",
           "PrepareDomain", "ReleaseDomain", "AttachVGPU", "DetachVGPU", "TuneDomain", "Reload",
-          "Diagnose"]
+          "Diagnose", "NewDomain"]
 
 
 def call(member: str, signature: str, *body: Any, iface: str = names.MANAGER_IFACE,
@@ -135,6 +135,9 @@ calls = st.one_of(
     st.tuples(strings, strings, options).map(lambda a: call("AttachVGPU", "ssa{sv}", *a)),
     st.tuples(strings, strings).map(lambda a: call("DetachVGPU", "ss", *a)),
     st.tuples(strings, options).map(lambda a: call("TuneDomain", "sa{sv}", *a)),
+    # descriptor indices with no descriptors carried: gvtd must never take them for its own
+    st.tuples(strings, st.integers(0, 64), st.integers(0, 64), options)
+    .map(lambda a: call("NewDomain", "shha{sv}", *a)),
     st.tuples(strings, hook_options).map(lambda a: call("PrepareDomain", "sa{sv}", *a)),
     st.tuples(strings, hook_options).map(lambda a: call("ReleaseDomain", "sa{sv}", *a)),
     st.tuples(st.sampled_from([names.MANAGER_IFACE, names.PARENT_IFACE, names.VGPU_IFACE,
