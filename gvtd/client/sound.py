@@ -279,8 +279,8 @@ def verdict(grant: Grant) -> tuple[str, str, str]:
         return ("warn", f"{grant.socket} is served without auth-group={group}: QEMU's user "
                 "may be refused, or others let in.", fix)
     if closed:
-        return ("fail", f"{grant.user} may not reach {', '.join(closed)} (no search "
-                "permission in its ACL), so QEMU cannot open the socket.", fix)
+        return ("fail", f"{grant.user} may not reach {', '.join(closed)} (no ACL "
+                "entry lets it in), so QEMU cannot open the socket.", fix)
     if pipewire:
         return ("pass", f"{server} serves {grant.socket}, which {grant.user} alone may reach "
                 "(PipeWire checks no group: the ACLs are the only gate).", "")

@@ -119,9 +119,17 @@ def test_qemu_plays_into_the_strangers_pipewire(gvtd: Simulation,  # noqa: F811
 def test_a_second_attach_keeps_the_server_that_answers(gvtd: Simulation,  # noqa: F811
                                                        lv: PrivateLibvirtd,  # noqa: F811
                                                        pipewire: PipeWire) -> None:
+    """The server that answers is kept, and the socket's ACL entry, once lost, is put
+    back (doctor names the socket while it is missing)."""
     lv.define(domain_xml("win"))
     assert session(gvtd, "attach", "win", "g", "--display", "vnc").returncode == 0
     first = vm_server()
+    subprocess.run(Simulation.as_stranger(["setfacl", "-x", "u:libvirt-qemu", SOCKET]),
+                   check=True, timeout=TIMEOUT)
+    assert not reaches(*_qemu_ids(), SOCKET)
+    doctor = session(gvtd, "doctor")
+    assert f"[FAIL] {names.CHECK_SOUND}libvirt-qemu@{SOCKET}: libvirt-qemu may not reach " \
+        f"{SOCKET} " in doctor.stdout
     again = session(gvtd, "attach", "win", "g", "--display", "vnc")
     assert again.returncode == 0 and "already has g attached this way" in again.stdout
     assert vm_server() == first and reaches(*_qemu_ids(), SOCKET)
