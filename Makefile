@@ -49,6 +49,11 @@ DEB_PACKAGES += desktop-file-utils
 # gvt-client opens its socket with pactl (pulseaudio-utils) and lets QEMU's user reach it
 # with setfacl (acl), which the tests read back with getfacl.
 DEB_PACKAGES += pulseaudio pulseaudio-utils acl
+# The same on a PipeWire desktop: PipeWire's daemon and the pipewire binary (pipewire,
+# pipewire-bin: gvt-client runs `pipewire -c` for the VM's socket) and its pulse server
+# (pipewire-pulse) as the test's user; on Debian 12 they install beside pulseaudio, which
+# they neither conflict with nor replace (no wireplumber: no devices to manage here).
+DEB_PACKAGES += pipewire pipewire-bin pipewire-pulse
 
 # `gvt-client new`: ovmf (UEFI with Secure Boot and Microsoft's keys, and the descriptors
 # libvirt selects it by), swtpm and swtpm-tools (Windows 11's TPM 2.0, set up by libvirtd),

@@ -2,10 +2,11 @@
 
 QEMU runs as libvirt's user (libvirt-qemu on Debian), which cannot reach a user's
 PulseAudio or PipeWire. Debian 12's QEMU 7.2 has no PipeWire audio driver (8.1 has), so the
-backend is always libvirt's `<audio type='pulseaudio'>`, which PulseAudio and PipeWire's
-pipewire-pulse both serve; its serverName is a dedicated socket in the caller's runtime
-directory (names.sound_socket), which the caller's own session opens and grants to QEMU's
-user alone (gvtd/client/sound.py). The guest sees an Intel HDA (ich9) card tied to that
+backend is always libvirt's `<audio type='pulseaudio'>`, whose protocol PulseAudio and
+PipeWire's pulse server both speak; its serverName is a dedicated socket in the caller's
+runtime directory (names.sound_socket), which the caller's own session opens (a module of
+its PulseAudio, or a second pulse server of its PipeWire) and grants to QEMU's user alone
+(gvtd/client/sound.py). The guest sees an Intel HDA (ich9) card tied to that
 backend; libvirt refuses a sound card whose <audio id> names no backend, and QEMU refuses
 to start when the socket does not answer.
 

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -63,9 +63,13 @@ class PulseAudio:
                               capture_output=True, text=True, timeout=TIMEOUT)
 
     def clients(self) -> list[dict[str, str]]:
-        out = self.pactl_as_stranger("pactl", "list", "clients").stdout
-        return [dict(re.findall(r'^\s+(\S+) = "(.*)"$', block, re.MULTILINE))
-                for block in out.split("Client #")[1:]]
+        return parse_clients(self.pactl_as_stranger("pactl", "list", "clients").stdout)
+
+
+def parse_clients(out: str) -> list[dict[str, str]]:
+    """`pactl list clients`: each client's properties."""
+    return [dict(re.findall(r'^\s+(\S+) = "(.*)"$', block, re.MULTILINE))
+            for block in out.split("Client #")[1:]]
 
 
 @pytest.fixture(scope="module")
@@ -94,15 +98,19 @@ def runtime() -> Iterator[Path]:
 
 
 @pytest.fixture
-def pulse(runtime: Path) -> Iterator[PulseAudio]:
-    home = Path(tempfile.mkdtemp(prefix="gvtd-pulse-"))
+def home(runtime: Path) -> Iterator[Path]:
+    """The stranger's home, where its sound server keeps its files."""
+    home = Path(tempfile.mkdtemp(prefix="gvtd-sound-home-"))
     os.chown(home, STRANGER, STRANGER_GID)
-    try:
-        pa = PulseAudio(home)
-        yield pa
-        pa.stop()
-    finally:
-        shutil.rmtree(home)
+    yield home
+    shutil.rmtree(home)
+
+
+@pytest.fixture
+def pulse(home: Path) -> Iterator[PulseAudio]:
+    pa = PulseAudio(home)
+    yield pa
+    pa.stop()
 
 
 @pytest.fixture
@@ -166,17 +174,24 @@ def test_qemu_plays_into_the_strangers_own_server(gvtd: Simulation, lv: PrivateL
     # then connects as libvirt-qemu.
     pulse.stop()
     pulse.start()
-    doctor = session(gvtd, "doctor")
+    start_plays(gvtd, lv, xml, pulse.clients)
+
+
+def start_plays(sim: Simulation, lv: PrivateLibvirtd, xml: str,
+                clients: Callable[[], list[dict[str, str]]]) -> None:
+    """The socket's server is gone (doctor fails); `start` in the session serves it again,
+    and QEMU, started without the vGPU that no kernel here has, is a client of the
+    stranger's server (clients) as libvirt-qemu; doctor then passes."""
+    doctor = session(sim, "doctor")
     assert f"[FAIL] {names.CHECK_SOUND}libvirt-qemu@{SOCKET}: " in doctor.stdout
     lv.define(domxml.detach(xml, U1))
-    started = session(gvtd, "start", "win")
+    started = session(sim, "start", "win")
     assert started.returncode == 0, started.stderr
-    qemu = [c for c in pulse.clients()
-            if c.get("application.process.binary") == "qemu-system-x86_64"]
+    qemu = [c for c in clients() if c.get("application.process.binary") == "qemu-system-x86_64"]
     assert [(c["application.name"], c["application.process.user"]) for c in qemu] == \
         [("win", "libvirt-qemu")]
     assert int(qemu[0]["application.process.id"]) == lv.qemu_pid("win")
-    doctor = session(gvtd, "doctor")
+    doctor = session(sim, "doctor")
     assert f"[ok  ] {names.CHECK_SOUND}libvirt-qemu@{SOCKET}: " in doctor.stdout
 
 
