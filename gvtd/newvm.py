@@ -38,8 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GIB = 1024 ** 3
-# What gvtd's sandbox hides (ProtectHome=, PrivateTmp=): an ISO there is out of its sight,
-# and mostly out of QEMU's reach too (home directories are 0700 on Debian).
+# What gvtd's sandbox keeps it out of: /tmp is its own (PrivateTmp=), and homes and
+# runtime directories are 0700 (Debian), which root without CAP_DAC_* cannot enter. An ISO
+# there is out of its sight, and mostly out of QEMU's reach too.
 HIDDEN = ("/home/", "/root/", "/run/user/", "/tmp/", "/var/tmp/")
 
 
@@ -107,8 +108,8 @@ def prove_readable(path: str, fd: int, qemu_user: str) -> str:
     except OSError as e:
         if real.startswith(HIDDEN):
             raise InvalidArgument(
-                f"gvtd cannot see {path}: its sandbox hides /home, /root and /tmp, and QEMU "
-                "could rarely read an ISO there either. Move it where both can, such as "
+                f"gvtd cannot see {path}: its sandbox keeps it out of /tmp and of home and "
+                "runtime directories, and QEMU could rarely read an ISO there either. Move it where both can, such as "
                 f"/var/lib/libvirt/images (sudo mv {path} /var/lib/libvirt/images/).") from None
         raise NotFound(f"There is no {path} ({e.strerror}).") from None
     if (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):

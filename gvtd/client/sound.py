@@ -2,8 +2,9 @@
 
 gvtd wires a domain's sound to names.sound_socket(uid) of the caller (gvtd/virt/audio.py);
 the daemon cannot open that socket, nor should it: the socket belongs to the user's sound
-server, and gvtd's sandbox hides /run/user. gvt-client runs as that user, in that session,
-and makes the grant with the user's own rights:
+server, and gvtd (without CAP_DAC_*) cannot enter the user's 0700 runtime directory.
+gvt-client runs as that user, in that session, and makes the grant with the user's own
+rights:
 
 - PulseAudio opens a second native-protocol socket, `module-native-protocol-unix` with
   `auth-group=` the group of QEMU's user and `auth-cookie-enabled=0`: the server lets in

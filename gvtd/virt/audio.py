@@ -92,7 +92,7 @@ def sockets(xml: str) -> list[str]:
 
 def check(user: str, socket: str, domains: list[str]) -> doctor.Check:
     """What only the user's session can see: whether QEMU's user reaches the socket (gvtd
-    may not look into /run/user; its sandbox hides it)."""
+    cannot enter the user's 0700 runtime directory: it has no CAP_DAC_*)."""
     from gvtd import doctor
 
     return doctor.Check(

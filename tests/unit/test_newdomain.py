@@ -144,7 +144,7 @@ def test_another_file_or_an_unreadable_descriptor_is_refused(iso: Path) -> None:
             prove_readable("/etc/shadow", fd, "libvirt-qemu")
         with pytest.raises(NotFound):
             prove_readable("/var/lib/gvtd-no-such/gone.iso", fd, "libvirt-qemu")
-        with pytest.raises(InvalidArgument, match="sandbox hides"):  # gvtd's, in production
+        with pytest.raises(InvalidArgument, match="sandbox keeps it out"):  # gvtd's, in production
             prove_readable(str(iso.parent / "gone.iso"), fd, "libvirt-qemu")
         with pytest.raises(InvalidArgument, match="absolute"):
             prove_readable("win.iso", fd, "libvirt-qemu")
