@@ -195,7 +195,7 @@ def test_journal_entries_carry_structured_fields(guest: Results) -> None:
         assert (e["VGPU_NAME"], e["VGPU_UUID"], e["PARENT"]) == ("tty0", uuid, "mtty")
         assert (e["PRIORITY"], e["SYSLOG_IDENTIFIER"], e["_SYSTEMD_UNIT"]) == \
             ("6", "gvtd", "gvtd.service")
-        assert e["LOGGER"] == "gvtd.host" and e["CODE_FUNC"] == "_create"
+        assert e["LOGGER"] == "gvtd.host" and e["CODE_FUNC"] == "create_target"
 
 
 def test_stopping_gvtd_leaves_the_mdevs(guest: Results) -> None:
