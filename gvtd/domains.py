@@ -300,34 +300,38 @@ class Domains:
                 "opregion", "warn", f"libvirt {shown} is older than 8.2: OpRegion can only be "
                 "set with -set device.ALIAS.x-igd-opregion=on, which QEMU 7 and newer reject "
                 "(JSON -device).", "Use libvirt 8.2 or newer with QEMU 7 and newer."))
-        return out + self._display_checks() + self._sound_checks()
+        # Every domain's XML parsed and qemu.conf read: off the loop, over a snapshot
+        return out + await asyncio.to_thread(self._session_checks,
+                                             sorted(self.libvirt.domains.items()))
 
-    def _display_checks(self) -> list[doctor.Check]:
-        """One X access finding per (user, display) that gtk-gl domains open windows on."""
+    def _session_checks(self, domains: list[tuple[str, DomainInfo]]) -> list[doctor.Check]:
+        """What only the desktop session can confirm, one finding per (QEMU's user, X
+        display) that gtk-gl domains open windows on and per (QEMU's user, socket) that
+        domains play their sound through."""
         from gvtd import doctor
-        found = self._by_qemu_user(lambda xml: [d] if (d := domxml.gtk_display(xml)) else [])
-        return [doctor.check_x_access(display, user, domains)
-                for (user, display), domains in sorted(found.items())]
+        default: str | None = None  # qemu.conf's user, read once and only when needed
 
-    def _sound_checks(self) -> list[doctor.Check]:
-        """One finding per (QEMU's user, socket) that domains play their sound through."""
-        return [audio.check(user, socket, domains)
-                for (user, socket), domains in sorted(self._by_qemu_user(audio.sockets).items())]
+        def user_of(xml: str) -> str:
+            nonlocal default
+            user = domxml.dac_user(xml)
+            if user is None:
+                default = default or doctor.qemu_user(self.qemu_conf)
+                user = default
+            return user
 
-    def _by_qemu_user(self, found: Callable[[str], list[str]]) -> dict[tuple[str, str],
-                                                                       list[str]]:
-        """(QEMU's user for a domain, what found() sees in its XML) -> the domains."""
-        from gvtd import doctor
-        out: dict[tuple[str, str], list[str]] = {}
-        default: str | None = None
-        for name, info in sorted(self.libvirt.domains.items()):
-            for key in found(info.xml):
-                user = domxml.dac_user(info.xml)
-                if user is None:
-                    default = default or doctor.qemu_user(self.qemu_conf)
-                    user = default
-                out.setdefault((user, key), []).append(name)
-        return out
+        def by_user(found: Callable[[str], list[str]]) -> list[tuple[tuple[str, str],
+                                                                      list[str]]]:
+            out: dict[tuple[str, str], list[str]] = {}
+            for name, info in domains:
+                for key in found(info.xml):
+                    out.setdefault((user_of(info.xml), key), []).append(name)
+            return sorted(out.items())
+
+        displays = by_user(lambda xml: [d] if (d := domxml.gtk_display(xml)) else [])
+        sockets = by_user(audio.sockets)
+        return [doctor.check_x_access(display, user, doms)
+                for (user, display), doms in displays] + \
+            [audio.check(user, socket, doms) for (user, socket), doms in sockets]
 
     def problems(self) -> list[tuple[str, str, str, str]]:
         """The guide's pitfalls in every domain gvtd shows, and a UUID used twice."""
@@ -338,10 +342,10 @@ class Domains:
                 users.setdefault(uuid, []).append(name)
             for check, message, fix in domxml.lint(info.xml):
                 out.append((f"domain:{name}:{check}", "warn", f"Domain {name}: {message}.", fix))
-        for uuid, names in sorted(users.items()):
-            if len(names) > 1:
+        for uuid, doms in sorted(users.items()):
+            if len(doms) > 1:
                 out.append((f"vgpu:{uuid}:shared", "warn",
-                            f"The vGPU {uuid} is in the XML of {', '.join(names)}: only one "
+                            f"The vGPU {uuid} is in the XML of {', '.join(doms)}: only one "
                             "of them can run at a time.", "Give each domain its own vGPU."))
         return out
 
