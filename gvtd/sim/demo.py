@@ -126,7 +126,8 @@ def new_vm_demo(env: dict[str, str]) -> None:
             with open(path, "wb") as f:
                 f.write(bytes(4096))  # stand-ins: the simulation's libvirt boots nothing
             os.chmod(path, 0o644)
-        isos = ("--iso", iso, "--virtio-win", drivers)
+        # --no-audio: no sound server runs for the demo (a desktop has one)
+        isos = ("--iso", iso, "--virtio-win", drivers, "--no-audio")
         say("A new Windows 11 VM the guide's way, in one command: first what it would make "
             "(the disk volume in libvirt's pool `default`, then the domain with its vGPU "
             "attached and tuned)")
@@ -154,12 +155,12 @@ def new_vm_demo(env: dict[str, str]) -> None:
         shutil.rmtree(media, ignore_errors=True)
 
 
-def guest_fault_demo(env: dict[str, str], config: str) -> None:
+def guest_fault_demo(env: dict[str, str]) -> None:
     """The kernel log speaks: a guest page write error, which precedes a host hang, makes
     the vGPU failed and, with on_guest_fault = "shutdown", its domain shut down."""
     say("gvtd follows the kernel log: ask it to shut a VM down cleanly when GVT-g reports "
         "what precedes a host hang (on_guest_fault = \"shutdown\" in gvtd.toml)")
-    settings = os.path.join(config, "gvtd.toml")
+    settings = str(config_dir(env) / "gvtd.toml")
     run(env, "sh", "-c", f"echo 'on_guest_fault = \"shutdown\"' >> {shlex.quote(settings)}")
     client(env, "reload")
     client(env, "start", "win10")
@@ -261,7 +262,7 @@ def main() -> int:
         client(env, "list", "--json")
         new_vm_demo(env)
         doctor_demo(env)
-        guest_fault_demo(env, config)
+        guest_fault_demo(env)
         say("Done; cleaning up")
         return 0
     finally:
