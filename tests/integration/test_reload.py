@@ -16,19 +16,12 @@ from dbus_fast import Message
 
 from gvtd import names
 from gvtd.suspend import DELAY_WHY
-from harness import TIMEOUT, CallError, DBusDaemon, Simulation, plain
+from harness import TIMEOUT, CallError, DBusDaemon, Simulation
 from logind import Logind
+from test_suspend import changed, domain, last, manager
 
 WIN10 = "fff6f017-3417-4ad3-b05e-17ae3e1a4615"
 WIN11 = "11111111-2222-4333-8444-555555555555"
-
-
-def domain(name: str, uuid: str) -> str:
-    return (f"<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>"
-            f"<name>{name}</name><memory>1048576</memory><os><type>hvm</type></os>"
-            f"<devices><hostdev mode='subsystem' type='mdev' managed='no' model='vfio-pci'>"
-            f"<source><address uuid='{uuid}'/></source></hostdev></devices>"
-            f"<test:runstate>5</test:runstate></domain>")
 
 
 def node(tmp_path: Path, name: str, uuid: str) -> str:
@@ -36,21 +29,6 @@ def node(tmp_path: Path, name: str, uuid: str) -> str:
     path = tmp_path / f"{name}.xml"
     path.write_text("<node>" + domain(name, uuid) + "</node>")
     return f"test://{path}"
-
-
-def changed(m: Message, path: str = names.ROOT_PATH) -> dict:
-    """The changed properties of a PropertiesChanged signal on path ({} for others)."""
-    if m.member != "PropertiesChanged" or m.path != path:
-        return {}
-    return plain(m.body[1])
-
-
-def last(sim: Simulation) -> Message | None:
-    return sim.client.signals[-1] if sim.client.signals else None
-
-
-def manager(sim: Simulation) -> dict:
-    return sim.client.props(names.ROOT_PATH, names.MANAGER_IFACE)
 
 
 def wait_manager(sim: Simulation, prop: str, value: object,

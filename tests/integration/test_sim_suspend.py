@@ -5,24 +5,10 @@ removes its idle vGPU before sleep and recreates it after, as on a laptop."""
 from __future__ import annotations
 
 import pytest
-from dbus_fast import Message
 
 from gvtd import names
-from harness import CallError, DBusDaemon, Simulation, plain
-
-
-def changed(m: Message, path: str) -> dict:
-    if m.member != "PropertiesChanged" or m.path != path:
-        return {}
-    return plain(m.body[1])
-
-
-def last(sim: Simulation) -> Message | None:
-    return sim.client.signals[-1] if sim.client.signals else None
-
-
-def manager(sim: Simulation) -> dict:
-    return sim.client.props(names.ROOT_PATH, names.MANAGER_IFACE)
+from harness import CallError, DBusDaemon, Simulation
+from test_suspend import changed, last, manager
 
 
 def removes_and_creates(sim: Simulation) -> list[tuple[str, str]]:

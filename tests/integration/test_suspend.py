@@ -43,7 +43,7 @@ def manager(sim: Simulation) -> dict:
     return sim.client.props(names.ROOT_PATH, names.MANAGER_IFACE)
 
 
-def changed(m: Message, path: str) -> dict:
+def changed(m: Message, path: str = names.ROOT_PATH) -> dict:
     """The changed properties of a PropertiesChanged signal on path ({} for others)."""
     if m.member != "PropertiesChanged" or m.path != path:
         return {}
