@@ -433,6 +433,12 @@ class Host:
         elif d.uuid in self.mdevs:
             log.info("mdev %s stays: gvtd did not create it, and never removes what it did "
                      "not create", d.uuid, extra=journal_fields(name, d.uuid))
+        if self.definitions.get(name) != d:  # the lock was let go during the remove
+            self.publish()
+            if name not in self.definitions:
+                return  # another Undefine of it ended first: done all the same
+            raise Busy(f"{name} was defined again while its vGPU was being removed; the new "
+                       f"definition stays (`gvt-client undefine {name}` removes it).")
         await on_disk(self.config.delete_definition, name)
         del self.definitions[name]
         self.errors.pop(name, None)

@@ -145,3 +145,23 @@ def test_an_adopted_mdev_survives_undefine_and_its_domain_stopping(sim: Simulati
     assert set(v) == {theirs} and (v[theirs]["Origin"], v[theirs]["Managed"]) == ("foreign", False)
     assert (sim.root / "sys/bus/mdev/devices" / theirs).exists()
     assert removes(sim) == [(A, "ok")]  # only gvtd's own
+
+
+def test_a_definition_changed_during_its_undefines_remove_stays(sim: Simulation) -> None:
+    """Undefine lets the host lock go while the kernel holds the remove; a Reload of a
+    hand-edited definition meanwhile wins: the Undefine then answers Busy and the new file
+    stays (it used to delete it, or fail with an internal error when it was gone)."""
+    sim.client.define(name="a", type="i915-GVTg_V5_8", uuid=A, start="manual")
+    sim.client.call("CreateVGPU", "s", ["a"])
+    sim.sim_call("HoldRemove", "s", [A])
+    reply = sim.client.send_call("Undefine", "s", ["a"])
+    assert sim.sim_call("WaitStalled")[0].endswith(f"/{A}/remove")
+    path = sim.config_dir / "vgpus.d" / "a.toml"
+    path.write_text(path.read_text().replace('"manual"', '"on-demand"'))
+    sim.client.call("Reload", timeout=10)
+    sim.sim_call("ReleaseWrites")
+    answer = reply()
+    assert answer.message_type.name == "ERROR" and answer.error_name == BUSY
+    assert "defined again" in answer.body[0]
+    assert 'start = "on-demand"' in path.read_text()
+    assert sim.client.vgpus()["a"]["Start"] == "on-demand"
