@@ -171,6 +171,16 @@ def _resolve(link: Path) -> str:
         return os.path.realpath(link)  # not a link (a test tree, a bind mount): as it is
 
 
+def write_once(path: Path, text: str) -> None:
+    """One write(2) of the whole value, as `echo ... > file` does; sysfs rejects partial
+    ones."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class Sysfs:
     """Reads and writes the mdev ABI below `root` (normally /sys)."""
@@ -310,7 +320,7 @@ class Sysfs:
         try:
             if not TYPE_RE.fullmatch(type_id):  # never a path of its own
                 raise FileNotFoundError
-            self._write(types_dir / type_id / "create", uuid)
+            write_once(types_dir / type_id / "create", uuid)
         except FileNotFoundError:
             # Only now ask why: what the kernel lists now, not what we saw before. (Listing
             # before every create cost a directory read per vGPU.)
@@ -334,7 +344,7 @@ class Sysfs:
         if uuid not in list_dir(self._mdevs):
             raise NotFound(f"There is no mdev {uuid}.")
         try:
-            self._write(self._mdevs / uuid / "remove", "1")
+            write_once(self._mdevs / uuid / "remove", "1")
         except OSError as e:
             if e.errno in (errno.ENOENT, errno.ENODEV):
                 raise NotFound(f"The mdev {uuid} was already gone.") from e
@@ -351,18 +361,9 @@ class Sysfs:
         if not ATTR_NAME_RE.fullmatch(name) or name not in list_dir(dev) or name == "remove":
             raise InvalidArgument(f"The mdev {uuid} has no attribute {name!r}.")
         try:
-            self._write(dev / name, value)
+            write_once(dev / name, value)
         except OSError as e:
             raise Failed(f"Writing {value!r} to attribute {name} of {uuid} failed: {e.strerror}.") from e
-
-    @staticmethod
-    def _write(path: Path, text: str) -> None:
-        # One write(2) of the whole value, as `echo ... > file` does; sysfs rejects partial ones.
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            os.write(fd, text.encode())
-        finally:
-            os.close(fd)
 
     def _create_error(self, e: OSError, parent: Parent, type_id: str, uuid: str) -> GvtdError:
         code = e.errno
