@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection
 from pathlib import Path
 
-from gvtd.config import PCI_ADDRESS_RE, UUID_RE, atomic_write, on_disk
+from gvtd.config import PCI_ADDRESS_RE, UUID_RE, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -65,27 +66,24 @@ class VfSlots:
         """How many VFs the PF needs for the indexes given on it: the highest plus one."""
         return max(self.on(pf).values(), default=-1) + 1
 
-    async def assign(self, uuid: str, pf: str) -> int:
-        """The definition's index on `pf`: the one it has, else the lowest free, recorded
-        before it returns (in the disk thread). A definition moved to another PF gives up
-        its index on the old one. Unchanged on OSError."""
+    def assign(self, uuid: str, pf: str, keep: Collection[str], limit: int) -> int | None:
+        """The definition's index on `pf`: the one it has, else the lowest free one below
+        `limit` (None when there is none: nothing is written), recorded durably before it
+        returns. The slots of UUIDs not in `keep` (definitions gone) and the definition's
+        index on another PF are given up in the same write. Blocking (an fsync): call it in
+        the worker thread that goes on to write the kernel. Unchanged on OSError."""
         held = self._slots.get(uuid)
-        if held is not None and held[0] == pf:
+        if held is not None and held[0] == pf and held[1] < limit:
             return held[1]
-        used = set(self.on(pf).values())
-        index = next(i for i in range(MAX_INDEX + 2) if i not in used)
-        await self._save({**self._slots, uuid: (pf, index)})
+        slots = {u: s for u, s in self._slots.items() if u in keep and u != uuid}
+        used = {i for p, i in slots.values() if p == pf}
+        index = next(i for i in range(limit + 1) if i not in used)
+        if index >= limit:
+            return None
+        slots[uuid] = (pf, index)
+        self._write(slots)
+        self._slots = slots  # durable first: memory never claims what the disk does not
         return index
-
-    async def release(self, uuid: str) -> None:
-        """Forget a definition's index (undefined): the next definition may take it."""
-        if uuid in self._slots:
-            await self._save({u: s for u, s in self._slots.items() if u != uuid})
-
-    async def _save(self, slots: dict[str, tuple[str, int]]) -> None:
-        """Durable first, then in memory: memory never claims what the disk does not."""
-        await on_disk(self._write, slots)
-        self._slots = slots
 
     def _write(self, slots: dict[str, tuple[str, int]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
