@@ -303,7 +303,12 @@ def numvfs_error(e: OSError, pf: PhysFn, count: int) -> GvtdError:
 
 
 def _write_error(e: OSError, device: str, what: str) -> GvtdError:
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if e.errno == errno.EROFS:
+        return Failed(f"gvtd may not write {what} of {device}: its service keeps that file "
+                      "read-only. A VF's files appear after gvtd starts, so binding VFs "
+                      "needs the drop-in in docs/security.md (SR-IOV: ReadWritePaths="
+                      "-/sys/devices/pci0000:00), then `systemctl restart gvtd`.")
+    if e.errno in (errno.EACCES, errno.EPERM):
         return Failed(f"gvtd may not write {what} of {device} ({e.strerror}); it must run as "
                       "root with that file writable (units/gvtd.service lists the paths).")
     return Failed(f"Writing {what} of {device} failed: {e.strerror} "

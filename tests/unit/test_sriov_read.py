@@ -187,3 +187,5 @@ def test_each_errno_of_sriov_numvfs_says_what_to_do() -> None:
     assert isinstance(e, Busy) and "only through 0" in e.message
     e = err(errno.EACCES, "i915")
     assert isinstance(e, Failed) and "units/gvtd.service" in e.message
+    e = err(errno.EROFS, "i915")
+    assert isinstance(e, Failed) and "drop-in in docs/security.md" in e.message
