@@ -99,8 +99,13 @@ class Backend(Protocol):
     than absence, as gvtd.mdev.Sysfs); everything but classify, hostdev and used_in touches
     sysfs and runs in a worker thread."""
 
-    kind: str  # "mdev" | "sriov"
-    root: Path  # the sysfs it reads (normally /sys)
+    @property
+    def kind(self) -> str:
+        """"mdev" | "sriov": a Parent's kind, an Instance's backend."""
+
+    @property
+    def root(self) -> Path:
+        """The sysfs it reads (normally /sys)."""
 
     def parents(self) -> list[Parent]: ...
     def parent(self, name: str) -> Parent | None: ...
