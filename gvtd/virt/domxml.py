@@ -398,14 +398,19 @@ def _graft(el: Element, model: ET.Element) -> None:
         _graft(add(el, child.tag, dict(child.attrib)), child)
 
 
+def _take_out(hostdevs: list[Element], none: str) -> None:
+    """Remove the hostdevs a detach found; InvalidArgument(none) when it found none."""
+    if not hostdevs:
+        raise InvalidArgument(none)
+    for hostdev in hostdevs:
+        remove(hostdev)
+
+
 def detach(xml: str, uuid: str) -> str:
     """The domain XML without the vGPU and what attach() added for it."""
     root = parse(xml)
-    found = [h for h in mdev_hostdevs(root) if _uuid_of(h) == uuid]
-    if not found:
-        raise InvalidArgument(f"The domain has no vGPU {uuid}.")
-    for hostdev in found:
-        remove(hostdev)
+    _take_out([h for h in mdev_hostdevs(root) if _uuid_of(h) == uuid],
+              f"The domain has no vGPU {uuid}.")
     _clear_properties(root)
     _set_gtk(root, False, "")
     return serialize(root)
@@ -573,11 +578,8 @@ def attach_vf(xml: str, spec: VfSpec) -> str:
 def detach_vf(xml: str, address: str) -> str:
     """The domain XML without the VF's hostdev."""
     root = parse(xml)
-    found = [h for h in pci_hostdevs(root) if _pci_address_of(h) == address]
-    if not found:
-        raise InvalidArgument(f"The domain has no PCI hostdev at {address[:40]}.")
-    for hostdev in found:
-        remove(hostdev)
+    _take_out([h for h in pci_hostdevs(root) if _pci_address_of(h) == address],
+              f"The domain has no PCI hostdev at {address[:40]}.")
     return serialize(root)
 
 

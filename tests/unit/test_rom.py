@@ -2,33 +2,24 @@
 every user may read and only root may change, on real files and directories."""
 
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gvtd.errors import InvalidArgument, NotFound
 from gvtd.virt.rom import check_rom
+from test_newdomain import iso  # noqa: F401 (a fixture)
 
 PUBLIC = "/usr/share/common-licenses/GPL-3"  # base-files: root's, 0644, under /usr/share
 
 
 @pytest.fixture
-def share() -> Iterator[Path]:
-    """A directory standing for /usr/share: root's, 0755 (the tests run as root), right
-    below /tmp (root's, sticky), since pytest's own directories are 0700."""
+def share(iso: Path) -> Path:
+    """A directory standing for /usr/share, with a ROM in it: the ISO's, root's and 0755
+    right below /tmp (the tests run as root)."""
     assert os.geteuid() == 0, "these tests make root's files"
-    top = Path(tempfile.mkdtemp(prefix="gvtd-rom-"))
-    top.chmod(0o755)
-    d = top / "share"
-    d.mkdir(mode=0o755)
-    rom = d / "igd.rom"
-    rom.write_bytes(b"\x55\xaa")
-    rom.chmod(0o644)
-    yield d
-    shutil.rmtree(top)
+    iso.rename(iso.parent / "igd.rom")
+    return iso.parent
 
 
 def test_a_public_file_under_usr_share_is_taken_by_its_real_path(tmp_path: Path) -> None:
@@ -58,7 +49,7 @@ def test_modes_and_owners(share: Path) -> None:
     with pytest.raises(NotFound, match="There is no ROM"):
         check_rom(str(share / "missing.rom"), dirs)
     with pytest.raises(InvalidArgument, match="not a regular file"):
-        check_rom(str(share), (str(share.parent) + "/",))
+        check_rom(str(share), ("/tmp/",))
     for mode in (0o600, 0o664, 0o646):  # not readable by all; writable by others
         rom.chmod(mode)
         with pytest.raises(InvalidArgument, match="readable by all"):
