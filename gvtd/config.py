@@ -67,6 +67,7 @@ PARENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9:_-]*(\.[A-Za-z0-9:_-]+)*")
 RESOLUTION_RE = re.compile(r"([1-9][0-9]{2,4})x([1-9][0-9]{2,4})")
 ATTR_NAME_RE = re.compile(r"[A-Za-z0-9_]{1,64}")
 DOMAIN_RE = re.compile(r"[^\x00-\x1f\x7f/]{1,100}")
+PCI_ADDRESS_RE = re.compile(r"([0-9a-f]{4}):([0-9a-f]{2}):([01][0-9a-f])\.([0-7])")
 
 
 def _matching(pattern: re.Pattern[str], what: str, hint: str):

@@ -19,12 +19,12 @@ needs none of that and stays on xml.etree, so the daemon's start does not load l
 from __future__ import annotations
 
 import difflib
-import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from gvtd.config import PCI_ADDRESS_RE
 from gvtd.errors import Busy, InvalidArgument
 from gvtd.mdev import hostdev as mdev_hostdev
 from gvtd.mdev import hostdev_uuid as _uuid_of
@@ -474,7 +474,6 @@ def _has_opregion(root: ET.Element) -> bool:
 
 # -- SR-IOV virtual functions -------------------------------------------------------------
 
-PCI_ADDRESS_RE = re.compile(r"([0-9a-f]{4}):([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])")
 # Why a VF takes none of an mdev's display options: said by attach's reply and refusals.
 PICTURE = ("A VF has no display that QEMU can show (no dma-buf: no SPICE GL, gtk-gl, ramfb "
            "or OpRegion), so the picture comes from inside the guest: Looking Glass (the "

@@ -51,7 +51,8 @@ def test_rom_file_and_rom_bar_off() -> None:
         VfSpec(VF, rom=ROM, rom_bar=False)
 
 
-@pytest.mark.parametrize("address", ["0000:00:02", "00:02.1", "0000:00:02.8", "../../x",
+@pytest.mark.parametrize("address", ["0000:00:02", "00:02.1", "0000:00:02.8", "0000:00:20.0",
+                                     "../../x",
                                      "0000:00:02.1'/><x a='"])
 def test_only_a_pci_address_is_a_vf_address(address: str) -> None:
     with pytest.raises(InvalidArgument, match="not a PCI address"):
