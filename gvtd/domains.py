@@ -193,11 +193,14 @@ class Domains:
         async with self.locks.hold(name):
             view = self.host.find(key)
             before = await self.libvirt.read_xml(name)
-            if view.backend == "sriov":
-                after = domxml.attach_vf(before, await _vf_spec(view.address, opts))
+            instance = Instance(view.uuid, view.parent, view.type_id, view.address,
+                                view.backend)
+            if view.backend == "sriov":  # its backend writes a PCI hostdev
+                hostdev = self.host.backends.hostdev(instance, await _vf_options(view, opts))
+                after = domxml.attach_vf(before, hostdev)
                 picture = f"{names.PICTURE_LINE}{domxml.PICTURE}\n"
             else:
-                after = await self._attach_mdev(before, view, opts)
+                after = await self._attach_mdev(before, view, instance, opts)
                 picture = ""
             if opts.audio is not None:
                 after = audio.wire(after, socket if opts.audio else None)
@@ -209,7 +212,8 @@ class Domains:
                                                                       self.qemu_conf)
             return f"{change}{names.SOUND_LINE}{user}@{socket}\n"
 
-    async def _attach_mdev(self, before: str, view: VgpuView, opts: AttachOptions) -> str:
+    async def _attach_mdev(self, before: str, view: VgpuView, instance: Instance,
+                           opts: AttachOptions) -> str:
         if opts.rom is not None or opts.rom_bar is not None:
             raise InvalidArgument(f"rom and rom_bar are for an SR-IOV VF (a PCI function with "
                                   f"a ROM BAR); {view.name or view.uuid} is an mdev, which has "
@@ -217,7 +221,6 @@ class Domains:
         display = opts.display or "spice-gl"
         render_node = await asyncio.to_thread(self.host.render_node, view.parent) \
             if display == "spice-gl" else None  # a sysfs scan
-        instance = Instance(view.uuid, view.parent, view.type_id, view.address, view.backend)
         spec = domxml.AttachSpec(
             uuid=view.uuid, display=display,  # type: ignore[arg-type]
             render_node=render_node,
@@ -406,18 +409,19 @@ ATTACH_KEYS = {"display": str, "dry_run": bool, "x_display": str, "audio": bool,
                "rom_bar": bool}
 
 
-async def _vf_spec(address: str, opts: AttachOptions) -> domxml.VfSpec:
+async def _vf_options(view: VgpuView, opts: AttachOptions) -> HostdevOptions:
     """A VF's hostdev as opts ask: its ROM file checked (a worker thread: it stats the
     caller's path), and none of an mdev's display options, whose refusal says what gives
     a VF's picture instead."""
     if opts.display not in (None, "vnc", "none") or opts.x_display is not None:
         asked = f"display {opts.display}" if opts.x_display is None else "x_display"
         raise InvalidArgument(f"{asked} is for an mdev vGPU's display. {domxml.PICTURE}")
-    if not address:
-        raise InvalidArgument("The VF has no PCI address yet (its GPU makes no VFs now): "
-                              "see `gvt-client status`.")
+    if not view.address:
+        raise InvalidArgument(f"{view.name or view.uuid} has no VF address yet (its GPU "
+                              "makes no VFs now): see `gvt-client status`.")
     rom = await asyncio.to_thread(check_rom, opts.rom) if opts.rom is not None else None
-    return domxml.VfSpec(address, rom, opts.rom_bar is not False)
+    spec = domxml.VfSpec(view.address, rom, opts.rom_bar is not False)  # refuses rom and no BAR
+    return HostdevOptions(rom=spec.rom, rom_bar=spec.rom_bar)
 
 
 def attach_options(options: dict[str, object]) -> AttachOptions:

@@ -500,7 +500,7 @@ class VfSpec:
 
 
 def pci_hostdev(spec: VfSpec) -> ET.Element:
-    """The VF's <hostdev>, as attach_vf() writes it."""
+    """The VF's <hostdev> (the SR-IOV backend's), for attach_vf()."""
     d, b, s, f = PCI_ADDRESS_RE.fullmatch(spec.address).groups()  # type: ignore[union-attr]
     hostdev = ET.Element("hostdev", {"mode": "subsystem", "type": "pci", "managed": "no"})
     ET.SubElement(ET.SubElement(hostdev, "source"), "address", {
@@ -548,15 +548,16 @@ def pci_addresses(xml: str) -> list[str]:
     return [a for a in map(_pci_address_of, pci_hostdevs(root)) if a]
 
 
-def attach_vf(xml: str, spec: VfSpec) -> str:
-    """The domain XML with the VF attached; idempotent. What libvirt added to the hostdev
-    (its guest address, an alias, a boot order) stays; the ROM is as spec says."""
+def attach_vf(xml: str, wanted: ET.Element) -> str:
+    """The domain XML with a VF's hostdev as wanted (pci_hostdev(), which its backend
+    gives); idempotent. What libvirt added to the hostdev (its guest address, an alias, a
+    boot order) stays; the ROM is as wanted says."""
     root = parse(xml)
     devices = root.find("devices")
     if devices is None:
         devices = add(root, "devices")
-    wanted = pci_hostdev(spec)
-    ours = next((h for h in pci_hostdevs(root) if _pci_address_of(h) == spec.address), None)
+    address = _pci_address_of(wanted)
+    ours = next((h for h in pci_hostdevs(root) if _pci_address_of(h) == address), None)
     if ours is None:
         ours = add(devices, "hostdev")
         _graft(ours, wanted)

@@ -5,10 +5,11 @@ import asyncio
 
 import pytest
 
-from gvtd.domains import AttachOptions, _vf_spec, attach_options
+from gvtd.backend import HostdevOptions
+from gvtd.domains import AttachOptions, _vf_options, attach_options
 from gvtd.errors import InvalidArgument, NotFound
 from gvtd.virt import domxml
-from gvtd.virt.domxml import VfSpec
+from gvtd.reconcile import VgpuView
 
 VF = "0000:00:02.1"
 PUBLIC = "/usr/share/common-licenses/GPL-3"
@@ -34,14 +35,20 @@ def test_x_display_is_an_x_display() -> None:
         attach_options({"x_display": "host:0"})
 
 
-def vf_spec(**options: object) -> VfSpec:
-    return asyncio.run(_vf_spec(VF, attach_options(options)))
+def view(address: str = VF) -> VgpuView:
+    return VgpuView("fff6f017-3417-4ad3-b05e-17ae3e1a4615", "win11", "0000:00:02.0", "vf",
+                    "active", "auto", "win11", True, "", backend="sriov", address=address)
+
+
+def vf_spec(**options: object) -> HostdevOptions:
+    """What the SR-IOV backend is asked to write for AttachVGPU's options."""
+    return asyncio.run(_vf_options(view(), attach_options(options)))
 
 
 def test_a_vfs_rom_and_rom_bar() -> None:
-    assert vf_spec() == VfSpec(VF)
-    assert vf_spec(rom_bar=False) == VfSpec(VF, rom_bar=False)
-    assert vf_spec(rom=PUBLIC) == VfSpec(VF, rom=PUBLIC)
+    assert vf_spec() == HostdevOptions()
+    assert vf_spec(rom_bar=False) == HostdevOptions(rom_bar=False)
+    assert vf_spec(rom=PUBLIC) == HostdevOptions(rom=PUBLIC)
     with pytest.raises(InvalidArgument, match="either rom or rom_bar false"):
         vf_spec(rom=PUBLIC, rom_bar=False)
     with pytest.raises(InvalidArgument, match="not under /usr/share"):
@@ -61,4 +68,9 @@ def test_an_mdev_display_option_for_a_vf_says_what_gives_its_picture(
 
 
 def test_no_vgpu_display_is_what_a_vf_has() -> None:
-    assert vf_spec(display="none") == vf_spec(display="vnc") == VfSpec(VF)
+    assert vf_spec(display="none") == vf_spec(display="vnc") == HostdevOptions()
+
+
+def test_a_vf_without_an_address_says_so() -> None:
+    with pytest.raises(InvalidArgument, match="win11 has no VF address yet"):
+        asyncio.run(_vf_options(view(""), attach_options({})))

@@ -21,6 +21,11 @@ def dom(devices: str = "") -> str:
     return f"<domain type='kvm'><name>win11</name><devices>{devices}</devices></domain>"
 
 
+def vf(xml: str, address: str = VF, rom: str | None = None, rom_bar: bool = True) -> str:
+    """attach_vf with the hostdev the SR-IOV backend gives (pci_hostdev)."""
+    return domxml.attach_vf(xml, domxml.pci_hostdev(VfSpec(address, rom, rom_bar)))
+
+
 def host(bus: str = "0x00", slot: str = "0x02", function: str = "0x1",
          extra: str = "") -> str:
     return (f"<hostdev mode='subsystem' type='pci' managed='yes'><source><address "
@@ -29,7 +34,7 @@ def host(bus: str = "0x00", slot: str = "0x02", function: str = "0x1",
 
 
 def test_a_vf_is_a_pci_hostdev_libvirt_does_not_manage() -> None:
-    root = ET.fromstring(domxml.attach_vf(dom(), VfSpec(VF)))
+    root = ET.fromstring(vf(dom()))
     (hostdev,) = root.findall("./devices/hostdev")
     assert hostdev.attrib == {"mode": "subsystem", "type": "pci", "managed": "no"}
     assert hostdev.find("./source/address").attrib == {
@@ -41,12 +46,12 @@ def test_a_vf_is_a_pci_hostdev_libvirt_does_not_manage() -> None:
 
 
 def test_rom_file_and_rom_bar_off() -> None:
-    with_file = domxml.attach_vf(dom(), VfSpec(VF, rom=ROM))
+    with_file = vf(dom(), rom=ROM)
     assert ET.fromstring(with_file).find("./devices/hostdev/rom").attrib == {"file": ROM}
-    bar_off = domxml.attach_vf(with_file, VfSpec(VF, rom_bar=False))
+    bar_off = vf(with_file, rom_bar=False)
     assert ET.fromstring(bar_off).find("./devices/hostdev/rom").attrib == {"bar": "off"}
-    plain = domxml.attach_vf(bar_off, VfSpec(VF))
-    assert plain == domxml.attach_vf(dom(), VfSpec(VF))
+    plain = vf(bar_off)
+    assert plain == vf(dom())
     with pytest.raises(InvalidArgument, match="either rom or rom_bar false"):
         VfSpec(VF, rom=ROM, rom_bar=False)
 
@@ -64,8 +69,8 @@ def test_attach_again_updates_and_keeps_what_libvirt_added() -> None:
     written managed='yes' (libvirt would rebind the VF behind gvtd): only that changes."""
     guest = "<address type='pci' domain='0x0000' bus='0x00' slot='0x05' function='0x0'/>"
     xml = dom(host(extra=f"<alias name='hostdev0'/>{guest}"))
-    once = domxml.attach_vf(xml, VfSpec(VF, rom=ROM))
-    assert domxml.attach_vf(once, VfSpec(VF, rom=ROM)) == once
+    once = vf(xml, rom=ROM)
+    assert vf(once, rom=ROM) == once
     hostdev = ET.fromstring(once).find("./devices/hostdev")
     assert hostdev.get("managed") == "no"
     assert [c.tag for c in hostdev] == ["source", "rom", "alias", "address"]
@@ -73,7 +78,7 @@ def test_attach_again_updates_and_keeps_what_libvirt_added() -> None:
 
 
 def test_attach_diff_is_the_hostdev_alone() -> None:
-    after = domxml.attach_vf(VIRT_MANAGER, VfSpec(VF, rom_bar=False))
+    after = vf(VIRT_MANAGER, rom_bar=False)
     assert changed(VIRT_MANAGER, after) == [
         '+    <hostdev mode="subsystem" type="pci" managed="no">',
         '+      <source>',
@@ -105,9 +110,10 @@ def test_pci_addresses() -> None:
 
 
 def test_pci_hostdev_is_attach_vf_hostdev() -> None:
-    """The element a backend writes is the one attach_vf puts in the domain."""
+    """attach_vf puts the backend's element into the domain as it is."""
     spec = VfSpec(VF, rom=ROM)
-    made = ET.fromstring(domxml.attach_vf(dom(), spec)).find("./devices/hostdev")
+    made = ET.fromstring(domxml.attach_vf(dom(), domxml.pci_hostdev(spec))).find(
+        "./devices/hostdev")
     assert ET.tostring(domxml.pci_hostdev(spec)) == ET.tostring(made)
 
 
@@ -135,12 +141,11 @@ def test_lint_of_pci_hostdevs(devices: str, drivers: dict[str, str], found: list
 
 
 EDITS = {
-    "vf": lambda x: domxml.attach_vf(x, VfSpec(VF)),
-    "vf-rom": lambda x: domxml.attach_vf(x, VfSpec(VF, rom=ROM)),
-    "vf-rom-bar-off": lambda x: domxml.attach_vf(x, VfSpec(VF, rom_bar=False)),
-    "vf-and-mdev": lambda x: domxml.attach_vf(domxml.attach(x, AttachSpec(U, "vnc")),
-                                              VfSpec("0000:00:02.2", rom=ROM)),
-    "vf-detached": lambda x: domxml.detach_vf(domxml.attach_vf(x, VfSpec(VF, rom=ROM)), VF),
+    "vf": lambda x: vf(x),
+    "vf-rom": lambda x: vf(x, rom=ROM),
+    "vf-rom-bar-off": lambda x: vf(x, rom_bar=False),
+    "vf-and-mdev": lambda x: vf(domxml.attach(x, AttachSpec(U, "vnc")), "0000:00:02.2", ROM),
+    "vf-detached": lambda x: domxml.detach_vf(vf(x, rom=ROM), VF),
 }
 
 
