@@ -78,7 +78,9 @@ class Instance:
 class HostdevOptions:
     """How a domain is to use its vGPU: what the backend's hostdev element depends on."""
 
-    display: str = "spice-gl"
+    display: str = "spice-gl"  # an mdev's (gvtd.mdev.hostdev)
+    rom: str | None = None  # a VF's ROM file, checked already (gvtd.virt.rom)
+    rom_bar: bool = True  # False: a VF without a ROM BAR (gvtd.virt.domxml.VfSpec)
 
 
 @dataclass(frozen=True)
