@@ -183,10 +183,14 @@ class Sysfs:
                 with _opened(pci / name) as d:
                     vendor = parse_int(read_attr("vendor", d, strict=True), 16)
                     cls = parse_int(read_attr("class", d, strict=True), 16)
+                    gpu = vendor == gvt.INTEL_VENDOR and cls is not None \
+                        and cls >> 16 == PCI_DISPLAY_CLASS
+                    # an Intel GPU's SR-IOV VF is a display function too, and never a parent
+                    gpu = gpu and not _link_name("physfn", d)
             except OSError as e:
                 absent(e, pci / name)
                 continue  # gone since listed
-            if vendor == gvt.INTEL_VENDOR and cls is not None and cls >> 16 == PCI_DISPLAY_CLASS:
+            if gpu:
                 found[name] = self._parent(name, pci / name, False)
         return sorted(found.values(), key=lambda p: p.name)
 

@@ -14,13 +14,23 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import logging
+import os
 import re
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gvtd import gvt
-from gvtd.config import PCI_ADDRESS_RE
-from gvtd.errors import Busy, Failed, GvtdError, NoCapacity, ParentMissing
+from gvtd.backend import HostdevOptions, Instance, MdevType, Parent, Uevent
+from gvtd.config import PCI_ADDRESS_RE, VF_TYPE
+from gvtd.errors import (Busy, Failed, GvtdError, InvalidArgument, NoCapacity, NotFound,
+                         ParentMissing)
+from gvtd.vfslots import VfSlots
+from gvtd.virt import domxml
+from gvtd.virt.domxml import HOST_GPU_DRIVERS
 from gvtd.mdev import (PCI_DISPLAY_CLASS, _link_name, _opened, _resolve, absent, list_dir,
                        parse_int, read_attr, write_once)
 
@@ -29,6 +39,8 @@ VFIO_PCI = "vfio-pci"
 VIRTFN = "virtfn"
 # The kernel command line parameter that sets how many VFs a GPU driver offers.
 MAX_VFS_PARAMETER = {"i915": "i915.max_vfs", "xe": "xe.max_vfs"}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -226,14 +238,19 @@ class PciSriov:
         return link, name
 
     def bind_vfio(self, pf: PhysFn, index: int) -> str:
-        """Bind VF `index` of a PF to vfio-pci and return its address: off a host driver
-        first (one that took it before gvtd set autoprobe), then driver_override and
+        """Bind VF `index` of a PF to vfio-pci and return its address: off a GPU driver
+        first (i915 or xe took it before gvtd set autoprobe), then driver_override and
         drivers_probe, so that only vfio-pci can take it; the driver link read back says
-        whether it did (drivers_probe succeeds even when no driver takes the device)."""
+        whether it did (drivers_probe succeeds even when no driver takes the device). A VF
+        on any other driver is someone's (a NIC's VF in use): Busy, nothing written."""
         link, name = self._vf_link(pf, index)
         driver = _link_name(link / "driver")
         if driver == VFIO_PCI:
             return name
+        if driver and driver not in HOST_GPU_DRIVERS:
+            raise Busy(f"The VF {name} of {pf.name} is on the driver {driver}, which gvtd "
+                       "did not bind it to: gvtd takes a VF only off i915 or xe. Unbind it "
+                       "yourself if this vGPU is to have it, or name another PF.")
         try:
             if driver:
                 self._unbind(driver, name)
@@ -313,3 +330,245 @@ def _write_error(e: OSError, device: str, what: str) -> GvtdError:
                       "root with that file writable (units/gvtd.service lists the paths).")
     return Failed(f"Writing {what} of {device} failed: {e.strerror} "
                   f"({errno.errorcode.get(e.errno or 0, e.errno)}).")
+
+
+
+class SriovBackend:
+    """vGPUs as PCI virtual functions bound to vfio-pci: the Backend of kind "sriov".
+
+    Each SR-IOV definition has a VF slot (gvtd.vfslots) on its PF; its instance is the VF
+    at that slot while it exists and is bound to vfio-pci. create() brings the PF to the VF
+    count the slots need (through 0 when VFs exist: the kernel knows no other way), then
+    binds the slot's VF; remove() releases it, and the PF's VFs go when none is bound any
+    more. Everything but classify, hostdev and used_in blocks: Host calls it in worker
+    threads."""
+
+    kind = "sriov"
+
+    def __init__(self, pci: PciSriov, slots: VfSlots,
+                 definitions: Callable[[], Mapping[str, str]],
+                 running_user: Callable[[str], str | None],
+                 counts: Callable[[], Mapping[str, int]] = dict) -> None:
+        """definitions: the parent ("auto" or an address) of each SR-IOV definition, by
+        UUID (gvtd.host); running_user: the running domain that uses a vGPU
+        (gvtd.domains); counts: the VF count gvtd.toml sets per PF (sriov_vfs)."""
+        self.pci = pci
+        self.slots = slots
+        self._definitions = definitions
+        self._running_user = running_user
+        self._counts = counts
+        self._pfs: frozenset[str] = frozenset()  # every PF read: classify knows them
+        self._vfs: dict[str, tuple[str, int]] = {}  # VF address -> (PF, index), made or not
+        self._kernel = threading.Lock()  # one count change or bind at a time (see remove)
+
+    @property
+    def root(self) -> Path:
+        return self.pci.root
+
+    # -- reading (worker threads) ----------------------------------------------------------
+
+    def _named(self) -> frozenset[str]:
+        """The PFs definitions name by address: any SR-IOV device, not only a GPU."""
+        return frozenset(p for p in self._definitions().values() if p != "auto")
+
+    def parents(self) -> list[Parent]:
+        pfs = self.pci.physfns(self._named())
+        vfs: dict[str, tuple[str, int]] = {}
+        for pf in pfs:
+            vfs.update(_addresses(pf))
+        self._pfs, self._vfs = frozenset(pf.name for pf in pfs), vfs
+        return [self._parent(pf) for pf in pfs]
+
+    def parent(self, name: str) -> Parent | None:
+        pf = self.pci.physfn(name, any_device=name in self._named())
+        if pf is None:
+            return None
+        self._pfs = self._pfs | {name}
+        self._vfs = {**self._vfs, **_addresses(pf)}
+        return self._parent(pf)
+
+    def _parent(self, pf: PhysFn) -> Parent:
+        """A PF as a parent: registered while a driver is bound (only then can it make
+        VFs), with the one type "vf", whose available count is what is not bound to
+        vfio-pci for a definition."""
+        types: tuple[MdevType, ...] = ()
+        if pf.driver:
+            active = sum(1 for i in self.slots.on(pf.name).values() if self._bound(pf.name, i))
+            types = (MdevType(id=VF_TYPE, name="VF", description=None, device_api="vfio-pci",
+                              available=max(0, pf.total_vfs - active)),)
+        return Parent(name=pf.name, syspath=pf.syspath, driver=pf.driver, vendor=pf.vendor,
+                      device=pf.device, registered=bool(pf.driver), types=types,
+                      kind=self.kind, total_vfs=pf.total_vfs, num_vfs=pf.num_vfs,
+                      vf_offset=pf.offset, vf_stride=pf.stride, autoprobe=pf.autoprobe)
+
+    def _bound(self, pf: str, index: int) -> VirtFn | None:
+        """VF `index` of `pf` when it is on vfio-pci."""
+        vf = self.pci.vf_at(pf, index)
+        return vf if vf is not None and vf.driver == VFIO_PCI else None
+
+    def instances(self) -> dict[str, Instance]:
+        found = (self.instance(u) for u in self._definitions())
+        return {i.uuid: i for i in found if i is not None}
+
+    def instance(self, uuid: str) -> Instance | None:
+        """The definition's VF, while it exists and is on vfio-pci: a VF on no driver or a
+        host driver is no vGPU a VM can use."""
+        slot = self.slots.slot(uuid)
+        if slot is None or uuid not in self._definitions():
+            return None
+        vf = self._bound(*slot)
+        if vf is None:
+            return None
+        return Instance(uuid=uuid, parent=slot[0], type_id=VF_TYPE, address=vf.name,
+                        backend=self.kind)
+
+    def arriving(self, uuid: str) -> bool:
+        return False  # a VF is whole when the write of the count returns
+
+    # -- writing (worker threads) ----------------------------------------------------------
+
+    def create(self, parent: Parent, type_id: str, uuid: str) -> Instance:
+        """Give the definition its slot (recorded before any write), bring the PF to the
+        count, bind the slot's VF to vfio-pci. Every write returns when the kernel has done
+        it (the VFs exist, the bind is made), so its uevents follow, and none is awaited."""
+        if type_id != VF_TYPE:
+            raise InvalidArgument(f"{parent.name} is an SR-IOV PF: its one type is "
+                                  f"{VF_TYPE!r}, not {type_id!r}.")
+        with self._kernel:
+            pf = self._pf(parent.name)
+            index = self._slot(uuid, pf)
+            want = max(self.slots.wanted(pf.name), self._counts().get(pf.name, 0))
+            if pf.num_vfs < want:
+                rebind = self._count(pf, want, uuid)
+                pf = self._pf(parent.name)
+                for other in rebind:  # what the way through 0 took from their definitions
+                    self.pci.bind_vfio(pf, other)
+            address = self.pci.bind_vfio(pf, index)
+        return Instance(uuid=uuid, parent=pf.name, type_id=VF_TYPE, address=address,
+                        backend=self.kind)
+
+    def _pf(self, name: str) -> PhysFn:
+        pf = self.pci.physfn(name)
+        if pf is None:
+            raise ParentMissing(f"The PF {name} is gone, or has no SR-IOV capability: its "
+                                "VFs are made when it is back.")
+        if not pf.driver:
+            raise ParentMissing(f"No driver is bound to the PF {name}: its VFs are made as "
+                                "soon as its driver binds.")
+        return pf
+
+    def _slot(self, uuid: str, pf: PhysFn) -> int:
+        """The definition's VF index, recorded before any write; the slots of definitions
+        gone are given up in the same write."""
+        limit = pf.total_vfs or 1  # with none allowed, the kernel's ERANGE says what to set
+        try:
+            index = self.slots.assign(uuid, pf.name, set(self._definitions()), limit)
+        except OSError as e:
+            raise Failed(f"Cannot record the vGPU's VF in {self.slots.path}: {e.strerror}; "
+                         "nothing was written to the kernel. Free space there.") from e
+        if index is None:
+            raise NoCapacity(self.no_capacity_message(pf.name, VF_TYPE))
+        return index
+
+    def _count(self, pf: PhysFn, want: int, uuid: str) -> list[int]:
+        """Write the VF count, autoprobe off first: the kernel takes a new count only
+        through 0 while VFs exist, so Busy names the running domain that would lose its VF;
+        returns the other slots that were on vfio-pci (0 unbound them)."""
+        ours = self.slots.on(pf.name)
+        bound = sorted(i for u, i in ours.items() if u != uuid and self._bound(pf.name, i))
+        mine = {pf.vf_address(i) for i in bound}  # on vfio-pci for a definition
+        others = [vf for vf in self.pci.virtfns(pf).values() if vf.driver
+                  and vf.driver not in HOST_GPU_DRIVERS and vf.name not in mine]
+        if others:
+            raise Busy(f"The PF {pf.name} has {pf.num_vfs} VFs and needs {want}, and the "
+                       "kernel changes the count only through 0, which would take "
+                       f"{others[0].name} from its driver {others[0].driver} (gvtd did not "
+                       "bind it). Free that VF, or define fewer vGPUs on this PF.")
+        for other, index in sorted(ours.items()):
+            user = self._running_user(other) if index in bound else None
+            if user is not None:
+                raise Busy(f"The PF {pf.name} has {pf.num_vfs} VFs and needs {want}: the "
+                           "kernel changes the count only through 0, which would take its "
+                           f"VF from the running domain {user}. Stop {user} first, or set the "
+                           f"count for {pf.name} in gvtd.toml (sriov_vfs) so that it never "
+                           "has to change.")
+        if pf.autoprobe:
+            self.pci.set_autoprobe(pf, False)
+        if pf.num_vfs:
+            log.info("Changing the VF count of %s from %d to %d through 0", pf.name,
+                     pf.num_vfs, want, extra={"PARENT": pf.name})
+            self.pci.set_numvfs(pf, 0)
+        self.pci.set_numvfs(pf, want)
+        return bound
+
+    def remove(self, uuid: str) -> None:
+        """Unbind the VF from vfio-pci (the kernel holds that while a VM has it open, and
+        no lock is held meanwhile); then, when no VF of the PF is bound to any driver and
+        gvtd.toml sets no count for it, set the count to 0: the VFs go."""
+        slot = self.slots.slot(uuid)
+        if slot is None or self._bound(*slot) is None:
+            raise NotFound(f"The VF of vGPU {uuid} was already gone.")
+        name, index = slot
+        self.pci.unbind(self._pf(name), index)
+        with self._kernel:
+            pf = self.pci.physfn(name)
+            if pf is None or not pf.num_vfs or self._counts().get(name) \
+                    or any(vf.driver for vf in self.pci.virtfns(pf).values()):
+                return
+            self.pci.set_numvfs(pf, 0)
+
+    def write_attr(self, uuid: str, name: str, value: str) -> None:
+        raise InvalidArgument(f"A VF has no attributes to write ({name[:64]!r}): remove "
+                              "`attrs` from the definition.")
+
+    def no_capacity_message(self, parent: str, type_id: str) -> str:
+        """Why no VF is left on a PF, and what to do (re-read from sysfs)."""
+        pf = self.pci.physfn(parent)
+        if pf is None:
+            return f"The PF {parent} has no room for another VF."
+        if pf.total_vfs == 0:
+            return numvfs_error(OSError(errno.ERANGE, os.strerror(errno.ERANGE)), pf, 1).message
+        parameter = MAX_VFS_PARAMETER.get(pf.driver)
+        return (f"All {pf.total_vfs} VFs of the PF {parent} are given to vGPU definitions: "
+                "undefine one you do not need"
+                + (f", or raise {parameter} on the kernel command line" if parameter else "")
+                + ".")
+
+    # -- on the loop: no I/O ---------------------------------------------------------------
+
+    def classify(self, action: str, subsystem: str | None, sys_path: str,
+                 properties: dict[str, str]) -> Uevent | None:
+        """A pci event on a VF of a known PF (made or not): re-read the PF, and the
+        definition's VF when the slot is one's; on a known PF: re-read it; an add or
+        remove of another PCI device may be a new PF: re-read it as a parent."""
+        if subsystem != "pci":
+            return None
+        name = os.path.basename(sys_path)
+        where = self._vfs.get(name)
+        if where is not None:
+            return Uevent(action, frozenset({where[0]}), self.slots.owner(*where))
+        if name in self._pfs or action in ("add", "remove"):
+            return Uevent(action, frozenset({name}))
+        return None
+
+    def hostdev(self, instance: Instance, options: HostdevOptions) -> ET.Element:
+        return domxml.pci_hostdev(domxml.VfSpec(instance.address, options.rom,
+                                                options.rom_bar))
+
+    def used_in(self, root: ET.Element) -> list[str]:
+        """The SR-IOV vGPUs whose slot's VF a domain's PCI hostdevs name."""
+        by_address = {a: self.slots.owner(*where) for a, where in self._vfs.items()}
+        defined = self._definitions()
+        found = (by_address.get(a) for a in domxml.pci_addresses_in(root))
+        return list(dict.fromkeys(u for u in found if u is not None and u in defined))
+
+
+def _addresses(pf: PhysFn) -> dict[str, tuple[str, int]]:
+    """Where each VF of a PF is or will be: address -> (PF, index)."""
+    out: dict[str, tuple[str, int]] = {}
+    for index in range(pf.total_vfs):
+        try:
+            out[pf.vf_address(index)] = (pf.name, index)
+        except ValueError:
+            break
+    return out
