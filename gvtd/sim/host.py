@@ -316,6 +316,10 @@ class EmulatedHost:
         with self._lock:
             return [(m.uuid, m.parent, m.type_id) for m in self.kernel.mdevs.values() if not m.removing]
 
+    def model(self) -> threading.Lock:
+        """The model's lock, for a caller that changes the kernel's facts (the machine)."""
+        return self._lock
+
     # -- internals -----------------------------------------------------------------------
     @property
     def tb(self) -> Testbed:

@@ -402,8 +402,9 @@ class Kernel:
         pf.sriov.autoprobe = parse_bool(text)
 
     def forget_vfs(self) -> list[PciDevice]:
-        """A reboot: every VF is gone, autoprobe is back on, overrides are cleared, every
-        PF's driver is bound again (its limit set anew). Returns the VFs that were there."""
+        """A reboot: every VF is gone, autoprobe is back on, overrides are cleared, each
+        PCI function is on its boot driver again (a PF's limit set anew). Returns the VFs
+        that were there."""
         gone = [d for d in self.pci.values() if d.physfn is not None]
         for vf in gone:
             self.drop_vf(vf)
@@ -412,8 +413,9 @@ class Kernel:
             if dev.sriov is not None:
                 dev.sriov.num = 0
                 dev.sriov.autoprobe = True
-                if dev.driver is not None:
-                    self.bind(dev, dev.driver)
+            self.unbind(dev)
+            if dev.boot_driver is not None:
+                self.bind(dev, dev.boot_driver)
         return gone
 
 
@@ -510,6 +512,7 @@ class PciDevice:
     vfio_dev: bool = False  # vfio-dev/vfioN is there (vfio-pci bound, or binding)
     vfio_group: bool = False  # it holds its group's vfio device (/dev/vfio/<group>) open
     gone: bool = False  # being removed: off the bus's devices/ before its remove uevent
+    boot_driver: str | None = None  # the driver that binds it at boot
 
     def uevent(self) -> dict[str, str]:
         """The ``uevent`` file: what pci_uevent() adds, DRIVER first while bound."""
@@ -639,7 +642,7 @@ def sriov_host(device_id: int, driver: str, max_vfs: int | None, sriov: bool = T
     k.pci_drivers[VFIO_PCI] = PciDriver(VFIO_PCI, "vfio_pci")
     pf = PciDevice(name=address, devpath=f"/devices/pci{address[:7]}/{address}", vendor=0x8086,
                    device=device_id, pci_class=0x030000, subsys=subsys,
-                   sriov=Sriov(total, 1, 1, device_id), iommu_group=0)
+                   sriov=Sriov(total, 1, 1, device_id), iommu_group=0, boot_driver=driver)
     k.pci[address] = pf
     k.bind(pf, driver)
     return k
