@@ -415,6 +415,9 @@ class Host:
         self.definitions[name] = definition
         log.info("Defined vGPU %s (%s)", name, definition.uuid,
                  extra=journal_fields(name, definition.uuid))
+        if target is None and definition.uuid in self.vf_parents():
+            # a PF that only a definition makes a parent (a NIC's, QEMU's nvme) is one now
+            await self._reread({definition.parent} - {"auto"}, set())
         if take_over and foreign is not None and definition.uuid not in self.ownership:
             log.info("Taking over existing mdev %s for %s: gvtd removes it as its own",
                      definition.uuid, name, extra=journal_fields(name, definition.uuid, foreign.parent))

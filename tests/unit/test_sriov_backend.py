@@ -7,7 +7,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from test_sriov_read import GPU, _tree
+from test_sriov_read import GPU, NVME, _tree
 
 from gvtd.backend import Backends, Uevent
 from gvtd.mdev import Sysfs
@@ -94,3 +94,38 @@ def test_beside_the_mdev_backend_a_pf_is_an_sriov_parent(tmp_path: Path) -> None
     vf = "/devices/pci0000:00/0000:00:02.1"
     assert both.classify("bind", "pci", vf, {"DRIVER": "i915", "PCI_CLASS": "30000"}) == \
         Uevent("bind", frozenset({"0000:00:02.1", PF}), A)
+
+
+def test_a_pf_only_a_definition_names_is_found_at_its_define(tmp_path: Path) -> None:
+    """QEMU's nvme PF (no GPU) is a parent because a definition names it: Define finds it
+    and writes there at once (a plain directory binds nothing: the vGPU says so), instead
+    of leaving the vGPU parent-missing until something else reads the PF."""
+    import asyncio
+
+    from gvtd.config import ConfigDir
+    from gvtd.host import Host
+    from gvtd.state import Ownership
+
+    sys = _tree(tmp_path)
+    for f in ("sriov_numvfs", "sriov_drivers_autoprobe"):
+        (sys / NVME / f).write_text("")
+    (sys / "bus/pci/drivers_probe").write_text("")
+    host: Host | None = None
+    slots = VfSlots(tmp_path / "state")
+    sriov = SriovBackend(PciSriov(sys), slots, lambda: host.vf_parents() if host else {},
+                         lambda uuid: None)
+    host = Host(ConfigDir(tmp_path / "etc"), Backends([Sysfs(sys), sriov]),
+                Ownership(tmp_path / "state"))
+
+    async def go() -> None:
+        await host.reconcile()
+        assert "0000:01:00.0" not in host.parents
+        await host.define("w", {"uuid": A, "parent": "0000:01:00.0", "type": "vf"})
+
+    asyncio.run(go())
+    v = host.views[A]
+    assert (v.state, v.parent) == ("failed", "0000:01:00.0")
+    assert "did not bind to vfio-pci" in v.last_error or "has no VF 0" in v.last_error
+    assert (sys / NVME / "sriov_numvfs").read_text() == "1"
+    assert slots.slot(A) == ("0000:01:00.0", 0)
+    assert host.parents["0000:01:00.0"].kind == "sriov"
