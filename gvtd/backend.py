@@ -114,6 +114,10 @@ class Backend(Protocol):
     def instances(self) -> dict[str, Instance]: ...
     def instance(self, uuid: str) -> Instance | None: ...
     def arriving(self, uuid: str) -> bool: ...
+    def address(self, uuid: str) -> str:
+        """Where a vGPU's instance lives or will live when that is not its UUID (a VF's PCI
+        address, known from its slot while the VF is unbound or not made); "" else. No
+        I/O: it runs on the loop."""
     def create(self, parent: Parent, type_id: str, uuid: str) -> Instance | None:
         """Make the instance; when it returns, the instance exists. Returns it, or None to
         have it read back (instance())."""
@@ -180,6 +184,9 @@ class Backends:
 
     def arriving(self, uuid: str) -> bool:
         return any(b.arriving(uuid) for b in self.all)
+
+    def address(self, uuid: str) -> str:
+        return next((a for b in self.all if (a := b.address(uuid))), "")
 
     def no_capacity_message(self, parent: Parent, type_id: str) -> str:
         return self.of(parent.kind).no_capacity_message(parent.name, type_id)

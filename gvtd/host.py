@@ -153,7 +153,7 @@ class Host:
         owned = dict(self.ownership.items())
         self.views = reconcile.views(self.definitions, list(self.parents.values()), self.mdevs,
                                      owned, self.errors, self.domains.domain_of, self.refused,
-                                     self.ownership.origins())
+                                     self.ownership.origins(), self.backends.address)
         for listener in self.listeners:
             listener()
 

@@ -292,6 +292,9 @@ class Sysfs:
     def arriving(self, uuid: str) -> bool:
         return self.mdev_arriving(uuid)
 
+    def address(self, uuid: str) -> str:
+        return ""  # an mdev lives at its UUID
+
     # -- writing --------------------------------------------------------------------------
 
     def create(self, parent: Parent, type_id: str, uuid: str) -> Instance:

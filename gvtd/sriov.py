@@ -425,6 +425,12 @@ class SriovBackend:
     def arriving(self, uuid: str) -> bool:
         return False  # a VF is whole when the write of the count returns
 
+    def address(self, uuid: str) -> str:
+        """The address of the definition's slot, made or not (attach and detach name it
+        while the VF is unbound): from the PFs read last, no I/O."""
+        slot = self.slots.slot(uuid)
+        return next((a for a, where in self._vfs.items() if where == slot), "") if slot else ""
+
     # -- writing (worker threads) ----------------------------------------------------------
 
     def create(self, parent: Parent, type_id: str, uuid: str) -> Instance:
