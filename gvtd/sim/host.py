@@ -608,6 +608,7 @@ class EmulatedHost:
 
     def _on_bus(self, driver: str, attr: str, text: str) -> None:
         """``/sys/bus/pci/drivers_probe`` (driver "") or a driver's ``bind``/``unbind``."""
+        failed = ""
         with self._op:
             with self._lock:
                 dev = self.kernel.pci_device(text)
@@ -617,6 +618,11 @@ class EmulatedHost:
                     self.kernel.check_bind(driver, dev)
                 else:
                     driver = self.kernel.probe(dev) or ""
+                    failed = "" if driver else self.kernel.failing_probe(dev)
+            if attr == "drivers_probe" and failed:  # device_attach() only logs it
+                code = self.kernel.probe_failure(self.kernel.pci_drivers[failed], dev)
+                self.printk(f"{failed} {dev.name}: probe with driver {failed} failed with "
+                            f"error -{code}")
             if attr == "unbind":
                 self._unbind(dev)
             elif driver:

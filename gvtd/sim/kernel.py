@@ -331,6 +331,13 @@ class Kernel:
                 return driver.name
         return None
 
+    def failing_probe(self, dev: PciDevice) -> str:
+        """The driver that would take an unbound device but whose probe fails, or ""."""
+        if dev.driver is not None or not self.may_probe(dev):
+            return ""
+        return next((d.name for d in self.pci_drivers.values()
+                     if self.matches(d, dev) and self.probe_failure(d, dev)), "")
+
     def check_bind(self, driver: str, dev: PciDevice) -> None:
         """A write to ``drivers/<driver>/bind``: ENODEV unless the driver matches the device
         and may probe it, EBUSY when it has a driver, the probe's errno when that fails."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -210,3 +212,22 @@ def test_reboot_forgets_every_vf(sriov: HostProc, events: Monitor) -> None:
     # Nothing was sent: the next event the monitor gets is the next one sent.
     assert write(pf / "sriov_numvfs", "1") == "ok"
     assert brief(events.events(1)) == [("add", vf(1), "pci", "")]
+
+
+def test_libudev_sees_the_vfs(sriov: HostProc) -> None:
+    """A preloaded child enumerates the PCI bus (the FUSE-served /sys/bus/pci) with libudev."""
+    pf = sriov.sys(PF)
+    assert write(pf / "sriov_drivers_autoprobe", "0") == "ok"
+    assert write(pf / "sriov_numvfs", "2") == "ok"
+    assert write(sriov.sys(vf(2)) / "driver_override", "vfio-pci") == "ok"
+    assert write(sriov.sys("/bus/pci/drivers_probe"), "0000:00:02.2") == "ok"
+    code = (
+        "import pyudev\n"
+        "for d in sorted(pyudev.Context().list_devices(subsystem='pci'), key=lambda d: d.sys_name):\n"
+        "    print(d.sys_name, d.driver, d.properties.get('PCI_ID'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=sriov.child_env(),
+                         capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["0000:00:02.0 i915 8086:46A6", "0000:00:02.1 None 8086:46A6",
+                                       "0000:00:02.2 vfio-pci 8086:46A6"]

@@ -153,6 +153,8 @@ def test_bind_and_unbind_files() -> None:
     assert k.probe_failure(k.pci_drivers[VFIO_PCI], pf) == errno.EBUSY  # a PF with VFs
     vf.iommu_group = None
     assert k.probe_failure(k.pci_drivers[VFIO_PCI], vf) == errno.EINVAL  # no IOMMU group
+    assert k.probe(vf) is None and k.failing_probe(vf) == VFIO_PCI
+    assert errno_of(k.check_bind, VFIO_PCI, vf) == errno.EINVAL
 
 
 def test_reboot_forgets_vfs() -> None:
