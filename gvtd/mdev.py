@@ -295,6 +295,9 @@ class Sysfs:
     def address(self, uuid: str) -> str:
         return ""  # an mdev lives at its UUID
 
+    def reserve(self, parent: Parent, type_id: str, uuid: str) -> None:
+        pass  # nothing to set aside: its UUID is where it will be
+
     # -- writing --------------------------------------------------------------------------
 
     def create(self, parent: Parent, type_id: str, uuid: str) -> Instance:

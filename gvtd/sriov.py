@@ -453,6 +453,15 @@ class SriovBackend:
         return Instance(uuid=uuid, parent=pf.name, type_id=VF_TYPE, address=address,
                         backend=self.kind)
 
+    def reserve(self, parent: Parent, type_id: str, uuid: str) -> None:
+        """The definition's slot, recorded at Define: its VF's address is known before the
+        VF is made (an on-demand vGPU is attached by it). NoCapacity when every VF is
+        given to a definition already."""
+        pf = self.pci.physfn(parent.name)
+        if pf is not None and type_id == VF_TYPE:
+            with self._kernel:
+                self._slot(uuid, pf)
+
     def _pf(self, name: str) -> PhysFn:
         pf = self.pci.physfn(name)
         if pf is None:

@@ -148,8 +148,12 @@ def test_on_demand_vf_follows_its_domain(adl: Simulation) -> None:
     """StartDomain binds the VF, StopDomain releases it; with no VF bound any more the
     count goes back to 0 (the GPU's resources are the host's again)."""
     adl.client.define(name="win11", type="vf", start="on-demand", domain="win10")
-    assert adl.client.vgpus()["win11"]["State"] == "inactive"
+    v = adl.client.vgpus()["win11"]
+    # its slot is given at Define: it has the address to attach by before its VF exists
+    assert (v["State"], v["Address"]) == ("inactive", "0000:00:02.1")
     assert parent(adl)["NumVFs"] == 0
+    diff = adl.client.call("AttachVGPU", "ssa{sv}", ["win10", "win11", {}])[0]
+    assert '<address domain="0x0000" bus="0x00" slot="0x02" function="0x1"/>' in diff, diff
     adl.client.call("StartDomain", "sa{sv}", ["win10", {}])
     assert adl.client.vgpus()["win11"]["State"] == "active"
     assert vf_driver(adl, "0000:00:02.1") == "vfio-pci"
