@@ -44,7 +44,7 @@ def profile_sim(request: pytest.FixtureRequest,
 BROKEN = {
     "no-iommu": {"cmdline.intel_iommu", "iommu"},
     "guc-enabled": {"cmdline.guc", "i915.enable_guc", "mdev_types", "log.guc"},
-    "icelake": {"platform", "mdev_types", "log.unsupported"},
+    "icelake": {"platform", "log.unsupported"},
     "small-aperture": {"capacity"},
     "unregistered": {"module.kvmgt", "mdev_types"},
 }
@@ -57,6 +57,17 @@ def test_failing_profile_names_its_failures(profile_sim: tuple[str, Simulation])
     assert code == 1
     assert failing(checks) == BROKEN[profile]
     assert all(checks[i]["fix"] for i in failing(checks))
+
+
+@pytest.mark.parametrize("profile_sim", ["icelake"], indirect=True)
+def test_icelake_says_what_to_do_instead(profile_sim: tuple[str, Simulation]) -> None:
+    """Neither GVT-g nor SR-IOV: no GVT-g steps that lead nowhere, but what works."""
+    code, checks = doctor(profile_sim[1])
+    assert code == 1 and {"platform", "log.unsupported", "mdevctl"} <= set(checks)
+    assert not [i for i in checks if i.split(".")[0] in ("cmdline", "i915", "module")
+                or i in ("mdev_types", "capacity")]
+    assert "neither GVT-g" in checks["platform"]["message"]
+    assert "virtio" in checks["platform"]["fix"] and "passthrough" in checks["platform"]["fix"]
 
 
 @pytest.mark.parametrize("profile_sim", ["guc-enabled"], indirect=True)
