@@ -208,7 +208,8 @@ def check_x_access(display: str, user: str, domains: list[str]) -> Check:
 # -- checks ---------------------------------------------------------------------------------
 
 def check_platform(gpu: Gpu | None) -> Check:
-    """GVT-g exists from Broadwell to Comet Lake only; say which one this is."""
+    """GVT-g exists from Broadwell to Comet Lake only; say which one this is. (An SR-IOV GPU
+    gets doctor_sriov's platform check instead.)"""
     if gpu is None:
         return Check("platform", "fail", "No Intel GPU found: GVT-g needs an Intel integrated "
                      "GPU (Broadwell to Comet Lake).",

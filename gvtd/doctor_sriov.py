@@ -201,6 +201,10 @@ def check_driver(pf: Pf) -> Check:
                  "line.")
 
 
+def _quoted(line: Line) -> str:
+    return f"`{line.text}` in {line.where}" if line.public else line.shown
+
+
 def _cmdline_blacklists(text: str, module: str) -> list[str]:
     """modprobe.blacklist= (modprobe's, by alias) and module_blacklist= (the kernel's, any
     load) naming module, each occurrence."""
@@ -215,8 +219,7 @@ def _cmdline_blacklists(text: str, module: str) -> list[str]:
 
 def _blacklists(roots: HostRoots, cmdline: str, module: str) -> list[str]:
     return _cmdline_blacklists(cmdline, module) + [
-        f"`{line.text}` in {line.where}" for line in hostconf.blocked_by_modprobe(roots.root,
-                                                                                  module)]
+        _quoted(line) for line in hostconf.blocked_by_modprobe(roots.root, module)]
 
 
 def _blocked(roots: HostRoots, cmdline: str, module: str) -> bool:
@@ -461,7 +464,7 @@ def _source(pf: Pf, roots: HostRoots, key: str) -> str:
         return f"{key}={pf.params[key]} on the kernel command line"
     option = hostconf.modprobe_options(roots.root, module).get(name)
     if option is not None:
-        return f"`{option[1].text}` in {option[1].where}"
+        return _quoted(option[1])
     return f"{module}'s default"
 
 
@@ -629,7 +632,7 @@ def check_other_tools(pf: Pf, roots: HostRoots) -> list[Check]:
         mine: list[Line] = [line for line in lines if _about_gpu(line.text, pf, vf_addresses)]
         if mine:
             out.append(Check(check_id, "fail", f"{tool} also sets the VFs of {pf.address} ("
-                             + "; ".join(f"{line.where}: {line.text}" for line in mine)
+                             + "; ".join(line.shown for line in mine)
                              + "): it and gvtd would both set them at boot.",
                              f"{fix} {_TAKE_OVER}"))
         else:
@@ -639,7 +642,7 @@ def check_other_tools(pf: Pf, roots: HostRoots) -> list[Check]:
                  if a in vf_addresses or a.rsplit(".", 1)[0] == slot}
     if overrides:
         out.append(Check("sriov.driverctl", "fail", "driverctl also sets the driver of "
-                         + ", ".join(f"{a} ({drv}, {path})" for a, (drv, path) in
+                         + ", ".join(f"{a} ({line.shown})" for a, line in
                                      sorted(overrides.items()))
                          + f": it and gvtd would both bind the functions of {pf.address}.",
                          " ".join(f"sudo driverctl unset-override {a};" for a in

@@ -32,15 +32,23 @@ DRIVERCTL_DIR = "/etc/driverctl.d"  # driverctl: one file BUS-DEVICE holding the
 @dataclass(frozen=True)
 class Line:
     """One configuration line: the file it is in (under the root), its number, its text
-    without the comment, continuation lines joined."""
+    without the comment, continuation lines joined, and whether every user may read the
+    file (doctor answers any local user: it quotes only what they could read themselves)."""
 
     file: Path
     number: int
     text: str
+    public: bool = True
 
     @property
     def where(self) -> str:
         return f"{self.file}:{self.number}"
+
+    @property
+    def shown(self) -> str:
+        """The line as a finding quotes it: its text, or only where it is."""
+        return f"{self.where}: {self.text}" if self.public else \
+            f"{self.where} (a file only root may read)"
 
 
 def read_bytes(path: Path, limit: int = TEXT_MAX) -> bytes | None:
@@ -70,6 +78,13 @@ def read_bytes(path: Path, limit: int = TEXT_MAX) -> bytes | None:
 def read_text(path: Path) -> str | None:
     data = read_bytes(path)
     return None if data is None else data.decode("utf-8", errors="replace")
+
+
+def world_readable(path: Path) -> bool:
+    try:
+        return bool(os.stat(path).st_mode & stat.S_IROTH)
+    except OSError:
+        return False
 
 
 def under(root: Path, path: str) -> Path:
@@ -106,6 +121,7 @@ def lines(files: list[Path], comment: str = "#") -> Iterator[Line]:
         text = read_text(path)
         if text is None:
             continue
+        public = world_readable(path)
         held, start = "", 0
         for number, raw in enumerate(text.splitlines(), 1):
             if not held and raw.lstrip().startswith(comment):
@@ -116,7 +132,7 @@ def lines(files: list[Path], comment: str = "#") -> Iterator[Line]:
             full, first = held + raw, start or number
             held, start = "", 0
             if full.strip():
-                yield Line(path, first, full.strip())
+                yield Line(path, first, full.strip(), public)
 
 
 # -- modprobe.d ----------------------------------------------------------------------------
@@ -156,7 +172,7 @@ def modprobe_options(root: Path, module: str) -> dict[str, tuple[str, Line]]:
 def tmpfiles_writes(root: Path) -> list[Line]:
     """tmpfiles.d `w` lines (w, w+, with modifiers): what systemd-tmpfiles writes at boot."""
     return [line for line in lines(drop_ins(root, TMPFILES_DIRS, ".conf"))
-            if line.text.split()[0].lstrip("!-=~^$?").startswith("w")]
+            if line.text.startswith("w")]  # w, or w+ and its other modifiers
 
 
 def sysfsutils_writes(root: Path) -> list[Line]:
@@ -170,9 +186,9 @@ def udev_lines(root: Path) -> list[Line]:
     return list(lines(drop_ins(root, UDEV_DIRS, ".rules")))
 
 
-def driverctl_overrides(root: Path) -> dict[str, tuple[str, Path]]:
-    """driverctl's saved overrides of PCI devices: {address: (driver, file)}."""
-    out: dict[str, tuple[str, Path]] = {}
+def driverctl_overrides(root: Path) -> dict[str, Line]:
+    """driverctl's saved overrides of PCI devices: {address: the file's line (the driver)}."""
+    out: dict[str, Line] = {}
     d = under(root, DRIVERCTL_DIR)
     try:
         names = sorted(os.listdir(d))
@@ -182,5 +198,6 @@ def driverctl_overrides(root: Path) -> dict[str, tuple[str, Path]]:
         if name.startswith("pci-"):
             text = read_text(d / name)
             if text is not None:
-                out[name[len("pci-"):].lower()] = (text.strip(), d / name)
+                out[name[len("pci-"):].lower()] = Line(d / name, 1, text.strip(),
+                                                       world_readable(d / name))
     return out

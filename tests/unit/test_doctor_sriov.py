@@ -465,3 +465,32 @@ def test_framework_conf_names_the_certificate(host: Host) -> None:
     write(host.root / "root/mok/signing.der", CERT)
     check = host.checks()["sriov.secure_boot"]
     assert check.severity == "fail" and "root/mok/signing.der" in check.fix
+
+
+def test_a_root_only_file_is_named_not_quoted(host: Host) -> None:
+    """Any local user may ask for the findings: they show no line they could not read."""
+    _tmpfiles(host)
+    (host.root / "etc/tmpfiles.d/gpu.conf").chmod(0o600)
+    write(host.root / "etc/modprobe.d/private.conf", "blacklist i915\n")
+    (host.root / "etc/modprobe.d/private.conf").chmod(0o640)
+    checks = host.checks()
+    assert checks["sriov.tmpfiles"].severity == "fail"
+    assert "gpu.conf:1 (a file only root may read)" in checks["sriov.tmpfiles"].message
+    assert "sriov_numvfs" not in checks["sriov.tmpfiles"].message
+    assert checks["sriov.blacklist"].severity == "fail"
+    assert "private.conf:1 (a file only root may read)" in checks["sriov.blacklist"].message
+    assert "`blacklist i915`" not in checks["sriov.blacklist"].message
+
+
+def test_setup_writes_no_gvt_command_line_on_an_sriov_host(host: Host) -> None:
+    """`gvt-client setup` knows GVT-g's parameters only: it refuses here, before reading
+    anything else or writing."""
+    import io
+
+    from gvtd import bootcfg
+    from gvtd.client import setup
+
+    before = sorted(host.tmp.rglob("*"))
+    with pytest.raises(setup.SetupError, match=r"SR-IOV GPU .*i915.enable_guc=0.*sriov\.\*"):
+        setup.setup(bootcfg.Root(host.tmp), dry_run=False, out=io.StringIO())
+    assert sorted(host.tmp.rglob("*")) == before
