@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import gzip
+import io
 import lzma
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -375,16 +378,31 @@ def enrolled_keys(sysfs: Path) -> bytes | None:
     return b"".join(data) if data else None
 
 
+@contextlib.contextmanager
+def _open_module(path: Path) -> Iterator[io.BufferedIOBase | None]:
+    """A module file's uncompressed bytes; None for a compression Python cannot read."""
+    if path.suffix == ".ko":
+        f: io.BufferedIOBase = open(path, "rb")
+    elif path.suffix == ".xz":
+        f = lzma.open(path, "rb")
+    elif path.suffix == ".gz":
+        f = gzip.open(path, "rb")
+    else:
+        yield None
+        return
+    with f:
+        yield f
+
+
 def module_signed(path: Path) -> bool | None:
     """Whether a module file ends with a signature (inside its compression: DKMS signs before
     it compresses); None when it cannot be told (zstd, which Python cannot read, or an
     unreadable file)."""
-    opener = {".ko": open, ".xz": lzma.open, ".gz": gzip.open}.get(path.suffix)
-    if opener is None:
-        return None
     tail, read = b"", 0
     try:
-        with opener(path, "rb") as f:
+        with _open_module(path) as f:
+            if f is None:
+                return None
             while read < DECOMPRESSED_MAX:
                 chunk = f.read(1 << 20)
                 if not chunk:
