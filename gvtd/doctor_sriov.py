@@ -237,9 +237,10 @@ def check_blacklist(pf: Pf, roots: HostRoots) -> Check:
         return Check("sriov.blacklist", "fail", f"{pf.intended} is blacklisted ("
                      + "; ".join(mine) + f"): it does not load at boot, so {pf.address} has no "
                      "driver and no VFs.",
-                     f"Remove it (the command line: {EDIT_BY_HAND} A file: delete the line, "
-                     "then update-initramfs -u, since the initramfs keeps a copy of "
-                     "/etc/modprobe.d, and reboot)."
+                     "Remove it: from the kernel command line (GRUB_CMDLINE_LINUX in "
+                     "/etc/default/grub, then update-grub), or delete the line from its file and "
+                     "run update-initramfs -u (the initramfs keeps a copy of /etc/modprobe.d); "
+                     "then reboot."
                      + (" The i915 SR-IOV module asks to blacklist xe, not i915: "
                         "module_blacklist=xe." if pf.intended == "i915" else ""))
     theirs = _blacklists(roots, pf.cmdline, other)
@@ -262,8 +263,8 @@ def check_force_probe(pf: Pf) -> Check | None:
                      f" lets xe drive {pf.platform} {ident}.")
     return Check("sriov.force_probe", "fail", f"xe drives {pf.platform} only when told to: the "
                  f"kernel command line has no xe.force_probe={ident}.",
-                 f"Add xe.force_probe={ident} i915.force_probe=!{ident} (the second keeps i915 "
-                 f"off the GPU; Linux 6.18 or newer) to the kernel command line: {EDIT_BY_HAND}")
+                 f"Set xe.force_probe={ident} i915.force_probe=!{ident} (the second keeps i915 "
+                 f"off the GPU; Linux 6.18 or newer). {EDIT_BY_HAND}")
 
 
 def dkms_builds(root: Path) -> dict[str, list[Path]]:
@@ -503,9 +504,8 @@ def check_guc(pf: Pf, roots: HostRoots) -> Check | None:
     running = _param(roots.sysfs, "i915", "enable_guc")
     value_text = running if running is not None else _configured(pf, roots, "i915.enable_guc")
     seen = "i915 runs with" if running is not None else "i915 will load with"
-    fix = ("Set i915.enable_guc=3 (GuC submission and HuC) on the kernel command line, remove "
-           "any i915.enable_guc=0 left from a GVT-g setup (the command line, /etc/modprobe.d), "
-           f"and reboot: {EDIT_BY_HAND}")
+    fix = ("Set i915.enable_guc=3 (GuC submission and HuC) and remove any i915.enable_guc=0 "
+           "left from a GVT-g setup (the command line, /etc/modprobe.d). " + EDIT_BY_HAND)
     if value_text is None:
         return Check("sriov.guc", "warn", "i915.enable_guc is not set: i915 decides whether "
                      "GuC submission is on, and its SR-IOV PF needs it.", fix)
@@ -526,9 +526,9 @@ def check_max_vfs(pf: Pf, roots: HostRoots) -> Check | None:
     """max_vfs defaults to 0 in the i915 SR-IOV module: no VFs until it is set."""
     key = f"{pf.intended}.max_vfs"
     n = pf.vfs_wanted
-    fix = (f"Set {key}={n} on the kernel command line (or `options {pf.intended} max_vfs={n}` "
-           "in /etc/modprobe.d, then update-initramfs -u) and reboot: writing more VFs than "
-           f"max_vfs to sriov_numvfs fails with ERANGE. {EDIT_BY_HAND}")
+    fix = (f"Set {key}={n} (a count above max_vfs in sriov_numvfs fails with ERANGE). "
+           f"{EDIT_BY_HAND} (`options {pf.intended} max_vfs={n}` in /etc/modprobe.d works too, "
+           "then update-initramfs -u.)")
     running = _param(roots.sysfs, pf.intended, "max_vfs") if pf.driver == pf.intended else None
     if pf.driver == pf.intended and running is None:
         return None  # a driver without SR-IOV: sriov.driver says so
@@ -626,13 +626,13 @@ def _about_gpu(text: str, pf: Pf, vf_addresses: set[str]) -> bool:
                for a in named)
 
 
-_TOOLS = (
-    ("sriov.tmpfiles", "systemd-tmpfiles (tmpfiles.d)",
+_TOOLS = (  # (id, the tool, what it has, the fix)
+    ("sriov.tmpfiles", "systemd-tmpfiles", "tmpfiles.d line",
      "Delete the line, or mask its file with a link to /dev/null of the same name in "
      "/etc/tmpfiles.d."),
-    ("sriov.sysfsutils", "sysfsutils (/etc/sysfs.conf, /etc/sysfs.d)",
+    ("sriov.sysfsutils", "sysfsutils", "line in /etc/sysfs.conf or /etc/sysfs.d",
      "Delete the line (sysfsutils writes it at every boot)."),
-    ("sriov.udev", "a udev rule",
+    ("sriov.udev", "udev", "udev rule",
      "Delete the rule (or mask its file with a link to /dev/null of the same name in "
      "/etc/udev/rules.d), then sudo udevadm control --reload."),
 )
@@ -646,7 +646,7 @@ def check_other_tools(pf: Pf, roots: HostRoots) -> list[Check]:
     found = (hostconf.tmpfiles_writes(roots.root), hostconf.sysfsutils_writes(roots.root),
              hostconf.udev_lines(roots.root))
     out = []
-    for (check_id, tool, fix), lines in zip(_TOOLS, found):
+    for (check_id, tool, what, fix), lines in zip(_TOOLS, found):
         mine: list[Line] = [line for line in lines if _about_gpu(line.text, pf, vf_addresses)]
         if mine:
             out.append(Check(check_id, "fail", f"{tool} also sets the VFs of {pf.address} ("
@@ -654,7 +654,7 @@ def check_other_tools(pf: Pf, roots: HostRoots) -> list[Check]:
                              + "): it and gvtd would both set them at boot.",
                              f"{fix} {_TAKE_OVER}"))
         else:
-            out.append(Check(check_id, "pass", f"No {tool} line sets the VFs of {pf.address}."))
+            out.append(Check(check_id, "pass", f"No {what} sets the VFs of {pf.address}."))
     slot = pf.address.rsplit(".", 1)[0]
     overrides = {a: v for a, v in hostconf.driverctl_overrides(roots.root).items()
                  if a in vf_addresses or a.rsplit(".", 1)[0] == slot}
