@@ -661,18 +661,34 @@ def check_mdevctl(mdevctl: Path, uuids: Iterable[str]) -> Check:
     return Check("mdevctl", "pass", "No mdevctl definition auto-starts a vGPU gvtd manages.")
 
 
-def diagnose(roots: HostRoots, uuids: Iterable[str] = ()) -> list[Check]:
-    """Every check for this host's backend, in the order a person fixes them: hardware,
-    boot, drivers, then use. GVT-g's checks also run when no or an unknown Intel GPU is
-    found (they say why nothing works); a GPU with no vGPU technology gets only what says
-    so."""
-    gpu = find_gpu(roots.sysfs)
+Backend = Literal["gvt", "sriov", "none"]
+
+
+def host_backend(gpu: Gpu | None) -> Backend:
+    """Which vGPU technology the host's GPU has: "sriov" for an SR-IOV PF (or a generation
+    that has one), "none" for a known GPU with neither, else "gvt" (also with no or an
+    unknown Intel GPU: GVT-g's checks then say why nothing works)."""
     from gvtd import doctor_sriov  # it builds on this module's checks
 
-    if gpu is not None and doctor_sriov.is_sriov_host(gpu):
+    if gpu is None:
+        return "gvt"
+    if doctor_sriov.is_sriov_host(gpu):
+        return "sriov"
+    name, has_gvt = gvt.platform(gpu.vendor, gpu.device)
+    return "none" if name and not has_gvt else "gvt"
+
+
+def diagnose(roots: HostRoots, uuids: Iterable[str] = ()) -> list[Check]:
+    """Every check for this host's backend, in the order a person fixes them: hardware,
+    boot, drivers, then use. A GPU with no vGPU technology gets only what says so."""
+    gpu = find_gpu(roots.sysfs)
+    backend = host_backend(gpu)
+    if backend == "sriov" and gpu is not None:
+        from gvtd import doctor_sriov
+
         return doctor_sriov.diagnose(roots, gpu)
     out = [check_platform(gpu)]
-    if gpu is not None and gvt.platform(gpu.vendor, gpu.device)[0] and out[0].severity == "fail":
+    if backend == "none":
         return out + check_kernel_log(roots.kernel_log, roots.sysfs) + [
             check_mdevctl(roots.mdevctl, uuids)]
     out += check_cmdline(read_attr(roots.procfs / "cmdline"))
