@@ -292,6 +292,13 @@ def installed_modules(root: Path, kernel: str | None) -> list[Path]:
             for p in sorted(under(root, d).joinpath(kernel).glob(g))]
 
 
+def modules_for(root: Path, kernel: str | None) -> list[Path]:
+    """The SR-IOV i915 built for kernel: installed in its modules directory, then in the
+    DKMS tree (gvtd.service's ProtectKernelModules hides /lib/modules from the daemon)."""
+    return installed_modules(root, kernel) + (dkms_builds(root).get(kernel, []) if kernel
+                                              else [])
+
+
 def _running_sriov_i915(roots: HostRoots) -> bool:
     return _param(roots.sysfs, "i915", "max_vfs") is not None
 
@@ -301,14 +308,14 @@ def check_dkms(pf: Pf, roots: HostRoots) -> Check | None:
     if pf.intended != "i915":
         return None
     kernel = pf.kernel or "the running kernel"
-    installed = installed_modules(roots.root, pf.kernel)
+    installed = modules_for(roots.root, pf.kernel)
     if _running_sriov_i915(roots):
         return Check("sriov.dkms", "pass", "The i915 that runs is the SR-IOV module"
                      + (f" ({installed[0]})." if installed else "."))
     builds = dkms_builds(roots.root)
     loaded = "the stock one" if (roots.sysfs / "module" / "i915").is_dir() else "not loaded"
     if installed:
-        return Check("sriov.dkms", "fail", f"The i915 SR-IOV module is installed for {kernel} "
+        return Check("sriov.dkms", "fail", f"The i915 SR-IOV module is built for {kernel} "
                      f"({installed[0]}), but the i915 that runs is {loaded}.",
                      "The initramfs still holds the stock i915, which loads first: sudo "
                      "update-initramfs -u (dracut --force on Fedora), then reboot; with Secure "
@@ -438,7 +445,7 @@ def check_secure_boot(pf: Pf, roots: HostRoots, log: str) -> Check | None:
         return Check("sriov.secure_boot", "pass", "Secure Boot is on and the kernel accepted "
                      "the i915 SR-IOV module (signed with an enrolled key).")
     refused = _refusal(log)
-    installed = installed_modules(roots.root, pf.kernel)
+    installed = modules_for(roots.root, pf.kernel)
     signed = module_signed(installed[0]) if installed else None
     cert = dkms_certificate(roots.root)
     sign = (f"let DKMS sign it (dkms 3 signs with /var/lib/dkms/mok.key and mok.pub, which it "

@@ -298,6 +298,9 @@ FAILURES: list[tuple[str, Callable[[Host], None], str, str, str]] = [
      "/sys/bus/pci/drivers/vfio-pci/unbind"),
     ("module built, stock i915 from the initramfs", lambda h: h.stock_i915(), "sriov.dkms",
      "fail", "update-initramfs -u"),
+    ("module built, /lib/modules hidden (the daemon's sandbox)", lambda h: (
+        h.stock_i915(), h.rmtree("root/lib/modules")), "sriov.dkms", "fail",
+     f"{DKMS_BUILD}), but the i915 that runs is the stock one"),
     ("module built for another kernel", _other_kernel, "sriov.dkms", "fail",
      "dkms autoinstall -k 6.12.0-1-amd64"),
     ("module not installed", _not_installed, "sriov.dkms", "fail", "dkms add ."),
