@@ -283,9 +283,9 @@ class Domains:
             await self.libvirt.define(name, after, before)
         return change
 
-    async def checks(self) -> list[doctor.Check]:
-        """doctor's libvirt findings: reachable, and how OpRegion can be set (asking
-        libvirt off the loop)."""
+    async def checks(self, opregion: bool = True) -> list[doctor.Check]:
+        """doctor's libvirt findings: reachable, and (for an mdev's display, not a VF's:
+        opregion False) how OpRegion can be set, asking libvirt off the loop."""
         from gvtd import doctor  # only for Diagnose: not on the way to READY=1
 
         lv = self.libvirt
@@ -296,10 +296,10 @@ class Domains:
         version = await lv.version()
         shown = f"{version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}"
         out = [doctor.Check("libvirt", "pass", f"libvirt {shown} at {lv.uri} is reachable.")]
-        if version >= domxml.OVERRIDE_VERSION:
+        if opregion and version >= domxml.OVERRIDE_VERSION:
             out.append(doctor.Check("opregion", "pass", f"libvirt {shown} sets OpRegion "
                                     "through <qemu:override> (8.2 or newer)."))
-        else:
+        elif opregion:
             out.append(doctor.Check(
                 "opregion", "warn", f"libvirt {shown} is older than 8.2: OpRegion can only be "
                 "set with -set device.ALIAS.x-igd-opregion=on, which QEMU 7 and newer reject "
