@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -323,9 +324,27 @@ class Domains:
                 "opregion", "warn", f"libvirt {shown} is older than 8.2: OpRegion can only be "
                 "set with -set device.ALIAS.x-igd-opregion=on, which QEMU 7 and newer reject "
                 "(JSON -device).", "Use libvirt 8.2 or newer with QEMU 7 and newer."))
-        # Every domain's XML parsed and qemu.conf read: off the loop, over a snapshot
+        # Every domain's XML parsed, qemu.conf and sysfs read: off the loop, over snapshots
+        vfs = frozenset(v.address for v in self.host.views.values()
+                        if v.backend == "sriov" and v.address)
         return out + await asyncio.to_thread(self._session_checks,
-                                             sorted(self.libvirt.domains.items()))
+                                             sorted(self.libvirt.domains.items())) + \
+            await asyncio.to_thread(self._pci_checks, sorted(self.shown().items()), vfs)
+
+    def _pci_checks(self, domains: list[tuple[str, DomainInfo]],
+                    vfs: frozenset[str]) -> list[doctor.Check]:
+        """domxml.pci_lint of the domains gvtd shows, over the drivers sysfs shows now for
+        their PCI hostdevs; vfs: the VF addresses of gvtd's SR-IOV vGPUs."""
+        from gvtd import doctor
+
+        out = []
+        for name, info in domains:
+            drivers = {a: d for a in domxml.pci_addresses(info.xml)
+                       if (d := _pci_driver(self.sysfs, a)) is not None}
+            out += [doctor.Check(f"domain:{name}:{check}", "warn", f"Domain {name}: {message}.",
+                                 fix)
+                    for check, message, fix in domxml.pci_lint(info.xml, drivers, vfs)]
+        return out
 
     def _session_checks(self, domains: list[tuple[str, DomainInfo]]) -> list[doctor.Check]:
         """What only the desktop session can confirm, one finding per (QEMU's user, X
@@ -384,6 +403,19 @@ class Domains:
             await ondemand.release(self.host, name, self._uses_by_name(name))
             await self.desktop.stopped(name)
             self.releases.succeeded(name)  # released now: the earlier failure is past
+
+
+def _pci_driver(sysfs: Path, address: str) -> str | None:
+    """The driver bound to a PCI device ("" for none), None when there is no such device,
+    "?" when sysfs does not say (pci_lint then says nothing of it). address is one
+    domxml.pci_addresses gave: digits, colons and a dot, never a path of the caller's."""
+    device = sysfs / "bus/pci/devices" / address
+    try:
+        return os.path.basename(os.readlink(device / "driver"))
+    except FileNotFoundError:
+        return "" if os.path.lexists(device) else None
+    except OSError:
+        return "?"
 
 
 def _release_failed(name: str, e: BaseException) -> Problem:
