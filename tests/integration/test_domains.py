@@ -216,6 +216,21 @@ def test_attach_spice_gl_uses_the_render_node_path(virt: Simulation) -> None:
     assert "x-igd-opregion" in p.stdout
 
 
+def test_a_rom_is_a_vfs_alone(virt: Simulation) -> None:
+    """An mdev has no ROM BAR: --rom and --no-rom-bar are refused by name, nothing written;
+    the two together are a usage error."""
+    virt.client.define(name="g", type="i915-GVTg_V5_8", start="manual")
+    for flag in (["--rom", "/usr/share/common-licenses/GPL-3"], ["--no-rom-bar"]):
+        p = virt.gvt_client("attach", "plain", "g", "--display", "vnc", *flag)
+        assert p.returncode == 1 and "rom and rom_bar are for an SR-IOV VF" in p.stderr, flag
+    change = virt.client.call("AttachVGPU", "ssa{sv}", ["plain", "g", {
+        "display": Variant("s", "vnc"), "dry_run": Variant("b", True)}])[0].splitlines()
+    for sign, has in (("-", False), ("+", True)):  # the hostdev is still to be added
+        assert any('type="mdev"' in x for x in change[2:] if x[:1] == sign) == has
+    p = virt.gvt_client("attach", "plain", "g", "--rom", "/x.rom", "--no-rom-bar")
+    assert p.returncode == 2 and "not allowed with" in p.stderr
+
+
 def test_attach_a_second_vgpu_is_busy(virt: Simulation) -> None:
     virt.client.define(name="other", type="i915-GVTg_V5_8", start="manual")
     with pytest.raises(CallError) as e:
