@@ -101,15 +101,22 @@ class Backend(Protocol):
     than absence, as gvtd.mdev.Sysfs); everything but classify, hostdev and used_in touches
     sysfs and runs in a worker thread."""
 
-    kind: str  # "mdev" | "sriov"
-    root: Path  # the sysfs it reads (normally /sys)
+    @property
+    def kind(self) -> str:
+        """"mdev" | "sriov": a Parent's kind, an Instance's backend."""
+
+    @property
+    def root(self) -> Path:
+        """The sysfs it reads (normally /sys)."""
 
     def parents(self) -> list[Parent]: ...
     def parent(self, name: str) -> Parent | None: ...
     def instances(self) -> dict[str, Instance]: ...
     def instance(self, uuid: str) -> Instance | None: ...
     def arriving(self, uuid: str) -> bool: ...
-    def create(self, parent: Parent, type_id: str, uuid: str) -> None: ...
+    def create(self, parent: Parent, type_id: str, uuid: str) -> Instance | None:
+        """Make the instance; when it returns, the instance exists. Returns it, or None to
+        have it read back (instance())."""
     def remove(self, uuid: str) -> None: ...
     def write_attr(self, uuid: str, name: str, value: str) -> None: ...
     def no_capacity_message(self, parent: str, type_id: str) -> str: ...
@@ -179,8 +186,11 @@ class Backends:
 
     # -- writing (worker threads) ---------------------------------------------------------
 
-    def create(self, parent: Parent, type_id: str, uuid: str) -> None:
-        self.of(parent.kind).create(parent, type_id, uuid)
+    def create(self, parent: Parent, type_id: str, uuid: str) -> Instance:
+        """Create on the backend of the parent's kind; the instance it made."""
+        backend = self.of(parent.kind)
+        made = backend.create(parent, type_id, uuid) or backend.instance(uuid)
+        return made or Instance(uuid, parent.name, type_id, backend=parent.kind)
 
     def remove(self, uuid: str, backend: str) -> None:
         """Remove an instance known to be of `backend` (Instance.backend)."""

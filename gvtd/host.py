@@ -331,7 +331,8 @@ class Host:
             except OSError as e:
                 raise self._unrecorded(name, target, e) from e
         try:
-            await asyncio.to_thread(self.backends.create, target.parent, target.type_id, d.uuid)
+            made = await asyncio.to_thread(self.backends.create, target.parent, target.type_id,
+                                           d.uuid)
             for attr, value in d.attrs:
                 await asyncio.to_thread(self.backends.write_attr, d.uuid, attr, value,
                                         target.parent.kind)
@@ -341,10 +342,7 @@ class Host:
                 await self.ownership.discard(d.uuid)
             log.error("Could not create vGPU %s: %s", name, e.message, extra=fields)
             raise
-        # The kernel creates synchronously: the write returned, so the mdev is there, on this
-        # parent, of this type. Reading it back cost two lookups per vGPU on a busy sysfs.
-        self.mdevs[d.uuid] = Instance(d.uuid, target.parent.name, target.type_id,
-                                      backend=target.parent.kind)
+        self.mdevs[d.uuid] = made  # the kernel creates synchronously: it is there
         self.errors.pop(name, None)
         self.refused.pop(d.uuid, None)
         log.info("Created vGPU %s (%s, %s on %s)", name, d.uuid, target.type_id,

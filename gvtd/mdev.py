@@ -280,9 +280,10 @@ class Sysfs:
 
     # -- writing --------------------------------------------------------------------------
 
-    def create(self, parent: Parent, type_id: str, uuid: str) -> None:
+    def create(self, parent: Parent, type_id: str, uuid: str) -> Instance:
         """Create an mdev of a parent read before. The kernel does it synchronously: when
-        this returns, the mdev exists."""
+        this returns, the mdev exists, on this parent, of this type (reading it back cost
+        two lookups per vGPU on a busy sysfs)."""
         _check_uuid(uuid)
         types_dir = Path(parent.syspath) / "mdev_supported_types"
         try:
@@ -306,6 +307,7 @@ class Sysfs:
                          "file is missing.") from None
         except OSError as e:
             raise self._create_error(e, parent, type_id, uuid) from e
+        return Instance(uuid, parent.name, type_id)
 
     def remove(self, uuid: str) -> None:
         _check_uuid(uuid)
