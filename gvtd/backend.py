@@ -151,11 +151,11 @@ class Backends:
 
     def parents(self) -> list[Parent]:
         """Every backend's parents; a device that two backends see is the one that can
-        host vGPUs now (registered), else the first backend's."""
+        host vGPUs now (registered), else the one that knows it for sure (see _wins)."""
         found: dict[str, Parent] = {}
         for b in self.all:
             for p in b.parents():
-                if p.name not in found or (p.registered and not found[p.name].registered):
+                if p.name not in found or _wins(p, found[p.name]):
                     found[p.name] = p
         return sorted(found.values(), key=lambda p: p.name)
 
@@ -166,7 +166,7 @@ class Backends:
             p = b.parent(name)
             if p is not None and p.registered:
                 return p
-            seen = seen or p
+            seen = p if seen is None or (p is not None and _wins(p, seen)) else seen
         return seen
 
     def instances(self) -> dict[str, Instance]:
@@ -203,12 +203,16 @@ class Backends:
 
     def classify(self, action: str, subsystem: str | None, sys_path: str,
                  properties: dict[str, str]) -> Uevent | None:
-        """The first backend's reading of an event that any backend reads."""
-        for b in self.all:
-            event = b.classify(action, subsystem, sys_path, properties)
-            if event is not None:
-                return event
-        return None
+        """Every backend's reading of an event, as one: a PCI event can be an mdev
+        parent's and an SR-IOV PF's or VF's at once (an Intel GPU's VF is a display
+        function too), so the parents to re-read are all that any backend names, and the
+        instance the first that names one."""
+        events = [e for b in self.all
+                  if (e := b.classify(action, subsystem, sys_path, properties)) is not None]
+        if len(events) < 2:
+            return events[0] if events else None
+        return Uevent(events[0].action, frozenset().union(*(e.parents for e in events)),
+                      next((e.mdev for e in events if e.mdev), None))
 
     def hostdev(self, instance: Instance, options: HostdevOptions) -> ET.Element:
         return self.of(instance.backend).hostdev(instance, options)
@@ -226,3 +230,12 @@ class Backends:
             return self.used_in(ET.fromstring(xml))
         except ET.ParseError:
             return []
+
+
+def _wins(p: Parent, other: Parent) -> bool:
+    """Whether p, of a later backend, shows a device both see better than other: registered
+    when other is not, or, neither registered, an SR-IOV PF (which it is for sure: it has
+    sriov_totalvfs) over the mdev backend's guess that an Intel GPU may register later."""
+    if p.registered != other.registered:
+        return p.registered
+    return not p.registered and p.total_vfs > 0 and other.total_vfs == 0

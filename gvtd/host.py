@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from gvtd import reconcile
 from gvtd.backend import Backend, Backends, Instance, Parent, Uevent
-from gvtd.config import (SETTINGS_FILE, ConfigDir, Definition, Problem, on_disk,
+from gvtd.config import (SETTINGS_FILE, VF_TYPE, ConfigDir, Definition, Problem, on_disk,
                          request_error, validate_name)
 from gvtd.errors import (Busy, Failed, GvtdError, InvalidArgument, NoCapacity, NotFound,
                          ParentMissing)
@@ -135,6 +135,13 @@ class Host:
         self.config_problems = list(settings_problems or []) + problems
         for p in problems:
             log.error("Ignoring invalid definition %s", p, extra={"CONFIG_FILE": p.file})
+
+    def vf_parents(self) -> dict[str, str]:
+        """The parent ("auto" or an address) of each SR-IOV definition, by UUID: what the
+        SR-IOV backend reads and keeps VF slots for (gvtd.sriov). Worker threads ask while
+        the loop may define: dict() copies in one step under the GIL."""
+        return {d.uuid: d.parent for d in dict(self.definitions).values()
+                if d.type == VF_TYPE}
 
     async def refresh(self) -> None:
         """Re-read everything sysfs shows (gvtd.observed)."""
@@ -408,6 +415,9 @@ class Host:
         self.definitions[name] = definition
         log.info("Defined vGPU %s (%s)", name, definition.uuid,
                  extra=journal_fields(name, definition.uuid))
+        if target is None and definition.uuid in self.vf_parents():
+            # a PF that only a definition makes a parent (a NIC's, QEMU's nvme) is one now
+            await self._reread({definition.parent} - {"auto"}, set())
         if take_over and foreign is not None and definition.uuid not in self.ownership:
             log.info("Taking over existing mdev %s for %s: gvtd removes it as its own",
                      definition.uuid, name, extra=journal_fields(name, definition.uuid, foreign.parent))

@@ -52,6 +52,10 @@ def choose_type(parent: Parent, want: tuple[int, int]) -> str:
     Smallest by share of the GPU, so that more vGPUs fit; ties go to the one with instances
     still available.
     """
+    if parent.kind == "sriov":
+        raise InvalidArgument(f"{parent.name} is an SR-IOV parent: its VFs have no resolution "
+                              "to choose by (the guest's driver sets it). Define the vGPU "
+                              "with type = \"vf\" (--type vf) instead of min_resolution.")
     candidates = [t for t in parent.types if t.gvt and gvt.fits(t.gvt, want)]
     if not candidates:
         have = ", ".join(f"{t.id} ({t.gvt.resolution_text})" for t in parent.types if t.gvt)

@@ -545,6 +545,11 @@ def pci_addresses(xml: str) -> list[str]:
     """Host PCI addresses of the domain's PCI hostdevs ("0000:00:02.1"), in device order."""
     if (root := _read(xml)) is None:
         return []
+    return pci_addresses_in(root)
+
+
+def pci_addresses_in(root: ET.Element) -> list[str]:
+    """pci_addresses() of a parsed domain XML (the SR-IOV backend's used_in)."""
     return [a for a in map(_pci_address_of, pci_hostdevs(root)) if a]
 
 
