@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gvtd import cputopo, names, ondemand
-from gvtd.backend import HostdevOptions, Instance
+from gvtd.backend import HostdevOptions, Instance, Parent
 from gvtd.background import Background, Problem, why
 from gvtd.bounded import KeyedLock
 from gvtd.config import atomic_write
@@ -325,8 +325,7 @@ class Domains:
                 "set with -set device.ALIAS.x-igd-opregion=on, which QEMU 7 and newer reject "
                 "(JSON -device).", "Use libvirt 8.2 or newer with QEMU 7 and newer."))
         # Every domain's XML parsed, qemu.conf and sysfs read: off the loop, over snapshots
-        vfs = frozenset(v.address for v in self.host.views.values()
-                        if v.backend == "sriov" and v.address)
+        vfs = _vf_addresses(self.host.parents.values())
         return out + await asyncio.to_thread(self._session_checks,
                                              sorted(self.libvirt.domains.items())) + \
             await asyncio.to_thread(self._pci_checks, sorted(self.shown().items()), vfs)
@@ -334,7 +333,7 @@ class Domains:
     def _pci_checks(self, domains: list[tuple[str, DomainInfo]],
                     vfs: frozenset[str]) -> list[doctor.Check]:
         """domxml.pci_lint of the domains gvtd shows, over the drivers sysfs shows now for
-        their PCI hostdevs; vfs: the VF addresses of gvtd's SR-IOV vGPUs."""
+        their PCI hostdevs; vfs: the VF addresses of the SR-IOV parents."""
         from gvtd import doctor
 
         out = []
@@ -403,6 +402,21 @@ class Domains:
             await ondemand.release(self.host, name, self._uses_by_name(name))
             await self.desktop.stopped(name)
             self.releases.succeeded(name)  # released now: the earlier failure is past
+
+
+def _vf_addresses(parents: Iterable[Parent]) -> frozenset[str]:
+    """Every address the SR-IOV parents' VFs have or will have: a VF of an on-demand vGPU
+    whose domain is off does not exist, and is no stranger for all that."""
+    from gvtd import sriov  # only for Diagnose
+
+    out = set()
+    for p in parents:
+        for index in range(p.total_vfs if p.kind == "sriov" else 0):
+            try:
+                out.add(sriov.vf_address(p.name, p.vf_offset, p.vf_stride, index))
+            except ValueError:  # beyond the PCI domain's last bus: no more VFs
+                break
+    return frozenset(out)
 
 
 def _pci_driver(sysfs: Path, address: str) -> str | None:

@@ -420,9 +420,9 @@ def lint(xml: str, drivers: Mapping[str, str] | None = None,
          vfs: Collection[str] = ()) -> list[tuple[str, str, str]]:
     """(id, message, fix) for the guide's pitfalls in one domain and, given what the caller
     read of sysfs, for its PCI hostdevs that cannot be the VF they look like: drivers, the
-    driver of each PCI device that exists ("" when none is bound), and vfs, the VF
-    addresses of gvtd's SR-IOV vGPUs (made or not yet). Without drivers, no PCI hostdev is
-    looked at."""
+    driver of each PCI device that exists ("" when none is bound), and vfs, the addresses
+    of the VFs of the SR-IOV parents gvtd knows (made or not yet). Without drivers, no
+    PCI hostdev is looked at."""
     if (root := _read(xml)) is None:
         return []
     out: list[tuple[str, str, str]] = [] if drivers is None else _pci_lint(root, drivers, vfs)

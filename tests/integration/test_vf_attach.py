@@ -68,3 +68,16 @@ def test_an_mdev_option_for_a_vf_says_what_gives_the_picture(adl: Simulation) ->
     assert p.returncode == 1 and "is not under /usr/share" in p.stderr
     p = adl.gvt_client("attach", "win10", "win11", "--no-audio", "--dry-run", check=True)
     assert all(x in p.stdout.splitlines() for x in HOSTDEV)  # nothing was written
+
+
+def test_doctor_lints_the_hostdev_of_a_vf_that_is_not_made_now(adl: Simulation) -> None:  # noqa: F811
+    """A VF released with its vGPU (the count back to 0) is still a VF gvtd knows: its
+    hostdev, in a domain gvtd shows (it uses the vGPU), is no finding."""
+    adl.client.define(name="win11", type="vf", start="manual")
+    adl.gvt_client("create", "win11", check=True)
+    adl.gvt_client("attach", "win10", "win11", "--no-audio", check=True)
+    adl.gvt_client("remove", "win11", check=True)
+    assert not (adl.root / "sys/bus/pci/devices" / VF).exists()
+    assert names.domain_path("win10") in adl.client.objects()
+    findings = [c for c in adl.client.call("Diagnose")[0] if c[0].startswith("domain:win10:")]
+    assert findings == []
