@@ -114,9 +114,16 @@ class Backend(Protocol):
     def instances(self) -> dict[str, Instance]: ...
     def instance(self, uuid: str) -> Instance | None: ...
     def arriving(self, uuid: str) -> bool: ...
+    def address(self, uuid: str) -> str:
+        """Where a vGPU's instance lives or will live when that is not its UUID (a VF's PCI
+        address, known from its slot while the VF is unbound or not made); "" else. No
+        I/O: it runs on the loop."""
     def create(self, parent: Parent, type_id: str, uuid: str) -> Instance | None:
         """Make the instance; when it returns, the instance exists. Returns it, or None to
         have it read back (instance())."""
+    def reserve(self, parent: Parent, type_id: str, uuid: str) -> None:
+        """Record, at Define, where the vGPU's instance will live (a VF slot), so that it
+        has an address to attach by before it is made; nothing for an mdev. Blocking."""
     def remove(self, uuid: str) -> None: ...
     def write_attr(self, uuid: str, name: str, value: str) -> None: ...
     def no_capacity_message(self, parent: str, type_id: str) -> str: ...
@@ -181,6 +188,9 @@ class Backends:
     def arriving(self, uuid: str) -> bool:
         return any(b.arriving(uuid) for b in self.all)
 
+    def address(self, uuid: str) -> str:
+        return next((a for b in self.all if (a := b.address(uuid))), "")
+
     def no_capacity_message(self, parent: Parent, type_id: str) -> str:
         return self.of(parent.kind).no_capacity_message(parent.name, type_id)
 
@@ -191,6 +201,9 @@ class Backends:
         backend = self.of(parent.kind)
         made = backend.create(parent, type_id, uuid) or backend.instance(uuid)
         return made or Instance(uuid, parent.name, type_id, backend=parent.kind)
+
+    def reserve(self, parent: Parent, type_id: str, uuid: str) -> None:
+        self.of(parent.kind).reserve(parent, type_id, uuid)
 
     def remove(self, uuid: str, backend: str) -> None:
         """Remove an instance known to be of `backend` (Instance.backend)."""

@@ -153,7 +153,7 @@ class Host:
         owned = dict(self.ownership.items())
         self.views = reconcile.views(self.definitions, list(self.parents.values()), self.mdevs,
                                      owned, self.errors, self.domains.domain_of, self.refused,
-                                     self.ownership.origins())
+                                     self.ownership.origins(), self.backends.address)
         for listener in self.listeners:
             listener()
 
@@ -411,6 +411,9 @@ class Host:
             target = None  # allowed: created when the parent registers
         if target is not None and definition.start == "auto" and foreign is None:
             await self._check_capacity(target)
+        if target is not None:  # a VF's slot, before the file: see SriovBackend.reserve
+            await asyncio.to_thread(self.backends.reserve, target.parent, target.type_id,
+                                    definition.uuid)
         await on_disk(self.config.save_definition, name, definition)
         self.definitions[name] = definition
         log.info("Defined vGPU %s (%s)", name, definition.uuid,

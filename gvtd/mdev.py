@@ -292,6 +292,12 @@ class Sysfs:
     def arriving(self, uuid: str) -> bool:
         return self.mdev_arriving(uuid)
 
+    def address(self, uuid: str) -> str:
+        return ""  # an mdev lives at its UUID
+
+    def reserve(self, parent: Parent, type_id: str, uuid: str) -> None:
+        pass  # nothing to set aside: its UUID is where it will be
+
     # -- writing --------------------------------------------------------------------------
 
     def create(self, parent: Parent, type_id: str, uuid: str) -> Instance:

@@ -425,6 +425,12 @@ class SriovBackend:
     def arriving(self, uuid: str) -> bool:
         return False  # a VF is whole when the write of the count returns
 
+    def address(self, uuid: str) -> str:
+        """The address of the definition's slot, made or not (attach and detach name it
+        while the VF is unbound): from the PFs read last, no I/O."""
+        slot = self.slots.slot(uuid)
+        return next((a for a, where in self._vfs.items() if where == slot), "") if slot else ""
+
     # -- writing (worker threads) ----------------------------------------------------------
 
     def create(self, parent: Parent, type_id: str, uuid: str) -> Instance:
@@ -446,6 +452,15 @@ class SriovBackend:
             address = self.pci.bind_vfio(pf, index)
         return Instance(uuid=uuid, parent=pf.name, type_id=VF_TYPE, address=address,
                         backend=self.kind)
+
+    def reserve(self, parent: Parent, type_id: str, uuid: str) -> None:
+        """The definition's slot, recorded at Define: its VF's address is known before the
+        VF is made (an on-demand vGPU is attached by it). NoCapacity when every VF is
+        given to a definition already."""
+        pf = self.pci.physfn(parent.name)
+        if pf is not None and type_id == VF_TYPE:
+            with self._kernel:
+                self._slot(uuid, pf)
 
     def _pf(self, name: str) -> PhysFn:
         pf = self.pci.physfn(name)

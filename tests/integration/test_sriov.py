@@ -120,7 +120,9 @@ def test_the_pf_driver_going_and_coming_back(adl: Simulation) -> None:
     adl.sim_call("UnbindDriver", "s", [PF])
     wait_state(adl, "win11", "parent-missing", mark)
     assert parent(adl)["Registered"] is False
-    assert adl.client.vgpus()["win11"]["State"] == "parent-missing"
+    v = adl.client.vgpus()["win11"]
+    assert (v["State"], v["Backend"], v["Address"]) == \
+        ("parent-missing", "sriov", "0000:00:02.1")  # where it will be again
     mark = last(adl)
     adl.sim_call("BindDriver", "ss", [PF, "i915"])
     wait_state(adl, "win11", "active", mark)
@@ -146,13 +148,18 @@ def test_on_demand_vf_follows_its_domain(adl: Simulation) -> None:
     """StartDomain binds the VF, StopDomain releases it; with no VF bound any more the
     count goes back to 0 (the GPU's resources are the host's again)."""
     adl.client.define(name="win11", type="vf", start="on-demand", domain="win10")
-    assert adl.client.vgpus()["win11"]["State"] == "inactive"
+    v = adl.client.vgpus()["win11"]
+    # its slot is given at Define: it has the address to attach by before its VF exists
+    assert (v["State"], v["Address"]) == ("inactive", "0000:00:02.1")
     assert parent(adl)["NumVFs"] == 0
+    diff = adl.client.call("AttachVGPU", "ssa{sv}", ["win10", "win11", {}])[0]
+    assert '<address domain="0x0000" bus="0x00" slot="0x02" function="0x1"/>' in diff, diff
     adl.client.call("StartDomain", "sa{sv}", ["win10", {}])
     assert adl.client.vgpus()["win11"]["State"] == "active"
     assert vf_driver(adl, "0000:00:02.1") == "vfio-pci"
     adl.client.call("StopDomain", "sa{sv}", ["win10", {}])
-    assert adl.client.vgpus()["win11"]["State"] == "inactive"
+    v = adl.client.vgpus()["win11"]
+    assert (v["State"], v["Address"]) == ("inactive", "0000:00:02.1")  # its slot's, kept
     assert parent(adl)["NumVFs"] == 0
     assert [w[1] for w in writes(adl) if w[0].endswith("/sriov_numvfs")] == ["1", "0"]
 

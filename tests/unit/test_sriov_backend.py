@@ -39,6 +39,9 @@ def test_a_pf_is_a_parent_and_a_slotted_vf_on_vfio_pci_an_instance(tmp_path: Pat
     assert i is not None and (i.parent, i.type_id, i.address, i.backend) == \
         (PF, "vf", "0000:00:02.1", "sriov")
     assert backend.instance(B) is None  # its VF is on i915: no vGPU a VM can use
+    # where each lives, without I/O: attach and detach name it while no VF is bound
+    assert (backend.address(A), backend.address(B), backend.address("x")) == \
+        ("0000:00:02.1", "0000:00:02.2", "")
     (sys / GPU / "driver").unlink()
     (gpu,) = backend.parents()
     assert (gpu.registered, gpu.types) == (False, ())
