@@ -81,3 +81,14 @@ def test_doctor_lints_the_hostdev_of_a_vf_that_is_not_made_now(adl: Simulation) 
     assert names.domain_path("win10") in adl.client.objects()
     findings = [c for c in adl.client.call("Diagnose")[0] if c[0].startswith("domain:win10:")]
     assert findings == []
+
+
+def test_an_on_demand_vf_is_attached_before_it_was_ever_made(adl: Simulation) -> None:  # noqa: F811
+    """Define gives it its VF's address: attach writes it with the domain off and no VF."""
+    adl.client.define(name="win11", type="vf", start="on-demand", domain="win10")
+    assert adl.client.vgpus()["win11"]["State"] == "inactive"
+    p = adl.gvt_client("attach", "win10", "win11", "--no-audio", check=True)
+    assert p.stdout.splitlines()[0] == "Attached win11 to win10 (a VF)"
+    assert not (adl.root / "sys/bus/pci/devices" / VF).exists()
+    adl.client.call("StartDomain", "sa{sv}", ["win10", {}])
+    assert adl.client.vgpus()["win11"]["Address"] == VF  # the VF the XML names was made
