@@ -198,11 +198,9 @@ class ManagerInterface(_Mirror):
     @dbus_errors
     @authorized(names.ACTION_DOMAIN, detail=("domain", "vgpu"))
     async def AttachVGPU(self, domain: "s", vgpu: "s", options: "a{sv}") -> "s":  # noqa: F821
-        display, dry_run, x_display, audio = attach_options(
-            {k: v.value for k, v in options.items()})
-        socket = names.sound_socket(await caller_uid()) if audio else ""
-        return await self.daemon.domains.attach(domain, vgpu, display, dry_run, x_display,
-                                                audio, socket)
+        opts = attach_options({k: v.value for k, v in options.items()})
+        socket = names.sound_socket(await caller_uid()) if opts.audio else ""
+        return await self.daemon.domains.attach(domain, vgpu, opts, socket)
 
     @method()
     @dbus_errors
