@@ -222,6 +222,10 @@ class Settings(BaseModel):
         "the domain to shut down cleanly (shutdown)")
     mdevctl_dir: StrictStr = Field("/etc/mdevctl.d", description="mdevctl's definitions, "
                                    "which doctor checks for a UUID both tools start at boot")
+    host_root: StrictStr = Field("/", description="the file-system root under which doctor "
+                                 "reads other tools' files on an SR-IOV host (/etc/modprobe.d, "
+                                 "tmpfiles.d, sysfs.conf, driverctl.d, udev rules, "
+                                 "/lib/modules, /var/lib/dkms)")
     qemu_conf: StrictStr = Field("/etc/libvirt/qemu.conf", description="libvirt's QEMU "
                                  "settings, whose user doctor names in the X display access "
                                  "a gtk-gl VM needs")

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gvtd import cputopo, names, ondemand
-from gvtd.backend import HostdevOptions, Instance
+from gvtd.backend import HostdevOptions, Instance, Parent
 from gvtd.background import Background, Problem, why
 from gvtd.bounded import KeyedLock
 from gvtd.config import atomic_write
@@ -302,9 +303,9 @@ class Domains:
             await self.libvirt.define(name, after, before)
         return change
 
-    async def checks(self) -> list[doctor.Check]:
-        """doctor's libvirt findings: reachable, and how OpRegion can be set (asking
-        libvirt off the loop)."""
+    async def checks(self, opregion: bool = True) -> list[doctor.Check]:
+        """doctor's libvirt findings: reachable, and (for an mdev's display, not a VF's:
+        opregion False) how OpRegion can be set, asking libvirt off the loop."""
         from gvtd import doctor  # only for Diagnose: not on the way to READY=1
 
         lv = self.libvirt
@@ -315,17 +316,34 @@ class Domains:
         version = await lv.version()
         shown = f"{version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}"
         out = [doctor.Check("libvirt", "pass", f"libvirt {shown} at {lv.uri} is reachable.")]
-        if version >= domxml.OVERRIDE_VERSION:
+        if opregion and version >= domxml.OVERRIDE_VERSION:
             out.append(doctor.Check("opregion", "pass", f"libvirt {shown} sets OpRegion "
                                     "through <qemu:override> (8.2 or newer)."))
-        else:
+        elif opregion:
             out.append(doctor.Check(
                 "opregion", "warn", f"libvirt {shown} is older than 8.2: OpRegion can only be "
                 "set with -set device.ALIAS.x-igd-opregion=on, which QEMU 7 and newer reject "
                 "(JSON -device).", "Use libvirt 8.2 or newer with QEMU 7 and newer."))
-        # Every domain's XML parsed and qemu.conf read: off the loop, over a snapshot
+        # Every domain's XML parsed, qemu.conf and sysfs read: off the loop, over snapshots
+        vfs = _vf_addresses(self.host.parents.values())
         return out + await asyncio.to_thread(self._session_checks,
-                                             sorted(self.libvirt.domains.items()))
+                                             sorted(self.libvirt.domains.items())) + \
+            await asyncio.to_thread(self._pci_checks, sorted(self.shown().items()), vfs)
+
+    def _pci_checks(self, domains: list[tuple[str, DomainInfo]],
+                    vfs: frozenset[str]) -> list[doctor.Check]:
+        """domxml.pci_lint of the domains gvtd shows, over the drivers sysfs shows now for
+        their PCI hostdevs; vfs: the VF addresses of the SR-IOV parents."""
+        from gvtd import doctor
+
+        out = []
+        for name, info in domains:
+            drivers = {a: d for a in domxml.pci_addresses(info.xml)
+                       if (d := _pci_driver(self.sysfs, a)) is not None}
+            out += [doctor.Check(f"domain:{name}:{check}", "warn", f"Domain {name}: {message}.",
+                                 fix)
+                    for check, message, fix in domxml.pci_lint(info.xml, drivers, vfs)]
+        return out
 
     def _session_checks(self, domains: list[tuple[str, DomainInfo]]) -> list[doctor.Check]:
         """What only the desktop session can confirm, one finding per (QEMU's user, X
@@ -384,6 +402,34 @@ class Domains:
             await ondemand.release(self.host, name, self._uses_by_name(name))
             await self.desktop.stopped(name)
             self.releases.succeeded(name)  # released now: the earlier failure is past
+
+
+def _vf_addresses(parents: Iterable[Parent]) -> frozenset[str]:
+    """Every address the SR-IOV parents' VFs have or will have: a VF of an on-demand vGPU
+    whose domain is off does not exist, and is no stranger for all that."""
+    from gvtd import sriov  # only for Diagnose
+
+    out = set()
+    for p in parents:
+        for index in range(p.total_vfs if p.kind == "sriov" else 0):
+            try:
+                out.add(sriov.vf_address(p.name, p.vf_offset, p.vf_stride, index))
+            except ValueError:  # beyond the PCI domain's last bus: no more VFs
+                break
+    return frozenset(out)
+
+
+def _pci_driver(sysfs: Path, address: str) -> str | None:
+    """The driver bound to a PCI device ("" for none), None when there is no such device,
+    "?" when sysfs does not say (pci_lint then says nothing of it). address is one
+    domxml.pci_addresses gave: digits, colons and a dot, never a path of the caller's."""
+    device = sysfs / "bus/pci/devices" / address
+    try:
+        return os.path.basename(os.readlink(device / "driver"))
+    except FileNotFoundError:
+        return "" if os.path.lexists(device) else None
+    except OSError:
+        return "?"
 
 
 def _release_failed(name: str, e: BaseException) -> Problem:

@@ -245,9 +245,11 @@ class ManagerInterface(_Mirror):
         roots = doctor.HostRoots.from_settings(self.daemon.settings)
         uuids = [d.uuid for d in self.host.definitions.values()]
         checks = await asyncio.to_thread(doctor.diagnose, roots, uuids)
+        backend = await asyncio.to_thread(
+            lambda: doctor.host_backend(doctor.find_gpu(roots.sysfs)))
         with_vgpu = [(n, i.xml) for n, i in self.daemon.domains.shown().items()]
         checks.append(await asyncio.to_thread(doctor.check_memlock, roots.procfs, with_vgpu))
-        checks += await self.daemon.domains.checks()
+        checks += await self.daemon.domains.checks(opregion=backend != "sriov")
         return [list(c.as_tuple()) for c in checks]
 
     @dbus_property(access=PropertyAccess.READ)

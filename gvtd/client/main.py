@@ -768,8 +768,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--remove", action="store_true",
                    help="take away the launcher and icon this command installed for the "
                         "domain (and nothing else)")
-    add("doctor", "check the host for what GVT-g needs, with the fix for each problem "
-        "(exit status 1 when a check fails)", cmd_doctor, read=True)
+    add("doctor", "check the host for what GVT-g (or SR-IOV) needs, with the fix for each "
+        "problem (exit status 1 when a check fails)", cmd_doctor, read=True)
     add("monitor", "print every change as it happens (JSON lines with --json) until "
         "interrupted", cmd_monitor, read=True)
     s = sub.add_parser("setup", help="set up this host's kernel command line and modules for "

@@ -425,7 +425,7 @@ def lint(xml: str, drivers: Mapping[str, str] | None = None,
     PCI hostdev is looked at."""
     if (root := _read(xml)) is None:
         return []
-    out: list[tuple[str, str, str]] = [] if drivers is None else _vf_lint(root, drivers, vfs)
+    out: list[tuple[str, str, str]] = [] if drivers is None else _pci_lint(root, drivers, vfs)
     devices = root.find("devices")
     if devices is None:
         return out
@@ -588,10 +588,16 @@ def detach_vf(xml: str, address: str) -> str:
     return serialize(root)
 
 
-def _vf_lint(root: ET.Element, drivers: Mapping[str, str], vfs: Collection[str]) -> list[
+def pci_lint(xml: str, drivers: Mapping[str, str], vfs: Collection[str]) -> list[
         tuple[str, str, str]]:
-    """lint() of the PCI hostdevs. One whose device exists on a driver other than i915 or
-    xe is someone's passthrough (a NIC, a USB controller) and none of gvtd's business."""
+    """lint()'s findings on the PCI hostdevs alone (see lint for drivers and vfs)."""
+    return _pci_lint(root, drivers, vfs) if (root := _read(xml)) is not None else []
+
+
+def _pci_lint(root: ET.Element, drivers: Mapping[str, str], vfs: Collection[str]) -> list[
+        tuple[str, str, str]]:
+    """One whose device exists on a driver other than i915 or xe is someone's passthrough
+    (a NIC, a USB controller) and none of gvtd's business."""
     out: list[tuple[str, str, str]] = []
     for address in dict.fromkeys(map(_pci_address_of, pci_hostdevs(root))):
         driver = drivers.get(address)

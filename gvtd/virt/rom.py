@@ -7,7 +7,8 @@ libvirt makes QEMU's while that domain runs. So gvtd accepts only a ROM that eve
 the host may read already and that nobody but root can change or replace until QEMU opens
 it: a regular file under /usr/share (where packages put firmware: /usr/share/kvm,
 /usr/share/qemu), owned by root and readable by all, on a path of root's directories that
-all may enter. The XML gets the real path, symbolic links resolved. See docs/security.md.
+all may enter. The XML gets the real path, symbolic links (root's, in there) resolved. See
+docs/security.md.
 """
 
 from __future__ import annotations
@@ -34,8 +35,11 @@ def check_rom(path: str, dirs: tuple[str, ...] = ROM_DIRS) -> str:
     refusal. In a worker thread: it stats the caller's path."""
     if not os.path.isabs(path):
         raise InvalidArgument(f"rom {path[:200]!r} is not an absolute path.")
-    real = os.path.realpath(path)
-    shown = path if real == path else f"{path} ({real})"
+    # The path as given first: nothing outside the public directories is looked at, so no
+    # answer tells the caller where a link they could not read leads, or whether it exists
+    given = os.path.normpath(path)
+    real = os.path.realpath(given) if given.startswith(dirs) else given
+    shown = path[:200] if real == path else f"{path} ({real})"
     if not real.startswith(dirs):
         raise InvalidArgument(
             f"The ROM {shown} is not under {' or '.join(dirs)}: gvtd gives a VM only a ROM "

@@ -22,11 +22,22 @@ def share(iso: Path) -> Path:
     return iso.parent
 
 
-def test_a_public_file_under_usr_share_is_taken_by_its_real_path(tmp_path: Path) -> None:
+def test_a_public_file_under_usr_share_is_taken_by_its_real_path(share: Path) -> None:
     assert check_rom(PUBLIC) == PUBLIC
+    assert check_rom("/usr/share/common-licenses/../common-licenses/GPL-3") == PUBLIC
+    (share / "gop.rom").symlink_to(share / "igd.rom")
+    assert check_rom(str(share / "gop.rom"), (f"{share}/",)) == str(share / "igd.rom")
+
+
+def test_nothing_outside_is_resolved(tmp_path: Path) -> None:
+    """A link the caller could not read (root's directories) must not say where it leads:
+    outside /usr/share the path is refused as given, even when it leads there."""
     link = tmp_path / "gop.rom"
     link.symlink_to(PUBLIC)
-    assert check_rom(str(link)) == PUBLIC
+    for path in (str(link), "/usr/share/../../" + str(link)):
+        with pytest.raises(InvalidArgument) as e:
+            check_rom(path)
+        assert PUBLIC not in str(e.value) and "is not under /usr/share" in str(e.value)
 
 
 @pytest.mark.parametrize("path", ["/etc/passwd", "/var/lib/libvirt/qemu/nvram/w_VARS.fd",
