@@ -309,8 +309,8 @@ def numvfs_error(e: OSError, pf: PhysFn, count: int) -> GvtdError:
         parameter = MAX_VFS_PARAMETER.get(pf.driver)
         fix = (f"set {parameter}={count} (or more) on the kernel command line and reboot"
                if parameter else f"define at most {pf.total_vfs} VFs on it")
-        return NoCapacity(f"The PF {pf.name} allows {pf.total_vfs} VFs and {count} are "
-                          f"needed (ERANGE): {fix}.")
+        return NoCapacity(f"The PF {pf.name} allows {pf.total_vfs} VFs, {count} needed "
+                          f"(ERANGE): {fix}.")
     if code == errno.EBUSY:
         return Busy(f"The PF {pf.name} refused a new VF count (EBUSY): VFs exist already or "
                     "are in use, and the count changes only through 0. Another tool may set "
@@ -330,7 +330,6 @@ def _write_error(e: OSError, device: str, what: str) -> GvtdError:
                       "root with that file writable (units/gvtd.service lists the paths).")
     return Failed(f"Writing {what} of {device} failed: {e.strerror} "
                   f"({errno.errorcode.get(e.errno or 0, e.errno)}).")
-
 
 
 class SriovBackend:

@@ -661,7 +661,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = add("define", "define a persistent vGPU", cmd_define)
     d.add_argument("name", help="a name for it, e.g. the VM's name")
     kind = d.add_mutually_exclusive_group(required=True)
-    kind.add_argument("--type", help="an mdev type id, e.g. i915-GVTg_V5_4 (see `types`)")
+    kind.add_argument("--type", help="an mdev type id, e.g. i915-GVTg_V5_4 (see `types`), or "
+                      "vf: a virtual function of an SR-IOV parent")
     kind.add_argument("--min-resolution", metavar="WxH",
                       help="let gvtd pick the smallest GVT-g type with at least this resolution")
     d.add_argument("--parent", help="parent device (default: auto)")

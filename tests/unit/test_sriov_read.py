@@ -179,7 +179,7 @@ def test_each_errno_of_sriov_numvfs_says_what_to_do() -> None:
     e = err(errno.ENOENT, "nvme")
     assert isinstance(e, Failed) and "(nvme) cannot make VFs" in e.message
     e = err(errno.ERANGE, "i915", 0)
-    assert isinstance(e, NoCapacity) and "allows 0 VFs and 3 are needed" in e.message \
+    assert isinstance(e, NoCapacity) and "allows 0 VFs, 3 needed" in e.message \
         and "set i915.max_vfs=3" in e.message
     assert "set xe.max_vfs=3" in err(errno.ERANGE, "xe").message  # type: ignore[attr-defined]
     assert "define at most 2 VFs" in err(errno.ERANGE, "nvme", 2).message  # type: ignore[attr-defined]
