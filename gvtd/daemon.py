@@ -19,6 +19,7 @@ from dbus_fast.constants import NameFlag, RequestNameReply
 from systemd import daemon as sd_daemon
 
 from gvtd import __version__, names
+from gvtd.backend import Backends
 from gvtd.background import Background, Problem, why
 from gvtd.bus.flow import patient
 from gvtd.config import DEFAULT_CONFIG_DIR, MACHINE_ID_FILE, ConfigDir
@@ -28,7 +29,7 @@ from gvtd.errors import InvalidArgument
 from gvtd.health import SHUTDOWN_TIMEOUT, Health
 from gvtd.host import Host
 from gvtd.kmsg import Cursor, KernelLog, boot_id
-from gvtd.mdev import Sysfs
+from gvtd.mdev import MdevBackend
 from gvtd.session import Logind
 from gvtd.state import Ownership
 from gvtd.status import Status
@@ -157,7 +158,8 @@ class Daemon:
         self.args = args
         self.config = ConfigDir(args.config_dir, args.machine_id_file)
         self.settings, self.settings_problems = self.config.load_settings()
-        self.host = Host(self.config, Sysfs(Path(self.settings.sysfs_root)),
+        self.backends = Backends([MdevBackend(Path(self.settings.sysfs_root))])
+        self.host = Host(self.config, self.backends,
                          Ownership(args.state_dir), self.settings.restore_removed)
         sysfs = Path(self.settings.sysfs_root)
         self.domains = Domains(self.host, self.settings.libvirt_uri, sysfs, args.state_dir,
@@ -304,7 +306,7 @@ class Daemon:
         self.host.listeners.append(self._status)
         # Subscribe to uevents before the first read of sysfs: a parent that registers
         # in between is then seen either by the read or by its event.
-        watcher = UdevWatcher(self.host.on_uevents)
+        watcher = UdevWatcher(self.host.on_uevents, self.backends.classify)
         watcher.start(loop)
         async with self.host.lock:
             await self.host.reconcile()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gvtd import cputopo, names, ondemand
+from gvtd.backend import HostdevOptions, Instance
 from gvtd.background import Background, Problem, why
 from gvtd.bounded import KeyedLock
 from gvtd.config import atomic_write
@@ -40,7 +41,7 @@ class Domains:
         self.qemu_conf = qemu_conf
         self.sysfs = sysfs
         self.backups = state_dir / BACKUP_DIR
-        self.libvirt = Libvirt(uri, self._changed)
+        self.libvirt = Libvirt(uri, self._changed, host.backends.uses)
         # By the caller's domain name, which may be any string: kept only while used.
         self.locks = KeyedLock()
         self._active: set[str] = set()
@@ -63,14 +64,15 @@ class Domains:
     # -- what the bus shows -------------------------------------------------------------
 
     def uses(self, info: DomainInfo) -> list[str]:
-        """UUIDs a domain uses: its mdev hostdevs, then definitions that name it."""
+        """UUIDs a domain uses: its vGPU hostdevs (gvtd.backend.Backends.used_in), then
+        definitions that name it."""
         out = list(info.mdevs)
         out += [d.uuid for d in self.host.definitions.values()
                 if d.domain == info.name and d.uuid not in out]
         return out
 
     def shown(self) -> dict[str, DomainInfo]:
-        """Domains with a Domain object: those with an mdev, or named by a definition."""
+        """Domains with a Domain object: those with a vGPU, or named by a definition."""
         named = {d.domain for d in self.host.definitions.values() if d.domain}
         return {n: i for n, i in self.libvirt.domains.items() if i.mdevs or n in named}
 
@@ -191,11 +193,13 @@ class Domains:
             before = await self.libvirt.read_xml(name)
             render_node = await asyncio.to_thread(self.host.render_node, view.parent) \
                 if display == "spice-gl" else None  # a sysfs scan
+            instance = Instance(view.uuid, view.parent, view.type_id, view.address, view.backend)
             spec = domxml.AttachSpec(
                 uuid=view.uuid, display=display,  # type: ignore[arg-type]
                 render_node=render_node,
                 x_display=x_display,
-                override=await self.libvirt.version() >= domxml.OVERRIDE_VERSION)
+                override=await self.libvirt.version() >= domxml.OVERRIDE_VERSION,
+                hostdev=self.host.backends.hostdev(instance, HostdevOptions(display)))
             after = domxml.attach(before, spec)
             if audio_on is not None:
                 after = audio.wire(after, socket if audio_on else None)

@@ -4,6 +4,10 @@ Parents are the entries of /sys/class/mdev_bus; their types are directories of
 `<parent>/mdev_supported_types`; mdevs are the entries of /sys/bus/mdev/devices. Every path
 written is built from names read back from those listings, never from caller input alone,
 and only `create`, `remove` and an mdev's own attributes are ever written.
+
+Sysfs is the mdev backend (gvtd.backend.Backend): it also reads the uevents and the domain
+hostdevs that are about mdevs. Parent, MdevType and Mdev (gvtd.backend.Instance) are
+re-exported from gvtd.backend.
 """
 
 from __future__ import annotations
@@ -11,59 +15,22 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from gvtd import gvt
+from gvtd.backend import HostdevOptions, Instance, MdevType, Parent, Uevent
 from gvtd.config import ATTR_NAME_RE, TYPE_RE, UUID_RE
 from gvtd.errors import Busy, Failed, GvtdError, InvalidArgument, NoCapacity, NotFound, ParentMissing
 
 PCI_DISPLAY_CLASS = 0x03
 
 
-@dataclass(frozen=True)
-class MdevType:
-    id: str
-    name: str
-    description: str | None
-    device_api: str
-    available: int
-    gvt: gvt.GvtTypeInfo | None = None
-
-
-@dataclass(frozen=True)
-class Parent:
-    """A device that can host mdevs. `registered` is false for an Intel GPU whose GVT-g
-    half (kvmgt) has not registered it yet; such a parent has no types."""
-
-    name: str
-    syspath: str
-    driver: str
-    vendor: int | None
-    device: int | None
-    registered: bool
-    types: tuple[MdevType, ...] = ()
-
-    def type(self, type_id: str) -> MdevType | None:
-        return next((t for t in self.types if t.id == type_id), None)
-
-    @property
-    def platform(self) -> tuple[str, bool]:
-        return gvt.platform(self.vendor, self.device)
-
-    @property
-    def is_gvt(self) -> bool:
-        return any(t.gvt for t in self.types) or self.driver == "i915"
-
-
-@dataclass(frozen=True)
-class Mdev:
-    uuid: str
-    parent: str
-    type_id: str
-
+Mdev = Instance  # an mdev is the mdev backend's instance: the name the callers knew
 
 # sysfs renders an attribute into one page and hands it whole to the first read
 ATTR_MAX = 4096
@@ -173,8 +140,9 @@ def _resolve(link: Path) -> str:
 
 @dataclass
 class Sysfs:
-    """Reads and writes the mdev ABI below `root` (normally /sys)."""
+    """Reads and writes the mdev ABI below `root` (normally /sys): the mdev backend."""
 
+    kind: ClassVar[str] = "mdev"
     root: Path = field(default_factory=lambda: Path("/sys"))
     # What a registered parent's driver fixed when it registered (ids, driver, each type's
     # name, description and device_api) is read once per registration; only
@@ -300,11 +268,22 @@ class Sysfs:
         found = (self.mdev(uuid) for uuid in list_dir(self._mdevs, strict=True))
         return {m.uuid: m for m in found if m is not None}
 
+    # the Backend names of the three reads above
+    def instances(self) -> dict[str, Instance]:
+        return self.mdevs()
+
+    def instance(self, uuid: str) -> Instance | None:
+        return self.mdev(uuid)
+
+    def arriving(self, uuid: str) -> bool:
+        return self.mdev_arriving(uuid)
+
     # -- writing --------------------------------------------------------------------------
 
-    def create(self, parent: Parent, type_id: str, uuid: str) -> None:
+    def create(self, parent: Parent, type_id: str, uuid: str) -> Instance:
         """Create an mdev of a parent read before. The kernel does it synchronously: when
-        this returns, the mdev exists."""
+        this returns, the mdev exists, on this parent, of this type (reading it back cost
+        two lookups per vGPU on a busy sysfs)."""
         _check_uuid(uuid)
         types_dir = Path(parent.syspath) / "mdev_supported_types"
         try:
@@ -328,6 +307,7 @@ class Sysfs:
                          "file is missing.") from None
         except OSError as e:
             raise self._create_error(e, parent, type_id, uuid) from e
+        return Instance(uuid, parent.name, type_id)
 
     def remove(self, uuid: str) -> None:
         _check_uuid(uuid)
@@ -383,9 +363,12 @@ class Sysfs:
                           f"({e.strerror}); it must run as root with /sys writable.")
         return Failed(f"Creating a {type_id} vGPU on {parent.name} failed: {e.strerror}.")
 
-    def no_capacity_message(self, parent_name: str, type_id: str) -> str:
+    def no_capacity_message(self, parent: str, type_id: str) -> str:
         """Why a type does not fit, what it needs, and what still fits (re-read from sysfs)."""
-        parent = self.parent(parent_name)
+        return self._no_capacity(parent, self.parent(parent), type_id)
+
+    @staticmethod
+    def _no_capacity(parent_name: str, parent: Parent | None, type_id: str) -> str:
         mtype = parent.type(type_id) if parent else None
         if parent is None or mtype is None:
             return f"{parent_name} has no room for another {type_id}."
@@ -402,6 +385,73 @@ class Sysfs:
         still = f"{fitting[0].id} still fits" if fitting else "no type of it fits any more"
         return (f"No room for another {mtype.id} on {parent.name} ({still}). Remove a vGPU of "
                 "that parent or choose another type.")
+
+    # -- on the loop: no I/O --------------------------------------------------------------
+
+    def classify(self, action: str, subsystem: str | None, sys_path: str,
+                 properties: dict[str, str]) -> Uevent | None:
+        return classify(action, subsystem, sys_path, properties)
+
+    def hostdev(self, instance: Instance, options: HostdevOptions) -> ET.Element:
+        return hostdev(instance.uuid, options.display)
+
+    def used_in(self, root: ET.Element) -> list[str]:
+        return used_in(root)
+
+
+MdevBackend = Sysfs
+
+
+def classify(action: str, subsystem: str | None, sys_path: str,
+             properties: dict[str, str]) -> Uevent | None:
+    """What one kernel event asks gvtd to re-read, or None for an event about no mdev or
+    mdev parent.
+
+    mdev events carry no type or parent: both come from sysfs (the mdev's parent is the
+    directory its device lives in). An mdev's driver binding after its add, or unbinding
+    before its remove, changes nothing gvtd reads: re-reading for them only doubled the
+    work of every create and remove.
+    """
+    name = os.path.basename(sys_path)
+    if subsystem == "mdev":
+        if not UUID_RE.fullmatch(name) or action in ("bind", "unbind"):
+            return None
+        parent = os.path.basename(os.path.dirname(sys_path))
+        return Uevent(action, frozenset({parent}), name)
+    if "MDEV_STATE" in properties:  # a parent (un)registering with the mdev core
+        return Uevent(f"{action} {properties['MDEV_STATE']}", frozenset({name}))
+    if subsystem == "pci" and action in ("bind", "unbind") and properties.get("DRIVER", "i915") == "i915" \
+            and properties.get("PCI_CLASS", "").startswith("3"):
+        return Uevent(action, frozenset({name}))  # i915 bound or unbound on a display device
+    return None
+
+
+def mdev_hostdevs(root: ET.Element) -> list[ET.Element]:
+    """A domain XML's mdev hostdevs, in device order."""
+    return root.findall("./devices/hostdev[@type='mdev']")
+
+
+def hostdev_uuid(hostdev: ET.Element) -> str:
+    """The UUID an mdev hostdev names (lower case, as the kernel names mdevs), or ""."""
+    address = hostdev.find("./source/address")
+    return (address.get("uuid") or "").lower() if address is not None else ""
+
+
+def used_in(root: ET.Element) -> list[str]:
+    """The mdev UUIDs a domain XML's hostdevs name, in device order."""
+    return [u for u in map(hostdev_uuid, mdev_hostdevs(root)) if UUID_RE.fullmatch(u)]
+
+
+def hostdev(uuid: str, display: str) -> ET.Element:
+    """The mdev hostdev that works: vfio-pci, with display and ramfb for SPICE GL (ramfb:
+    the boot screen before the guest's driver takes over)."""
+    gl = display == "spice-gl"
+    el = ET.Element("hostdev", {"mode": "subsystem", "type": "mdev", "managed": "no",
+                                "model": "vfio-pci", "display": "on" if gl else "off"})
+    if gl:
+        el.set("ramfb", "on")
+    ET.SubElement(ET.SubElement(el, "source"), "address", {"uuid": uuid})
+    return el
 
 
 def render_nodes(sysfs_root: Path, device: Path) -> list[str]:

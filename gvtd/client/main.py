@@ -112,8 +112,19 @@ def _vgpus(objs: dict[str, Any]) -> list[dict[str, Any]]:
                         "origin": v.get("Origin", ""), "last_error": v["LastError"],
                         "health": v.get("Health", "ok"),
                         "health_message": v.get("HealthMessage", ""),
-                        "health_time": _iso(v.get("HealthTime", 0))})
+                        "health_time": _iso(v.get("HealthTime", 0)),
+                        **_unless_mdev(backend=v.get("Backend", "mdev"),
+                                       address=v.get("Address", ""))})
     return sorted(out, key=lambda v: (v["name"] == "", v["name"], v["uuid"]))
+
+
+def _unless_mdev(**fields: Any) -> dict[str, Any]:
+    """The backend fields (docs/backends.md) that say more than "an mdev": an mdev-only
+    host's output stays as it always was."""
+    if fields.get("backend", fields.get("kind")) in ("mdev", None) and not any(
+            v for k, v in fields.items() if k not in ("backend", "kind")):
+        return {}
+    return fields
 
 
 def _iso(usec: int) -> str:
@@ -131,7 +142,10 @@ def _parents(objs: dict[str, Any]) -> list[dict[str, Any]]:
             types = [{"id": t[0], "name": t[1], "available": t[2], **t[3]} for t in p["Types"]]
             out.append({"address": p["Address"], "driver": p["Driver"], "model": p["Model"],
                         "platform": p["Platform"], "registered": p["Registered"],
-                        "types": types})
+                        "types": types,
+                        **_unless_mdev(kind=p.get("Kind", "mdev"),
+                                       total_vfs=p.get("TotalVFs", 0),
+                                       num_vfs=p.get("NumVFs", 0))})
     return sorted(out, key=lambda p: p["address"])
 
 
@@ -146,8 +160,12 @@ async def cmd_list(c: Client, args: argparse.Namespace) -> None:
     vgpus = _vgpus(await c.objects())
     rows = [[v["name"] or "-", v["uuid"], v["type"] or "-", v["parent"], v["state"], v["start"],
              v["domain"] or "-", v["origin"] or "-", v["health"]] for v in vgpus]
-    text = _table(rows, ["NAME", "UUID", "TYPE", "PARENT", "STATE", "START", "DOMAIN",
-                         "ORIGIN", "HEALTH"]) \
+    header = ["NAME", "UUID", "TYPE", "PARENT", "STATE", "START", "DOMAIN", "ORIGIN", "HEALTH"]
+    if any("backend" in v for v in vgpus):  # not only mdevs: say which is which, and where
+        header += ["BACKEND", "ADDRESS"]
+        for row, v in zip(rows, vgpus):
+            row += [v.get("backend", "mdev"), v.get("address") or "-"]
+    text = _table(rows, header) \
         or "No vGPUs defined. Define one with `gvt-client define NAME --type TYPE`."
     errors = [f"{v['name'] or v['uuid']}: {v['last_error']}" for v in vgpus if v["last_error"]]
     errors += [f"{v['name'] or v['uuid']}: {v['health']} since {v['health_time']}: "
@@ -175,7 +193,13 @@ async def cmd_parents(c: Client, args: argparse.Namespace) -> None:
     parents = _parents(await c.objects())
     rows = [[p["address"], p["driver"] or "-", p["model"] or "-", p["platform"] or "-",
              "yes" if p["registered"] else "no", str(len(p["types"]))] for p in parents]
-    text = _table(rows, ["PARENT", "DRIVER", "MODEL", "PLATFORM", "REGISTERED", "TYPES"]) \
+    header = ["PARENT", "DRIVER", "MODEL", "PLATFORM", "REGISTERED", "TYPES"]
+    if any("kind" in p for p in parents):  # an SR-IOV parent: its kind and VF counts
+        header += ["KIND", "VFS"]
+        for row, p in zip(rows, parents):
+            row += [p.get("kind", "mdev"),
+                    f"{p['num_vfs']}/{p['total_vfs']}" if "kind" in p else "-"]
+    text = _table(rows, header) \
         or "No mdev parents found."
     _emit(args, parents, text)
 
@@ -198,6 +222,7 @@ async def cmd_status(c: Client, args: argparse.Namespace) -> None:
              f"{libvirt}"]
     for v in vgpus:
         lines.append(f"  vGPU {v['name'] or v['uuid']}: {v['state']}"
+                     + (f" ({v['backend']} at {v['address']})" if v.get("address") else "")
                      + (f" ({v['last_error']})" if v["last_error"] else "")
                      + (f", {v['health']} since {v['health_time']}: {v['health_message']}"
                         if v["health"] != "ok" else ""))

@@ -21,8 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from gvtd.config import UUID_RE
 from gvtd.errors import Busy, InvalidArgument
+from gvtd.mdev import hostdev as mdev_hostdev
+from gvtd.mdev import hostdev_uuid as _uuid_of
+from gvtd.mdev import mdev_hostdevs, used_in
 
 if TYPE_CHECKING:
     from lxml.etree import _Element as Element  # an edit's tree, with xml.etree's API
@@ -32,6 +34,8 @@ else:
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 Q = f"{{{QEMU_NS}}}"
 
+# hostdev attributes a backend sets only for some displays: gone when it leaves them off
+HOSTDEV_OPTIONAL = ("ramfb",)
 ALIAS = "ua-gvtd-vgpu"  # a user alias (libvirt wants the ua- prefix) that overrides can name
 OVERRIDE_VERSION = 8_002_000  # libvirt 8.2: <qemu:override>
 Display = Literal["spice-gl", "gtk-gl", "vnc", "none"]
@@ -45,6 +49,9 @@ class AttachSpec:
     render_node: str | None = None  # /dev/dri/renderD128 for spice-gl
     x_display: str = ":0"  # the desktop's $DISPLAY for gtk-gl
     override: bool = True  # libvirt >= 8.2
+    # the vGPU's hostdev as its backend writes it (gvtd.backend.Backend.hostdev); None:
+    # an mdev's for this display
+    hostdev: ET.Element | None = None
 
 
 def parse(xml: str) -> Element:
@@ -145,21 +152,10 @@ def diff(before: str, after: str, name: str) -> str:
                                         f"{name}.xml", f"{name}.xml (gvtd)"))
 
 
-def mdev_hostdevs(root: ET.Element) -> list[ET.Element]:
-    return root.findall("./devices/hostdev[@type='mdev']")
-
-
-def _uuid_of(hostdev: ET.Element) -> str:
-    address = hostdev.find("./source/address")
-    return (address.get("uuid") or "").lower() if address is not None else ""
-
-
 def mdev_uuids(xml: str) -> list[str]:
     """UUIDs of the domain's mdev hostdevs, in device order (lower case, as the kernel
     names them)."""
-    if (root := _read(xml)) is None:
-        return []
-    return [u for u in map(_uuid_of, mdev_hostdevs(root)) if UUID_RE.fullmatch(u)]
+    return used_in(root) if (root := _read(xml)) is not None else []
 
 
 def _slot(address: ET.Element) -> tuple[int, int, int] | None:
@@ -362,16 +358,14 @@ def attach(xml: str, spec: AttachSpec) -> str:
         else:
             raise Busy(f"The domain already has the vGPU {_uuid_of(hostdev)}, and a VM can open "
                        "only one (the kernel refuses a second with EEXIST): detach it first.")
+    wanted = spec.hostdev if spec.hostdev is not None else mdev_hostdev(spec.uuid, spec.display)
     if ours is None:
         ours = add(devices, "hostdev")
-        add(add(ours, "source"), "address", {"uuid": spec.uuid})
+        _graft(ours, wanted)
     gl = spec.display == "spice-gl"
-    ours.attrib.update({"mode": "subsystem", "type": "mdev", "managed": "no",
-                        "model": "vfio-pci", "display": "on" if gl else "off"})
-    if gl:
-        ours.set("ramfb", "on")  # the boot screen before the guest's driver takes over
-    else:
-        ours.attrib.pop("ramfb", None)
+    for attr in set(HOSTDEV_OPTIONAL) - set(wanted.attrib):
+        ours.attrib.pop(attr, None)
+    ours.attrib.update(wanted.attrib)
     alias = ours.find("alias")
     if alias is None:
         alias = add(ours, "alias")
@@ -392,6 +386,12 @@ def attach(xml: str, spec: AttachSpec) -> str:
     _set_properties(root, props, spec.override)
     _set_gtk(root, spec.display == "gtk-gl", spec.x_display)
     return serialize(root)
+
+
+def _graft(el: Element, model: ET.Element) -> None:
+    """model's children below el, each indented as add() does."""
+    for child in model:
+        _graft(add(el, child.tag, dict(child.attrib)), child)
 
 
 def detach(xml: str, uuid: str) -> str:
