@@ -78,7 +78,9 @@ class Instance:
 class HostdevOptions:
     """How a domain is to use its vGPU: what the backend's hostdev element depends on."""
 
-    display: str = "spice-gl"
+    display: str = "spice-gl"  # an mdev's (gvtd.mdev.hostdev)
+    rom: str | None = None  # a VF's ROM file, checked already (gvtd.virt.rom)
+    rom_bar: bool = True  # False: a VF without a ROM BAR (gvtd.virt.domxml.VfSpec)
 
 
 @dataclass(frozen=True)
@@ -112,9 +114,16 @@ class Backend(Protocol):
     def instances(self) -> dict[str, Instance]: ...
     def instance(self, uuid: str) -> Instance | None: ...
     def arriving(self, uuid: str) -> bool: ...
+    def address(self, uuid: str) -> str:
+        """Where a vGPU's instance lives or will live when that is not its UUID (a VF's PCI
+        address, known from its slot while the VF is unbound or not made); "" else. No
+        I/O: it runs on the loop."""
     def create(self, parent: Parent, type_id: str, uuid: str) -> Instance | None:
         """Make the instance; when it returns, the instance exists. Returns it, or None to
         have it read back (instance())."""
+    def reserve(self, parent: Parent, type_id: str, uuid: str) -> None:
+        """Record, at Define, where the vGPU's instance will live (a VF slot), so that it
+        has an address to attach by before it is made; nothing for an mdev. Blocking."""
     def remove(self, uuid: str) -> None: ...
     def write_attr(self, uuid: str, name: str, value: str) -> None: ...
     def no_capacity_message(self, parent: str, type_id: str) -> str: ...
@@ -149,11 +158,11 @@ class Backends:
 
     def parents(self) -> list[Parent]:
         """Every backend's parents; a device that two backends see is the one that can
-        host vGPUs now (registered), else the first backend's."""
+        host vGPUs now (registered), else the one that knows it for sure (see _wins)."""
         found: dict[str, Parent] = {}
         for b in self.all:
             for p in b.parents():
-                if p.name not in found or (p.registered and not found[p.name].registered):
+                if p.name not in found or _wins(p, found[p.name]):
                     found[p.name] = p
         return sorted(found.values(), key=lambda p: p.name)
 
@@ -164,7 +173,7 @@ class Backends:
             p = b.parent(name)
             if p is not None and p.registered:
                 return p
-            seen = seen or p
+            seen = p if seen is None or (p is not None and _wins(p, seen)) else seen
         return seen
 
     def instances(self) -> dict[str, Instance]:
@@ -179,6 +188,9 @@ class Backends:
     def arriving(self, uuid: str) -> bool:
         return any(b.arriving(uuid) for b in self.all)
 
+    def address(self, uuid: str) -> str:
+        return next((a for b in self.all if (a := b.address(uuid))), "")
+
     def no_capacity_message(self, parent: Parent, type_id: str) -> str:
         return self.of(parent.kind).no_capacity_message(parent.name, type_id)
 
@@ -189,6 +201,9 @@ class Backends:
         backend = self.of(parent.kind)
         made = backend.create(parent, type_id, uuid) or backend.instance(uuid)
         return made or Instance(uuid, parent.name, type_id, backend=parent.kind)
+
+    def reserve(self, parent: Parent, type_id: str, uuid: str) -> None:
+        self.of(parent.kind).reserve(parent, type_id, uuid)
 
     def remove(self, uuid: str, backend: str) -> None:
         """Remove an instance known to be of `backend` (Instance.backend)."""
@@ -201,12 +216,16 @@ class Backends:
 
     def classify(self, action: str, subsystem: str | None, sys_path: str,
                  properties: dict[str, str]) -> Uevent | None:
-        """The first backend's reading of an event that any backend reads."""
-        for b in self.all:
-            event = b.classify(action, subsystem, sys_path, properties)
-            if event is not None:
-                return event
-        return None
+        """Every backend's reading of an event, as one: a PCI event can be an mdev
+        parent's and an SR-IOV PF's or VF's at once (an Intel GPU's VF is a display
+        function too), so the parents to re-read are all that any backend names, and the
+        instance the first that names one."""
+        events = [e for b in self.all
+                  if (e := b.classify(action, subsystem, sys_path, properties)) is not None]
+        if len(events) < 2:
+            return events[0] if events else None
+        return Uevent(events[0].action, frozenset().union(*(e.parents for e in events)),
+                      next((e.mdev for e in events if e.mdev), None))
 
     def hostdev(self, instance: Instance, options: HostdevOptions) -> ET.Element:
         return self.of(instance.backend).hostdev(instance, options)
@@ -224,3 +243,12 @@ class Backends:
             return self.used_in(ET.fromstring(xml))
         except ET.ParseError:
             return []
+
+
+def _wins(p: Parent, other: Parent) -> bool:
+    """Whether p, of a later backend, shows a device both see better than other: registered
+    when other is not, or, neither registered, an SR-IOV PF (which it is for sure: it has
+    sriov_totalvfs) over the mdev backend's guess that an Intel GPU may register later."""
+    if p.registered != other.registered:
+        return p.registered
+    return not p.registered and p.total_vfs > 0 and other.total_vfs == 0

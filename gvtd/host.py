@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from gvtd import reconcile
 from gvtd.backend import Backend, Backends, Instance, Parent, Uevent
-from gvtd.config import (SETTINGS_FILE, ConfigDir, Definition, Problem, on_disk,
+from gvtd.config import (SETTINGS_FILE, VF_TYPE, ConfigDir, Definition, Problem, on_disk,
                          request_error, validate_name)
 from gvtd.errors import (Busy, Failed, GvtdError, InvalidArgument, NoCapacity, NotFound,
                          ParentMissing)
@@ -136,6 +136,13 @@ class Host:
         for p in problems:
             log.error("Ignoring invalid definition %s", p, extra={"CONFIG_FILE": p.file})
 
+    def vf_parents(self) -> dict[str, str]:
+        """The parent ("auto" or an address) of each SR-IOV definition, by UUID: what the
+        SR-IOV backend reads and keeps VF slots for (gvtd.sriov). Worker threads ask while
+        the loop may define: dict() copies in one step under the GIL."""
+        return {d.uuid: d.parent for d in dict(self.definitions).values()
+                if d.type == VF_TYPE}
+
     async def refresh(self) -> None:
         """Re-read everything sysfs shows (gvtd.observed)."""
         await self.observed.refresh()
@@ -146,7 +153,7 @@ class Host:
         owned = dict(self.ownership.items())
         self.views = reconcile.views(self.definitions, list(self.parents.values()), self.mdevs,
                                      owned, self.errors, self.domains.domain_of, self.refused,
-                                     self.ownership.origins())
+                                     self.ownership.origins(), self.backends.address)
         for listener in self.listeners:
             listener()
 
@@ -404,10 +411,16 @@ class Host:
             target = None  # allowed: created when the parent registers
         if target is not None and definition.start == "auto" and foreign is None:
             await self._check_capacity(target)
+        if target is not None:  # a VF's slot, before the file: see SriovBackend.reserve
+            await asyncio.to_thread(self.backends.reserve, target.parent, target.type_id,
+                                    definition.uuid)
         await on_disk(self.config.save_definition, name, definition)
         self.definitions[name] = definition
         log.info("Defined vGPU %s (%s)", name, definition.uuid,
                  extra=journal_fields(name, definition.uuid))
+        if target is None and definition.uuid in self.vf_parents():
+            # a PF that only a definition makes a parent (a NIC's, QEMU's nvme) is one now
+            await self._reread({definition.parent} - {"auto"}, set())
         if take_over and foreign is not None and definition.uuid not in self.ownership:
             log.info("Taking over existing mdev %s for %s: gvtd removes it as its own",
                      definition.uuid, name, extra=journal_fields(name, definition.uuid, foreign.parent))

@@ -138,6 +138,16 @@ def _resolve(link: Path) -> str:
         return os.path.realpath(link)  # not a link (a test tree, a bind mount): as it is
 
 
+def write_once(path: Path, text: str) -> None:
+    """One write(2) of the whole value, as `echo ... > file` does; sysfs rejects partial
+    ones."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class Sysfs:
     """Reads and writes the mdev ABI below `root` (normally /sys): the mdev backend."""
@@ -173,10 +183,14 @@ class Sysfs:
                 with _opened(pci / name) as d:
                     vendor = parse_int(read_attr("vendor", d, strict=True), 16)
                     cls = parse_int(read_attr("class", d, strict=True), 16)
+                    gpu = vendor == gvt.INTEL_VENDOR and cls is not None \
+                        and cls >> 16 == PCI_DISPLAY_CLASS
+                    # an Intel GPU's SR-IOV VF is a display function too, and never a parent
+                    gpu = gpu and not _link_name("physfn", d)
             except OSError as e:
                 absent(e, pci / name)
                 continue  # gone since listed
-            if vendor == gvt.INTEL_VENDOR and cls is not None and cls >> 16 == PCI_DISPLAY_CLASS:
+            if gpu:
                 found[name] = self._parent(name, pci / name, False)
         return sorted(found.values(), key=lambda p: p.name)
 
@@ -278,6 +292,12 @@ class Sysfs:
     def arriving(self, uuid: str) -> bool:
         return self.mdev_arriving(uuid)
 
+    def address(self, uuid: str) -> str:
+        return ""  # an mdev lives at its UUID
+
+    def reserve(self, parent: Parent, type_id: str, uuid: str) -> None:
+        pass  # nothing to set aside: its UUID is where it will be
+
     # -- writing --------------------------------------------------------------------------
 
     def create(self, parent: Parent, type_id: str, uuid: str) -> Instance:
@@ -289,7 +309,7 @@ class Sysfs:
         try:
             if not TYPE_RE.fullmatch(type_id):  # never a path of its own
                 raise FileNotFoundError
-            self._write(types_dir / type_id / "create", uuid)
+            write_once(types_dir / type_id / "create", uuid)
         except FileNotFoundError:
             # Only now ask why: what the kernel lists now, not what we saw before. (Listing
             # before every create cost a directory read per vGPU.)
@@ -314,7 +334,7 @@ class Sysfs:
         if uuid not in list_dir(self._mdevs):
             raise NotFound(f"There is no mdev {uuid}.")
         try:
-            self._write(self._mdevs / uuid / "remove", "1")
+            write_once(self._mdevs / uuid / "remove", "1")
         except OSError as e:
             if e.errno in (errno.ENOENT, errno.ENODEV):
                 raise NotFound(f"The mdev {uuid} was already gone.") from e
@@ -331,18 +351,9 @@ class Sysfs:
         if not ATTR_NAME_RE.fullmatch(name) or name not in list_dir(dev) or name == "remove":
             raise InvalidArgument(f"The mdev {uuid} has no attribute {name!r}.")
         try:
-            self._write(dev / name, value)
+            write_once(dev / name, value)
         except OSError as e:
             raise Failed(f"Writing {value!r} to attribute {name} of {uuid} failed: {e.strerror}.") from e
-
-    @staticmethod
-    def _write(path: Path, text: str) -> None:
-        # One write(2) of the whole value, as `echo ... > file` does; sysfs rejects partial ones.
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            os.write(fd, text.encode())
-        finally:
-            os.close(fd)
 
     def _create_error(self, e: OSError, parent: Parent, type_id: str, uuid: str) -> GvtdError:
         code = e.errno

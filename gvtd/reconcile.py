@@ -12,7 +12,7 @@ from typing import Literal
 
 from gvtd import gvt
 from gvtd.backend import Instance, Parent
-from gvtd.config import Definition
+from gvtd.config import VF_TYPE, Definition
 from gvtd.errors import GvtdError, InvalidArgument, ParentMissing
 
 VgpuState = Literal["inactive", "active", "parent-missing", "failed"]
@@ -52,6 +52,10 @@ def choose_type(parent: Parent, want: tuple[int, int]) -> str:
     Smallest by share of the GPU, so that more vGPUs fit; ties go to the one with instances
     still available.
     """
+    if parent.kind == "sriov":
+        raise InvalidArgument(f"{parent.name} is an SR-IOV parent: its VFs have no resolution "
+                              "to choose by (the guest's driver sets it). Define the vGPU "
+                              "with type = \"vf\" (--type vf) instead of min_resolution.")
     candidates = [t for t in parent.types if t.gvt and gvt.fits(t.gvt, want)]
     if not candidates:
         have = ", ".join(f"{t.id} ({t.gvt.resolution_text})" for t in parent.types if t.gvt)
@@ -124,16 +128,19 @@ def views(definitions: dict[str, Definition], parents: list[Parent], mdevs: dict
           owned: dict[str, str], errors: dict[str, str],
           domain_of: Callable[[str], str] = lambda uuid: "",
           refused: dict[str, str] | None = None,
-          origins: dict[str, str] | None = None) -> dict[str, VgpuView]:
+          origins: dict[str, str] | None = None,
+          address_of: Callable[[str], str] = lambda uuid: "") -> dict[str, VgpuView]:
     """Every vGPU gvtd shows, keyed by UUID: one per definition, one per other mdev.
     refused: why the kernel would not remove an mdev that is still there (its LastError);
-    origins: how each recorded mdev became gvtd's (gvtd.state)."""
+    origins: how each recorded mdev became gvtd's (gvtd.state); address_of: where a
+    vGPU with no instance now will live (Backend.address)."""
     refused, origins = refused or {}, origins or {}
     out: dict[str, VgpuView] = {}
     for name, d in definitions.items():
         mdev = mdevs.get(d.uuid)
         error = errors.get(name, "")
-        parent, type_id, backend, address = d.parent, d.type or "", "mdev", ""
+        parent, type_id, address = d.parent, d.type or "", address_of(d.uuid)
+        backend = "sriov" if d.type == VF_TYPE else "mdev"  # until a parent says
         try:
             target = resolve(d, parents)
             parent, type_id, backend = target.parent.name, target.type_id, target.parent.kind

@@ -198,11 +198,9 @@ class ManagerInterface(_Mirror):
     @dbus_errors
     @authorized(names.ACTION_DOMAIN, detail=("domain", "vgpu"))
     async def AttachVGPU(self, domain: "s", vgpu: "s", options: "a{sv}") -> "s":  # noqa: F821
-        display, dry_run, x_display, audio = attach_options(
-            {k: v.value for k, v in options.items()})
-        socket = names.sound_socket(await caller_uid()) if audio else ""
-        return await self.daemon.domains.attach(domain, vgpu, display, dry_run, x_display,
-                                                audio, socket)
+        opts = attach_options({k: v.value for k, v in options.items()})
+        socket = names.sound_socket(await caller_uid()) if opts.audio else ""
+        return await self.daemon.domains.attach(domain, vgpu, opts, socket)
 
     @method()
     @dbus_errors
@@ -247,9 +245,11 @@ class ManagerInterface(_Mirror):
         roots = doctor.HostRoots.from_settings(self.daemon.settings)
         uuids = [d.uuid for d in self.host.definitions.values()]
         checks = await asyncio.to_thread(doctor.diagnose, roots, uuids)
+        backend = await asyncio.to_thread(
+            lambda: doctor.host_backend(doctor.find_gpu(roots.sysfs)))
         with_vgpu = [(n, i.xml) for n, i in self.daemon.domains.shown().items()]
         checks.append(await asyncio.to_thread(doctor.check_memlock, roots.procfs, with_vgpu))
-        checks += await self.daemon.domains.checks()
+        checks += await self.daemon.domains.checks(opregion=backend != "sriov")
         return [list(c.as_tuple()) for c in checks]
 
     @dbus_property(access=PropertyAccess.READ)

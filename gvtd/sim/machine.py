@@ -6,8 +6,9 @@ the CPU topology `gvt-client tune` pins to (``/sys/devices/system/cpu``, in the 
 tree); the rest of the host a doctor looks at (kernel command line and version, loaded
 modules, i915 parameters, IOMMU groups, the GPU's render node, mdevctl's definitions) is
 plain files: ``/sys/module``, ``/sys/kernel/iommu_groups`` and ``/sys/class/drm`` inside
-the testbed (the preload shows them as ``/sys``), and a proc tree (with the boot id) and an
-mdevctl directory in the simulation's work directory, named in the gvtd.toml it writes
+the testbed (the preload shows them as ``/sys``), and a proc tree (with the boot id), an
+mdevctl directory and a file-system root (for /etc and /lib/modules) in the simulation's
+work directory, named in the gvtd.toml it writes
 (umockdev does not redirect ``/proc``); beside them the machine's id, which gvtd derives
 UUIDs from (the supervisor names it on gvtd's command line), and the kernel log: an
 emulated /dev/kmsg (gvtd.sim.kmsg) that the daemon follows as it follows the real one. Each
@@ -30,6 +31,7 @@ PROC_DIR = "proc"
 KMSG_DIR = "kmsg"  # the emulated /dev/kmsg is KMSG_DIR/kmsg (gvtd.sim.kmsg, FUSE)
 BOOT_ID = "sys/kernel/random/boot_id"  # under PROC_DIR: a new one at each Reboot
 MDEVCTL_DIR = "mdevctl.d"
+HOST_ROOT = "root"  # the file-system root doctor reads other tools' files under (/etc, ...)
 MACHINE_ID_FILE = "machine-id"
 # The emulated laptop's /etc/machine-id, the same in every simulation: the UUIDs gvtd derives
 # for definitions written without one stay the same across its restarts, reboots and runs,
@@ -174,7 +176,8 @@ def settings_toml(workdir: Path) -> str:
     """The gvtd.toml lines that point the doctor's inputs at this machine's files."""
     return (f'procfs_root = "{workdir / PROC_DIR}"\n'
             f'kernel_log = "{workdir / KMSG_DIR / "kmsg"}"\n'
-            f'mdevctl_dir = "{workdir / MDEVCTL_DIR}"\n')
+            f'mdevctl_dir = "{workdir / MDEVCTL_DIR}"\n'
+            f'host_root = "{workdir / HOST_ROOT}"\n')
 
 
 def _write(path: Path, text: str) -> None:
@@ -231,4 +234,5 @@ def install(facts: HostFacts, host: EmulatedHost, workdir: Path, kmsg: KmsgOps) 
     _write(proc / "sys" / "kernel" / "osrelease", facts.osrelease + "\n")
     new_boot(kmsg, workdir, facts.kernel_log)
     (workdir / MDEVCTL_DIR).mkdir(exist_ok=True)
+    (workdir / HOST_ROOT).mkdir(exist_ok=True)
     _write(workdir / MACHINE_ID_FILE, MACHINE_ID + "\n")

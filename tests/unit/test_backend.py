@@ -54,6 +54,13 @@ class Tiny:
     def arriving(self, uuid: str) -> bool:
         return False
 
+    def address(self, uuid: str) -> str:
+        made = self.made.get(uuid)
+        return made.address if made else ""
+
+    def reserve(self, parent: Parent, type_id: str, uuid: str) -> None:
+        pass
+
     def create(self, parent: Parent, type_id: str, uuid: str) -> None:
         self.calls.append(("create", parent.name, type_id, uuid))
         self.made[uuid] = Instance(uuid, parent.name, type_id, f"0000:00:03.{len(self.made) + 2}",
