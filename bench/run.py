@@ -44,7 +44,7 @@ BENCHMARKS: dict[str, tuple[Callable[[], Section], Callable[[], Section]]] = {
     "soak": (lambda: soak.measure(1800.0), lambda: soak.measure(10.0)),
     "libvirt": (lambda: libvirt_start.measure(15), lambda: libvirt_start.measure(2)),
     "kernel-log": (lambda: kernel_log.measure(30, 10_000), lambda: kernel_log.measure(3, 500)),
-    "sriov": (lambda: sriov.measure(15, gvtd=False), lambda: sriov.measure(2, gvtd=False)),
+    "sriov": (lambda: sriov.measure(15), lambda: sriov.measure(2)),
 }
 
 DOC_INTRO = """\

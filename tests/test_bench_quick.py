@@ -59,6 +59,8 @@ EXPECTED = [
     "unrelated kernel records: gvtd's CPU time",
     "tmpfiles.d + driverctl: PF driver bound -> 7 VFs on vfio-pci",
     "tmpfiles.d + driverctl: VFs bound to a host driver on the way",
+    "gvtd: PF driver bound -> 7 VFs on vfio-pci",
+    "gvtd: VFs bound to a host driver on the way",
 ]
 
 
@@ -99,14 +101,19 @@ def test_gvtd_and_mdevctl_agree(report: dict[str, object]) -> None:
 
 
 @pytest.mark.timeout(360)
-def test_sriov_tmpfiles_way_lets_the_host_driver_bind_every_vf_first(
+def test_sriov_vfs_reach_vfio_pci_and_only_gvtd_spares_the_host_driver(
         report: dict[str, object]) -> None:
-    """With autoprobe 1 the tmpfiles.d way ends with the 7 VFs on vfio-pci (the benchmark
-    waits for that) after the PF's driver bound each of them first, in every round."""
+    """Both ways end with the 7 VFs on vfio-pci (the benchmark waits for that) and gvtd
+    shows them; with autoprobe 1 the tmpfiles.d way lets the PF's driver bind every VF
+    first in every round, gvtd never lets it bind one; a tmpfiles.d line that runs before
+    the PF's driver leaves no VFs."""
     sriov = next(s for s in report["sections"]  # type: ignore[union-attr]
                  if s["title"].startswith("SR-IOV"))
     figures = {f["name"].strip(" ."): f for f in sriov["figures"]}
+    assert figures["gvtd: PF driver bound -> 7 VFs on vfio-pci"]["ratio"] is not None
     assert figures["tmpfiles.d + driverctl: VFs bound to a host driver on the way"]["min"] == 7
+    assert figures["gvtd: VFs bound to a host driver on the way"]["max"] == 0
+    assert any(n.startswith("agree: gvtd shows its 7 VF vGPUs") for n in sriov["notes"])
     assert any(n.startswith("tmpfiles.d before the PF's driver bound") and "0 VFs" in n
                for n in sriov["notes"])
 
