@@ -62,6 +62,11 @@ DEB_PACKAGES += pipewire pipewire-bin pipewire-pulse
 # for `gvt-client view`.
 DEB_PACKAGES += ovmf swtpm swtpm-tools qemu-utils dnsmasq-base virt-viewer
 
+# driverctl, the way users keep a device on vfio-pci today: the SR-IOV benchmark runs its
+# `driverctl --nosave set-override` per VF beside gvtd (systemd-tmpfiles, its other half,
+# comes with systemd above).
+DEB_PACKAGES += driverctl
+
 # End-to-end VM (tests/e2e): mke2fs -d makes its disk from a directory and debugfs reads
 # the guest's journal back out of it; QEMU (above) boots it.
 DEB_PACKAGES += e2fsprogs

@@ -192,6 +192,8 @@ def machine() -> dict[str, str]:
         "Python": platform.python_version(),
         "dbus-daemon": _version(["dbus-daemon", "--version"]),
         "mdevctl": _version(["mdevctl", "--version"]),
+        "systemd-tmpfiles": _version(["systemd-tmpfiles", "--version"]),
+        "driverctl": _version(["dpkg-query", "-W", "-f=${Version}", "driverctl"]),
         "gvtd commit": commit or "unknown",
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
     }

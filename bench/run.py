@@ -30,6 +30,7 @@ import libvirt_start  # noqa: E402
 import mdevctl  # noqa: E402
 import profiles  # noqa: E402
 import soak  # noqa: E402
+import sriov  # noqa: E402
 import startup  # noqa: E402
 from common import ROOT, Section, machine, markdown_table, rows, text_table  # noqa: E402
 
@@ -43,6 +44,7 @@ BENCHMARKS: dict[str, tuple[Callable[[], Section], Callable[[], Section]]] = {
     "soak": (lambda: soak.measure(1800.0), lambda: soak.measure(10.0)),
     "libvirt": (lambda: libvirt_start.measure(15), lambda: libvirt_start.measure(2)),
     "kernel-log": (lambda: kernel_log.measure(30, 10_000), lambda: kernel_log.measure(3, 500)),
+    "sriov": (lambda: sriov.measure(15), lambda: sriov.measure(2)),
 }
 
 DOC_INTRO = """\
