@@ -57,8 +57,11 @@ VFIO = doctor.Module("sriov.vfio", doctor_sriov.VFIO, ("vfio_pci",),
                      "the driver gvtd binds each VF to, for a VM")
 
 
-def unit_dropin(pf: doctor_sriov.Pf, sysfs: Path) -> bytes:
-    """Opens the directory the PF's VFs appear in: its root bus's, or its bridge's."""
+def unit_dropin(pf: doctor_sriov.Pf, sysfs: Path) -> bytes | None:
+    """Opens the directory the PF's VFs appear in: its root bus's, or its bridge's (None:
+    the PF is not below sysfs's devices, so there is no such directory to name)."""
+    if not pf.gpu.path.parent.is_relative_to(sysfs.resolve() / "devices"):
+        return None
     parent = pf.gpu.path.parent.relative_to(sysfs.resolve())
     return (f"{_header('SR-IOV')}# gvtd writes each VF's driver_override, in a directory the "
             "kernel makes\n# beside the PF only when the VFs appear.\n"
@@ -76,8 +79,13 @@ def sriov(roots: doctor.HostRoots, gpu: doctor.Gpu, live: bool) -> Needs:
                      "now, not the i915 SR-IOV module: install it "
                      f"({doctor_sriov.DKMS_REPO}, a DKMS package) before the reboot; the "
                      "command line setup writes is the one it needs.")
+    dropin = unit_dropin(pf, roots.sysfs)
     booted = live and SYSTEMD_BOOTED.is_dir()
-    if not booted:
+    if dropin is None:
+        notes.append(f"{pf.address} is not below {roots.sysfs}/devices, so setup cannot name "
+                     f"the directory its VFs appear in: write {UNIT_DROPIN} by hand "
+                     "(docs/security.md, \"SR-IOV\").")
+    elif not booted:
         notes.append(f"{UNIT_DROPIN} takes effect when systemd next reads its units "
                      "(`systemctl daemon-reload`, or the reboot).")
     return Needs(
@@ -89,7 +97,7 @@ def sriov(roots: doctor.HostRoots, gpu: doctor.Gpu, live: bool) -> Needs:
         "sriov.driver then says whether the PF can make VFs.",
         {key: "GVT-g's, which an SR-IOV GPU does not have and its i915 SR-IOV module does "
               "not work with" for key in doctor_sriov.GVT_LEFTOVERS},
-        tuple(notes), ((UNIT_DROPIN, unit_dropin(pf, roots.sysfs)),),
+        tuple(notes), ((UNIT_DROPIN, dropin),) if dropin is not None else (),
         (DAEMON_RELOAD,) if booted else ())
 
 

@@ -244,7 +244,7 @@ def alder_lake(root: Path, bridge: str = "") -> Path:
     the stock i915, whose PF has 7 VFs but no max_vfs parameter: the i915 SR-IOV module is
     still to be installed. bridge: the PCI bridge the PF is behind, when not on the root bus."""
     sys_dir = root / "fakesys"
-    address = f"{bridge[:8]}01:00.0" if bridge else ALDER_LAKE_PF
+    address = f"{bridge[:5]}01:00.0" if bridge else ALDER_LAKE_PF
     parent = sys_dir / "devices/pci0000:00" / bridge
     for name, text in (("vendor", "0x8086"), ("device", "0x46a6"), ("class", "0x030000"),
                        ("sriov_totalvfs", "7"), ("sriov_numvfs", "0")):
