@@ -68,9 +68,10 @@ def unit_dropin(pf: doctor_sriov.Pf, sysfs: Path) -> bytes | None:
             f"[Service]\nReadWritePaths=-/sys/{parent}\n").encode()
 
 
-def sriov(roots: doctor.HostRoots, gpu: doctor.Gpu, live: bool) -> Needs:
+def sriov(roots: doctor.HostRoots, gpu: doctor.Gpu, booted: bool) -> Needs:
     """The SR-IOV PF's line for its driver (i915's SR-IOV module or xe), vfio-pci, the
-    drop-in; live: the root is the running system, whose systemd reloads the unit."""
+    drop-in; booted: the root is the running system and systemd runs it (it reloads the
+    unit then; setup runs no systemctl for another root)."""
     pf = doctor_sriov.read_pf(roots, gpu)
     required = doctor_sriov.required_cmdline(pf)
     notes = []
@@ -80,7 +81,6 @@ def sriov(roots: doctor.HostRoots, gpu: doctor.Gpu, live: bool) -> Needs:
                      f"({doctor_sriov.DKMS_REPO}, a DKMS package) before the reboot; the "
                      "command line setup writes is the one it needs.")
     dropin = unit_dropin(pf, roots.sysfs)
-    booted = live and SYSTEMD_BOOTED.is_dir()
     if dropin is None:
         notes.append(f"{pf.address} is not below {roots.sysfs}/devices, so setup cannot name "
                      f"the directory its VFs appear in: write {UNIT_DROPIN} by hand "
@@ -106,5 +106,5 @@ def for_host(root: Path, procfs: Path) -> Needs:
     roots = doctor.HostRoots(sysfs=root / "sys", procfs=procfs, kernel_log=None, root=root)
     gpu = doctor.find_gpu(roots.sysfs)
     if gpu is not None and doctor.host_backend(gpu) == "sriov":
-        return sriov(roots, gpu, root.resolve() == Path("/"))
+        return sriov(roots, gpu, root.resolve() == Path("/") and SYSTEMD_BOOTED.is_dir())
     return GVT

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gvtd import bootcfg, bootneeds, doctor_sriov
+from gvtd import bootcfg, bootneeds, doctor, doctor_sriov
 from gvtd.client import setup
 from test_doctor_sriov import XE_CMDLINE, Host
 
@@ -64,3 +64,16 @@ def test_a_line_that_still_fails_is_refused(tmp_path: Path) -> None:
     with pytest.raises(bootcfg.BootError, match="sriov.guc"):
         bootcfg._check_result(needs(h), GVT_LINE, "/etc/default/grub")
     assert doctor_sriov.GVT_LEFTOVERS == ("i915.enable_gvt",)
+
+
+def test_a_host_booted_with_systemd_reloads_it_after_the_drop_in_and_its_revert(
+        tmp_path: Path) -> None:
+    h = Host(tmp_path, cmdline=GVT_LINE)
+    gpu = doctor.find_gpu(h.sys)
+    assert gpu is not None
+    roots = doctor.HostRoots(sysfs=h.sys, procfs=h.proc, kernel_log=None, root=h.tmp)
+    root = bootcfg.Root(h.tmp)
+    p = bootcfg.plan(root, root.read, h.proc, lambda argv: "", bootneeds.sriov(roots, gpu, True))
+    assert p.commands == p.revert_commands == [bootneeds.DAEMON_RELOAD]
+    assert bootneeds.UNIT_DROPIN in [c.path for c in p.changes]
+    assert not bootneeds.sriov(roots, gpu, False).commands  # another root: only a note
