@@ -18,11 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gvtd import doctor
+from gvtd.bootneeds import GVT, Needs
 from gvtd.hostconf import MODPROBE_DIRS
 from gvtd.mdev import read_attr
-
-HEADER = ("# Written by `gvt-client setup` for Intel GVT-g; `gvt-client setup --revert` "
-          "removes it.\n")
 # Sorts after the distribution's drop-ins, so that what it appends ends the line.
 GRUB_DROPIN = "/etc/default/grub.d/zz-gvtd.cfg"
 DEFAULT_GRUB = "/etc/default/grub"
@@ -109,13 +107,18 @@ def as_text(data: bytes | None) -> str:
     return (data or b"").decode("utf-8", errors="replace")
 
 
-def _overridden(additions: list[str], sources: list[tuple[str, str]]) -> list[str]:
-    """What each appended parameter overrides, and where it is written."""
+def _overridden(needs: Needs, additions: list[str], sources: list[tuple[str, str]]
+                ) -> list[str]:
+    """What each appended parameter overrides, and where it is written; and the other
+    backend's parameters that this one does not work with."""
     keys = {k: f"{k}={v}" for k, v in doctor.cmdline_params(" ".join(additions)).items()}
     out = []
     for where, text in sources:
         for word in re.findall(r"[\w.-]+=[^\s\"']*", text):
             for key, value in doctor.cmdline_params(word).items():
+                if key in needs.leftovers and value.lower() not in ("0", "n", "off"):
+                    out.append(f"{word} in {where}: {needs.leftovers[key]}; remove it from "
+                               "there.")
                 if key in keys and f"{key}={value}" != keys[key]:
                     out.append(f"{word} in {where}: the {keys[key]} after it wins (the kernel, "
                                "and modprobe for a module's parameters, take the last "
@@ -123,9 +126,9 @@ def _overridden(additions: list[str], sources: list[tuple[str, str]]) -> list[st
     return out
 
 
-def _check_result(line: str, where: str) -> None:
+def _check_result(needs: Needs, line: str, where: str) -> None:
     """The line after the change must pass every doctor command-line check."""
-    left = [c.id for c in doctor.check_cmdline(line) if c.severity != "pass"]
+    left = [c.id for c in needs.check(line) if c.severity != "pass"]
     if left:
         raise BootError(f"After the change the kernel command line would still fail "
                         f"{', '.join(left)} ({line.strip()!r}): something in {where} sets it "
@@ -156,7 +159,7 @@ def grub_cmdline(files: list[bytes]) -> str:
     return f"{linux} {default}".strip()
 
 
-def _grub_plan(root: Root, base: Base) -> Plan:
+def _grub_plan(root: Root, base: Base, needs: Needs) -> Plan:
     mkconfig = root.which("grub-mkconfig", "grub2-mkconfig")
     update = root.which("update-grub")
     assert mkconfig or update
@@ -174,8 +177,8 @@ def _grub_plan(root: Root, base: Base) -> Plan:
         "/etc/default/grub.d").glob("*.cfg")} | {GRUB_DROPIN}) if dropins else [])
     sources = [(n, base(n) or b"") for n in names]
     line = grub_cmdline([data for _, data in sources])
-    additions = doctor.cmdline_additions(line)
-    block = (HEADER + "# Appended to the kernel command line that grub-mkconfig has read "
+    additions = needs.additions(line)
+    block = (needs.header + "# Appended to the kernel command line that grub-mkconfig has read "
              "so far: a later\n# parameter wins over an earlier one.\n"
              f'GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT '
              f'{" ".join(additions)}"\n').encode()
@@ -198,8 +201,8 @@ def _grub_plan(root: Root, base: Base) -> Plan:
         plan.changes.append(Change(target, now, then))
     plan.next_cmdline = grub_cmdline([then or b"" if n == target else data
                                       for n, data in sources])
-    _check_result(plan.next_cmdline, f"{DEFAULT_GRUB} or /etc/default/grub.d")
-    plan.notes += _overridden(additions, [(n, as_text(d)) for n, d in sources if n != target
+    _check_result(needs, plan.next_cmdline, f"{DEFAULT_GRUB} or /etc/default/grub.d")
+    plan.notes += _overridden(needs, additions, [(n, as_text(d)) for n, d in sources if n != target
                                           or not dropins])
     if not plan.changes:
         plan.commands = []
@@ -226,7 +229,7 @@ def proc_cmdline(procfs: Path) -> str | None:
     return text.strip() if text is not None else None
 
 
-def _systemd_boot_plan(root: Root, base: Base, procfs: Path) -> Plan:
+def _systemd_boot_plan(root: Root, base: Base, procfs: Path, needs: Needs) -> Plan:
     original = base(KERNEL_CMDLINE)
     if original is not None:
         line = " ".join(as_text(original).split())
@@ -242,7 +245,7 @@ def _systemd_boot_plan(root: Root, base: Base, procfs: Path) -> Plan:
         # what kernel-install itself falls back to
         line = " ".join(w for w in current.split()
                         if not w.startswith(("BOOT_IMAGE=", "initrd=")))
-    additions = doctor.cmdline_additions(line)
+    additions = needs.additions(line)
     regen = [["kernel-install", "add", *k] for k in kernels(root)]
     plan = Plan("systemd-boot", "This host boots with systemd-boot (boot loader entries "
                 "written by kernel-install): setup adds to the kernel command line in "
@@ -260,21 +263,21 @@ def _systemd_boot_plan(root: Root, base: Base, procfs: Path) -> Plan:
     if now != then:
         plan.changes.append(Change(KERNEL_CMDLINE, now, then))
     plan.next_cmdline = " ".join(as_text(then).split()) if then is not None else line
-    _check_result(plan.next_cmdline, KERNEL_CMDLINE)
-    plan.notes += _overridden(additions, [(KERNEL_CMDLINE, line)])  # where the line goes
+    _check_result(needs, plan.next_cmdline, KERNEL_CMDLINE)
+    plan.notes += _overridden(needs, additions, [(KERNEL_CMDLINE, line)])  # where the line goes
     if not plan.changes:
         plan.commands = []
     return plan
 
 
-def _grubby_plan(root: Root, read: Reader) -> Plan:
+def _grubby_plan(root: Root, read: Reader, needs: Needs) -> Plan:
     info = read(["grubby", "--info=DEFAULT"])
     m = re.search(r'^args="?(.*?)"?$', info, re.MULTILINE)
     if m is None:
         raise BootError("`grubby --info=DEFAULT` shows no args= line for the default kernel; "
                         "check the boot entries with `grubby --info=ALL`. Nothing was written.")
     line = m.group(1)
-    additions = doctor.cmdline_additions(line)
+    additions = needs.additions(line)
     plan = Plan("grubby", "This host's boot entries are kept by grubby: setup adds the "
                 "parameters to every kernel's entry with it.")
     if additions:
@@ -298,6 +301,8 @@ def _grubby_plan(root: Root, read: Reader) -> Plan:
     plan.next_cmdline = " ".join([w for w in line.split()
                                   if not doctor.cmdline_params(w).keys() & added.keys()]
                                  + additions)
+    _check_result(needs, plan.next_cmdline, "the default entry (grubby --info=DEFAULT)")
+    plan.notes += _overridden(needs, [], [("the default entry", line)])
     return plan
 
 
@@ -319,9 +324,9 @@ def detect(root: Root) -> str:
     return "unknown"
 
 
-def _unknown_plan(procfs: Path) -> Plan:
+def _unknown_plan(procfs: Path, needs: Needs) -> Plan:
     current = proc_cmdline(procfs)
-    additions = doctor.cmdline_additions(current or "")
+    additions = needs.additions(current or "")
     plan = Plan("unknown", "gvtd cannot tell how this host boots: it finds no grubby, no "
                 f"{KERNEL_CMDLINE} or boot loader entries with kernel-install (systemd-boot), "
                 f"and no {DEFAULT_GRUB} with update-grub or grub-mkconfig.",
@@ -329,14 +334,16 @@ def _unknown_plan(procfs: Path) -> Plan:
     if additions:
         plan.manual = ("Add these parameters to the kernel command line in your boot "
                        f"loader's configuration, then reboot: {' '.join(additions)}")
-        plan.notes += _overridden(additions, [(str(procfs / "cmdline"), current or "")])
+        plan.notes += _overridden(needs, additions, [(str(procfs / "cmdline"), current or "")])
     else:
-        plan.notes.append("The running kernel's command line already has what GVT-g needs; "
+        plan.notes.append(f"The running kernel's command line already has what {needs.backend} "
+                          "needs; "
                           "gvtd cannot check that your boot loader keeps it for the next boot.")
     return plan
 
 
-def modules_change(root: Root, base: Base) -> tuple[Change | None, list[str]]:
+def modules_change(root: Root, base: Base, needs: Needs = GVT
+                   ) -> tuple[Change | None, list[str]]:
     """Our modules-load.d file, for the modules doctor wants that no file loads yet."""
     configured: set[str] = set()
     files = [root.file("/etc/modules")] + [p for d in MODULES_LOAD_DIRS
@@ -348,24 +355,23 @@ def modules_change(root: Root, base: Base) -> tuple[Change | None, list[str]]:
             word = raw.split("#")[0].strip()
             if word and not word.startswith(";"):
                 configured.add(word.split()[0].replace("-", "_"))
-    missing = [m.load for m in doctor.REQUIRED_MODULES
+    missing = [m.load for m in needs.modules
                if not any(n in configured for n in m.names)]
     if "mdev" in missing and any(root.file("/usr/lib/modules").glob(
             "*/kernel/drivers/vfio/mdev/vfio_mdev.ko*")):
         missing.append("vfio_mdev")  # a kernel before 5.16: mdev's VFIO half, on its own
-    then = (HEADER + "# GVT-g's KVM half registers the GPU as an mdev parent; VFIO gives its "
-            "vGPUs to VMs.\n" + "".join(f"{m}\n" for m in missing)).encode() if missing \
-        else base(MODULES_FILE)
+    then = (needs.header + needs.modules_why + "".join(f"{m}\n" for m in missing)).encode() \
+        if missing else base(MODULES_FILE)
     now = root.read(MODULES_FILE)
     return (Change(MODULES_FILE, now, then) if now != then else None), missing
 
 
-def modprobe_notes(root: Root) -> list[str]:
-    """modprobe.d options that contradict the command line GVT-g needs. modprobe reads the
-    kernel command line after its files (libkmod's kmod_config_new), so the command line's
+def modprobe_notes(root: Root, needs: Needs = GVT) -> list[str]:
+    """modprobe.d options that contradict the command line the backend needs. modprobe reads
+    the kernel command line after its files (libkmod's kmod_config_new), so the command line's
     value comes last and wins, in the initramfs too; still, two places disagreeing is a
     trap for the next person who edits one of them."""
-    wanted = doctor.cmdline_params(" ".join(p for _, p in doctor.REQUIRED_CMDLINE))
+    wanted = doctor.cmdline_params(" ".join(needs.params))
     out = []
     for d in MODPROBE_DIRS:
         for f in sorted(root.file(d).glob("*.conf")):
@@ -384,20 +390,27 @@ def modprobe_notes(root: Root) -> list[str]:
     return out
 
 
-def plan(root: Root, base: Base, procfs: Path, read: Reader) -> Plan:
-    """Everything setup would do on this root, nothing done yet."""
+def plan(root: Root, base: Base, procfs: Path, read: Reader, needs: Needs) -> Plan:
+    """Everything setup would do on this root for needs, nothing done yet."""
     tool = detect(root)
     if tool == "grub":
-        p = _grub_plan(root, base)
+        p = _grub_plan(root, base, needs)
     elif tool == "systemd-boot":
-        p = _systemd_boot_plan(root, base, procfs)
+        p = _systemd_boot_plan(root, base, procfs, needs)
     elif tool == "grubby":
-        p = _grubby_plan(root, read)
+        p = _grubby_plan(root, read, needs)
     else:
-        p = _unknown_plan(procfs)
-    change, _ = modules_change(root, base)
+        p = _unknown_plan(procfs, needs)
+    change, _ = modules_change(root, base, needs)
     if change is not None:
         p.changes.append(change)
-    p.notes += modprobe_notes(root)
+    p.notes[:0] = list(needs.notes)
+    p.notes += modprobe_notes(root, needs)
     p.notes.append(NO_INITRAMFS)
+    units = [Change(path, now, data) for path, data in needs.files
+             if (now := root.read(path)) != data]
+    if units:
+        p.changes += units
+        p.commands += needs.commands
+        p.revert_commands += needs.commands
     return p

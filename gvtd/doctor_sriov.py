@@ -22,7 +22,7 @@ import lzma
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gvtd import gvt, hostconf
@@ -503,12 +503,12 @@ def _configured(pf: Pf, roots: HostRoots, key: str) -> str | None:
     return option[0] if option is not None else None
 
 
-def check_guc(pf: Pf, roots: HostRoots) -> Check | None:
+def check_guc(pf: Pf, roots: HostRoots, running_counts: bool = True) -> Check | None:
     """The i915 SR-IOV PF needs GuC submission (bit 0 of enable_guc): GVT-g's
-    i915.enable_guc=0 turns it off."""
+    i915.enable_guc=0 turns it off. Without running_counts, what the next boot gets."""
     if pf.intended != "i915":
         return None
-    running = _param(roots.sysfs, "i915", "enable_guc")
+    running = _param(roots.sysfs, "i915", "enable_guc") if running_counts else None
     value_text = running if running is not None else _configured(pf, roots, "i915.enable_guc")
     seen = "i915 runs with" if running is not None else "i915 will load with"
     fix = ("Set i915.enable_guc=3 (GuC submission and HuC) and remove any i915.enable_guc=0 "
@@ -529,15 +529,17 @@ def check_guc(pf: Pf, roots: HostRoots) -> Check | None:
                  "the opposite).", fix)
 
 
-def check_max_vfs(pf: Pf, roots: HostRoots) -> Check | None:
-    """max_vfs defaults to 0 in the i915 SR-IOV module: no VFs until it is set."""
+def check_max_vfs(pf: Pf, roots: HostRoots, running_counts: bool = True) -> Check | None:
+    """max_vfs defaults to 0 in the i915 SR-IOV module: no VFs until it is set. Without
+    running_counts, what the next boot gets, with a driver that can make VFs."""
     key = f"{pf.intended}.max_vfs"
     n = pf.vfs_wanted
     fix = (f"Set {key}={n} (a count above max_vfs in sriov_numvfs fails with ERANGE). "
            f"{EDIT_BY_HAND} (`options {pf.intended} max_vfs={n}` in /etc/modprobe.d works too, "
            "then update-initramfs -u.)")
-    running = _param(roots.sysfs, pf.intended, "max_vfs") if pf.driver == pf.intended else None
-    if pf.driver == pf.intended and running is None:
+    bound = running_counts and pf.driver == pf.intended
+    running = _param(roots.sysfs, pf.intended, "max_vfs") if bound else None
+    if bound and running is None:
         return None  # a driver without SR-IOV: sriov.driver says so
     text = running if running is not None else _configured(pf, roots, key)
     if text is None and pf.intended == "xe":
@@ -553,6 +555,44 @@ def check_max_vfs(pf: Pf, roots: HostRoots) -> Check | None:
         return Check("sriov.max_vfs", "fail", f"{seen} max_vfs={shown} ({where}): it makes "
                      "no VFs.", fix)
     return Check("sriov.max_vfs", "pass", f"{seen} max_vfs={shown} ({where}).")
+
+
+# What doctor's command-line findings want, as `gvt-client setup` appends it: (the
+# finding, the parameters that make it pass), in the guide's order.
+def required_cmdline(pf: Pf) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The guide's SR-IOV line for this PF's driver."""
+    if pf.intended == "i915":
+        return (("cmdline.intel_iommu", ("intel_iommu=on",)),
+                ("sriov.guc", ("i915.enable_guc=3",)),
+                ("sriov.max_vfs", (f"i915.max_vfs={pf.vfs_wanted}",)))
+    return (("cmdline.intel_iommu", ("intel_iommu=on",)),
+            ("sriov.max_vfs", (f"xe.max_vfs={pf.vfs_wanted}",)),
+            ("sriov.force_probe", (f"xe.force_probe={pf.device_id}",
+                                   f"i915.force_probe=!{pf.device_id}")))
+
+
+# GVT-g's parameters that an SR-IOV PF does not work with, for setup to name where they are.
+GVT_LEFTOVERS = ("i915.enable_gvt",)
+
+
+def check_next_cmdline(pf: Pf, roots: HostRoots, line: str) -> list[Check]:
+    """The findings the kernel command line decides, for the next boot with line (and
+    /etc/modprobe.d): what runs now does not count."""
+    nxt = replace(pf, params=cmdline_params(line), cmdline=line)
+    return [c for c in (check_intel_iommu(nxt.params, EDIT_BY_HAND), check_force_probe(nxt),
+                        check_guc(nxt, roots, running_counts=False),
+                        check_max_vfs(nxt, roots, running_counts=False)) if c is not None]
+
+
+def cmdline_additions(pf: Pf, roots: HostRoots, line: str) -> list[str]:
+    """What to append to line so that every check_next_cmdline finding passes; and
+    max_vfs, which xe leaves unlimited when unset, set to the count the guide sets."""
+    failing = {c.id for c in check_next_cmdline(pf, roots, line) if c.severity != "pass"}
+    nxt = replace(pf, params=cmdline_params(line), cmdline=line)
+    if _configured(nxt, roots, f"{pf.intended}.max_vfs") is None:
+        failing.add("sriov.max_vfs")
+    return [p for check_id, params in required_cmdline(pf) if check_id in failing
+            for p in params]
 
 
 def _kernel_modules(root: Path, kernel: str | None) -> Path | None:

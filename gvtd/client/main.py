@@ -619,6 +619,11 @@ file in /etc/default/grub.d and update-grub (or grub-mkconfig) for GRUB, /etc/ke
 and kernel-install for systemd-boot, grubby where it keeps the entries; and the modules
 (kvmgt, mdev, vfio_iommu_type1) in /etc/modules-load.d/gvtd.conf. An unknown boot loader
 gets the exact step to do by hand, and exit status 1.
+
+On an SR-IOV GPU (Tiger Lake or newer) it writes doctor's SR-IOV line instead (intel_iommu=on
+i915.enable_guc=3 i915.max_vfs=7 for the i915 SR-IOV module; intel_iommu=on xe.max_vfs=7 for
+xe, with xe.force_probe on Tiger, Alder and Raptor Lake), vfio-pci in the modules file, and
+gvtd.service's drop-in that lets it bind VFs (/etc/systemd/system/gvtd.service.d/sriov.conf).
 """
 
 
@@ -773,9 +778,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("monitor", "print every change as it happens (JSON lines with --json) until "
         "interrupted", cmd_monitor, read=True)
     s = sub.add_parser("setup", help="set up this host's kernel command line and modules for "
-                       "GVT-g through its boot tooling (as root; reboot after it)",
+                       "GVT-g or SR-IOV through its boot tooling (as root; reboot after it)",
                        description="Set up this host's kernel command line and modules for "
-                       "GVT-g through its own boot tooling.", epilog=SETUP_EPILOG,
+                       "GVT-g or SR-IOV through its own boot tooling.", epilog=SETUP_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     s.set_defaults(func=cmd_setup, local=True)
     s.add_argument("--dry-run", action="store_true",

@@ -1,4 +1,5 @@
-"""`gvt-client setup`: the kernel command line and the modules GVT-g needs, through the
+"""`gvt-client setup`: the kernel command line and the modules the host's vGPU backend
+needs (GVT-g's, or SR-IOV's with gvtd's unit drop-in; gvtd/bootneeds.py), through the
 host's own boot tooling (gvtd/bootcfg.py decides what), written atomically and undone
 exactly by `--revert`.
 
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from gvtd import bootcfg, doctor
+from gvtd import bootcfg, bootneeds
 from gvtd.config import TEMPORARY_RE, atomic_write, fsync_dir
 
 STATE = "/var/lib/gvtd/setup.json"
@@ -175,35 +176,19 @@ def _read(root: bootcfg.Root, run: Runner) -> bootcfg.Reader:
     return read
 
 
-def _expectation(plan: bootcfg.Plan) -> str:
-    ok = {c.id for c in doctor.check_cmdline(plan.next_cmdline) if c.severity == "pass"} \
+def _expectation(plan: bootcfg.Plan, needs: bootneeds.Needs) -> str:
+    ok = {c.id for c in needs.check(plan.next_cmdline) if c.severity == "pass"} \
         if plan.next_cmdline is not None else set()
-    passing = [check_id for check_id, _ in doctor.REQUIRED_CMDLINE if check_id in ok]
-    passing += [m.check_id for m in doctor.REQUIRED_MODULES]  # setup configures them all
+    passing = [check_id for check_id in needs.check_ids if check_id in ok]
+    passing += [m.check_id for m in needs.modules]  # setup configures them all
     return ("A reboot is needed for it to take effect. After it, `gvt-client doctor` shows "
             + (", ".join(passing) if passing else "the command-line checks")
-            + " as ok; i915.enable_gvt and mdev_types then say whether GVT-g started.")
-
-
-def refuse_sriov_host(root: bootcfg.Root) -> None:
-    """Setup knows GVT-g's command line only, whose i915.enable_guc=0 would turn off the
-    GuC submission an SR-IOV GPU's driver needs: it changes nothing on such a host."""
-    from gvtd import doctor_sriov
-
-    gpu = doctor.find_gpu(root.file("/sys"))
-    if gpu is not None and doctor_sriov.is_sriov_host(gpu):
-        raise SetupError(f"{gpu.address} is an SR-IOV GPU (Tiger Lake or newer), not a GVT-g "
-                         "one: setup writes GVT-g's kernel command line (i915.enable_gvt=1 "
-                         "i915.enable_guc=0), whose enable_guc=0 would turn off the GuC "
-                         "submission its SR-IOV driver needs, so it changes nothing here. "
-                         "`gvt-client doctor` lists what this host needs (its sriov.* "
-                         "findings), each with the change to make by hand.")
+            + f" as ok; {needs.started}")
 
 
 def setup(root: bootcfg.Root, dry_run: bool, out: TextIO, run: Runner = run_command,
           procfs: Path | None = None) -> int:
     """Plan, show, and (unless dry_run) apply; the exit status."""
-    refuse_sriov_host(root)
     if not dry_run and os.geteuid() != 0:
         raise SetupError("Changing the boot configuration needs root: run `sudo gvt-client "
                          "setup` (`gvt-client setup --dry-run` shows what it would change).")
@@ -218,13 +203,14 @@ def setup(root: bootcfg.Root, dry_run: bool, out: TextIO, run: Runner = run_comm
         return root.read(path)
 
     procfs = procfs or root.file("/proc")
-    plan = bootcfg.plan(root, base, procfs, _read(root, run))
-    _show(root, plan, procfs, dry_run, out)
+    needs = bootneeds.for_host(root.path, procfs)
+    plan = bootcfg.plan(root, base, procfs, _read(root, run), needs)
+    _show(root, plan, procfs, needs, dry_run, out)
     status = 1 if plan.manual else 0  # the command line is left to the person
     if not plan.changes and not plan.commands:
         if not plan.manual:
-            print("Nothing to change: the next boot already gets what GVT-g needs here.",
-                  file=out)
+            print(f"Nothing to change: the next boot already gets what {needs.backend} needs "
+                  "here.", file=out)
         return status
     if dry_run:
         print("Dry run: nothing was changed; `sudo gvt-client setup` applies it.", file=out)
@@ -234,19 +220,19 @@ def setup(root: bootcfg.Root, dry_run: bool, out: TextIO, run: Runner = run_comm
         if not dry_run:
             print(f"The kernel command line is left to you: {plan.manual}", file=out)
     else:
-        print(_expectation(plan), file=out)
+        print(_expectation(plan, needs), file=out)
         if not dry_run:
             print("`sudo gvt-client setup --revert` undoes it.", file=out)
     return status
 
 
-def _show(root: bootcfg.Root, plan: bootcfg.Plan, procfs: Path, dry_run: bool,
-          out: TextIO) -> None:
+def _show(root: bootcfg.Root, plan: bootcfg.Plan, procfs: Path, needs: bootneeds.Needs,
+          dry_run: bool, out: TextIO) -> None:
     """How the host boots, what its kernel runs with now, the diffs, the commands, notes."""
     print(plan.how, file=out)
     current = bootcfg.proc_cmdline(procfs)
     if current is not None:
-        failing = [c.id for c in doctor.check_cmdline(current) if c.severity != "pass"]
+        failing = [c.id for c in needs.check(current) if c.severity != "pass"]
         print(f"The running kernel's command line ({procfs / 'cmdline'}) "
               + (f"fails doctor's {', '.join(failing)}." if failing
                  else "passes doctor's command-line checks."), file=out)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from gvtd import doctor
+from gvtd import doctor, doctor_sriov
 from gvtd.sim import demo
 from harness import DBusDaemon, Simulation
 
@@ -233,6 +233,97 @@ def test_a_setup_killed_at_any_write_is_reverted_exactly(tree: Path, nth: int) -
     assert back.returncode == 0, back.stderr
     assert snapshot(tree) == before
     assert setup(tree).returncode == 0  # and setup works again from there
+
+
+ALDER_LAKE_PF = "0000:00:02.0"
+DROPIN = "etc/systemd/system/gvtd.service.d/sriov.conf"
+
+
+def alder_lake(root: Path, bridge: str = "") -> Path:
+    """The root's /sys (bound over the real one) is an Alder Lake-P laptop's (8086:46a6) on
+    the stock i915, whose PF has 7 VFs but no max_vfs parameter: the i915 SR-IOV module is
+    still to be installed. bridge: the PCI bridge the PF is behind, when not on the root bus."""
+    sys_dir = root / "fakesys"
+    address = f"{bridge[:5]}01:00.0" if bridge else ALDER_LAKE_PF
+    parent = sys_dir / "devices/pci0000:00" / bridge
+    for name, text in (("vendor", "0x8086"), ("device", "0x46a6"), ("class", "0x030000"),
+                       ("sriov_totalvfs", "7"), ("sriov_numvfs", "0")):
+        write(parent / address / name, text + "\n")
+    (sys_dir / "bus/pci/devices").mkdir(parents=True)
+    (sys_dir / "bus/pci/devices" / address).symlink_to(
+        os.path.relpath(parent / address, sys_dir / "bus/pci/devices"))
+    (sys_dir / "bus/pci/drivers/i915").mkdir(parents=True)
+    (parent / address / "driver").symlink_to("../../../bus/pci/drivers/i915")
+    write(sys_dir / "module/i915/parameters/enable_guc", "-1\n")
+    with (root / "binds").open("a") as binds:
+        binds.write(f"{sys_dir} /sys\n")
+    return parent / address
+
+
+def sriov_findings(root: Path, pf: Path, line: str) -> dict[str, str]:
+    """doctor on the root after the reboot with line: i915 not bound yet (the SR-IOV
+    module is to be installed), the line in /proc/cmdline."""
+    (pf / "driver").unlink()
+    shutil.rmtree(root / "fakesys/module/i915")
+    write(root / "checkproc/cmdline", line + "\n")
+    roots = doctor.HostRoots(sysfs=root / "fakesys", procfs=root / "checkproc",
+                             kernel_log=None, root=root)
+    return {c.id: c.severity for c in doctor.diagnose(roots)}
+
+
+def test_sriov_grub_gets_the_sriov_line_vfio_and_the_drop_in_and_revert_restores_it(
+        tree: Path) -> None:
+    pf = alder_lake(tree)
+    cfg = debian_grub(tree, "quiet i915.enable_gvt=1 i915.enable_guc=0")
+    before = snapshot(tree)
+
+    dry = setup(tree, "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert ('+GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT intel_iommu=on '
+            'i915.enable_guc=3 i915.max_vfs=7"') in dry.stdout
+    assert "i915.enable_guc=0 in /etc/default/grub: the i915.enable_guc=3 after it wins" \
+        in dry.stdout
+    assert "i915.enable_gvt=1 in /etc/default/grub: GVT-g's" in dry.stdout
+    assert f"note: {ALDER_LAKE_PF} runs i915 now, not the i915 SR-IOV module: install it" \
+        in dry.stdout
+    assert f"+++ /{DROPIN}\n" in dry.stdout and "+vfio-pci\n" in dry.stdout
+    assert "+kvmgt" not in dry.stdout
+    assert "systemctl daemon-reload`, or the reboot" in dry.stdout  # not the live system
+    assert f"chroot {tree} systemctl" not in dry.stdout
+    assert snapshot(tree) == before
+
+    done = setup(tree)
+    assert done.returncode == 0, done.stdout + done.stderr
+    default = linux_lines(cfg)[0]
+    assert default.endswith("quiet i915.enable_gvt=1 i915.enable_guc=0 intel_iommu=on "
+                            "i915.enable_guc=3 i915.max_vfs=7"), default
+    assert (tree / "etc/modules-load.d/gvtd.conf").read_text().splitlines()[-1] == "vfio-pci"
+    assert (tree / DROPIN).read_text().endswith(
+        "[Service]\nReadWritePaths=-/sys/devices/pci0000:00\n")
+    assert "cmdline.intel_iommu, sriov.guc, sriov.max_vfs, sriov.vfio as ok" in done.stdout
+    assert setup(tree).stdout.endswith("Nothing to change: the next boot already gets what "
+                                       "SR-IOV needs here.\n")
+
+    back = setup(tree, "--revert")
+    assert back.returncode == 0, back.stderr
+    assert snapshot(tree) == before
+    findings = sriov_findings(tree, pf, default)
+    assert [findings[c] for c in ("cmdline.intel_iommu", "sriov.guc", "sriov.max_vfs")] == \
+        ["pass"] * 3
+
+
+def test_sriov_systemd_boot_and_a_pf_behind_a_bridge(tree: Path) -> None:
+    alder_lake(tree, bridge="0000:00:01.0")
+    entry = systemd_boot(tree)
+    before = snapshot(tree)
+    done = setup(tree)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert options(entry) == ("root=/dev/sda1 ro quiet intel_iommu=on i915.enable_guc=3 "
+                              f"i915.max_vfs=7 systemd.machine_id={MACHINE_ID}")
+    assert (tree / DROPIN).read_text().endswith(
+        "ReadWritePaths=-/sys/devices/pci0000:00/0000:00:01.0\n")
+    assert setup(tree, "--revert").returncode == 0
+    assert snapshot(tree) == before
 
 
 def systemd_boot(root: Path) -> Path:

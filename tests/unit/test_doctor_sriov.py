@@ -483,17 +483,3 @@ def test_a_root_only_file_is_named_not_quoted(host: Host) -> None:
     assert checks["sriov.blacklist"].severity == "fail"
     assert "private.conf:1 (a file only root may read)" in checks["sriov.blacklist"].message
     assert "`blacklist i915`" not in checks["sriov.blacklist"].message
-
-
-def test_setup_writes_no_gvt_command_line_on_an_sriov_host(host: Host) -> None:
-    """`gvt-client setup` knows GVT-g's parameters only: it refuses here, before reading
-    anything else or writing."""
-    import io
-
-    from gvtd import bootcfg
-    from gvtd.client import setup
-
-    before = sorted(host.tmp.rglob("*"))
-    with pytest.raises(setup.SetupError, match=r"SR-IOV GPU .*i915.enable_guc=0.*sriov\.\*"):
-        setup.setup(bootcfg.Root(host.tmp), dry_run=False, out=io.StringIO())
-    assert sorted(host.tmp.rglob("*")) == before
