@@ -124,6 +124,9 @@ class Backend(Protocol):
     def reserve(self, parent: Parent, type_id: str, uuid: str) -> None:
         """Record, at Define, where the vGPU's instance will live (a VF slot), so that it
         has an address to attach by before it is made; nothing for an mdev. Blocking."""
+    def release(self, uuid: str) -> None:
+        """Give up what reserve or create recorded for a definition that is gone
+        (Undefine): nothing for an mdev. Blocking (an fsync); OSError when not written."""
     def remove(self, uuid: str) -> None: ...
     def write_attr(self, uuid: str, name: str, value: str) -> None: ...
     def no_capacity_message(self, parent: str, type_id: str) -> str: ...
@@ -204,6 +207,10 @@ class Backends:
 
     def reserve(self, parent: Parent, type_id: str, uuid: str) -> None:
         self.of(parent.kind).reserve(parent, type_id, uuid)
+
+    def release(self, uuid: str) -> None:
+        for b in self.all:
+            b.release(uuid)
 
     def remove(self, uuid: str, backend: str) -> None:
         """Remove an instance known to be of `backend` (Instance.backend)."""

@@ -461,6 +461,11 @@ class Host:
         self._held.discard(d.uuid)
         self._blocked.pop(d.uuid, None)
         await self.ownership.discard(d.uuid)
+        try:  # its VF slot, for the next definition
+            await asyncio.to_thread(self.backends.release, d.uuid)
+        except OSError as e:  # a slot of no definition asks for no VF: given up when next assigned
+            log.warning("Could not give up the VF slot of %s: %s", name, e,
+                        extra=journal_fields(name, d.uuid))
         log.info("Undefined vGPU %s", name, extra=journal_fields(name, d.uuid))
         await self._reread({parent} if parent else set(), {d.uuid})
         self.publish()

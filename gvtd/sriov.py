@@ -442,7 +442,8 @@ class SriovBackend:
         with self._kernel:
             pf = self._pf(parent.name)
             index = self._slot(uuid, pf)
-            want = max(self.slots.wanted(pf.name), self._counts().get(pf.name, 0))
+            want = max(self.slots.wanted(pf.name, self._definitions()),
+                       self._counts().get(pf.name, 0))
             if pf.num_vfs < want:
                 rebind = self._count(pf, want, uuid)
                 pf = self._pf(parent.name)
@@ -460,6 +461,12 @@ class SriovBackend:
         if pf is not None and type_id == VF_TYPE:
             with self._kernel:
                 self._slot(uuid, pf)
+
+    def release(self, uuid: str) -> None:
+        """The definition is gone (Undefine): its slot is given up, durably, so that its VF
+        is the next definition's and the count no longer includes it."""
+        with self._kernel:
+            self.slots.release(uuid)
 
     def _pf(self, name: str) -> PhysFn:
         pf = self.pci.physfn(name)

@@ -62,9 +62,11 @@ class VfSlots:
         """The definition UUID that VF `index` of `pf` is given to."""
         return next((u for u, s in self._slots.items() if s == (pf, index)), None)
 
-    def wanted(self, pf: str) -> int:
-        """How many VFs the PF needs for the indexes given on it: the highest plus one."""
-        return max(self.on(pf).values(), default=-1) + 1
+    def wanted(self, pf: str, keep: Collection[str]) -> int:
+        """How many VFs the PF needs for the definitions `keep` (those that exist): the
+        highest of their indexes plus one. A slot a definition gone left behind (its
+        release not written, a file deleted by hand) asks for no VF."""
+        return max((i for u, i in self.on(pf).items() if u in keep), default=-1) + 1
 
     def assign(self, uuid: str, pf: str, keep: Collection[str], limit: int) -> int | None:
         """The definition's index on `pf`: the one it has, else the lowest free one below
@@ -84,6 +86,15 @@ class VfSlots:
         self._write(slots)
         self._slots = slots  # durable first: memory never claims what the disk does not
         return index
+
+    def release(self, uuid: str) -> None:
+        """Give up a definition's index (it is undefined), durably: its VF is free for the
+        next definition and counts no more. Blocking (an fsync); unchanged on OSError."""
+        if uuid not in self._slots:
+            return
+        slots = {u: s for u, s in self._slots.items() if u != uuid}
+        self._write(slots)
+        self._slots = slots
 
     def _write(self, slots: dict[str, tuple[str, int]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
