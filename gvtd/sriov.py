@@ -512,7 +512,7 @@ class SriovBackend:
                            "kernel changes the count only through 0, which would take its "
                            f"VF from the running domain {user}. Stop {user} first, or set the "
                            f"count for {pf.name} in gvtd.toml (sriov_vfs) so that it never "
-                           "has to change.")
+                           "has to change.", domain=user)
         if pf.autoprobe:
             self.pci.set_autoprobe(pf, False)
         if pf.num_vfs:
