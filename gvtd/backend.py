@@ -118,6 +118,9 @@ class Backend(Protocol):
         """Where a vGPU's instance lives or will live when that is not its UUID (a VF's PCI
         address, known from its slot while the VF is unbound or not made); "" else. No
         I/O: it runs on the loop."""
+    def next_address(self, parent: Parent) -> str:
+        """address() of the next vGPU to be defined on parent, as Define would place it; ""
+        for an mdev or when no room is left. No I/O."""
     def create(self, parent: Parent, type_id: str, uuid: str) -> Instance | None:
         """Make the instance; when it returns, the instance exists. Returns it, or None to
         have it read back (instance())."""
@@ -193,6 +196,9 @@ class Backends:
 
     def address(self, uuid: str) -> str:
         return next((a for b in self.all if (a := b.address(uuid))), "")
+
+    def next_address(self, parent: Parent) -> str:
+        return self.of(parent.kind).next_address(parent)
 
     def no_capacity_message(self, parent: Parent, type_id: str) -> str:
         return self.of(parent.kind).no_capacity_message(parent.name, type_id)

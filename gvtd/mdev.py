@@ -301,6 +301,9 @@ class Sysfs:
     def release(self, uuid: str) -> None:
         pass  # nothing was set aside
 
+    def next_address(self, parent: Parent) -> str:
+        return ""
+
     # -- writing --------------------------------------------------------------------------
 
     def create(self, parent: Parent, type_id: str, uuid: str) -> Instance:

@@ -430,6 +430,14 @@ class SriovBackend:
         slot = self.slots.slot(uuid)
         return next((a for a, where in self._vfs.items() if where == slot), "") if slot else ""
 
+    def next_address(self, parent: Parent) -> str:
+        """The VF address the next definition on the PF gets at Define (gvtd.newvm writes it
+        into a new domain before defining its vGPU): no I/O, nothing recorded."""
+        index = self.slots.lowest_free(parent.name, self._definitions(), parent.total_vfs)
+        if index is None:
+            return ""
+        return next((a for a, where in self._vfs.items() if where == (parent.name, index)), "")
+
     # -- writing (worker threads) ----------------------------------------------------------
 
     def create(self, parent: Parent, type_id: str, uuid: str) -> Instance:

@@ -78,14 +78,23 @@ class VfSlots:
         if held is not None and held[0] == pf and held[1] < limit:
             return held[1]
         slots = {u: s for u, s in self._slots.items() if u in keep and u != uuid}
-        used = {i for p, i in slots.values() if p == pf}
-        index = next(i for i in range(limit + 1) if i not in used)
-        if index >= limit:
+        index = self.free(pf, slots, limit)
+        if index is None:
             return None
         slots[uuid] = (pf, index)
         self._write(slots)
         self._slots = slots  # durable first: memory never claims what the disk does not
         return index
+
+    def lowest_free(self, pf: str, keep: Collection[str], limit: int) -> int | None:
+        """The index the next definition on `pf` gets (assign), the slots of `keep` taken;
+        None when none is free below `limit`. Nothing is recorded."""
+        return self.free(pf, {u: s for u, s in self._slots.items() if u in keep}, limit)
+
+    @staticmethod
+    def free(pf: str, slots: dict[str, tuple[str, int]], limit: int) -> int | None:
+        used = {i for p, i in slots.values() if p == pf}
+        return next((i for i in range(limit) if i not in used), None)
 
     def release(self, uuid: str) -> None:
         """Give up a definition's index (it is undefined), durably: its VF is free for the

@@ -47,6 +47,8 @@ def test_only_definitions_that_exist_count_and_release_is_durable(tmp_path: Path
     again = VfSlots(tmp_path)
     again.load()
     assert again.on(GPU) == {A: 0} and again.wanted(GPU, {A, B}) == 1
+    assert again.lowest_free(GPU, {A, C}, 7) == 1  # what C's Define gets, nothing written
+    assert again.slot(C) is None and again.lowest_free(GPU, {A}, 1) is None
     assert again.assign(C, GPU, {A, C}, 7) == 1
 
 
