@@ -284,9 +284,9 @@ class NewVm:
             try:
                 target = reconcile.resolve(definition, list(self.host.parents.values()))
                 address = self.host.backends.next_address(target.parent)
-                if target.type_id == VF_TYPE and not address:
-                    raise NoCapacity(self.host.backends.no_capacity_message(target.parent,
-                                                                            VF_TYPE))
+                if target.type_id == VF_TYPE and not address:  # the sentence reads sysfs
+                    raise NoCapacity(await asyncio.to_thread(
+                        self.host.backends.no_capacity_message, target.parent, VF_TYPE))
             except (ParentMissing, NoCapacity, InvalidArgument) as e:
                 raise type(e)(f"{e.message} (`--no-vgpu` makes the VM without one; attach it "
                               "later with `gvt-client define` and `gvt-client attach`.)") \
