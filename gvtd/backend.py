@@ -118,12 +118,18 @@ class Backend(Protocol):
         """Where a vGPU's instance lives or will live when that is not its UUID (a VF's PCI
         address, known from its slot while the VF is unbound or not made); "" else. No
         I/O: it runs on the loop."""
+    def next_address(self, parent: Parent) -> str:
+        """address() of the next vGPU to be defined on parent, as Define would place it; ""
+        for an mdev or when no room is left. No I/O."""
     def create(self, parent: Parent, type_id: str, uuid: str) -> Instance | None:
         """Make the instance; when it returns, the instance exists. Returns it, or None to
         have it read back (instance())."""
     def reserve(self, parent: Parent, type_id: str, uuid: str) -> None:
         """Record, at Define, where the vGPU's instance will live (a VF slot), so that it
         has an address to attach by before it is made; nothing for an mdev. Blocking."""
+    def release(self, uuid: str) -> None:
+        """Give up what reserve or create recorded for a definition that is gone
+        (Undefine): nothing for an mdev. Blocking (an fsync); OSError when not written."""
     def remove(self, uuid: str) -> None: ...
     def write_attr(self, uuid: str, name: str, value: str) -> None: ...
     def no_capacity_message(self, parent: str, type_id: str) -> str: ...
@@ -191,6 +197,9 @@ class Backends:
     def address(self, uuid: str) -> str:
         return next((a for b in self.all if (a := b.address(uuid))), "")
 
+    def next_address(self, parent: Parent) -> str:
+        return self.of(parent.kind).next_address(parent)
+
     def no_capacity_message(self, parent: Parent, type_id: str) -> str:
         return self.of(parent.kind).no_capacity_message(parent.name, type_id)
 
@@ -204,6 +213,10 @@ class Backends:
 
     def reserve(self, parent: Parent, type_id: str, uuid: str) -> None:
         self.of(parent.kind).reserve(parent, type_id, uuid)
+
+    def release(self, uuid: str) -> None:
+        for b in self.all:
+            b.release(uuid)
 
     def remove(self, uuid: str, backend: str) -> None:
         """Remove an instance known to be of `backend` (Instance.backend)."""

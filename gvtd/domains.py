@@ -102,6 +102,7 @@ class Domains:
             if info is None or not info.active:
                 await ondemand.release(self.host, name, self._uses_by_name(name))
                 await self.desktop.stopped(name)
+                await self.host.domain_stopped(name)
 
     def _uses_by_name(self, name: str) -> list[str]:
         info = self.libvirt.domains.get(name)

@@ -49,6 +49,12 @@ class Busy(GvtdError):
 
     name = "Busy"
 
+    def __init__(self, message: str, domain: str = "") -> None:
+        """domain: the running domain in the way, when one is: once it stops, what it
+        refused can be done (gvtd.host tries an automatic create again then)."""
+        super().__init__(message)
+        self.domain = domain
+
 
 class LibvirtUnavailable(GvtdError):
     """libvirtd cannot be reached; gvtd reconnects by itself."""

@@ -84,10 +84,9 @@ class Host:
         self.ownership = ownership
         self.restore_removed = restore_removed
         # UUIDs not to create on their own: removed on request (until CreateVGPU or the next
-        # start), or whose create failed (value: the type's available instances then, so a
-        # retry waits until room appears; None: until CreateVGPU or Reload).
+        # start), or whose create failed (value: see retry_after).
         self._held: set[str] = set()
-        self._blocked: dict[str, int | None] = {}
+        self._blocked: dict[str, int | str | None] = {}
         self._restores: dict[str, list[float]] = {}  # when gvtd last created each UUID itself
         self.definitions: dict[str, Definition] = {}
         self.config_problems: list[Problem] = []
@@ -277,7 +276,7 @@ class Host:
                 continue
             if uuid in self._blocked:
                 then = self._blocked[uuid]
-                if then is None or available <= then:
+                if not isinstance(then, int) or available <= then:
                     continue  # nothing changed since it failed: no retry storm
             if not self._may_create(name, uuid):
                 continue
@@ -300,8 +299,7 @@ class Host:
                 self._blocked.pop(uuid, None)
             except GvtdError as e:
                 self.errors[name] = e.message
-                retry = isinstance(e, (NoCapacity, ParentMissing))
-                self.block(uuid, available if retry else None)
+                self.block(uuid, retry_after(e, available))
                 failed.add(uuid)
             touched_parents.add(target.parent.name)
             touched.add(uuid)
@@ -461,6 +459,11 @@ class Host:
         self._held.discard(d.uuid)
         self._blocked.pop(d.uuid, None)
         await self.ownership.discard(d.uuid)
+        try:  # its VF slot, for the next definition
+            await asyncio.to_thread(self.backends.release, d.uuid)
+        except OSError as e:  # a slot of no definition asks for no VF: given up when next assigned
+            log.warning("Could not give up the VF slot of %s: %s", name, e,
+                        extra=journal_fields(name, d.uuid))
         log.info("Undefined vGPU %s", name, extra=journal_fields(name, d.uuid))
         await self._reread({parent} if parent else set(), {d.uuid})
         self.publish()
@@ -489,6 +492,8 @@ class Host:
                 await self.create_target(view.name, target)
             except GvtdError as e:
                 self.errors[view.name] = e.message
+                if isinstance(e, Busy) and e.domain:
+                    self.block(view.uuid, e.domain)  # its stop tries again (an auto vGPU)
                 raise
             finally:
                 await self._reread(touched, {view.uuid})  # only what the write can have changed
@@ -544,10 +549,22 @@ class Host:
     def unhold(self, uuid: str) -> None:
         self._held.discard(uuid)
 
-    def block(self, uuid: str, available: int | None) -> None:
-        """A create of uuid failed: no automatic retry until its type has more than
-        `available` instances free (None: until CreateVGPU or Reload)."""
-        self._blocked[uuid] = available
+    def block(self, uuid: str, until: int | str | None) -> None:
+        """A create of uuid failed: no automatic retry until what retry_after says."""
+        self._blocked[uuid] = until
+
+    async def domain_stopped(self, domain: str) -> None:
+        """libvirt says a domain stopped (gvtd.domains): the creates it was in the way of
+        (Busy: an SR-IOV count that goes only through 0) are tried again, once."""
+        async with self.lock:
+            waiting = [u for u, until in self._blocked.items() if until == domain]
+            if not waiting:
+                return
+            for uuid in waiting:
+                del self._blocked[uuid]
+            log.info("Domain %s stopped: trying the vGPUs it was in the way of again", domain,
+                     extra={"DOMAIN": domain})
+            await self._converge()
 
     async def remove_owned(self, uuid: str, name: str) -> None:
         """Write the remove with the host lock let go: the kernel holds a remove for as long
@@ -602,6 +619,17 @@ class Host:
         self._blocked.clear()
         self._restores.clear()
         await self.reconcile()
+
+
+def retry_after(e: GvtdError, available: int) -> int | str | None:
+    """When a create that failed with e is tried again on its own: once its type has more
+    than `available` instances free (no room, no parent: an int), once the running domain
+    in the way stops (Busy naming it: its name), or only at CreateVGPU or Reload (None)."""
+    if isinstance(e, (NoCapacity, ParentMissing)):
+        return available
+    if isinstance(e, Busy) and e.domain:
+        return e.domain
+    return None
 
 
 async def _relock(lock: asyncio.Lock) -> None:

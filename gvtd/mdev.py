@@ -298,6 +298,12 @@ class Sysfs:
     def reserve(self, parent: Parent, type_id: str, uuid: str) -> None:
         pass  # nothing to set aside: its UUID is where it will be
 
+    def release(self, uuid: str) -> None:
+        pass  # nothing was set aside
+
+    def next_address(self, parent: Parent) -> str:
+        return ""
+
     # -- writing --------------------------------------------------------------------------
 
     def create(self, parent: Parent, type_id: str, uuid: str) -> Instance:

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from gvtd import cputopo, names, reconcile, win11cpu
-from gvtd.config import Definition
+from gvtd.backend import HostdevOptions, Instance
+from gvtd.config import VF_TYPE, Definition
 from gvtd.errors import Busy, Failed, GvtdError, InvalidArgument, LibvirtUnavailable, \
     NoCapacity, NotFound, ParentMissing
 from gvtd.virt import audio, domxml, newdomain, tune
@@ -42,6 +43,7 @@ GIB = 1024 ** 3
 # runtime directories are 0700 (Debian), which root without CAP_DAC_* cannot enter. An ISO
 # there is out of its sight, and mostly out of QEMU's reach too.
 HIDDEN = ("/home/", "/root/", "/run/user/", "/tmp/", "/var/tmp/")
+DEFAULT_RESOLUTION = "1920x1200"
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class NewOptions:
     dry_run: bool = False
     vgpu: bool = True
     audio: bool = True
-    min_resolution: str = "1920x1200"
+    min_resolution: str | None = None  # None: DEFAULT_RESOLUTION for a GVT-g vGPU
     pinning: bool = True
     allow_unsupported_cpu: bool = False
 
@@ -181,7 +183,7 @@ class NewVm:
                 raise Busy(f"A vGPU named {spec.name} is defined already: choose another name "
                            "for the VM, or `gvt-client undefine` that vGPU first.")
             vgpu = self._vgpu(spec, opts) if opts.vgpu else None
-            xml = await self._xml(spec, opts, vgpu)
+            xml, address = await self._xml(spec, opts, vgpu)
             if opts.audio:
                 xml = audio.wire(xml, names.sound_socket(uid))
             volume = newdomain.volume_xml(spec)
@@ -189,7 +191,7 @@ class NewVm:
                      "preallocation=metadata and lazy_refcounts -->\n" + volume + xml)
             if opts.dry_run:
                 return shown
-            await self._make(spec, pool, volume, xml, vgpu)
+            await self._make(spec, pool, volume, xml, vgpu, address)
             return shown
 
     def _qemu_user(self) -> str:
@@ -251,46 +253,72 @@ class NewVm:
 
     def _vgpu(self, spec: newdomain.NewSpec, opts: NewOptions) -> dict[str, object]:
         """The vGPU's definition (Define's fields): on-demand, so that its share of the GPU
-        is free while the VM is off."""
-        data: dict[str, object] = {"uuid": str(uuidlib.uuid4()),
-                                   "min_resolution": opts.min_resolution,
-                                   "start": "on-demand", "domain": spec.name}
+        is free while the VM is off. A host whose GPUs are all SR-IOV PFs gets a VF (parent
+        auto: the first PF), which has no resolution to ask for."""
+        data: dict[str, object] = {"uuid": str(uuidlib.uuid4()), "start": "on-demand",
+                                   "domain": spec.name}
+        registered = [p for p in self.host.parents.values() if p.registered]
+        if registered and all(p.kind == "sriov" for p in registered):
+            if opts.min_resolution is not None:
+                raise InvalidArgument("This host's GPU makes SR-IOV VFs, which have no "
+                                      "resolution: leave out --min-resolution.")
+            return {**data, "type": VF_TYPE, "parent": "auto"}
+        resolution = opts.min_resolution or DEFAULT_RESOLUTION
+        data["min_resolution"] = resolution
         try:
             Definition.model_validate(data)
             return data
         except ValidationError as e:
-            raise InvalidArgument(f"--min-resolution {opts.min_resolution[:20]!r}: "
+            raise InvalidArgument(f"--min-resolution {resolution[:20]!r}: "
                                   f"{e.errors()[0]['msg']}.") from None
 
     async def _xml(self, spec: newdomain.NewSpec, opts: NewOptions,
-                   vgpu: dict[str, object] | None) -> str:
-        """The domain XML, the vGPU attached (SPICE GL on its GPU) and tuned as
-        `gvt-client attach` and `tune` would."""
-        xml = newdomain.domain_xml(spec)
+                   vgpu: dict[str, object] | None) -> tuple[str, str]:
+        """The domain XML, the vGPU attached and tuned as `gvt-client attach` and `tune`
+        would, and the VF address it names ("" for an mdev). An mdev gets SPICE GL on its
+        GPU; a VF a PCI hostdev at the address its Define will give it, beside the QXL
+        display (a VF's picture comes from inside the guest)."""
+        xml, address = newdomain.domain_xml(spec), ""
         if vgpu is not None:
             definition = Definition.model_validate(vgpu)
             try:
                 target = reconcile.resolve(definition, list(self.host.parents.values()))
+                address = self.host.backends.next_address(target.parent)
+                if target.type_id == VF_TYPE and not address:  # the sentence reads sysfs
+                    raise NoCapacity(await asyncio.to_thread(
+                        self.host.backends.no_capacity_message, target.parent, VF_TYPE))
             except (ParentMissing, NoCapacity, InvalidArgument) as e:
                 raise type(e)(f"{e.message} (`--no-vgpu` makes the VM without one; attach it "
                               "later with `gvt-client define` and `gvt-client attach`.)") \
                     from None
-            render = await asyncio.to_thread(self.host.render_node, target.parent.name)
-            override = await self.domains.libvirt.version() >= domxml.OVERRIDE_VERSION
-            xml = domxml.attach(xml, domxml.AttachSpec(definition.uuid, "spice-gl", render,
-                                                       override=override))
+            if address:
+                instance = Instance(definition.uuid, target.parent.name, VF_TYPE, address,
+                                    target.parent.kind)
+                xml = domxml.attach_vf(xml, self.host.backends.hostdev(instance,
+                                                                       HostdevOptions()))
+            else:
+                render = await asyncio.to_thread(self.host.render_node, target.parent.name)
+                override = await self.domains.libvirt.version() >= domxml.OVERRIDE_VERSION
+                xml = domxml.attach(xml, domxml.AttachSpec(definition.uuid, "spice-gl", render,
+                                                           override=override))
         topology = await asyncio.to_thread(cputopo.read, self.domains.sysfs)
         hyperv = await self.domains.libvirt.hyperv_features(xml)
         return tune.tune(xml, tune.TuneSpec(topology, spec.vcpus, opts.pinning, False, hyperv,
-                                            True))
+                                            True)), address
 
     async def _make(self, spec: newdomain.NewSpec, pool: Any, volume: str, xml: str,
-                    vgpu: dict[str, object] | None) -> None:
+                    vgpu: dict[str, object] | None, address: str) -> None:
+        """address: the VF the XML names, which its Define must give the vGPU."""
         vol = await asyncio.to_thread(self._create_volume, pool, volume, spec)
         try:
             if vgpu is not None:
                 await self.host.define(spec.name, vgpu)
             try:
+                got = self.host.find(spec.name).address if vgpu is not None else ""
+                if got != address:
+                    raise Busy(f"Another vGPU was defined meanwhile and has the VF {address} "
+                               f"(this one got {got or 'none'}); nothing was made: run "
+                               "`gvt-client new` again.")
                 await asyncio.to_thread(self._define, xml, spec)
             except GvtdError:
                 if vgpu is not None:

@@ -430,6 +430,14 @@ class SriovBackend:
         slot = self.slots.slot(uuid)
         return next((a for a, where in self._vfs.items() if where == slot), "") if slot else ""
 
+    def next_address(self, parent: Parent) -> str:
+        """The VF address the next definition on the PF gets at Define (gvtd.newvm writes it
+        into a new domain before defining its vGPU): no I/O, nothing recorded."""
+        index = self.slots.lowest_free(parent.name, self._definitions(), parent.total_vfs)
+        if index is None:
+            return ""
+        return next((a for a, where in self._vfs.items() if where == (parent.name, index)), "")
+
     # -- writing (worker threads) ----------------------------------------------------------
 
     def create(self, parent: Parent, type_id: str, uuid: str) -> Instance:
@@ -442,7 +450,8 @@ class SriovBackend:
         with self._kernel:
             pf = self._pf(parent.name)
             index = self._slot(uuid, pf)
-            want = max(self.slots.wanted(pf.name), self._counts().get(pf.name, 0))
+            want = max(self.slots.wanted(pf.name, self._definitions()),
+                       self._counts().get(pf.name, 0))
             if pf.num_vfs < want:
                 rebind = self._count(pf, want, uuid)
                 pf = self._pf(parent.name)
@@ -460,6 +469,12 @@ class SriovBackend:
         if pf is not None and type_id == VF_TYPE:
             with self._kernel:
                 self._slot(uuid, pf)
+
+    def release(self, uuid: str) -> None:
+        """The definition is gone (Undefine): its slot is given up, durably, so that its VF
+        is the next definition's and the count no longer includes it."""
+        with self._kernel:
+            self.slots.release(uuid)
 
     def _pf(self, name: str) -> PhysFn:
         pf = self.pci.physfn(name)
@@ -505,7 +520,7 @@ class SriovBackend:
                            "kernel changes the count only through 0, which would take its "
                            f"VF from the running domain {user}. Stop {user} first, or set the "
                            f"count for {pf.name} in gvtd.toml (sriov_vfs) so that it never "
-                           "has to change.")
+                           "has to change.", domain=user)
         if pf.autoprobe:
             self.pci.set_autoprobe(pf, False)
         if pf.num_vfs:

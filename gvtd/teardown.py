@@ -7,8 +7,8 @@ import dataclasses
 import logging
 
 from gvtd import reconcile
-from gvtd.errors import GvtdError, NoCapacity, ParentMissing
-from gvtd.host import Host, journal_fields
+from gvtd.errors import GvtdError, ParentMissing
+from gvtd.host import Host, journal_fields, retry_after
 
 log = logging.getLogger("gvtd.host")  # the lines Host logged before this moved out stay its own
 
@@ -94,8 +94,8 @@ async def restore_after_sleep(host: Host, torn: list[TornDown]) -> None:
             except GvtdError as e:
                 host.errors[t.name] = (f"Not recreated after the host resumed: {e.message} "
                                        f"`gvt-client create {t.name}` tries again.")
-                retry = isinstance(e, (NoCapacity, ParentMissing)) and d.start == "auto"
-                host.block(t.uuid, (mtype.available if mtype else 0) if retry else None)
+                host.block(t.uuid, retry_after(e, mtype.available if mtype else 0)
+                           if d.start == "auto" else None)
                 log.error("vGPU %s was not recreated after resume: %s", t.name, e.message,
                           extra=fields)
                 continue

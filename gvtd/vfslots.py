@@ -62,9 +62,11 @@ class VfSlots:
         """The definition UUID that VF `index` of `pf` is given to."""
         return next((u for u, s in self._slots.items() if s == (pf, index)), None)
 
-    def wanted(self, pf: str) -> int:
-        """How many VFs the PF needs for the indexes given on it: the highest plus one."""
-        return max(self.on(pf).values(), default=-1) + 1
+    def wanted(self, pf: str, keep: Collection[str]) -> int:
+        """How many VFs the PF needs for the definitions `keep` (those that exist): the
+        highest of their indexes plus one. A slot a definition gone left behind (its
+        release not written, a file deleted by hand) asks for no VF."""
+        return max((i for u, i in self.on(pf).items() if u in keep), default=-1) + 1
 
     def assign(self, uuid: str, pf: str, keep: Collection[str], limit: int) -> int | None:
         """The definition's index on `pf`: the one it has, else the lowest free one below
@@ -76,14 +78,32 @@ class VfSlots:
         if held is not None and held[0] == pf and held[1] < limit:
             return held[1]
         slots = {u: s for u, s in self._slots.items() if u in keep and u != uuid}
-        used = {i for p, i in slots.values() if p == pf}
-        index = next(i for i in range(limit + 1) if i not in used)
-        if index >= limit:
+        index = self.free(pf, slots, limit)
+        if index is None:
             return None
         slots[uuid] = (pf, index)
         self._write(slots)
         self._slots = slots  # durable first: memory never claims what the disk does not
         return index
+
+    def lowest_free(self, pf: str, keep: Collection[str], limit: int) -> int | None:
+        """The index the next definition on `pf` gets (assign), the slots of `keep` taken;
+        None when none is free below `limit`. Nothing is recorded."""
+        return self.free(pf, {u: s for u, s in self._slots.items() if u in keep}, limit)
+
+    @staticmethod
+    def free(pf: str, slots: dict[str, tuple[str, int]], limit: int) -> int | None:
+        used = {i for p, i in slots.values() if p == pf}
+        return next((i for i in range(limit) if i not in used), None)
+
+    def release(self, uuid: str) -> None:
+        """Give up a definition's index (it is undefined), durably: its VF is free for the
+        next definition and counts no more. Blocking (an fsync); unchanged on OSError."""
+        if uuid not in self._slots:
+            return
+        slots = {u: s for u, s in self._slots.items() if u != uuid}
+        self._write(slots)
+        self._slots = slots
 
     def _write(self, slots: dict[str, tuple[str, int]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

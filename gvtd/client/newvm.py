@@ -71,9 +71,9 @@ def add_parser(add: Any) -> None:
                    help="the libvirt storage pool the disk is made in (default: default)")
     s.add_argument("--network", default="default",
                    help="the libvirt network (default: default, libvirt's NAT)")
-    s.add_argument("--min-resolution", default="1920x1200", metavar="WxH",
+    s.add_argument("--min-resolution", metavar="WxH",
                    help="the vGPU: the smallest GVT-g type with this resolution (default "
-                        "1920x1200)")
+                        "1920x1200; an SR-IOV GPU's VF has none)")
     s.add_argument("--no-vgpu", dest="vgpu", action="store_false",
                    help="no vGPU (add one later with `define` and `attach`)")
     s.add_argument("--no-audio", dest="audio", action="store_false",
@@ -116,12 +116,14 @@ async def cmd_new(c: Client, args: argparse.Namespace) -> None:
         "windows": Variant("s", args.windows), "memory_mib": Variant("u", args.memory),
         "disk_gib": Variant("u", args.disk_size), "pool": Variant("s", args.pool),
         "network": Variant("s", args.network), "virt_type": Variant("s", args.virt_type),
-        "min_resolution": Variant("s", args.min_resolution), "vgpu": Variant("b", args.vgpu),
+        "vgpu": Variant("b", args.vgpu),
         "audio": Variant("b", args.audio),
         "pinning": Variant("b", args.pinning), "dry_run": Variant("b", args.dry_run),
         "allow_unsupported_cpu": Variant("b", args.allow_unsupported_cpu)}
     if args.vcpus is not None:
         opts["vcpus"] = Variant("u", args.vcpus)
+    if args.min_resolution is not None:
+        opts["min_resolution"] = Variant("s", args.min_resolution)
     fds = [_open(iso, "ISO"), _open(drivers, "virtio-win ISO")]
     try:
         (xml,) = await c.call("NewDomain", "shha{sv}", [args.name, 0, 1, opts], fds=fds)

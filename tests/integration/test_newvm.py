@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dbus_fast import Variant
 
 from gvtd import names
 from harness import STRANGER, STRANGER_GID, DBusDaemon, Simulation, tree_snapshot
@@ -247,6 +248,47 @@ def test_windows_11_refuses_a_7th_generation_cpu(dbus: DBusDaemon,
         assert ten.returncode == 0, ten.stderr
         bypass = new(sim, media, "w11", "--allow-unsupported-cpu", "--disk-size", "16")
         assert bypass.returncode == 0, bypass.stderr
+    finally:
+        sim.stop()
+
+
+def test_new_on_an_sriov_host_gives_the_vm_a_vf(dbus: DBusDaemon,
+                                                media: tuple[Path, Path]) -> None:
+    """The Alder Lake laptop has no GVT-g: the VM gets an on-demand VF (type vf, parent
+    auto), a PCI hostdev at its VF's address with QXL kept as the display, and StartDomain
+    makes the VF."""
+    sim = Simulation(dbus, profile="alderlake-sriov")
+    try:
+        before = tree_snapshot(sim.config_dir)
+        p = new(sim, media, "w11", "--min-resolution", "1920x1080", "--dry-run")
+        assert p.returncode == 1 and "leave out --min-resolution" in p.stderr, p.stderr
+        made_nothing(sim, before, "w11")
+        dry = new(sim, media, "w11", "--disk-size", "16", "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        domain = ET.fromstring(dry.stdout[dry.stdout.index("<domain "):])
+        assert [(h.get("type"), h.get("managed"), h.find("source/address").attrib)
+                for h in domain.iterfind("devices/hostdev")] == [
+            ("pci", "no", {"domain": "0x0000", "bus": "0x00", "slot": "0x02",
+                           "function": "0x1"})]
+        assert [m.get("type") for m in domain.iterfind("devices/video/model")] == ["qxl"]
+        assert domain.find("devices/graphics/gl") is None  # no mdev display options
+        assert "x-igd-opregion" not in dry.stdout and "ramfb" not in dry.stdout
+        made_nothing(sim, before, "w11")
+        made = new(sim, media, "w11", "--disk-size", "16")
+        assert made.returncode == 0, made.stderr
+        v = sim.client.vgpus()["w11"]
+        assert (v["Type"], v["Parent"], v["Start"], v["Backend"], v["Address"], v["State"]) \
+            == ("vf", "0000:00:02.0", "on-demand", "sriov", "0000:00:02.1", "inactive")
+        # the domain made has that hostdev: attaching the VF again changes nothing
+        again = sim.client.call("AttachVGPU", "ssa{sv}", ["w11", "w11",
+                                                          {"dry_run": Variant("b", True)}])[0]
+        assert again.startswith(names.PICTURE_LINE), again
+        shown = sim.client.props(names.domain_path("w11"), names.DOMAIN_IFACE)
+        assert shown["VGPUs"] == [names.vgpu_path(v["UUID"])]
+        sim.client.call("StartDomain", "sa{sv}", ["w11", {}])
+        assert sim.client.vgpus()["w11"]["State"] == "active"
+        vf = sim.root / "sys/bus/pci/devices/0000:00:02.1/driver"
+        assert Path(vf.readlink()).name == "vfio-pci"
     finally:
         sim.stop()
 

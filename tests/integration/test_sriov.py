@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,47 @@ def test_a_second_vf_goes_through_0_unless_a_domain_runs_on_one(adl: Simulation)
     adl.client.call("StopDomain", "sa{sv}", ["win10", {}])
     adl.client.call("CreateVGPU", "s", ["third"])
     assert adl.client.vgpus()["third"]["Address"] == "0000:00:02.3"
+
+
+def test_a_vf_refused_while_a_domain_runs_is_made_when_it_stops(adl: Simulation) -> None:
+    """Busy names the running domain; libvirt's event of its stop (no timer, no CreateVGPU)
+    has gvtd make the VF then: the count through 0, the running domain's VF bound again."""
+    adl.client.define(name="win11", type="vf", domain="win10")
+    adl.client.call("AttachVGPU", "ssa{sv}", ["win10", "win11", {}])
+    adl.client.call("StartDomain", "sa{sv}", ["win10", {}])
+    adl.client.define(name="second", type="vf")
+    v = adl.client.vgpus()["second"]
+    assert v["State"] == "failed" and "running domain win10" in v["LastError"], v
+    mark = last(adl)
+    adl.client.call("StopDomain", "sa{sv}", ["win10", {}])
+    wait_state(adl, "second", "active", mark)
+    assert parent(adl)["NumVFs"] == 2
+    assert [vf_driver(adl, a) for a in ("0000:00:02.1", "0000:00:02.2")] == ["vfio-pci"] * 2
+    v = adl.client.vgpus()
+    assert [(v[n]["State"], v[n]["LastError"]) for n in ("win11", "second")] == \
+        [("active", "")] * 2
+    assert [w[1] for w in writes(adl) if w[0].endswith("/sriov_numvfs")] == ["1", "0", "2"]
+
+
+def test_an_undefined_vgpu_asks_for_no_vf(adl: Simulation) -> None:
+    """make demo's steps: a definition refused Busy while win10 runs, undefined after it
+    stopped. Its slot goes with it (durably), so after a reboot the PF has the one VF the
+    definition left needs, and the next definition gets the freed VF."""
+    adl.client.define(name="win11", type="vf", domain="win10")
+    adl.client.call("StartDomain", "sa{sv}", ["win10", {}])
+    adl.client.define(name="second", type="vf")
+    assert adl.client.vgpus()["second"]["Address"] == "0000:00:02.2"
+    adl.client.call("StopDomain", "sa{sv}", ["win10", {}])
+    adl.client.call("Undefine", "s", ["second"])
+    slots = json.loads((adl.state_dir / "vfslots.json").read_text())["slots"]
+    assert list(slots) == [adl.client.vgpus()["win11"]["UUID"]]
+    adl.sim_call("Reboot")
+    assert parent(adl)["NumVFs"] == 1
+    v = adl.client.vgpus()
+    assert {n: (x["State"], x["Address"]) for n, x in v.items()} == {
+        "win11": ("active", "0000:00:02.1")}
+    adl.client.define(name="third", type="vf", start="on-demand")
+    assert adl.client.vgpus()["third"]["Address"] == "0000:00:02.2"
 
 
 def test_the_pf_driver_going_and_coming_back(adl: Simulation) -> None:

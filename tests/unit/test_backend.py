@@ -61,6 +61,12 @@ class Tiny:
     def reserve(self, parent: Parent, type_id: str, uuid: str) -> None:
         pass
 
+    def release(self, uuid: str) -> None:
+        pass
+
+    def next_address(self, parent: Parent) -> str:
+        return ""
+
     def create(self, parent: Parent, type_id: str, uuid: str) -> None:
         self.calls.append(("create", parent.name, type_id, uuid))
         self.made[uuid] = Instance(uuid, parent.name, type_id, f"0000:00:03.{len(self.made) + 2}",

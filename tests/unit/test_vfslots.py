@@ -23,9 +23,9 @@ def test_lowest_free_index_kept_across_loads(tmp_path: Path) -> None:
     defined = {A, B, C}
     assert [s.assign(u, GPU, defined, 7) for u in (A, B, C)] == [0, 1, 2]
     assert s.assign(B, GPU, defined, 7) == 1  # the one it has
-    assert s.wanted(GPU) == 3 and s.wanted(NVME) == 0
+    assert s.wanted(GPU, defined) == 3 and s.wanted(NVME, defined) == 0
     assert s.assign(B, NVME, defined, 2) == 0  # moved: its VF on the GPU is free
-    assert s.wanted(GPU) == 3 and s.on(GPU) == {A: 0, C: 2}  # C keeps its VF: no renumbering
+    assert s.wanted(GPU, defined) == 3 and s.on(GPU) == {A: 0, C: 2}  # C keeps its VF: no renumbering
     again = VfSlots(tmp_path)
     again.load()
     assert (again.slot(A), again.slot(B), again.slot(C)) == ((GPU, 0), (NVME, 0), (GPU, 2))
@@ -38,10 +38,24 @@ def test_lowest_free_index_kept_across_loads(tmp_path: Path) -> None:
     assert (tmp_path / SLOTS_FILE).stat().st_mode & 0o777 == 0o600
 
 
+def test_only_definitions_that_exist_count_and_release_is_durable(tmp_path: Path) -> None:
+    s = VfSlots(tmp_path)
+    assert [s.assign(u, GPU, {A, B}, 7) for u in (A, B)] == [0, 1]
+    assert s.wanted(GPU, {A}) == 1  # B's slot is left behind: it asks for no VF
+    s.release(B)
+    s.release(D)  # none: nothing to write
+    again = VfSlots(tmp_path)
+    again.load()
+    assert again.on(GPU) == {A: 0} and again.wanted(GPU, {A, B}) == 1
+    assert again.lowest_free(GPU, {A, C}, 7) == 1  # what C's Define gets, nothing written
+    assert again.slot(C) is None and again.lowest_free(GPU, {A}, 1) is None
+    assert again.assign(C, GPU, {A, C}, 7) == 1
+
+
 def test_no_free_index_below_the_limit_writes_nothing(tmp_path: Path) -> None:
     s = VfSlots(tmp_path)
     assert [s.assign(u, NVME, {A, B, C}, 2) for u in (A, B, C)] == [0, 1, None]
-    assert s.slot(C) is None and s.wanted(NVME) == 2
+    assert s.slot(C) is None and s.wanted(NVME, {A, B, C}) == 2
     assert s.assign(A, NVME, {A, B, C}, 0) is None  # the PF allows none now
 
 
