@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gvtd import doctor
+from gvtd.hostconf import MODPROBE_DIRS
 from gvtd.mdev import read_attr
 
 HEADER = ("# Written by `gvt-client setup` for Intel GVT-g; `gvt-client setup --revert` "
@@ -31,8 +32,6 @@ SEARCH_PATH = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
 MODULES_LOAD_DIRS = ("/etc/modules-load.d", "/run/modules-load.d",
                      "/usr/local/lib/modules-load.d", "/usr/lib/modules-load.d",
                      "/lib/modules-load.d")
-MODPROBE_DIRS = ("/etc/modprobe.d", "/run/modprobe.d", "/usr/local/lib/modprobe.d",
-                 "/usr/lib/modprobe.d", "/lib/modprobe.d")
 ESP_CANDIDATES = ("/efi", "/boot", "/boot/efi")  # where kernel-install looks, in its order
 NO_INITRAMFS = ("No initramfs change is needed: systemd-modules-load loads these modules from "
                 "the root file system, and the kernel command line reaches every module "

@@ -32,6 +32,7 @@ class Option:
     takes_value: bool
     choices: list[str]
     names: str | None  # "domain" or "name" (a vGPU): complete from the daemon
+    files: bool = False  # a path (metavar FILE): complete file names
 
 
 @dataclass
@@ -54,7 +55,8 @@ def _names_kind(command: str, dest: str) -> str | None:
 def _option(action: argparse.Action, command: str) -> Option:
     return Option(list(action.option_strings), " ".join((action.help or "").split()),
                   action.nargs != 0, [str(c) for c in action.choices or []],
-                  _names_kind(command, action.dest) if action.nargs != 0 else None)
+                  _names_kind(command, action.dest) if action.nargs != 0 else None,
+                  action.metavar == "FILE")
 
 
 def model() -> tuple[list[Option], list[Command]]:
@@ -130,6 +132,9 @@ def bash() -> str:
             elif o.names:
                 action = (f"COMPREPLY=($(compgen -W \"$(_gvt_client_names {o.names} $bus)\" "
                           "-- \"$cur\"))")
+            elif o.files:
+                action = ("compopt -o filenames 2>/dev/null; "
+                          "COMPREPLY=($(compgen -f -- \"$cur\"))")
             else:
                 action = "COMPREPLY=()"
             lines.append(f"        {pattern}) {action}; return ;;")
@@ -175,6 +180,8 @@ def _zsh_spec(o: Option, exclusive: list[str]) -> list[str]:
         action = f":{o.flags[-1].lstrip('-')}:({' '.join(o.choices)})"
     elif o.names:
         action = f":{o.names}:_gvt_client_{o.names}s"
+    elif o.files:
+        action = f":{o.flags[-1].lstrip('-')}:_files"
     else:
         action = f":{o.flags[-1].lstrip('-')}: "
     return [_sq(f"{excl}{f}[{_zq(o.help)}]{action}") for f in o.flags]
@@ -290,7 +297,7 @@ def fish() -> str:
         for f in o.flags:
             parts.append(f"-l {f[2:]}" if f.startswith("--") else f"-s {f[1:]}")
         if o.takes_value:
-            parts.append("-x")
+            parts.append("-r -F" if o.files else "-x")  # -x: no file names
             if o.choices:
                 parts.append(f"-a {_fq(' '.join(o.choices))}")
             elif o.names:

@@ -39,6 +39,7 @@ from pydantic import (  # noqa: E402
     ConfigDict,
     Field,
     StrictBool,
+    StrictInt,
     StrictStr,
     ValidationError,
     ValidationInfo,
@@ -67,6 +68,7 @@ PARENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9:_-]*(\.[A-Za-z0-9:_-]+)*")
 RESOLUTION_RE = re.compile(r"([1-9][0-9]{2,4})x([1-9][0-9]{2,4})")
 ATTR_NAME_RE = re.compile(r"[A-Za-z0-9_]{1,64}")
 DOMAIN_RE = re.compile(r"[^\x00-\x1f\x7f/]{1,100}")
+PCI_ADDRESS_RE = re.compile(r"([0-9a-f]{4}):([0-9a-f]{2}):([01][0-9a-f])\.([0-7])")
 
 
 def _matching(pattern: re.Pattern[str], what: str, hint: str):
@@ -115,6 +117,12 @@ DomainName = Annotated[
     _matching(DOMAIN_RE, "libvirt domain name", "use the name `virsh list --all` shows"),
 ]
 Start = Literal["auto", "on-demand", "manual"]
+VF_TYPE = "vf"  # the one type an SR-IOV parent offers: a PCI virtual function (gvtd.sriov)
+PciAddress = Annotated[
+    StrictStr,
+    _matching(PCI_ADDRESS_RE, "PCI address",
+              "write it as `gvt-client parents` shows it, such as 0000:00:02.0"),
+]
 
 
 class Definition(BaseModel):
@@ -132,7 +140,8 @@ class Definition(BaseModel):
                                "with the type) or a device name from `gvt-client parents`, "
                                "such as 0000:00:02.0")
     type: TypeId | None = Field(None, description="an mdev type id such as i915-GVTg_V5_4 "
-                                "(`gvt-client types`); give this or min_resolution")
+                                "(`gvt-client types`), or `vf` for an SR-IOV virtual function "
+                                "of the parent; give this or min_resolution")
     min_resolution: Resolution | None = Field(
         None, description="WIDTHxHEIGHT, such as 1920x1200: gvtd picks the smallest GVT-g "
         "type with at least this resolution, so that the most vGPUs fit; give this or type")
@@ -160,6 +169,9 @@ class Definition(BaseModel):
     def _type_or_resolution(self) -> "Definition":
         if (self.type is None) == (self.min_resolution is None):
             raise ValueError("give exactly one of `type` and `min_resolution`")
+        if self.type == VF_TYPE and self.attrs:
+            raise ValueError("a VF (type `vf`) has no sysfs attributes to write: remove "
+                             "`attrs`")
         return self
 
     def resolution(self) -> tuple[int, int] | None:
@@ -210,9 +222,19 @@ class Settings(BaseModel):
         "the domain to shut down cleanly (shutdown)")
     mdevctl_dir: StrictStr = Field("/etc/mdevctl.d", description="mdevctl's definitions, "
                                    "which doctor checks for a UUID both tools start at boot")
+    host_root: StrictStr = Field("/", description="the file-system root under which doctor "
+                                 "reads other tools' files on an SR-IOV host (/etc/modprobe.d, "
+                                 "tmpfiles.d, sysfs.conf, driverctl.d, udev rules, "
+                                 "/lib/modules, /var/lib/dkms)")
     qemu_conf: StrictStr = Field("/etc/libvirt/qemu.conf", description="libvirt's QEMU "
                                  "settings, whose user doctor names in the X display access "
                                  "a gtk-gl VM needs")
+    sriov_vfs: dict[PciAddress, Annotated[StrictInt, Field(ge=1, le=0xffff)]] = Field(
+        {}, description="the VF count gvtd keeps on an SR-IOV parent once it makes VFs "
+        "there: an inline table from the parent's PCI address (quoted, as `gvt-client "
+        "parents` shows it) to the count; without one gvtd makes as many as the definitions "
+        "need, and a new definition then changes the count through 0, which is refused "
+        "while a domain runs on a VF of that parent")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from dbus_fast.constants import NameFlag, RequestNameReply
 from systemd import daemon as sd_daemon
 
 from gvtd import __version__, names
+from gvtd.backend import Backends
 from gvtd.background import Background, Problem, why
 from gvtd.bus.flow import patient
 from gvtd.config import DEFAULT_CONFIG_DIR, MACHINE_ID_FILE, ConfigDir
@@ -28,12 +29,14 @@ from gvtd.errors import InvalidArgument
 from gvtd.health import SHUTDOWN_TIMEOUT, Health
 from gvtd.host import Host
 from gvtd.kmsg import Cursor, KernelLog, boot_id
-from gvtd.mdev import Sysfs
+from gvtd.mdev import MdevBackend
 from gvtd.session import Logind
+from gvtd.sriov import PciSriov, SriovBackend
 from gvtd.state import Ownership
 from gvtd.status import Status
 from gvtd.suspend import Suspend
 from gvtd.udev import UdevWatcher
+from gvtd.vfslots import VfSlots
 
 if TYPE_CHECKING:
     from gvtd.newvm import NewVm
@@ -157,9 +160,16 @@ class Daemon:
         self.args = args
         self.config = ConfigDir(args.config_dir, args.machine_id_file)
         self.settings, self.settings_problems = self.config.load_settings()
-        self.host = Host(self.config, Sysfs(Path(self.settings.sysfs_root)),
-                         Ownership(args.state_dir), self.settings.restore_removed)
         sysfs = Path(self.settings.sysfs_root)
+        # The SR-IOV backend asks, when it reads, which definitions are its own (the host's),
+        # which domains run (made just below) and what gvtd.toml sets now.
+        self.sriov = SriovBackend(PciSriov(sysfs), VfSlots(args.state_dir),
+                                  lambda: self.host.vf_parents(),
+                                  lambda uuid: self.domains.running_user(uuid),
+                                  lambda: self.settings.sriov_vfs)
+        self.backends = Backends([MdevBackend(sysfs), self.sriov])
+        self.host = Host(self.config, self.backends,
+                         Ownership(args.state_dir), self.settings.restore_removed)
         self.domains = Domains(self.host, self.settings.libvirt_uri, sysfs, args.state_dir,
                                Path(self.settings.qemu_conf), Desktop(Logind(), sysfs))
         self.suspend = Suspend(self.host, self.domains, self.settings.suspend, self.host.publish)
@@ -300,11 +310,12 @@ class Daemon:
         for p in self.settings_problems:
             log.error("Invalid setting, using the default: %s", p)
         self.host.load(self.settings_problems)
+        self.sriov.slots.load()  # after Ownership.load cleared the state directory
         tree = ObjectTree(bus, self)
         self.host.listeners.append(self._status)
         # Subscribe to uevents before the first read of sysfs: a parent that registers
         # in between is then seen either by the read or by its event.
-        watcher = UdevWatcher(self.host.on_uevents)
+        watcher = UdevWatcher(self.host.on_uevents, self.backends.classify)
         watcher.start(loop)
         async with self.host.lock:
             await self.host.reconcile()

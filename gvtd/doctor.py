@@ -1,7 +1,13 @@
-"""Host checks behind `gvt-client doctor`: why GVT-g does not work here, and the fix.
+"""Host checks behind `gvt-client doctor`: why GVT-g (or SR-IOV) does not work here, and the
+fix.
 
-Every input comes through :class:`HostRoots` (sysfs, procfs, the kernel log, mdevctl's
-configuration), so tests and the simulated host point the same checks at their own trees.
+The GPU decides which checks run: a GVT-g generation (Broadwell to Comet Lake) gets the
+GVT-g checks here, an SR-IOV physical function (Tiger Lake on) those of
+:mod:`gvtd.doctor_sriov`, whose advice is in places the opposite (GuC submission), and a
+GPU with neither says so and what to use instead. Every input comes through
+:class:`HostRoots` (sysfs, procfs, the kernel log, mdevctl's configuration, the file-system
+root other tools' files are under), so tests and the simulated host point the same checks
+at their own trees.
 Each check reads a few small files and returns :class:`Check` results; nothing is written
 and nothing raises: an unreadable input is itself a finding.
 """
@@ -85,13 +91,14 @@ class HostRoots:
     procfs: Path = Path("/proc")
     kernel_log: Path | None = Path("/dev/kmsg")
     mdevctl: Path = Path("/etc/mdevctl.d")
+    root: Path = Path("/")  # /etc, /run, /usr/lib, /lib/modules, /var/lib/dkms are under it
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HostRoots:
-        """From gvtd.toml: sysfs_root, procfs_root, kernel_log and mdevctl_dir."""
+        """From gvtd.toml: sysfs_root, procfs_root, kernel_log, mdevctl_dir and host_root."""
         return cls(sysfs=Path(settings.sysfs_root), procfs=Path(settings.procfs_root),
                    kernel_log=Path(settings.kernel_log) if settings.kernel_log else None,
-                   mdevctl=Path(settings.mdevctl_dir))
+                   mdevctl=Path(settings.mdevctl_dir), root=Path(settings.host_root))
 
 
 @dataclass(frozen=True)
@@ -107,9 +114,12 @@ class Gpu:
 # -- reading ------------------------------------------------------------------------------
 
 def find_gpu(sysfs: Path) -> Gpu | None:
-    """The first Intel display-class PCI device (the iGPU is 0000:00:02.0 on every laptop)."""
+    """The first Intel display-class PCI device (the iGPU is 0000:00:02.0 on every laptop)
+    that is not an SR-IOV virtual function of another."""
     pci = sysfs / "bus" / "pci" / "devices"
     for name in list_dir(pci):
+        if os.path.lexists(pci / name / "physfn"):
+            continue
         vendor = parse_int(read_attr(pci / name / "vendor"), 16)
         cls = parse_int(read_attr(pci / name / "class"), 16)
         if vendor == gvt.INTEL_VENDOR and cls is not None and cls >> 16 == PCI_DISPLAY_CLASS:
@@ -198,7 +208,8 @@ def check_x_access(display: str, user: str, domains: list[str]) -> Check:
 # -- checks ---------------------------------------------------------------------------------
 
 def check_platform(gpu: Gpu | None) -> Check:
-    """GVT-g exists from Broadwell to Comet Lake only; say which one this is."""
+    """GVT-g exists from Broadwell to Comet Lake only; say which one this is. (An SR-IOV GPU
+    gets doctor_sriov's platform check instead.)"""
     if gpu is None:
         return Check("platform", "fail", "No Intel GPU found: GVT-g needs an Intel integrated "
                      "GPU (Broadwell to Comet Lake).",
@@ -211,16 +222,14 @@ def check_platform(gpu: Gpu | None) -> Check:
         return Check("platform", "warn", f"Unknown Intel GPU {model} at {gpu.address}: gvtd "
                      "cannot tell whether it has GVT-g.",
                      "GVT-g exists on Broadwell to Comet Lake; check your CPU's generation.")
-    if name == "Gemini Lake":
-        return Check("platform", "fail", f"{name} GPU ({model}) at {gpu.address} has no GVT-g.",
-                     "No Intel vGPU technology covers this GPU; give the VM a virtio-gpu or a "
-                     "dedicated GPU instead.")
-    return Check("platform", "fail", f"{name} GPU ({model}) at {gpu.address}: Ice Lake and "
-                 "newer have no GVT-g.",
-                 "Newer Intel GPUs are shared through SR-IOV virtual functions instead (from "
-                 "Tiger Lake on: echo N > /sys/bus/pci/devices/"
-                 f"{gpu.address}/sriov_numvfs with a driver that offers them); gvtd does not "
-                 "manage those.")
+    return Check("platform", "fail", f"{name} GPU ({model}) at {gpu.address} has neither "
+                 "GVT-g (Broadwell to Comet Lake) nor SR-IOV virtual functions (Tiger Lake, "
+                 "Alder Lake and their successors): no Intel vGPU technology splits it, so "
+                 "gvtd has nothing to manage here.",
+                 "Give the VM a virtio-gpu display with 3D (libvirt: <model type='virtio'> "
+                 "with <acceleration accel3d='yes'/> and SPICE with <gl enable='yes'/>), or a "
+                 "dedicated GPU of its own (PCI passthrough); a laptop with Tiger Lake or "
+                 "newer shares its GPU through SR-IOV, which gvtd manages.")
 
 
 def cmdline_params(text: str) -> dict[str, str]:
@@ -240,24 +249,33 @@ def _truthy(value: str | None) -> bool:
     return value is not None and value.strip().lower() in ("1", "y", "yes", "on", "true")
 
 
+# How to change the kernel command line by hand; `gvt-client setup` does it for GVT-g.
+EDIT_BY_HAND = ("Add it to GRUB_CMDLINE_LINUX in /etc/default/grub, run update-grub "
+                "(grub-mkconfig -o /boot/grub/grub.cfg) and reboot.")
+UNREADABLE_CMDLINE = Check("cmdline", "warn", "Cannot read the kernel command line "
+                           "(/proc/cmdline).", "Run gvtd with /proc mounted, or check "
+                           "procfs_root in gvtd.toml.")
+
+
+def check_intel_iommu(p: dict[str, str], edit: str) -> Check:
+    """VFIO needs the IOMMU, for an mdev and a VF alike."""
+    iommu = p.get("intel_iommu")
+    if iommu is not None and "on" in iommu.split(","):
+        return Check("cmdline.intel_iommu", "pass", "intel_iommu=on is set.")
+    seen = f" (it has intel_iommu={iommu})" if iommu is not None else ""
+    return Check("cmdline.intel_iommu", "fail", f"The kernel command line lacks intel_iommu=on"
+                 f"{seen}: without the IOMMU, VFIO cannot give a VM a device.",
+                 f"Set intel_iommu=on. {edit}")
+
+
 def check_cmdline(text: str | None) -> list[Check]:
     """The kernel command line the guide requires: each parameter is its own finding."""
     if text is None:
-        return [Check("cmdline", "warn", "Cannot read the kernel command line (/proc/cmdline).",
-                      "Run gvtd with /proc mounted, or check procfs_root in gvtd.toml.")]
+        return [UNREADABLE_CMDLINE]
     p = cmdline_params(text)
-    edit = ("`sudo gvt-client setup` does it through this host's boot tooling; by hand, add "
-            "it to GRUB_CMDLINE_LINUX in /etc/default/grub, run update-grub "
-            "(grub-mkconfig -o /boot/grub/grub.cfg) and reboot.")
-    out = []
-    iommu = p.get("intel_iommu")
-    if iommu is not None and "on" in iommu.split(","):
-        out.append(Check("cmdline.intel_iommu", "pass", "intel_iommu=on is set."))
-    else:
-        seen = f" (it has intel_iommu={iommu})" if iommu is not None else ""
-        out.append(Check("cmdline.intel_iommu", "fail",
-                         f"The kernel command line lacks intel_iommu=on{seen}: without the "
-                         "IOMMU, VFIO cannot give a VM a device.", f"Set intel_iommu=on. {edit}"))
+    edit = "`sudo gvt-client setup` does it through this host's boot tooling. By hand: " \
+        + EDIT_BY_HAND
+    out = [check_intel_iommu(p, edit)]
     if _truthy(p.get("i915.enable_gvt")):
         out.append(Check("cmdline.enable_gvt", "pass", "i915.enable_gvt=1 is set."))
     else:
@@ -643,10 +661,36 @@ def check_mdevctl(mdevctl: Path, uuids: Iterable[str]) -> Check:
     return Check("mdevctl", "pass", "No mdevctl definition auto-starts a vGPU gvtd manages.")
 
 
+Backend = Literal["gvt", "sriov", "none"]
+
+
+def host_backend(gpu: Gpu | None) -> Backend:
+    """Which vGPU technology the host's GPU has: "sriov" for an SR-IOV PF (or a generation
+    that has one), "none" for a known GPU with neither, else "gvt" (also with no or an
+    unknown Intel GPU: GVT-g's checks then say why nothing works)."""
+    from gvtd import doctor_sriov  # it builds on this module's checks
+
+    if gpu is None:
+        return "gvt"
+    if doctor_sriov.is_sriov_host(gpu):
+        return "sriov"
+    name, has_gvt = gvt.platform(gpu.vendor, gpu.device)
+    return "none" if name and not has_gvt else "gvt"
+
+
 def diagnose(roots: HostRoots, uuids: Iterable[str] = ()) -> list[Check]:
-    """Every check, in the order a person fixes them: hardware, boot, drivers, then use."""
+    """Every check for this host's backend, in the order a person fixes them: hardware,
+    boot, drivers, then use. A GPU with no vGPU technology gets only what says so."""
     gpu = find_gpu(roots.sysfs)
+    backend = host_backend(gpu)
+    if backend == "sriov" and gpu is not None:
+        from gvtd import doctor_sriov
+
+        return doctor_sriov.diagnose(roots, gpu)
     out = [check_platform(gpu)]
+    if backend == "none":
+        return out + check_kernel_log(roots.kernel_log, roots.sysfs) + [
+            check_mdevctl(roots.mdevctl, uuids)]
     out += check_cmdline(read_attr(roots.procfs / "cmdline"))
     out += check_i915_params(roots.sysfs)
     out += check_modules(roots.sysfs)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gvtd import cputopo, names, ondemand
+from gvtd.backend import HostdevOptions, Instance, Parent
 from gvtd.background import Background, Problem, why
 from gvtd.bounded import KeyedLock
 from gvtd.config import atomic_write
@@ -20,9 +22,11 @@ from gvtd.host import Host
 from gvtd.session import Logind
 from gvtd.virt import audio, domxml, tune
 from gvtd.virt.connection import DomainInfo, Libvirt
+from gvtd.virt.rom import check_rom
 
 if TYPE_CHECKING:
     from gvtd import doctor
+    from gvtd.reconcile import VgpuView
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +44,7 @@ class Domains:
         self.qemu_conf = qemu_conf
         self.sysfs = sysfs
         self.backups = state_dir / BACKUP_DIR
-        self.libvirt = Libvirt(uri, self._changed)
+        self.libvirt = Libvirt(uri, self._changed, host.backends.uses)
         # By the caller's domain name, which may be any string: kept only while used.
         self.locks = KeyedLock()
         self._active: set[str] = set()
@@ -63,14 +67,15 @@ class Domains:
     # -- what the bus shows -------------------------------------------------------------
 
     def uses(self, info: DomainInfo) -> list[str]:
-        """UUIDs a domain uses: its mdev hostdevs, then definitions that name it."""
+        """UUIDs a domain uses: its vGPU hostdevs (gvtd.backend.Backends.used_in), then
+        definitions that name it."""
         out = list(info.mdevs)
         out += [d.uuid for d in self.host.definitions.values()
                 if d.domain == info.name and d.uuid not in out]
         return out
 
     def shown(self) -> dict[str, DomainInfo]:
-        """Domains with a Domain object: those with an mdev, or named by a definition."""
+        """Domains with a Domain object: those with a vGPU, or named by a definition."""
         named = {d.domain for d in self.host.definitions.values() if d.domain}
         return {n: i for n, i in self.libvirt.domains.items() if i.mdevs or n in named}
 
@@ -180,39 +185,58 @@ class Domains:
                             uuid, name, extra={"DOMAIN": name})
         return list(dict.fromkeys([*uses, *(u for u in uuids if u not in uses and keep(u))]))
 
-    async def attach(self, name: str, key: str, display: str, dry_run: bool,
-                     x_display: str, audio_on: bool | None = None, socket: str = "") -> str:
-        """Edit the domain's persistent XML as the guide does by hand; returns the diff.
-        audio_on: its sound on `socket` (True), none of gvtd's (False) or as it is (None);
-        a dry run with sound then names QEMU's user, whom the caller's session must let
-        reach the socket."""
+    async def attach(self, name: str, key: str, opts: AttachOptions,
+                     socket: str = "") -> str:
+        """Edit the domain's persistent XML as the guide does by hand; returns the diff,
+        then for a VF the line saying what gives its picture. opts.audio: its sound on
+        `socket` (True), none of gvtd's (False) or as it is (None); a dry run with sound
+        then names QEMU's user, whom the caller's session must let reach the socket."""
         async with self.locks.hold(name):
             view = self.host.find(key)
             before = await self.libvirt.read_xml(name)
-            render_node = await asyncio.to_thread(self.host.render_node, view.parent) \
-                if display == "spice-gl" else None  # a sysfs scan
-            spec = domxml.AttachSpec(
-                uuid=view.uuid, display=display,  # type: ignore[arg-type]
-                render_node=render_node,
-                x_display=x_display,
-                override=await self.libvirt.version() >= domxml.OVERRIDE_VERSION)
-            after = domxml.attach(before, spec)
-            if audio_on is not None:
-                after = audio.wire(after, socket if audio_on else None)
-            change = await self._edit(name, before, after, dry_run)
-            if not (audio_on and dry_run):
+            instance = Instance(view.uuid, view.parent, view.type_id, view.address,
+                                view.backend)
+            if view.backend == "sriov":  # its backend writes a PCI hostdev
+                hostdev = self.host.backends.hostdev(instance, await _vf_options(view, opts))
+                after = domxml.attach_vf(before, hostdev)
+                picture = f"{names.PICTURE_LINE}{domxml.PICTURE}\n"
+            else:
+                after = await self._attach_mdev(before, view, instance, opts)
+                picture = ""
+            if opts.audio is not None:
+                after = audio.wire(after, socket if opts.audio else None)
+            change = await self._edit(name, before, after, opts.dry_run) + picture
+            if not (opts.audio and opts.dry_run):
                 return change
             from gvtd import doctor  # not on the way to READY=1
             user = domxml.dac_user(before) or await asyncio.to_thread(doctor.qemu_user,
                                                                       self.qemu_conf)
             return f"{change}{names.SOUND_LINE}{user}@{socket}\n"
 
+    async def _attach_mdev(self, before: str, view: VgpuView, instance: Instance,
+                           opts: AttachOptions) -> str:
+        if opts.rom is not None or opts.rom_bar is not None:
+            raise InvalidArgument(f"rom and rom_bar are for an SR-IOV VF (a PCI function with "
+                                  f"a ROM BAR); {view.name or view.uuid} is an mdev, which has "
+                                  "none.")
+        display = opts.display or "spice-gl"
+        render_node = await asyncio.to_thread(self.host.render_node, view.parent) \
+            if display == "spice-gl" else None  # a sysfs scan
+        spec = domxml.AttachSpec(
+            uuid=view.uuid, display=display,  # type: ignore[arg-type]
+            render_node=render_node,
+            x_display=opts.x_display or ":0",
+            override=await self.libvirt.version() >= domxml.OVERRIDE_VERSION,
+            hostdev=self.host.backends.hostdev(instance, HostdevOptions(display)))
+        return domxml.attach(before, spec)
+
     async def detach(self, name: str, key: str) -> str:
         async with self.locks.hold(name):
             view = self.host.find(key)
             before = await self.libvirt.read_xml(name)
-            return await self._edit(name, before,
-                                    audio.wire(domxml.detach(before, view.uuid), None), False)
+            after = domxml.detach_vf(before, view.address) if view.backend == "sriov" \
+                else domxml.detach(before, view.uuid)
+            return await self._edit(name, before, audio.wire(after, None), False)
 
     def backup_path(self, name: str) -> Path:
         return self.backups / f"{names.escape_path_element(name)}.xml"
@@ -279,9 +303,9 @@ class Domains:
             await self.libvirt.define(name, after, before)
         return change
 
-    async def checks(self) -> list[doctor.Check]:
-        """doctor's libvirt findings: reachable, and how OpRegion can be set (asking
-        libvirt off the loop)."""
+    async def checks(self, opregion: bool = True) -> list[doctor.Check]:
+        """doctor's libvirt findings: reachable, and (for an mdev's display, not a VF's:
+        opregion False) how OpRegion can be set, asking libvirt off the loop."""
         from gvtd import doctor  # only for Diagnose: not on the way to READY=1
 
         lv = self.libvirt
@@ -292,17 +316,34 @@ class Domains:
         version = await lv.version()
         shown = f"{version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}"
         out = [doctor.Check("libvirt", "pass", f"libvirt {shown} at {lv.uri} is reachable.")]
-        if version >= domxml.OVERRIDE_VERSION:
+        if opregion and version >= domxml.OVERRIDE_VERSION:
             out.append(doctor.Check("opregion", "pass", f"libvirt {shown} sets OpRegion "
                                     "through <qemu:override> (8.2 or newer)."))
-        else:
+        elif opregion:
             out.append(doctor.Check(
                 "opregion", "warn", f"libvirt {shown} is older than 8.2: OpRegion can only be "
                 "set with -set device.ALIAS.x-igd-opregion=on, which QEMU 7 and newer reject "
                 "(JSON -device).", "Use libvirt 8.2 or newer with QEMU 7 and newer."))
-        # Every domain's XML parsed and qemu.conf read: off the loop, over a snapshot
+        # Every domain's XML parsed, qemu.conf and sysfs read: off the loop, over snapshots
+        vfs = _vf_addresses(self.host.parents.values())
         return out + await asyncio.to_thread(self._session_checks,
-                                             sorted(self.libvirt.domains.items()))
+                                             sorted(self.libvirt.domains.items())) + \
+            await asyncio.to_thread(self._pci_checks, sorted(self.shown().items()), vfs)
+
+    def _pci_checks(self, domains: list[tuple[str, DomainInfo]],
+                    vfs: frozenset[str]) -> list[doctor.Check]:
+        """domxml.pci_lint of the domains gvtd shows, over the drivers sysfs shows now for
+        their PCI hostdevs; vfs: the VF addresses of the SR-IOV parents."""
+        from gvtd import doctor
+
+        out = []
+        for name, info in domains:
+            drivers = {a: d for a in domxml.pci_addresses(info.xml)
+                       if (d := _pci_driver(self.sysfs, a)) is not None}
+            out += [doctor.Check(f"domain:{name}:{check}", "warn", f"Domain {name}: {message}.",
+                                 fix)
+                    for check, message, fix in domxml.pci_lint(info.xml, drivers, vfs)]
+        return out
 
     def _session_checks(self, domains: list[tuple[str, DomainInfo]]) -> list[doctor.Check]:
         """What only the desktop session can confirm, one finding per (QEMU's user, X
@@ -363,26 +404,86 @@ class Domains:
             self.releases.succeeded(name)  # released now: the earlier failure is past
 
 
+def _vf_addresses(parents: Iterable[Parent]) -> frozenset[str]:
+    """Every address the SR-IOV parents' VFs have or will have: a VF of an on-demand vGPU
+    whose domain is off does not exist, and is no stranger for all that."""
+    from gvtd import sriov  # only for Diagnose
+
+    out = set()
+    for p in parents:
+        for index in range(p.total_vfs if p.kind == "sriov" else 0):
+            try:
+                out.add(sriov.vf_address(p.name, p.vf_offset, p.vf_stride, index))
+            except ValueError:  # beyond the PCI domain's last bus: no more VFs
+                break
+    return frozenset(out)
+
+
+def _pci_driver(sysfs: Path, address: str) -> str | None:
+    """The driver bound to a PCI device ("" for none), None when there is no such device,
+    "?" when sysfs does not say (pci_lint then says nothing of it). address is one
+    domxml.pci_addresses gave: digits, colons and a dot, never a path of the caller's."""
+    device = sysfs / "bus/pci/devices" / address
+    try:
+        return os.path.basename(os.readlink(device / "driver"))
+    except FileNotFoundError:
+        return "" if os.path.lexists(device) else None
+    except OSError:
+        return "?"
+
+
 def _release_failed(name: str, e: BaseException) -> Problem:
     return (f"domain:{name}:release", "error",
             f"Domain {name} stopped, but removing its on-demand vGPUs failed: {why(e)}",
             "See `gvt-client status`; `gvt-client remove VGPU` removes one by hand.")
 
 
-def attach_options(options: dict[str, object]) -> tuple[str, bool, str, bool | None]:
-    display = options.get("display", "spice-gl")
-    dry_run = options.get("dry_run", False)
-    x_display = options.get("x_display", ":0")
-    sound = options.get("audio")
-    if not isinstance(display, str) or not isinstance(dry_run, bool) or \
-            not isinstance(x_display, str) or not isinstance(sound, (bool, type(None))) or \
-            set(options) - {"display", "dry_run", "x_display", "audio"}:
-        raise InvalidArgument("AttachVGPU options are display (s: spice-gl, gtk-gl, vnc or "
-                              "none), dry_run (b), x_display (s, for gtk-gl) and audio (b: "
-                              "sound on the caller's own sound server, or none of gvtd's).")
-    if not x_display.startswith(":") or not x_display[1:].replace(".", "").isdigit():
+@dataclass(frozen=True)
+class AttachOptions:
+    """AttachVGPU's a{sv}. display and x_display are an mdev's (None: not asked for, so
+    spice-gl and ":0" for an mdev), rom and rom_bar a VF's; dry_run and audio both's."""
+
+    display: str | None = None
+    dry_run: bool = False
+    x_display: str | None = None
+    audio: bool | None = None
+    rom: str | None = None  # a path, checked (gvtd.virt.rom) by Domains.attach
+    rom_bar: bool | None = None
+
+
+ATTACH_KEYS = {"display": str, "dry_run": bool, "x_display": str, "audio": bool, "rom": str,
+               "rom_bar": bool}
+
+
+async def _vf_options(view: VgpuView, opts: AttachOptions) -> HostdevOptions:
+    """A VF's hostdev as opts ask: its ROM file checked (a worker thread: it stats the
+    caller's path), and none of an mdev's display options, whose refusal says what gives
+    a VF's picture instead."""
+    if opts.display not in (None, "vnc", "none") or opts.x_display is not None:
+        asked = f"display {opts.display}" if opts.x_display is None else "x_display"
+        raise InvalidArgument(f"{asked} is for an mdev vGPU's display. {domxml.PICTURE}")
+    if not view.address:
+        raise InvalidArgument(f"{view.name or view.uuid} has no VF address yet (its GPU "
+                              "makes no VFs now): see `gvt-client status`.")
+    rom = await asyncio.to_thread(check_rom, opts.rom) if opts.rom is not None else None
+    spec = domxml.VfSpec(view.address, rom, opts.rom_bar is not False)  # refuses rom and no BAR
+    return HostdevOptions(rom=spec.rom, rom_bar=spec.rom_bar)
+
+
+def attach_options(options: dict[str, object]) -> AttachOptions:
+    for key, value in options.items():
+        if not isinstance(value, ATTACH_KEYS.get(key, ())):
+            raise InvalidArgument(
+                f"Bad option {key[:40]!r}. AttachVGPU options are display (s: spice-gl, "
+                "gtk-gl, vnc or none), x_display (s, for gtk-gl), rom (s: a ROM file for a "
+                "VF), rom_bar (b: false hides a VF's ROM BAR), dry_run (b) and audio (b: "
+                "sound on the caller's own sound server, or none of gvtd's).")
+    opts = AttachOptions(**options)  # type: ignore[arg-type]
+    x_display = opts.x_display
+    if x_display is not None and (not x_display.startswith(":") or
+                                  not x_display[1:].replace(".", "").isdigit()):
         raise InvalidArgument(f"x_display {x_display[:20]!r} is not an X display like :0.")
-    return display, dry_run, x_display, sound
+    return opts
 
 
 def hook_options(options: dict[str, object]) -> list[str]:

@@ -80,7 +80,8 @@ def describe_need(type_id: str, info: GvtTypeInfo) -> str:
 
 
 # GPU generations by the high byte of the PCI device id (Intel's numbering is grouped this
-# way for these generations). Only the first six have GVT-g.
+# way for these generations). Only the first six have GVT-g; Tiger Lake and newer have
+# SR-IOV instead (gvtd.doctor_sriov).
 _PLATFORMS: dict[int, tuple[str, bool]] = {
     0x16: ("Broadwell", True),
     0x19: ("Skylake", True),
@@ -97,7 +98,8 @@ _PLATFORMS: dict[int, tuple[str, bool]] = {
     0x4C: ("Rocket Lake", False),
     0x46: ("Alder Lake", False),
     0xA7: ("Raptor Lake", False),
-    0x7D: ("Meteor Lake", False),
+    0x7D: ("Meteor Lake", False),  # and Arrow Lake, which shares its ids' high byte
+    0xB0: ("Panther Lake", False),
 }
 
 

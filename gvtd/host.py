@@ -1,7 +1,8 @@
 """The daemon's model of the host: definitions, what sysfs shows, what gvtd created.
 
 Every change — a method call, a reload, later a uevent — goes through here: it updates the
-desired or observed state, asks reconcile what to do, writes through mdev.py, and tells its
+desired or observed state, asks reconcile what to do, writes through the backends
+(gvtd.backend: mdev.py for mdevs), and tells its
 listeners (the D-Bus objects) once at the end.
 """
 
@@ -18,15 +19,15 @@ from typing import Protocol
 from pydantic import ValidationError
 
 from gvtd import reconcile
-from gvtd.config import (SETTINGS_FILE, ConfigDir, Definition, Problem, on_disk,
+from gvtd.backend import Backend, Backends, Instance, Parent, Uevent
+from gvtd.config import (SETTINGS_FILE, VF_TYPE, ConfigDir, Definition, Problem, on_disk,
                          request_error, validate_name)
 from gvtd.errors import (Busy, Failed, GvtdError, InvalidArgument, NoCapacity, NotFound,
                          ParentMissing)
-from gvtd.mdev import Mdev, Parent, Sysfs, render_nodes
+from gvtd.mdev import render_nodes
 from gvtd.observed import Observed
 from gvtd.reconcile import VgpuView
 from gvtd.state import Ownership
-from gvtd.udev import Uevent
 from gvtd.uevents import UeventQueue
 
 log = logging.getLogger(__name__)
@@ -74,10 +75,12 @@ def _not_restored(name: str) -> str:
 
 
 class Host:
-    def __init__(self, config: ConfigDir, sysfs: Sysfs, ownership: Ownership,
+    def __init__(self, config: ConfigDir, backends: Backends | Backend, ownership: Ownership,
                  restore_removed: bool = True) -> None:
+        """backends: every backend of the host; one alone (an mdev-only host) is taken as
+        the only one."""
         self.config = config
-        self.sysfs = sysfs
+        self.backends = backends if isinstance(backends, Backends) else Backends([backends])
         self.ownership = ownership
         self.restore_removed = restore_removed
         # UUIDs not to create on their own: removed on request (until CreateVGPU or the next
@@ -94,7 +97,7 @@ class Host:
         # shown as the still-active vGPU's LastError until it goes.
         self.removing: set[str] = set()
         self.refused: dict[str, str] = {}
-        self.observed = Observed(sysfs, self.on_uevents)  # parents, mdevs: what sysfs shows
+        self.observed = Observed(self.backends, self.on_uevents)  # what sysfs shows
         self.views: dict[str, VgpuView] = {}
         self.listeners: list[Callable[[], None]] = []
         self._last_parent: dict[str, str] = {}
@@ -112,8 +115,8 @@ class Host:
         return self.observed.parents
 
     @property
-    def mdevs(self) -> dict[str, Mdev]:
-        """Every mdev sysfs shows, by UUID (gvtd.observed)."""
+    def mdevs(self) -> dict[str, Instance]:
+        """Every instance (mdev, VF) sysfs shows, by vGPU UUID (gvtd.observed)."""
         return self.observed.mdevs
 
     def attach(self, domains: DomainView) -> None:
@@ -133,6 +136,13 @@ class Host:
         for p in problems:
             log.error("Ignoring invalid definition %s", p, extra={"CONFIG_FILE": p.file})
 
+    def vf_parents(self) -> dict[str, str]:
+        """The parent ("auto" or an address) of each SR-IOV definition, by UUID: what the
+        SR-IOV backend reads and keeps VF slots for (gvtd.sriov). Worker threads ask while
+        the loop may define: dict() copies in one step under the GIL."""
+        return {d.uuid: d.parent for d in dict(self.definitions).values()
+                if d.type == VF_TYPE}
+
     async def refresh(self) -> None:
         """Re-read everything sysfs shows (gvtd.observed)."""
         await self.observed.refresh()
@@ -143,7 +153,7 @@ class Host:
         owned = dict(self.ownership.items())
         self.views = reconcile.views(self.definitions, list(self.parents.values()), self.mdevs,
                                      owned, self.errors, self.domains.domain_of, self.refused,
-                                     self.ownership.origins())
+                                     self.ownership.origins(), self.backends.address)
         for listener in self.listeners:
             listener()
 
@@ -314,7 +324,7 @@ class Host:
         sentence re-reads the parent for what still fits, in a worker thread."""
         if reconcile.full(target):
             raise NoCapacity(await asyncio.to_thread(
-                self.sysfs.no_capacity_message, target.parent.name, target.type_id))
+                self.backends.no_capacity_message, target.parent, target.type_id))
 
     async def create_target(self, name: str, target: reconcile.Target,
                             recorded: bool = False) -> None:
@@ -328,18 +338,18 @@ class Host:
             except OSError as e:
                 raise self._unrecorded(name, target, e) from e
         try:
-            await asyncio.to_thread(self.sysfs.create, target.parent, target.type_id, d.uuid)
+            made = await asyncio.to_thread(self.backends.create, target.parent, target.type_id,
+                                           d.uuid)
             for attr, value in d.attrs:
-                await asyncio.to_thread(self.sysfs.write_attr, d.uuid, attr, value)
+                await asyncio.to_thread(self.backends.write_attr, d.uuid, attr, value,
+                                        target.parent.kind)
         except GvtdError as e:
             self.errors[name] = e.message
-            if await asyncio.to_thread(self.sysfs.mdev, d.uuid) is None:  # never written
+            if await asyncio.to_thread(self.backends.instance, d.uuid) is None:  # never written
                 await self.ownership.discard(d.uuid)
             log.error("Could not create vGPU %s: %s", name, e.message, extra=fields)
             raise
-        # The kernel creates synchronously: the write returned, so the mdev is there, on this
-        # parent, of this type. Reading it back cost two lookups per vGPU on a busy sysfs.
-        self.mdevs[d.uuid] = Mdev(d.uuid, target.parent.name, target.type_id)
+        self.mdevs[d.uuid] = made  # the kernel creates synchronously: it is there
         self.errors.pop(name, None)
         self.refused.pop(d.uuid, None)
         log.info("Created vGPU %s (%s, %s on %s)", name, d.uuid, target.type_id,
@@ -350,7 +360,7 @@ class Host:
     def render_node(self, parent: str) -> str | None:
         """/dev/dri/renderD* of a parent GPU, for SPICE GL."""
         p = self.parents.get(parent)
-        nodes = render_nodes(self.sysfs.root, Path(p.syspath)) if p else []
+        nodes = render_nodes(self.backends.root, Path(p.syspath)) if p else []
         return f"/dev/dri/{nodes[0]}" if nodes else None
 
     # -- operations (D-Bus methods) -----------------------------------------------------------
@@ -401,10 +411,16 @@ class Host:
             target = None  # allowed: created when the parent registers
         if target is not None and definition.start == "auto" and foreign is None:
             await self._check_capacity(target)
+        if target is not None:  # a VF's slot, before the file: see SriovBackend.reserve
+            await asyncio.to_thread(self.backends.reserve, target.parent, target.type_id,
+                                    definition.uuid)
         await on_disk(self.config.save_definition, name, definition)
         self.definitions[name] = definition
         log.info("Defined vGPU %s (%s)", name, definition.uuid,
                  extra=journal_fields(name, definition.uuid))
+        if target is None and definition.uuid in self.vf_parents():
+            # a PF that only a definition makes a parent (a NIC's, QEMU's nvme) is one now
+            await self._reread({definition.parent} - {"auto"}, set())
         if take_over and foreign is not None and definition.uuid not in self.ownership:
             log.info("Taking over existing mdev %s for %s: gvtd removes it as its own",
                      definition.uuid, name, extra=journal_fields(name, definition.uuid, foreign.parent))
@@ -540,10 +556,12 @@ class Host:
         (Busy for EBUSY) stays shown on the vGPU until it goes. The caller holds the lock
         and has checked that the mdev is gvtd's to remove (ownership)."""
         self.not_removing(uuid, name)
+        known = self.mdevs.get(uuid)
+        backend = known.backend if known is not None else "mdev"
         self.removing.add(uuid)
         self.lock.release()
         try:
-            await asyncio.to_thread(self.sysfs.remove, uuid)
+            await asyncio.to_thread(self.backends.remove, uuid, backend)
         except NotFound:
             pass
         except GvtdError as e:

@@ -166,9 +166,19 @@ def type_text(field: FieldInfo) -> str:
         return "boolean"
     if typing.get_origin(ann) is list:
         return "array of [name, value] pairs"
+    if typing.get_origin(ann) is dict:
+        return "inline table of numbers"
     if len(args) == 1 and args[0] is not ann:
         return "string"
     return "string"
+
+
+def _assignment(name: str, value: Any) -> str:
+    """`name = value` on one line: tomli_w writes a table as a header, an empty one inline
+    is `{}` (the only table default a setting has)."""
+    if isinstance(value, dict) and not value:
+        return f"{name} = {{}}"
+    return tomli_w.dumps({name: value}).strip()
 
 
 def _default_text(field: FieldInfo) -> str:
@@ -176,7 +186,7 @@ def _default_text(field: FieldInfo) -> str:
         return "required"
     if field.default is None:
         return "unset"
-    return "default " + tomli_w.dumps({"x": field.default}).strip().removeprefix("x = ")
+    return "default " + _assignment("x", field.default).removeprefix("x = ")
 
 
 def _model_items(model: type[BaseModel]) -> list[str]:
@@ -218,7 +228,7 @@ def settings_file() -> str:
         out.append("")
         out += ["# " + line for line in textwrap.wrap(
             f"{field.description} ({type_text(field)}).", 88, break_on_hyphens=False)]
-        out.append("#" + tomli_w.dumps({name: field.default}).strip())
+        out.append("#" + _assignment(name, field.default))
     return "\n".join(out) + "\n"
 
 

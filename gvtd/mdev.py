@@ -4,6 +4,10 @@ Parents are the entries of /sys/class/mdev_bus; their types are directories of
 `<parent>/mdev_supported_types`; mdevs are the entries of /sys/bus/mdev/devices. Every path
 written is built from names read back from those listings, never from caller input alone,
 and only `create`, `remove` and an mdev's own attributes are ever written.
+
+Sysfs is the mdev backend (gvtd.backend.Backend): it also reads the uevents and the domain
+hostdevs that are about mdevs. Parent, MdevType and Mdev (gvtd.backend.Instance) are
+re-exported from gvtd.backend.
 """
 
 from __future__ import annotations
@@ -11,59 +15,22 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from gvtd import gvt
+from gvtd.backend import HostdevOptions, Instance, MdevType, Parent, Uevent
 from gvtd.config import ATTR_NAME_RE, TYPE_RE, UUID_RE
 from gvtd.errors import Busy, Failed, GvtdError, InvalidArgument, NoCapacity, NotFound, ParentMissing
 
 PCI_DISPLAY_CLASS = 0x03
 
 
-@dataclass(frozen=True)
-class MdevType:
-    id: str
-    name: str
-    description: str | None
-    device_api: str
-    available: int
-    gvt: gvt.GvtTypeInfo | None = None
-
-
-@dataclass(frozen=True)
-class Parent:
-    """A device that can host mdevs. `registered` is false for an Intel GPU whose GVT-g
-    half (kvmgt) has not registered it yet; such a parent has no types."""
-
-    name: str
-    syspath: str
-    driver: str
-    vendor: int | None
-    device: int | None
-    registered: bool
-    types: tuple[MdevType, ...] = ()
-
-    def type(self, type_id: str) -> MdevType | None:
-        return next((t for t in self.types if t.id == type_id), None)
-
-    @property
-    def platform(self) -> tuple[str, bool]:
-        return gvt.platform(self.vendor, self.device)
-
-    @property
-    def is_gvt(self) -> bool:
-        return any(t.gvt for t in self.types) or self.driver == "i915"
-
-
-@dataclass(frozen=True)
-class Mdev:
-    uuid: str
-    parent: str
-    type_id: str
-
+Mdev = Instance  # an mdev is the mdev backend's instance: the name the callers knew
 
 # sysfs renders an attribute into one page and hands it whole to the first read
 ATTR_MAX = 4096
@@ -171,10 +138,21 @@ def _resolve(link: Path) -> str:
         return os.path.realpath(link)  # not a link (a test tree, a bind mount): as it is
 
 
+def write_once(path: Path, text: str) -> None:
+    """One write(2) of the whole value, as `echo ... > file` does; sysfs rejects partial
+    ones."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class Sysfs:
-    """Reads and writes the mdev ABI below `root` (normally /sys)."""
+    """Reads and writes the mdev ABI below `root` (normally /sys): the mdev backend."""
 
+    kind: ClassVar[str] = "mdev"
     root: Path = field(default_factory=lambda: Path("/sys"))
     # What a registered parent's driver fixed when it registered (ids, driver, each type's
     # name, description and device_api) is read once per registration; only
@@ -205,10 +183,14 @@ class Sysfs:
                 with _opened(pci / name) as d:
                     vendor = parse_int(read_attr("vendor", d, strict=True), 16)
                     cls = parse_int(read_attr("class", d, strict=True), 16)
+                    gpu = vendor == gvt.INTEL_VENDOR and cls is not None \
+                        and cls >> 16 == PCI_DISPLAY_CLASS
+                    # an Intel GPU's SR-IOV VF is a display function too, and never a parent
+                    gpu = gpu and not _link_name("physfn", d)
             except OSError as e:
                 absent(e, pci / name)
                 continue  # gone since listed
-            if vendor == gvt.INTEL_VENDOR and cls is not None and cls >> 16 == PCI_DISPLAY_CLASS:
+            if gpu:
                 found[name] = self._parent(name, pci / name, False)
         return sorted(found.values(), key=lambda p: p.name)
 
@@ -300,17 +282,34 @@ class Sysfs:
         found = (self.mdev(uuid) for uuid in list_dir(self._mdevs, strict=True))
         return {m.uuid: m for m in found if m is not None}
 
+    # the Backend names of the three reads above
+    def instances(self) -> dict[str, Instance]:
+        return self.mdevs()
+
+    def instance(self, uuid: str) -> Instance | None:
+        return self.mdev(uuid)
+
+    def arriving(self, uuid: str) -> bool:
+        return self.mdev_arriving(uuid)
+
+    def address(self, uuid: str) -> str:
+        return ""  # an mdev lives at its UUID
+
+    def reserve(self, parent: Parent, type_id: str, uuid: str) -> None:
+        pass  # nothing to set aside: its UUID is where it will be
+
     # -- writing --------------------------------------------------------------------------
 
-    def create(self, parent: Parent, type_id: str, uuid: str) -> None:
+    def create(self, parent: Parent, type_id: str, uuid: str) -> Instance:
         """Create an mdev of a parent read before. The kernel does it synchronously: when
-        this returns, the mdev exists."""
+        this returns, the mdev exists, on this parent, of this type (reading it back cost
+        two lookups per vGPU on a busy sysfs)."""
         _check_uuid(uuid)
         types_dir = Path(parent.syspath) / "mdev_supported_types"
         try:
             if not TYPE_RE.fullmatch(type_id):  # never a path of its own
                 raise FileNotFoundError
-            self._write(types_dir / type_id / "create", uuid)
+            write_once(types_dir / type_id / "create", uuid)
         except FileNotFoundError:
             # Only now ask why: what the kernel lists now, not what we saw before. (Listing
             # before every create cost a directory read per vGPU.)
@@ -328,13 +327,14 @@ class Sysfs:
                          "file is missing.") from None
         except OSError as e:
             raise self._create_error(e, parent, type_id, uuid) from e
+        return Instance(uuid, parent.name, type_id)
 
     def remove(self, uuid: str) -> None:
         _check_uuid(uuid)
         if uuid not in list_dir(self._mdevs):
             raise NotFound(f"There is no mdev {uuid}.")
         try:
-            self._write(self._mdevs / uuid / "remove", "1")
+            write_once(self._mdevs / uuid / "remove", "1")
         except OSError as e:
             if e.errno in (errno.ENOENT, errno.ENODEV):
                 raise NotFound(f"The mdev {uuid} was already gone.") from e
@@ -351,18 +351,9 @@ class Sysfs:
         if not ATTR_NAME_RE.fullmatch(name) or name not in list_dir(dev) or name == "remove":
             raise InvalidArgument(f"The mdev {uuid} has no attribute {name!r}.")
         try:
-            self._write(dev / name, value)
+            write_once(dev / name, value)
         except OSError as e:
             raise Failed(f"Writing {value!r} to attribute {name} of {uuid} failed: {e.strerror}.") from e
-
-    @staticmethod
-    def _write(path: Path, text: str) -> None:
-        # One write(2) of the whole value, as `echo ... > file` does; sysfs rejects partial ones.
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            os.write(fd, text.encode())
-        finally:
-            os.close(fd)
 
     def _create_error(self, e: OSError, parent: Parent, type_id: str, uuid: str) -> GvtdError:
         code = e.errno
@@ -383,9 +374,12 @@ class Sysfs:
                           f"({e.strerror}); it must run as root with /sys writable.")
         return Failed(f"Creating a {type_id} vGPU on {parent.name} failed: {e.strerror}.")
 
-    def no_capacity_message(self, parent_name: str, type_id: str) -> str:
+    def no_capacity_message(self, parent: str, type_id: str) -> str:
         """Why a type does not fit, what it needs, and what still fits (re-read from sysfs)."""
-        parent = self.parent(parent_name)
+        return self._no_capacity(parent, self.parent(parent), type_id)
+
+    @staticmethod
+    def _no_capacity(parent_name: str, parent: Parent | None, type_id: str) -> str:
         mtype = parent.type(type_id) if parent else None
         if parent is None or mtype is None:
             return f"{parent_name} has no room for another {type_id}."
@@ -402,6 +396,73 @@ class Sysfs:
         still = f"{fitting[0].id} still fits" if fitting else "no type of it fits any more"
         return (f"No room for another {mtype.id} on {parent.name} ({still}). Remove a vGPU of "
                 "that parent or choose another type.")
+
+    # -- on the loop: no I/O --------------------------------------------------------------
+
+    def classify(self, action: str, subsystem: str | None, sys_path: str,
+                 properties: dict[str, str]) -> Uevent | None:
+        return classify(action, subsystem, sys_path, properties)
+
+    def hostdev(self, instance: Instance, options: HostdevOptions) -> ET.Element:
+        return hostdev(instance.uuid, options.display)
+
+    def used_in(self, root: ET.Element) -> list[str]:
+        return used_in(root)
+
+
+MdevBackend = Sysfs
+
+
+def classify(action: str, subsystem: str | None, sys_path: str,
+             properties: dict[str, str]) -> Uevent | None:
+    """What one kernel event asks gvtd to re-read, or None for an event about no mdev or
+    mdev parent.
+
+    mdev events carry no type or parent: both come from sysfs (the mdev's parent is the
+    directory its device lives in). An mdev's driver binding after its add, or unbinding
+    before its remove, changes nothing gvtd reads: re-reading for them only doubled the
+    work of every create and remove.
+    """
+    name = os.path.basename(sys_path)
+    if subsystem == "mdev":
+        if not UUID_RE.fullmatch(name) or action in ("bind", "unbind"):
+            return None
+        parent = os.path.basename(os.path.dirname(sys_path))
+        return Uevent(action, frozenset({parent}), name)
+    if "MDEV_STATE" in properties:  # a parent (un)registering with the mdev core
+        return Uevent(f"{action} {properties['MDEV_STATE']}", frozenset({name}))
+    if subsystem == "pci" and action in ("bind", "unbind") and properties.get("DRIVER", "i915") == "i915" \
+            and properties.get("PCI_CLASS", "").startswith("3"):
+        return Uevent(action, frozenset({name}))  # i915 bound or unbound on a display device
+    return None
+
+
+def mdev_hostdevs(root: ET.Element) -> list[ET.Element]:
+    """A domain XML's mdev hostdevs, in device order."""
+    return root.findall("./devices/hostdev[@type='mdev']")
+
+
+def hostdev_uuid(hostdev: ET.Element) -> str:
+    """The UUID an mdev hostdev names (lower case, as the kernel names mdevs), or ""."""
+    address = hostdev.find("./source/address")
+    return (address.get("uuid") or "").lower() if address is not None else ""
+
+
+def used_in(root: ET.Element) -> list[str]:
+    """The mdev UUIDs a domain XML's hostdevs name, in device order."""
+    return [u for u in map(hostdev_uuid, mdev_hostdevs(root)) if UUID_RE.fullmatch(u)]
+
+
+def hostdev(uuid: str, display: str) -> ET.Element:
+    """The mdev hostdev that works: vfio-pci, with display and ramfb for SPICE GL (ramfb:
+    the boot screen before the guest's driver takes over)."""
+    gl = display == "spice-gl"
+    el = ET.Element("hostdev", {"mode": "subsystem", "type": "mdev", "managed": "no",
+                                "model": "vfio-pci", "display": "on" if gl else "off"})
+    if gl:
+        el.set("ramfb", "on")
+    ET.SubElement(ET.SubElement(el, "source"), "address", {"uuid": uuid})
+    return el
 
 
 def render_nodes(sysfs_root: Path, device: Path) -> list[str]:

@@ -41,6 +41,9 @@ CHECK_X_ACCESS = "x-access:"
 # line "# sound: USER@SOCKET" naming what the caller's session must grant.
 CHECK_SOUND = "sound-access:"
 SOUND_LINE = "# sound: "
+# AttachVGPU of an SR-IOV VF ends with a line "# picture: ..." saying what shows the guest
+# (a VF has no display of its own).
+PICTURE_LINE = "# picture: "
 
 
 def sound_socket(uid: int) -> str:

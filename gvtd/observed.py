@@ -1,4 +1,5 @@
-"""What sysfs shows: the parents and mdevs as gvtd last read them, and the reads that failed.
+"""What sysfs shows: the parents and instances (mdevs, VFs) as gvtd last read them through
+the backends (gvtd.backend), and the reads that failed.
 
 Every read runs in a worker thread, so a driver that hangs holds the one operation waiting
 for it, never the loop. gvtd.host owns the decisions; this only keeps what was seen current,
@@ -12,8 +13,8 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
-from gvtd.mdev import Mdev, Parent, ReadFailed, Sysfs
-from gvtd.udev import Uevent
+from gvtd.backend import Backends, Instance, Parent, Uevent
+from gvtd.mdev import ReadFailed
 
 log = logging.getLogger("gvtd.host")  # the lines Host logged before this moved out stay its own
 
@@ -24,13 +25,13 @@ ProblemRow = tuple[str, str, str, str]  # (id, severity, message, fix), as Manag
 
 
 class Observed:
-    def __init__(self, sysfs: Sysfs, settle: Callable[[list[Uevent]], None]) -> None:
+    def __init__(self, backends: Backends, settle: Callable[[list[Uevent]], None]) -> None:
         """`settle` takes the event that asks for an arriving mdev to be read again (see
         _read_again): Host.on_uevents, so the re-read is one more uevent pass."""
-        self.sysfs = sysfs
+        self.backends = backends
         self._settle = settle
         self.parents: dict[str, Parent] = {}
-        self.mdevs: dict[str, Mdev] = {}
+        self.mdevs: dict[str, Instance] = {}  # every instance, by vGPU UUID
         self._arriving: dict[str, int] = {}  # mdev UUID -> re-reads so far (_read_again)
         self.unreadable: dict[str, ProblemRow] = {}  # see _unreadable
 
@@ -41,7 +42,7 @@ class Observed:
         absence (EACCES, EIO) changes nothing: it is reported (see _unreadable)."""
         try:
             mdevs, found = await asyncio.to_thread(
-                lambda: (self.sysfs.mdevs(), self.sysfs.parents()))
+                lambda: (self.backends.instances(), self.backends.parents()))
         except ReadFailed as e:
             self._unreadable("*", e)
             return
@@ -74,14 +75,14 @@ class Observed:
             "Check the file's permissions and the kernel log (journalctl -k); gvtd reads it "
             "again at the next event for it, or `gvt-client reload`.")
 
-    def _read_mdevs(self, mdevs: set[str]) -> dict[str, tuple[Mdev | None, bool] | ReadFailed]:
+    def _read_mdevs(self, mdevs: set[str]) -> dict[str, tuple[Instance | None, bool] | ReadFailed]:
         """Each mdev, and whether one not there yet is arriving (see _read_again); in a
         worker thread."""
-        out: dict[str, tuple[Mdev | None, bool] | ReadFailed] = {}
+        out: dict[str, tuple[Instance | None, bool] | ReadFailed] = {}
         for uuid in mdevs:
             try:
-                mdev = self.sysfs.mdev(uuid)
-                out[uuid] = (mdev, mdev is None and self.sysfs.mdev_arriving(uuid))
+                mdev = self.backends.instance(uuid)
+                out[uuid] = (mdev, mdev is None and self.backends.arriving(uuid))
             except ReadFailed as e:
                 out[uuid] = e
         return out
@@ -110,7 +111,7 @@ class Observed:
         out: dict[str, Parent | None | ReadFailed] = {}
         for name in parents:
             try:
-                out[name] = self.sysfs.parent(name)
+                out[name] = self.backends.parent(name)
             except ReadFailed as e:
                 out[name] = e
         return out

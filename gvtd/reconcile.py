@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gvtd import gvt
-from gvtd.config import Definition
+from gvtd.backend import Instance, Parent
+from gvtd.config import VF_TYPE, Definition
 from gvtd.errors import GvtdError, InvalidArgument, ParentMissing
-from gvtd.mdev import Mdev, Parent
 
 VgpuState = Literal["inactive", "active", "parent-missing", "failed"]
 REMOVABLE = ("", "created", "taken-over")  # "": none yet, gvtd creates it
@@ -42,6 +42,8 @@ class VgpuView:
     # created (by gvtd), taken-over, adopted (existed, a definition names it: never
     # removed), foreign (nobody defined it); empty while no mdev exists.
     origin: str = ""
+    backend: str = "mdev"  # the backend that realises it (its parent's kind)
+    address: str = ""  # where its instance lives when not at its UUID (a VF's PCI address)
 
 
 def choose_type(parent: Parent, want: tuple[int, int]) -> str:
@@ -50,6 +52,10 @@ def choose_type(parent: Parent, want: tuple[int, int]) -> str:
     Smallest by share of the GPU, so that more vGPUs fit; ties go to the one with instances
     still available.
     """
+    if parent.kind == "sriov":
+        raise InvalidArgument(f"{parent.name} is an SR-IOV parent: its VFs have no resolution "
+                              "to choose by (the guest's driver sets it). Define the vGPU "
+                              "with type = \"vf\" (--type vf) instead of min_resolution.")
     candidates = [t for t in parent.types if t.gvt and gvt.fits(t.gvt, want)]
     if not candidates:
         have = ", ".join(f"{t.id} ({t.gvt.resolution_text})" for t in parent.types if t.gvt)
@@ -105,7 +111,7 @@ def full(target: Target) -> bool:
 
 
 def to_create(definitions: dict[str, Definition], parents: list[Parent],
-              mdevs: dict[str, Mdev]) -> list[tuple[str, Target]]:
+              mdevs: dict[str, Instance]) -> list[tuple[str, Target]]:
     """The `auto` definitions that should exist and do not, with where to create them."""
     out = []
     for name, definition in sorted(definitions.items()):
@@ -118,23 +124,26 @@ def to_create(definitions: dict[str, Definition], parents: list[Parent],
     return out
 
 
-def views(definitions: dict[str, Definition], parents: list[Parent], mdevs: dict[str, Mdev],
+def views(definitions: dict[str, Definition], parents: list[Parent], mdevs: dict[str, Instance],
           owned: dict[str, str], errors: dict[str, str],
           domain_of: Callable[[str], str] = lambda uuid: "",
           refused: dict[str, str] | None = None,
-          origins: dict[str, str] | None = None) -> dict[str, VgpuView]:
+          origins: dict[str, str] | None = None,
+          address_of: Callable[[str], str] = lambda uuid: "") -> dict[str, VgpuView]:
     """Every vGPU gvtd shows, keyed by UUID: one per definition, one per other mdev.
     refused: why the kernel would not remove an mdev that is still there (its LastError);
-    origins: how each recorded mdev became gvtd's (gvtd.state)."""
+    origins: how each recorded mdev became gvtd's (gvtd.state); address_of: where a
+    vGPU with no instance now will live (Backend.address)."""
     refused, origins = refused or {}, origins or {}
     out: dict[str, VgpuView] = {}
     for name, d in definitions.items():
         mdev = mdevs.get(d.uuid)
         error = errors.get(name, "")
-        parent, type_id = d.parent, d.type or ""
+        parent, type_id, address = d.parent, d.type or "", address_of(d.uuid)
+        backend = "sriov" if d.type == VF_TYPE else "mdev"  # until a parent says
         try:
             target = resolve(d, parents)
-            parent, type_id = target.parent.name, target.type_id
+            parent, type_id, backend = target.parent.name, target.type_id, target.parent.kind
             state: VgpuState = "failed" if error else "inactive"
         except ParentMissing as e:
             state, error = "parent-missing", e.message  # an older error no longer applies
@@ -142,7 +151,7 @@ def views(definitions: dict[str, Definition], parents: list[Parent], mdevs: dict
             state, error = "failed", e.message
         origin = ""
         if mdev is not None:
-            parent = mdev.parent
+            parent, backend, address = mdev.parent, mdev.backend, mdev.address
             origin = origins.get(d.uuid) or "adopted"
             if d.type is not None and mdev.type_id != d.type:
                 origin = origins.get(d.uuid) or "foreign"
@@ -153,7 +162,7 @@ def views(definitions: dict[str, Definition], parents: list[Parent], mdevs: dict
                 state, error, type_id = "active", refused.get(d.uuid, ""), mdev.type_id
         out[d.uuid] = VgpuView(d.uuid, name, parent, type_id, state, d.start,
                                d.domain or domain_of(d.uuid), origin in REMOVABLE, error,
-                               tuple(d.attrs), origin)
+                               tuple(d.attrs), origin, backend, address)
     for uuid, mdev in mdevs.items():
         if uuid in out:
             continue
@@ -161,5 +170,5 @@ def views(definitions: dict[str, Definition], parents: list[Parent], mdevs: dict
         origin = origins.get(uuid) or "foreign"
         out[uuid] = VgpuView(uuid, name, mdev.parent, mdev.type_id, "active", "manual",
                              domain_of(uuid), origin in REMOVABLE, refused.get(uuid, ""),
-                             origin=origin)
+                             origin=origin, backend=mdev.backend, address=mdev.address)
     return out

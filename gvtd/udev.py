@@ -3,63 +3,34 @@
 The monitor's socket is a reader on the one event loop: no thread and no polling. Events
 only say *what* to re-read (a parent, an mdev); the state itself is always read back from
 sysfs, so an event that arrives late, twice, or for a device already gone cannot mislead.
+Which events matter is the backends' call (gvtd.backend.Backends.classify).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import pyudev
 
-from gvtd.config import UUID_RE
+from gvtd.backend import Uevent
+from gvtd.mdev import classify  # the mdev backend's reading, as callers knew it here
+
+__all__ = ["Uevent", "UdevWatcher", "classify"]
+
+Classify = Callable[[str, str | None, str, dict[str, str]], Uevent | None]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Uevent:
-    action: str
-    parents: frozenset[str] = frozenset()  # parent device names to re-read
-    mdev: str | None = None  # mdev UUID to re-read
-
-    def __str__(self) -> str:
-        what = self.mdev or ", ".join(sorted(self.parents))
-        return f"{self.action} {what}"
-
-
-def classify(action: str, subsystem: str | None, sys_path: str,
-             properties: dict[str, str]) -> Uevent | None:
-    """What one kernel event asks gvtd to re-read, or None for an unrelated event.
-
-    mdev events carry no type or parent: both come from sysfs (the mdev's parent is the
-    directory its device lives in). An mdev's driver binding after its add, or unbinding
-    before its remove, changes nothing gvtd reads: re-reading for them only doubled the
-    work of every create and remove.
-    """
-    name = os.path.basename(sys_path)
-    if subsystem == "mdev":
-        if not UUID_RE.fullmatch(name) or action in ("bind", "unbind"):
-            return None
-        parent = os.path.basename(os.path.dirname(sys_path))
-        return Uevent(action, frozenset({parent}), name)
-    if "MDEV_STATE" in properties:  # a parent (un)registering with the mdev core
-        return Uevent(f"{action} {properties['MDEV_STATE']}", frozenset({name}))
-    if subsystem == "pci" and action in ("bind", "unbind") and properties.get("DRIVER", "i915") == "i915" \
-            and properties.get("PCI_CLASS", "").startswith("3"):
-        return Uevent(action, frozenset({name}))  # i915 bound or unbound on a display device
-    return None
 
 
 class UdevWatcher:
     """Delivers batches of relevant events; one batch per wake-up, so a burst of events is
     handled in one pass."""
 
-    def __init__(self, on_events: Callable[[list[Uevent]], None]) -> None:
+    def __init__(self, on_events: Callable[[list[Uevent]], None], classify: Classify) -> None:
         self.on_events = on_events
+        self.classify = classify
         self.context = pyudev.Context()
         self.monitor = pyudev.Monitor.from_netlink(self.context)
         try:
@@ -89,7 +60,7 @@ class UdevWatcher:
                 continue
             if device is None:
                 break
-            event = classify(device.action or "", device.subsystem, device.sys_path,
+            event = self.classify(device.action or "", device.subsystem, device.sys_path,
                              dict(device.properties))
             if event is not None:
                 log.debug("uevent %s", event)

@@ -11,8 +11,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from gvtd.backend import Uevent
 from gvtd.observed import ProblemRow
-from gvtd.udev import Uevent
 
 log = logging.getLogger("gvtd.host")  # the lines Host logged before this moved out stay its own
 

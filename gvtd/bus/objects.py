@@ -1,4 +1,4 @@
-"""The D-Bus objects: Manager at the root, one Parent per mdev parent, one VGPU per vGPU.
+"""The D-Bus objects: Manager at the root, one Parent per vGPU parent, one VGPU per vGPU.
 
 They hold no state of their own: they show what gvtd.host.Host knows and turn GvtdErrors into
 named D-Bus errors. Changes reach listeners through the standard ObjectManager and
@@ -23,7 +23,7 @@ from gvtd.bus.fds import carried, closing_fds
 from gvtd.domains import attach_options, hook_options, stop_options, tune_options
 from gvtd.errors import Busy, Failed, GvtdError, InvalidArgument
 from gvtd.health import Health
-from gvtd.mdev import Parent
+from gvtd.backend import Parent
 from gvtd.reconcile import VgpuView
 
 log = logging.getLogger(__name__)
@@ -198,11 +198,9 @@ class ManagerInterface(_Mirror):
     @dbus_errors
     @authorized(names.ACTION_DOMAIN, detail=("domain", "vgpu"))
     async def AttachVGPU(self, domain: "s", vgpu: "s", options: "a{sv}") -> "s":  # noqa: F821
-        display, dry_run, x_display, audio = attach_options(
-            {k: v.value for k, v in options.items()})
-        socket = names.sound_socket(await caller_uid()) if audio else ""
-        return await self.daemon.domains.attach(domain, vgpu, display, dry_run, x_display,
-                                                audio, socket)
+        opts = attach_options({k: v.value for k, v in options.items()})
+        socket = names.sound_socket(await caller_uid()) if opts.audio else ""
+        return await self.daemon.domains.attach(domain, vgpu, opts, socket)
 
     @method()
     @dbus_errors
@@ -247,9 +245,11 @@ class ManagerInterface(_Mirror):
         roots = doctor.HostRoots.from_settings(self.daemon.settings)
         uuids = [d.uuid for d in self.host.definitions.values()]
         checks = await asyncio.to_thread(doctor.diagnose, roots, uuids)
+        backend = await asyncio.to_thread(
+            lambda: doctor.host_backend(doctor.find_gpu(roots.sysfs)))
         with_vgpu = [(n, i.xml) for n, i in self.daemon.domains.shown().items()]
         checks.append(await asyncio.to_thread(doctor.check_memlock, roots.procfs, with_vgpu))
-        checks += await self.daemon.domains.checks()
+        checks += await self.daemon.domains.checks(opregion=backend != "sriov")
         return [list(c.as_tuple()) for c in checks]
 
     @dbus_property(access=PropertyAccess.READ)
@@ -300,9 +300,12 @@ class ParentInterface(_Mirror):
         return {
             "Address": p.name,
             "Driver": p.driver,
+            "Kind": p.kind,
             "Model": model,
+            "NumVFs": p.num_vfs,
             "Platform": p.platform[0],
             "Registered": p.registered,
+            "TotalVFs": p.total_vfs,
             "Types": [[t.id, t.name, t.available, _type_details(t)] for t in p.types],
         }
 
@@ -315,8 +318,20 @@ class ParentInterface(_Mirror):
         return self._props["Driver"]
 
     @dbus_property(access=PropertyAccess.READ)
+    def Kind(self) -> "s":  # noqa: F821
+        return self._props["Kind"]
+
+    @dbus_property(access=PropertyAccess.READ)
     def Model(self) -> "s":  # noqa: F821
         return self._props["Model"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def NumVFs(self) -> "u":  # noqa: F821
+        return self._props["NumVFs"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def TotalVFs(self) -> "u":  # noqa: F821
+        return self._props["TotalVFs"]
 
     @dbus_property(access=PropertyAccess.READ)
     def Platform(self) -> "s":  # noqa: F821
@@ -345,7 +360,8 @@ class VgpuInterface(_Mirror):
                 "Name": v.name, "UUID": v.uuid, "Parent": v.parent, "Type": v.type_id,
                 "State": v.state, "Start": v.start, "Domain": v.domain, "Managed": v.managed,
                 "Origin": v.origin, "LastError": v.last_error,
-                "Attrs": [list(a) for a in v.attrs]}
+                "Attrs": [list(a) for a in v.attrs], "Backend": v.backend,
+                "Address": v.address}
 
     @dbus_property(access=PropertyAccess.READ)
     def Name(self) -> "s":  # noqa: F821
@@ -362,6 +378,14 @@ class VgpuInterface(_Mirror):
     @dbus_property(access=PropertyAccess.READ)
     def Type(self) -> "s":  # noqa: F821
         return self._props["Type"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Backend(self) -> "s":  # noqa: F821
+        return self._props["Backend"]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Address(self) -> "s":  # noqa: F821
+        return self._props["Address"]
 
     @dbus_property(access=PropertyAccess.READ)
     def State(self) -> "s":  # noqa: F821

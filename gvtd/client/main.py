@@ -112,8 +112,19 @@ def _vgpus(objs: dict[str, Any]) -> list[dict[str, Any]]:
                         "origin": v.get("Origin", ""), "last_error": v["LastError"],
                         "health": v.get("Health", "ok"),
                         "health_message": v.get("HealthMessage", ""),
-                        "health_time": _iso(v.get("HealthTime", 0))})
+                        "health_time": _iso(v.get("HealthTime", 0)),
+                        **_unless_mdev(backend=v.get("Backend", "mdev"),
+                                       address=v.get("Address", ""))})
     return sorted(out, key=lambda v: (v["name"] == "", v["name"], v["uuid"]))
+
+
+def _unless_mdev(**fields: Any) -> dict[str, Any]:
+    """The backend fields (docs/backends.md) that say more than "an mdev": an mdev-only
+    host's output stays as it always was."""
+    if fields.get("backend", fields.get("kind")) in ("mdev", None) and not any(
+            v for k, v in fields.items() if k not in ("backend", "kind")):
+        return {}
+    return fields
 
 
 def _iso(usec: int) -> str:
@@ -131,7 +142,10 @@ def _parents(objs: dict[str, Any]) -> list[dict[str, Any]]:
             types = [{"id": t[0], "name": t[1], "available": t[2], **t[3]} for t in p["Types"]]
             out.append({"address": p["Address"], "driver": p["Driver"], "model": p["Model"],
                         "platform": p["Platform"], "registered": p["Registered"],
-                        "types": types})
+                        "types": types,
+                        **_unless_mdev(kind=p.get("Kind", "mdev"),
+                                       total_vfs=p.get("TotalVFs", 0),
+                                       num_vfs=p.get("NumVFs", 0))})
     return sorted(out, key=lambda p: p["address"])
 
 
@@ -146,8 +160,12 @@ async def cmd_list(c: Client, args: argparse.Namespace) -> None:
     vgpus = _vgpus(await c.objects())
     rows = [[v["name"] or "-", v["uuid"], v["type"] or "-", v["parent"], v["state"], v["start"],
              v["domain"] or "-", v["origin"] or "-", v["health"]] for v in vgpus]
-    text = _table(rows, ["NAME", "UUID", "TYPE", "PARENT", "STATE", "START", "DOMAIN",
-                         "ORIGIN", "HEALTH"]) \
+    header = ["NAME", "UUID", "TYPE", "PARENT", "STATE", "START", "DOMAIN", "ORIGIN", "HEALTH"]
+    if any("backend" in v for v in vgpus):  # not only mdevs: say which is which, and where
+        header += ["BACKEND", "ADDRESS"]
+        for row, v in zip(rows, vgpus):
+            row += [v.get("backend", "mdev"), v.get("address") or "-"]
+    text = _table(rows, header) \
         or "No vGPUs defined. Define one with `gvt-client define NAME --type TYPE`."
     errors = [f"{v['name'] or v['uuid']}: {v['last_error']}" for v in vgpus if v["last_error"]]
     errors += [f"{v['name'] or v['uuid']}: {v['health']} since {v['health_time']}: "
@@ -175,7 +193,13 @@ async def cmd_parents(c: Client, args: argparse.Namespace) -> None:
     parents = _parents(await c.objects())
     rows = [[p["address"], p["driver"] or "-", p["model"] or "-", p["platform"] or "-",
              "yes" if p["registered"] else "no", str(len(p["types"]))] for p in parents]
-    text = _table(rows, ["PARENT", "DRIVER", "MODEL", "PLATFORM", "REGISTERED", "TYPES"]) \
+    header = ["PARENT", "DRIVER", "MODEL", "PLATFORM", "REGISTERED", "TYPES"]
+    if any("kind" in p for p in parents):  # an SR-IOV parent: its kind and VF counts
+        header += ["KIND", "VFS"]
+        for row, p in zip(rows, parents):
+            row += [p.get("kind", "mdev"),
+                    f"{p['num_vfs']}/{p['total_vfs']}" if "kind" in p else "-"]
+    text = _table(rows, header) \
         or "No mdev parents found."
     _emit(args, parents, text)
 
@@ -198,6 +222,7 @@ async def cmd_status(c: Client, args: argparse.Namespace) -> None:
              f"{libvirt}"]
     for v in vgpus:
         lines.append(f"  vGPU {v['name'] or v['uuid']}: {v['state']}"
+                     + (f" ({v['backend']} at {v['address']})" if v.get("address") else "")
                      + (f" ({v['last_error']})" if v["last_error"] else "")
                      + (f", {v['health']} since {v['health_time']}: {v['health_message']}"
                         if v["health"] != "ok" else ""))
@@ -278,8 +303,13 @@ async def cmd_attach(c: Client, args: argparse.Namespace) -> None:
     """With sound, a dry run names QEMU's user and the socket, and this session lets it in
     before anything is written. A session that cannot (no sound server here, sudo, ssh)
     leaves the sound as it was and says why."""
-    options = {"display": Variant("s", args.display), "dry_run": Variant("b", True),
-               "x_display": Variant("s", args.x_display), "audio": Variant("b", args.audio)}
+    options = {"dry_run": Variant("b", True), "audio": Variant("b", args.audio)}
+    for key, value in (("display", args.display), ("x_display", args.x_display),
+                       ("rom", args.rom)):
+        if value is not None:  # what is not asked for is the daemon's default
+            options[key] = Variant("s", value)
+    if args.no_rom_bar:
+        options["rom_bar"] = Variant("b", False)
     answer, grants = None, []
     if args.audio:
         (answer,) = await c.call("AttachVGPU", "ssa{sv}", [args.domain, args.vgpu, options])
@@ -297,16 +327,22 @@ async def cmd_attach(c: Client, args: argparse.Namespace) -> None:
     if answer is None:
         options["dry_run"] = Variant("b", args.dry_run)
         (answer,) = await c.call("AttachVGPU", "ssa{sv}", [args.domain, args.vgpu, options])
-    change = sound.split_answer(answer)[0]
+    lines = sound.split_answer(answer)[0].splitlines(True)
+    change = "".join(x for x in lines if not x.startswith(names.PICTURE_LINE))
+    picture = [x[len(names.PICTURE_LINE):].strip() for x in lines
+               if x.startswith(names.PICTURE_LINE)]  # a VF: no display of its own
     heard = "".join(f"; sound through {g.socket}, which {g.user} (QEMU) may reach"
                     for g in grants)
+    how = "a VF" if picture else args.display or "spice-gl"
     if args.dry_run:
         print(change or f"{args.domain} already has {args.vgpu} attached this way.", end="")
         for g in grants:
             print(f"# {g.user} (QEMU) would be let into {g.socket}")
     else:
-        print(f"Attached {args.vgpu} to {args.domain} ({args.display}{heard})" if change else
+        print(f"Attached {args.vgpu} to {args.domain} ({how}{heard})" if change else
               f"{args.domain} already has {args.vgpu} attached this way{heard}")
+    for text in picture:
+        print(f"Display: {text}")
 
 
 def cmd_desktop_entry(args: argparse.Namespace) -> int:
@@ -625,7 +661,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = add("define", "define a persistent vGPU", cmd_define)
     d.add_argument("name", help="a name for it, e.g. the VM's name")
     kind = d.add_mutually_exclusive_group(required=True)
-    kind.add_argument("--type", help="an mdev type id, e.g. i915-GVTg_V5_4 (see `types`)")
+    kind.add_argument("--type", help="an mdev type id, e.g. i915-GVTg_V5_4 (see `types`), or "
+                      "vf: a virtual function of an SR-IOV parent")
     kind.add_argument("--min-resolution", metavar="WxH",
                       help="let gvtd pick the smallest GVT-g type with at least this resolution")
     d.add_argument("--parent", help="parent device (default: auto)")
@@ -645,19 +682,29 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("start", "create the vGPUs a libvirt domain uses, then start it; a GL display "
             "(spice-gl, gtk-gl) opens in the desktop session you run it from", cmd_start)
     s.add_argument("domain", help="libvirt domain name")
-    s = add("attach", "add a vGPU to a domain's XML the way that works (display, OpRegion, "
-            "PCI slot)", cmd_attach)
+    s = add("attach", "add a vGPU to a domain's XML the way that works (an mdev: display, "
+            "OpRegion, PCI slot; an SR-IOV VF: its PCI address, ROM)", cmd_attach)
     s.add_argument("domain", help="libvirt domain name")
     s.add_argument("vgpu", help="vGPU name or UUID")
     s.add_argument("--display", choices=["spice-gl", "gtk-gl", "vnc", "none"],
-                   default="spice-gl", help="spice-gl: SPICE with GL on the GPU (default; "
-                   "view with virt-viewer; works on X11 and Wayland); gtk-gl: QEMU's own "
-                   "window, fastest (on Wayland under Xwayland); vnc or none: no vGPU "
-                   "display. `gvt-client doctor` in your session says which works there")
-    s.add_argument("--x-display", default=":0", metavar=":N",
+                   help="an mdev vGPU's display: spice-gl: SPICE with GL on the GPU "
+                   "(default; view with virt-viewer; works on X11 and Wayland); gtk-gl: "
+                   "QEMU's own window, fastest (on Wayland under Xwayland); vnc or none: no "
+                   "vGPU display. `gvt-client doctor` in your session says which works "
+                   "there. An SR-IOV VF has none: its picture comes from Looking Glass, RDP "
+                   "or Sunshine in the guest")
+    s.add_argument("--x-display", metavar=":N",
                    help="for gtk-gl started outside gvtd (virsh start): the X display QEMU "
                    "opens its window on (default :0); `gvt-client start` uses your "
                    "session's")
+    rom = s.add_mutually_exclusive_group()
+    rom.add_argument("--rom", metavar="FILE",
+                     help="an SR-IOV VF's option ROM (such as a GOP ROM some Windows drivers "
+                     "want): a file under /usr/share that everyone may read and only root "
+                     "may change")
+    rom.add_argument("--no-rom-bar", action="store_true",
+                     help="an SR-IOV VF without a ROM BAR (<rom bar='off'/>), for guests "
+                     "whose driver fails with the VF's own ROM")
     s.add_argument("--no-audio", dest="audio", action="store_false",
                    help="no sound card (and take out the one an earlier attach added); by "
                         "default the VM's sound plays on your session's sound server "
@@ -721,8 +768,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--remove", action="store_true",
                    help="take away the launcher and icon this command installed for the "
                         "domain (and nothing else)")
-    add("doctor", "check the host for what GVT-g needs, with the fix for each problem "
-        "(exit status 1 when a check fails)", cmd_doctor, read=True)
+    add("doctor", "check the host for what GVT-g (or SR-IOV) needs, with the fix for each "
+        "problem (exit status 1 when a check fails)", cmd_doctor, read=True)
     add("monitor", "print every change as it happens (JSON lines with --json) until "
         "interrupted", cmd_monitor, read=True)
     s = sub.add_parser("setup", help="set up this host's kernel command line and modules for "

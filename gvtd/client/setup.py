@@ -185,9 +185,25 @@ def _expectation(plan: bootcfg.Plan) -> str:
             + " as ok; i915.enable_gvt and mdev_types then say whether GVT-g started.")
 
 
+def refuse_sriov_host(root: bootcfg.Root) -> None:
+    """Setup knows GVT-g's command line only, whose i915.enable_guc=0 would turn off the
+    GuC submission an SR-IOV GPU's driver needs: it changes nothing on such a host."""
+    from gvtd import doctor_sriov
+
+    gpu = doctor.find_gpu(root.file("/sys"))
+    if gpu is not None and doctor_sriov.is_sriov_host(gpu):
+        raise SetupError(f"{gpu.address} is an SR-IOV GPU (Tiger Lake or newer), not a GVT-g "
+                         "one: setup writes GVT-g's kernel command line (i915.enable_gvt=1 "
+                         "i915.enable_guc=0), whose enable_guc=0 would turn off the GuC "
+                         "submission its SR-IOV driver needs, so it changes nothing here. "
+                         "`gvt-client doctor` lists what this host needs (its sriov.* "
+                         "findings), each with the change to make by hand.")
+
+
 def setup(root: bootcfg.Root, dry_run: bool, out: TextIO, run: Runner = run_command,
           procfs: Path | None = None) -> int:
     """Plan, show, and (unless dry_run) apply; the exit status."""
+    refuse_sriov_host(root)
     if not dry_run and os.geteuid() != 0:
         raise SetupError("Changing the boot configuration needs root: run `sudo gvt-client "
                          "setup` (`gvt-client setup --dry-run` shows what it would change).")

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 from gvtd import names
@@ -57,6 +58,30 @@ def simulator(env: dict[str, str], method: str, *args: str) -> None:
     assert busctl, "busctl (systemd) is needed for the demo"
     run(env, busctl, "--user", "call", names.SIMULATOR_BUS_NAME, names.SIMULATOR_PATH,
         names.SIMULATOR_IFACE, method, *args)
+
+
+def until_active(env: dict[str, str], name: str, act: Callable[[], None]) -> None:
+    """Run act, then wait on gvtd's own signals (gvt-client monitor) until vGPU name is
+    active again: gvtd follows the kernel's events, after act has returned."""
+    watch = subprocess.Popen([sys.executable, "-m", "gvtd.client.main", "--session",
+                              "monitor", "--json"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert watch.stdout is not None
+        for line in watch.stdout:  # subscribed once it has shown what is there
+            if '"ready"' in line:
+                break
+        act()
+        for line in watch.stdout:
+            event = json.loads(line)
+            state = event.get("properties", {}).get("State")
+            if event.get("kind") == "vgpu" and event.get("name") == name and state:
+                print(f"{DIM}(monitor){RESET} vgpu {name}: State -> {state}", flush=True)
+                if state == "active":
+                    break
+    finally:
+        watch.terminate()
+        watch.wait(10)
 
 
 def config_dir(env: dict[str, str]) -> Path:
@@ -192,6 +217,54 @@ def guest_fault_demo(env: dict[str, str]) -> None:
     client(env, "list")
 
 
+def sriov_demo() -> None:
+    """An Alder Lake laptop (its own bus and gvtd, as doctor_demo): no GVT-g, its iGPU
+    split into SR-IOV virtual functions by the i915 SR-IOV module, the same commands."""
+    say("An Alder Lake laptop (gvtd --simulate --simulate-profile alderlake-sriov): no GVT-g "
+        "from Tiger Lake on; the i915 SR-IOV module (i915.enable_guc=3 i915.max_vfs=7) splits "
+        "its iGPU into PCI virtual functions instead, and doctor checks that side")
+    bus = DBusDaemon()
+    host = None
+    try:
+        host = SimulatedHost(bus.address, "alderlake-sriov", stderr=subprocess.DEVNULL)
+        env = dict(host.env, DBUS_SESSION_BUS_ADDRESS=bus.address)
+        client(env, "doctor")
+        client(env, "parents")
+        say("Define a VF for the win10 VM: gvtd gives it a VF of its own (kept across "
+            "reboots), turns the driver's autoprobe off, writes the count and binds the VF to "
+            "vfio-pci with driver_override and drivers_probe, so no host driver touches it")
+        client(env, "define", "win11", "--type", "vf", "--domain", "win10")
+        run(env, "cat", str(config_dir(env) / "vgpus.d" / "win11.toml"))
+        client(env, "list")
+        say("Attach it: a PCI hostdev at the VF's address, managed='no' since gvtd did the "
+            "binding; a VF has no display for SPICE, so the reply says where the picture "
+            "comes from")
+        client(env, "attach", "win10", "win11", "--no-audio", "--dry-run")
+        client(env, "attach", "win10", "win11", "--no-audio")
+        client(env, "start", "win10")
+        say("A second VF while win10 runs: the kernel changes the count only through 0, "
+            "which would take win10's VF away, so gvtd refuses and names the VM")
+        client(env, "define", "second", "--type", "vf")
+        client(env, "list")
+        client(env, "stop", "win10", "--timeout", "30")
+        client(env, "undefine", "second")
+        say("A host driver takes the VF behind gvtd's back (Simulator BindDriver): gvtd "
+            "binds it to vfio-pci again")
+        until_active(env, "win11", lambda: (
+            simulator(env, "UnbindDriver", "s", "0000:00:02.1"),
+            simulator(env, "BindDriver", "ss", "0000:00:02.1", "i915")))
+        client(env, "list")
+        say("Reboot the emulated laptop: the kernel forgets every VF; gvtd makes the VF again, "
+            "at the same address, before it reports READY")
+        simulator(env, "Reboot")
+        client(env, "list")
+        client(env, "parents")
+    finally:
+        if host is not None:
+            host.stop()
+        bus.stop()
+
+
 def main() -> int:
     # No system bus of the caller's: the simulation then brings its own, with a logind on it
     # that the demo makes suspend the laptop.
@@ -263,6 +336,7 @@ def main() -> int:
         new_vm_demo(env)
         doctor_demo(env)
         guest_fault_demo(env)
+        sriov_demo()
         say("Done; cleaning up")
         return 0
     finally:

@@ -4,7 +4,7 @@ This process owns the emulated kernel (a umockdev testbed with a FUSE sysfs, see
 and exports io.github.gvtd1.Simulator; the daemon runs as a child process that sees the
 testbed as /sys through umockdev's preload, exactly as it would see the real one. Killing or
 restarting the daemon therefore never resets the kernel's state, and Reboot() is what a real
-reboot is: the kernel forgets every mdev and gvtd starts again.
+reboot is: the kernel forgets every mdev and every VF, and gvtd starts again.
 """
 # No `from __future__ import annotations`: dbus-fast reads the D-Bus signatures from them.
 
@@ -31,7 +31,7 @@ from systemd import daemon as sd_daemon
 
 from gvtd import names
 from gvtd.sim import machine
-from gvtd.sim.kmsg import KmsgOps, serve as serve_kmsg
+from gvtd.sim.kmsg import LOG_INFO, KmsgOps, serve as serve_kmsg
 from gvtd.sim.sysfs import unmount
 from gvtd.sim.logind import Logind
 
@@ -118,6 +118,34 @@ class SimulatorInterface(ServiceInterface):
     @method()
     def TypeMdev(self, uuid: "s") -> None:  # noqa: F821
         self._do(self.sup.host.type_mdev, uuid)
+
+    @method()
+    def UnbindDriver(self, device: "s") -> None:  # noqa: F821
+        """The PCI function's driver lets go of it (a PF's driver unloading removes its VFs
+        first, with their uevents, then `unbind` on the PF); nothing when it has none."""
+        self._pci(self.sup.host.unbind_driver, device)
+
+    @method()
+    def BindDriver(self, device: "s", driver: "s") -> None:  # noqa: F821
+        """driver takes the PCI function whatever its driver_override and autoprobe say: a
+        PF's driver loading (it sets its VF limit again), or a host driver grabbing a VF;
+        Failed when another driver has it."""
+        self._pci(self.sup.host.bind_driver, device, driver)
+
+    def _pci(self, fn: Any, device: str, *args: Any) -> None:
+        """A PCI core operation, its errno said in words."""
+        try:
+            fn(device, *args)
+        except OSError as e:
+            names_of = ", ".join(d for d, _, _ in self.sup.host.pci_devices()) or "none"
+            text = {errno.ENODEV: f"The emulated kernel has no PCI function {device} (it has "
+                                  f"{names_of}).",
+                    errno.EBUSY: f"{device} is bound to another driver: UnbindDriver it first.",
+                    errno.EINVAL: f"{args[0] if args else ''} cannot take {device}: its probe "
+                                  "failed (vfio-pci needs an IOMMU group, a driver a name)."
+                    }.get(e.errno or 0, str(e))
+            name = "InvalidArgument" if e.errno == errno.ENODEV else "Failed"
+            raise DBusError(names.ERROR_PREFIX + name, text) from e
 
     @method()
     async def PrepareForSleep(self, sleeping: "b") -> None:  # noqa: F821
@@ -281,6 +309,7 @@ class Supervisor:
         profile, params = parse_profile(args.simulate_profile)
         self.host = EmulatedHost(profile, **params)
         self.kmsg = KmsgOps()  # the emulated /dev/kmsg (workdir/kmsg/kmsg)
+        self.host.printk = lambda text: self.kmsg.emit(text, level=LOG_INFO)
         self.child: asyncio.subprocess.Process | None = None
         self.startup_ms = 0.0
         self.startup_kernel_ms = 0.0
@@ -375,14 +404,17 @@ class Supervisor:
             await self.stop_daemon()
             if reboot:
                 self.host.forget_mdevs()
+                self.host.forget_vfs()
                 machine.new_boot(self.kmsg, self.workdir)
-                log.info("Rebooted the emulated host: every mdev is gone")
+                log.info("Rebooted the emulated host: every mdev and VF is gone")
             await self.start_daemon()
         finally:
             self.restarting = False
 
     async def reboot(self) -> None:
-        """What a reboot does: gvtd stops, the kernel forgets every mdev, gvtd starts."""
+        """What a reboot does: gvtd stops, the kernel forgets every mdev and VF (SR-IOV
+        autoprobe back to 1, driver overrides cleared, drivers bound as at boot), gvtd
+        starts."""
         await self.restart(reboot=True)
 
     def vanish_after_create(self, type_id: str, times: int) -> None:

@@ -1,9 +1,19 @@
-"""The kernel model rendered as Linux 6.1's sysfs, served by FUSE over ``<root>/sys/devices``.
+"""The kernel model rendered as Linux 6.1's sysfs, served by FUSE over ``<root>/sys/devices``
+and ``<root>/sys/bus/pci``.
 
-Only ``/sys/devices`` is served: it is the part whose content the kernel computes (capacity,
-``create``, ``remove``). Links elsewhere in ``/sys`` (bus, class, driver directories) are real
-symlinks that :mod:`gvtd.sim.host` keeps in step. The tree is rebuilt level by level on every
-lookup from the model, so there is no second copy of the state to fall out of date.
+Two mounts of the same tree are served: ``/sys/devices``, the part whose content the kernel
+computes (capacity, ``create``, ``remove``, the PCI functions and their ``sriov_*`` files,
+vfio's group devices), and ``/sys/bus/pci``, the PCI bus itself: its ``devices/`` links, its
+drivers with their ``bind``/``unbind`` files and device links, and ``drivers_probe``. The
+bus is a mount of its own rather than real files because its writable files act on the
+kernel (``drivers_probe`` binds a device) and its links follow every VF's arrival and
+departure: rendering them from the model keeps them right by construction, where real
+symlinks would be a second copy to keep in step. A mount over ``/sys`` as a whole would also
+have to serve the plain files the machine writes (``/sys/module``, ``/sys/kernel``,
+``/sys/class``); ``/sys/bus/pci`` is the one directory outside ``/sys/devices`` whose files
+have kernel behaviour. Links elsewhere in ``/sys`` (the mdev bus, classes, IOMMU groups) are
+real symlinks that :mod:`gvtd.sim.host` keeps in step. The tree is rebuilt level by level on
+every lookup from the model, so there is no second copy of the state to fall out of date.
 
 Concurrency: reads take the model lock briefly. Writes to ``create``/``remove`` go to the
 host's handlers, which send uevents *before* the write returns; umockdev reads the device's
@@ -24,7 +34,7 @@ from typing import Any, Callable, Union
 
 import mfusepy  # FUSE 3, as gvtd/sim/__init__.py asks for
 
-from .kernel import Kernel, Mdev, Parent
+from .kernel import VFIO_PCI, Kernel, Mdev, Parent, PciDevice
 
 Node = Union["File", "Link", "Dir"]
 
@@ -62,6 +72,13 @@ class Handlers:
     create: Callable[[str, str, str], None]  # parent, type id, written text
     remove: Callable[[str, str], None]  # uuid, written text
     uevent: Callable[[str, str], None]  # devpath, written text (a synthetic uevent)
+    # a PCI function's sriov_numvfs, sriov_drivers_autoprobe or driver_override: name, file, text
+    pci: Callable[[str, str, str], None]
+    # the PCI bus's drivers_probe (driver "") or a driver's bind/unbind: driver, file, text
+    bus: Callable[[str, str, str], None]
+
+
+VFIO_MAJOR = 242  # the vfio group character devices' (dynamic) major on a typical host
 
 
 def _kv(props: dict[str, str]) -> str:
@@ -76,9 +93,9 @@ class Tree:
         self.h = handlers
 
     def lookup(self, path: str) -> Node | None:
-        """The node at ``path`` (e.g. ``/devices/pci0000:00``), or None."""
-        node: Node = self.root()
-        for part in [p for p in path.split("/") if p][1:]:
+        """The node at ``path`` (e.g. ``/devices/pci0000:00``, ``/bus/pci/drivers``), or None."""
+        node: Node = Dir(lambda: {"devices": self.root(), "bus": Dir(lambda: {"pci": self.pci_bus()})})
+        for part in [p for p in path.split("/") if p]:
             if not isinstance(node, Dir):
                 return None
             found = node.entries().get(part)
@@ -105,19 +122,135 @@ class Tree:
         return Dir(lambda: {f"cpu{n}": cpu(n, i, core)
                             for i, core in enumerate(self.k.cpu_cores) for n in core})
 
+    def _devices(self) -> dict[str, Callable[[], Dir]]:
+        """Every device directory by devpath: mdev parents, PCI functions, vfio groups."""
+        out: dict[str, Callable[[], Dir]] = {
+            p.devpath: lambda p=p: self._parent_dir(p) for p in self.k.parents.values()}
+        out.update({d.devpath: lambda d=d: self._pci_dir(d) for d in self.k.pci.values()})
+        out.update({f"/devices/virtual/vfio/{g}": lambda g=g: self._vfio_group_dir(g)
+                    for g in self.k.vfio_groups()})
+        return out
+
     def _prefix_dir(self, path: str) -> Dir:
-        """A directory on the way to some parents' devpaths (``pci0000:00``, ``virtual/mtty``)."""
+        """A directory on the way to some devices' devpaths (``pci0000:00``, ``virtual/mtty``)."""
 
         def entries() -> dict[str, Node]:
             out: dict[str, Node] = {}
             if path.count("/") == 2 and os.path.basename(path).startswith("pci"):
                 out["uevent"] = File(lambda: "", self._trigger(path))  # the PCI root bridge
-            for p in self.k.parents.values():
-                if p.devpath.startswith(path + "/"):
-                    name = p.devpath[len(path) + 1 :].split("/")[0]
+            for devpath, make in self._devices().items():
+                if devpath.startswith(path + "/"):
+                    name = devpath[len(path) + 1 :].split("/")[0]
                     sub = f"{path}/{name}"
-                    out[name] = self._parent_dir(p) if sub == p.devpath else self._prefix_dir(sub)
+                    out[name] = make() if sub == devpath else self._prefix_dir(sub)
             return out
+
+        return Dir(entries)
+
+    def _pci_dir(self, d: PciDevice) -> Dir:
+        """A PCI function the SR-IOV core manages: its ids, ``driver_override``, its IOMMU
+        group and driver links; a PF's ``sriov_*`` files and ``virtfnN`` links; a VF's
+        ``physfn``; ``vfio-dev/vfioN`` while vfio-pci has it."""
+        at = d.devpath
+
+        def write(attr: str) -> Callable[[str], None]:
+            return lambda text: self.h.pci(d.name, attr, text)
+
+        def entries() -> dict[str, Node]:
+            out: dict[str, Node] = {
+                "vendor": File(lambda: f"0x{d.vendor:04x}\n"),
+                "device": File(lambda: f"0x{d.device:04x}\n"),
+                "class": File(lambda: f"0x{d.pci_class:06x}\n"),
+                "subsystem_vendor": File(lambda: f"0x{d.subsys[0]:04x}\n"),
+                "subsystem_device": File(lambda: f"0x{d.subsys[1]:04x}\n"),
+                "uevent": File(lambda: _kv(d.uevent()), self._trigger(at)),
+                "driver_override": File(lambda: f"{d.driver_override or '(null)'}\n",
+                                        write("driver_override")),
+            }
+            links = {"subsystem": "/bus/pci"}
+            if d.driver:
+                links["driver"] = f"/bus/pci/drivers/{d.driver}"
+            if d.iommu_group is not None:
+                links["iommu_group"] = f"/kernel/iommu_groups/{d.iommu_group}"
+            sriov = d.sriov
+            if sriov is not None:
+                out.update({
+                    "sriov_totalvfs": File(lambda: f"{self.k.totalvfs(d)}\n"),
+                    "sriov_numvfs": File(lambda: f"{sriov.num}\n", write("sriov_numvfs")),
+                    "sriov_offset": File(lambda: f"{sriov.offset}\n"),
+                    "sriov_stride": File(lambda: f"{sriov.stride}\n"),
+                    "sriov_vf_device": File(lambda: f"{sriov.vf_device:x}\n"),
+                    "sriov_vf_total_msix": File(lambda: "0\n"),
+                    "sriov_drivers_autoprobe": File(lambda: f"{int(sriov.autoprobe)}\n",
+                                                    write("sriov_drivers_autoprobe")),
+                })
+                for vf in self.k.vfs_of(d.name):
+                    if vf.linked:
+                        links[f"virtfn{vf.vf_index}"] = vf.devpath
+            if d.physfn is not None and d.linked:
+                links["physfn"] = self.k.pci[d.physfn].devpath
+            out.update(self._links(at, links))
+            if d.vfio_dev:
+                vat = f"{at}/vfio-dev/vfio{d.vfio}"
+                vfio = Dir(lambda: {
+                    "uevent": File(lambda: "", self._trigger(vat)),
+                    **self._links(vat, {"subsystem": "/class/vfio-dev", "device": at})})
+                out["vfio-dev"] = Dir(lambda: {f"vfio{d.vfio}": vfio})
+            return out
+
+        return Dir(entries)
+
+    def _vfio_group_dir(self, group: int) -> Dir:
+        """vfio's character device for an IOMMU group (udev makes /dev/vfio/<group> of it)."""
+        at = f"/devices/virtual/vfio/{group}"
+        uevent = {"MAJOR": str(VFIO_MAJOR), "MINOR": str(group), "DEVNAME": f"vfio/{group}"}
+        return Dir(lambda: {
+            "uevent": File(lambda: _kv(uevent), self._trigger(at)),
+            "dev": File(lambda: f"{VFIO_MAJOR}:{group}\n"),
+            **self._links(at, {"subsystem": "/class/vfio"})})
+
+    def pci_bus(self) -> Dir:
+        """``/sys/bus/pci``: the bus's device links, its drivers and ``drivers_probe``."""
+        at = "/bus/pci"
+
+        def devices() -> dict[str, Node]:
+            found = {p.name: p.devpath for p in self.k.parents.values() if p.subsystem == at}
+            found.update({d.name: d.devpath for d in self.k.pci.values() if not d.gone})
+            return self._links(f"{at}/devices", found)
+
+        def entries() -> dict[str, Node]:
+            return {
+                "devices": Dir(devices),
+                "drivers": Dir(lambda: {n: self._driver_dir(n) for n in self._driver_names()}),
+                "drivers_probe": File(None, lambda text: self.h.bus("", "drivers_probe", text)),
+                "drivers_autoprobe": File(lambda: "1\n"),
+            }
+
+        return Dir(entries)
+
+    def _driver_names(self) -> list[str]:
+        names = list(self.k.pci_drivers)
+        for p in self.k.parents.values():
+            if p.driver and p.driver.startswith("/bus/pci/drivers/"):
+                names.append(os.path.basename(p.driver))
+        return list(dict.fromkeys(names))
+
+    def _driver_dir(self, name: str) -> Dir:
+        """``/sys/bus/pci/drivers/<name>``: bind, unbind and a link to each of its devices."""
+        at = f"/bus/pci/drivers/{name}"
+        driver = self.k.pci_drivers.get(name)
+        module = driver.module if driver else name
+
+        def entries() -> dict[str, Node]:
+            bound = {p.name: p.devpath for p in self.k.parents.values()
+                     if p.driver == at}
+            bound.update({d.name: d.devpath for d in self.k.pci.values() if d.driver == name})
+            return {
+                "bind": File(None, lambda text: self.h.bus(name, "bind", text)),
+                "unbind": File(None, lambda text: self.h.bus(name, "unbind", text)),
+                "uevent": File(None, lambda text: None),
+                **self._links(at, {**bound, "module": f"/module/{module}"}),
+            }
 
         return Dir(entries)
 
@@ -209,12 +342,14 @@ def _kind(node: Node) -> int:
 
 
 class SysfsOps(mfusepy.Operations):
-    """FUSE operations over a :class:`Tree`; paths arrive relative to ``/sys/devices``."""
+    """FUSE operations over a :class:`Tree`; paths arrive relative to ``/sys<prefix>``."""
 
     use_ns = True
 
-    def __init__(self, tree: Tree, lock: threading.Lock, log: Callable[..., None]) -> None:
+    def __init__(self, tree: Tree, lock: threading.Lock, log: Callable[..., None],
+                 prefix: str = "/devices") -> None:
         self.tree = tree
+        self.prefix = prefix  # the /sys-relative directory this mount serves
         self._mlock = lock
         self.log = log
         self.ready = threading.Event()
@@ -236,7 +371,7 @@ class SysfsOps(mfusepy.Operations):
 
     def _node(self, path: str) -> Node:
         with self._mlock:
-            node = self.tree.lookup("/devices" + path.rstrip("/"))
+            node = self.tree.lookup(self.prefix + path.rstrip("/"))
         if node is None:
             raise mfusepy.FuseOSError(errno.ENOENT)
         return node
@@ -244,7 +379,7 @@ class SysfsOps(mfusepy.Operations):
     def _read_fault(self, path: str) -> None:
         if self.fault is not None:
             try:
-                self.fault("read", "/sys/devices" + path, "")
+                self.fault("read", "/sys" + self.prefix + path, "")
             except OSError as e:
                 raise mfusepy.FuseOSError(e.errno or errno.EIO) from None
 
@@ -283,7 +418,7 @@ class SysfsOps(mfusepy.Operations):
             raise mfusepy.FuseOSError(errno.EISDIR)
         acc = flags & os.O_ACCMODE
         if acc != os.O_RDONLY and node.write is None:
-            self.log("/sys/devices" + path, "", "EACCES")  # a write attempt, refused at open
+            self.log("/sys" + self.prefix + path, "", "EACCES")  # a write attempt, refused at open
             raise mfusepy.FuseOSError(errno.EACCES)
         if acc != os.O_WRONLY and node.read is None:
             raise mfusepy.FuseOSError(errno.EACCES)
@@ -309,10 +444,10 @@ class SysfsOps(mfusepy.Operations):
         """Synchronous like kernfs: the handler's work (and uevents) is done when this returns."""
         started = time.perf_counter()
         text = data.decode(errors="replace")
-        full = "/sys/devices" + path
+        full = "/sys" + self.prefix + path
         try:
             with self._mlock:
-                node = self.tree.lookup("/devices" + path)
+                node = self.tree.lookup(self.prefix + path)
             if node is None:  # an open file whose device went away: kernfs says ENODEV
                 raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
             if not isinstance(node, File) or node.write is None:

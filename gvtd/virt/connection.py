@@ -21,6 +21,8 @@ from gvtd.background import Background, Problem
 from gvtd.errors import Busy, Failed, GvtdError, LibvirtUnavailable, NotFound
 from gvtd.virt.domxml import mdev_uuids, parse
 
+Uses = Callable[[str], list[str]]  # a domain XML -> the vGPU UUIDs it uses
+
 
 def _on_first_use(name: str) -> ModuleType:
     """The module, imported when one of its names is first used. libvirt-python and the
@@ -73,7 +75,7 @@ _event_impl_registered = False
 class DomainInfo:
     name: str
     state: str
-    mdevs: list[str] = field(default_factory=list)
+    mdevs: list[str] = field(default_factory=list)  # the vGPU UUIDs its XML uses
     xml: str = ""  # the persistent (inactive) definition
 
     @property
@@ -84,8 +86,11 @@ class DomainInfo:
 class Libvirt:
     """One connection to libvirt, kept up; `domains` mirrors what libvirt has."""
 
-    def __init__(self, uri: str, on_change: Callable[[set[str]], None]) -> None:
+    def __init__(self, uri: str, on_change: Callable[[set[str]], None],
+                 uses: Uses = mdev_uuids) -> None:
+        """uses: which vGPUs a domain's XML uses (gvtd.backend.Backends.uses)."""
         self.uri = uri
+        self.uses = uses
         self.on_change = on_change  # called with the names of domains that changed
         self.conn: libvirt.virConnect | None = None
         self.domains: dict[str, DomainInfo] = {}
@@ -222,7 +227,7 @@ class Libvirt:
         if conn is None:
             return
         try:
-            found = await asyncio.to_thread(_read_all, conn)
+            found = await asyncio.to_thread(_read_all, conn, self.uses)
         except libvirt.libvirtError as e:
             log.warning("Cannot list libvirt domains: %s", e.get_error_message())
             return
@@ -238,7 +243,7 @@ class Libvirt:
         if conn is None:
             return
         try:
-            info = await asyncio.to_thread(_read_one, conn, name)
+            info = await asyncio.to_thread(_read_one, conn, name, self.uses)
         except libvirt.libvirtError as e:
             # Not "undefined" (that is None): most likely the connection is going away.
             # Keep what is known; the resync after reconnecting corrects it.
@@ -440,19 +445,19 @@ def _drop(conn: libvirt.virConnect) -> None:
             pass
 
 
-def _info(dom: libvirt.virDomain) -> DomainInfo:
+def _info(dom: libvirt.virDomain, uses: Uses) -> DomainInfo:
     state, _ = dom.state()
     xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-    return DomainInfo(dom.name(), _state(state), mdev_uuids(xml), xml)
+    return DomainInfo(dom.name(), _state(state), uses(xml), xml)
 
 
-def _read_all(conn: libvirt.virConnect) -> dict[str, DomainInfo]:
-    return {info.name: info for info in map(_info, conn.listAllDomains())}
+def _read_all(conn: libvirt.virConnect, uses: Uses) -> dict[str, DomainInfo]:
+    return {info.name: info for info in (_info(d, uses) for d in conn.listAllDomains())}
 
 
-def _read_one(conn: libvirt.virConnect, name: str) -> DomainInfo | None:
+def _read_one(conn: libvirt.virConnect, name: str, uses: Uses) -> DomainInfo | None:
     try:
-        return _info(conn.lookupByName(name))
+        return _info(conn.lookupByName(name), uses)
     except libvirt.libvirtError as e:
         if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             return None

@@ -1,10 +1,13 @@
-"""Domain XML: which mdevs a domain uses, and the edits the guide makes by hand.
+"""Domain XML: which vGPUs a domain uses, and the edits the guide makes by hand.
 
-attach() adds (or updates) the vGPU's hostdev the way that works: vfio-pci with display and
-ramfb as the display mode needs, a free PCI slot that is not after a Cirrus adapter, OpRegion
-through <qemu:override> on libvirt >= 8.2 (the old `-set device.hostdev0.x-igd-opregion=on`
-broke with QEMU 7's JSON -device), and the display itself. detach() undoes it; lint() finds
-the guide's pitfalls.
+attach() adds (or updates) an mdev vGPU's hostdev the way that works: vfio-pci with display
+and ramfb as the display mode needs, a free PCI slot that is not after a Cirrus adapter,
+OpRegion through <qemu:override> on libvirt >= 8.2 (the old `-set
+device.hostdev0.x-igd-opregion=on` broke with QEMU 7's JSON -device), and the display
+itself. detach() undoes it. An SR-IOV VF is a PCI hostdev at the VF's address instead
+(attach_vf, detach_vf, pci_addresses): gvtd binds it to vfio-pci, so libvirt must not
+(managed='no'), and it has none of an mdev's display options. lint() finds the guide's
+pitfalls, and VFs left where libvirt cannot use them.
 
 An edit changes only what it changes: parse() keeps comments, whitespace and each
 namespace's own prefix where the document declares it (lxml: xml.etree renames prefixes
@@ -17,12 +20,15 @@ from __future__ import annotations
 
 import difflib
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from gvtd.config import UUID_RE
+from gvtd.config import PCI_ADDRESS_RE
 from gvtd.errors import Busy, InvalidArgument
+from gvtd.mdev import hostdev as mdev_hostdev
+from gvtd.mdev import hostdev_uuid as _uuid_of
+from gvtd.mdev import mdev_hostdevs, used_in
 
 if TYPE_CHECKING:
     from lxml.etree import _Element as Element  # an edit's tree, with xml.etree's API
@@ -32,6 +38,8 @@ else:
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 Q = f"{{{QEMU_NS}}}"
 
+# hostdev attributes a backend sets only for some displays: gone when it leaves them off
+HOSTDEV_OPTIONAL = ("ramfb",)
 ALIAS = "ua-gvtd-vgpu"  # a user alias (libvirt wants the ua- prefix) that overrides can name
 OVERRIDE_VERSION = 8_002_000  # libvirt 8.2: <qemu:override>
 Display = Literal["spice-gl", "gtk-gl", "vnc", "none"]
@@ -45,6 +53,9 @@ class AttachSpec:
     render_node: str | None = None  # /dev/dri/renderD128 for spice-gl
     x_display: str = ":0"  # the desktop's $DISPLAY for gtk-gl
     override: bool = True  # libvirt >= 8.2
+    # the vGPU's hostdev as its backend writes it (gvtd.backend.Backend.hostdev); None:
+    # an mdev's for this display
+    hostdev: ET.Element | None = None
 
 
 def parse(xml: str) -> Element:
@@ -145,21 +156,10 @@ def diff(before: str, after: str, name: str) -> str:
                                         f"{name}.xml", f"{name}.xml (gvtd)"))
 
 
-def mdev_hostdevs(root: ET.Element) -> list[ET.Element]:
-    return root.findall("./devices/hostdev[@type='mdev']")
-
-
-def _uuid_of(hostdev: ET.Element) -> str:
-    address = hostdev.find("./source/address")
-    return (address.get("uuid") or "").lower() if address is not None else ""
-
-
 def mdev_uuids(xml: str) -> list[str]:
     """UUIDs of the domain's mdev hostdevs, in device order (lower case, as the kernel
     names them)."""
-    if (root := _read(xml)) is None:
-        return []
-    return [u for u in map(_uuid_of, mdev_hostdevs(root)) if UUID_RE.fullmatch(u)]
+    return used_in(root) if (root := _read(xml)) is not None else []
 
 
 def _slot(address: ET.Element) -> tuple[int, int, int] | None:
@@ -362,16 +362,14 @@ def attach(xml: str, spec: AttachSpec) -> str:
         else:
             raise Busy(f"The domain already has the vGPU {_uuid_of(hostdev)}, and a VM can open "
                        "only one (the kernel refuses a second with EEXIST): detach it first.")
+    wanted = spec.hostdev if spec.hostdev is not None else mdev_hostdev(spec.uuid, spec.display)
     if ours is None:
         ours = add(devices, "hostdev")
-        add(add(ours, "source"), "address", {"uuid": spec.uuid})
+        _graft(ours, wanted)
     gl = spec.display == "spice-gl"
-    ours.attrib.update({"mode": "subsystem", "type": "mdev", "managed": "no",
-                        "model": "vfio-pci", "display": "on" if gl else "off"})
-    if gl:
-        ours.set("ramfb", "on")  # the boot screen before the guest's driver takes over
-    else:
-        ours.attrib.pop("ramfb", None)
+    for attr in set(HOSTDEV_OPTIONAL) - set(wanted.attrib):
+        ours.attrib.pop(attr, None)
+    ours.attrib.update(wanted.attrib)
     alias = ours.find("alias")
     if alias is None:
         alias = add(ours, "alias")
@@ -394,24 +392,40 @@ def attach(xml: str, spec: AttachSpec) -> str:
     return serialize(root)
 
 
+def _graft(el: Element, model: ET.Element) -> None:
+    """model's children below el, each indented as add() does."""
+    for child in model:
+        _graft(add(el, child.tag, dict(child.attrib)), child)
+
+
+def _take_out(hostdevs: list[Element], none: str) -> None:
+    """Remove the hostdevs a detach found; InvalidArgument(none) when it found none."""
+    if not hostdevs:
+        raise InvalidArgument(none)
+    for hostdev in hostdevs:
+        remove(hostdev)
+
+
 def detach(xml: str, uuid: str) -> str:
     """The domain XML without the vGPU and what attach() added for it."""
     root = parse(xml)
-    found = [h for h in mdev_hostdevs(root) if _uuid_of(h) == uuid]
-    if not found:
-        raise InvalidArgument(f"The domain has no vGPU {uuid}.")
-    for hostdev in found:
-        remove(hostdev)
+    _take_out([h for h in mdev_hostdevs(root) if _uuid_of(h) == uuid],
+              f"The domain has no vGPU {uuid}.")
     _clear_properties(root)
     _set_gtk(root, False, "")
     return serialize(root)
 
 
-def lint(xml: str) -> list[tuple[str, str, str]]:
-    """(id, message, fix) for the guide's pitfalls in one domain."""
+def lint(xml: str, drivers: Mapping[str, str] | None = None,
+         vfs: Collection[str] = ()) -> list[tuple[str, str, str]]:
+    """(id, message, fix) for the guide's pitfalls in one domain and, given what the caller
+    read of sysfs, for its PCI hostdevs that cannot be the VF they look like: drivers, the
+    driver of each PCI device that exists ("" when none is bound), and vfs, the addresses
+    of the VFs of the SR-IOV parents gvtd knows (made or not yet). Without drivers, no
+    PCI hostdev is looked at."""
     if (root := _read(xml)) is None:
         return []
-    out: list[tuple[str, str, str]] = []
+    out: list[tuple[str, str, str]] = [] if drivers is None else _pci_lint(root, drivers, vfs)
     devices = root.find("devices")
     if devices is None:
         return out
@@ -456,3 +470,152 @@ def _has_opregion(root: ET.Element) -> bool:
         return True
     return any("x-igd-opregion=on" in (arg.get("value") or "")
                for arg in root.iterfind(f"{Q}commandline/{Q}arg"))
+
+
+# -- SR-IOV virtual functions -------------------------------------------------------------
+
+# Why a VF takes none of an mdev's display options: said by attach's reply and refusals.
+PICTURE = ("A VF has no display that QEMU can show (no dma-buf: no SPICE GL, gtk-gl, ramfb "
+           "or OpRegion), so the picture comes from inside the guest: Looking Glass (the "
+           "guest's frames through shared memory, in a window on the host), RDP (Windows' "
+           "Remote Desktop) or Sunshine (with Moonlight as the viewer).")
+HOST_GPU_DRIVERS = ("i915", "xe")  # a VF on one of these is the host's, not the VM's
+
+
+@dataclass(frozen=True)
+class VfSpec:
+    """A VF's hostdev: its PCI address and its ROM (a file, or the ROM BAR off)."""
+
+    address: str  # "0000:00:02.1"
+    rom: str | None = None  # an option ROM file QEMU gives the guest instead of the VF's
+    rom_bar: bool = True  # False: the guest sees no ROM BAR at all
+
+    def __post_init__(self) -> None:
+        if not PCI_ADDRESS_RE.fullmatch(self.address):
+            raise InvalidArgument(f"{self.address[:40]!r} is not a PCI address like "
+                                  "0000:00:02.1.")
+        if self.rom is not None and not self.rom_bar:
+            raise InvalidArgument("A ROM file needs the ROM BAR (the guest reads the file "
+                                  "through it): give either rom or rom_bar false, not both.")
+
+
+def pci_hostdev(spec: VfSpec) -> ET.Element:
+    """The VF's <hostdev> (the SR-IOV backend's), for attach_vf()."""
+    d, b, s, f = PCI_ADDRESS_RE.fullmatch(spec.address).groups()  # type: ignore[union-attr]
+    hostdev = ET.Element("hostdev", {"mode": "subsystem", "type": "pci", "managed": "no"})
+    ET.SubElement(ET.SubElement(hostdev, "source"), "address", {
+        "domain": f"0x{d}", "bus": f"0x{b}", "slot": f"0x{s}", "function": f"0x{f}"})
+    if spec.rom is not None:
+        ET.SubElement(hostdev, "rom", {"file": spec.rom})
+    elif not spec.rom_bar:
+        ET.SubElement(hostdev, "rom", {"bar": "off"})
+    return hostdev
+
+
+def pci_hostdevs(root: ET.Element) -> list[ET.Element]:
+    return root.findall("./devices/hostdev[@type='pci']")
+
+
+def _pci_number(value: str | None, limit: int) -> int | None:
+    """A libvirt PCI address field (0x-prefixed hex, or decimal) within 0..limit."""
+    if value is None:
+        return None
+    try:
+        n = int(value, 16) if value[:2].lower() == "0x" else int(value, 10)
+    except ValueError:
+        return None
+    return n if 0 <= n <= limit else None
+
+
+def _pci_address_of(hostdev: ET.Element) -> str:
+    """The host PCI address a hostdev's <source> names, as sysfs names it, or ""."""
+    address = hostdev.find("./source/address")
+    if address is None:
+        return ""
+    fields = [_pci_number(address.get(k, default), limit) for k, default, limit in (
+        ("domain", "0", 0xffff), ("bus", None, 0xff), ("slot", None, 0x1f),
+        ("function", None, 7))]
+    if None in fields:
+        return ""
+    d, b, s, f = fields
+    return f"{d:04x}:{b:02x}:{s:02x}.{f}"
+
+
+def pci_addresses(xml: str) -> list[str]:
+    """Host PCI addresses of the domain's PCI hostdevs ("0000:00:02.1"), in device order."""
+    if (root := _read(xml)) is None:
+        return []
+    return pci_addresses_in(root)
+
+
+def pci_addresses_in(root: ET.Element) -> list[str]:
+    """pci_addresses() of a parsed domain XML (the SR-IOV backend's used_in)."""
+    return [a for a in map(_pci_address_of, pci_hostdevs(root)) if a]
+
+
+def attach_vf(xml: str, wanted: ET.Element) -> str:
+    """The domain XML with a VF's hostdev as wanted (pci_hostdev(), which its backend
+    gives); idempotent. What libvirt added to the hostdev (its guest address, an alias, a
+    boot order) stays; the ROM is as wanted says."""
+    root = parse(xml)
+    devices = root.find("devices")
+    if devices is None:
+        devices = add(root, "devices")
+    address = _pci_address_of(wanted)
+    ours = next((h for h in pci_hostdevs(root) if _pci_address_of(h) == address), None)
+    if ours is None:
+        ours = add(devices, "hostdev")
+        _graft(ours, wanted)
+    ours.attrib.update(wanted.attrib)  # managed='no': gvtd, not libvirt, binds the VF
+    rom, want = ours.find("rom"), wanted.find("rom")
+    if want is None:
+        remove(rom)
+    elif rom is None:
+        source = ours.find("source")
+        add(ours, "rom", dict(want.attrib),
+            ours.index(source) + 1 if source is not None else None)
+    elif dict(rom.attrib) != want.attrib:
+        rom.attrib.clear()
+        rom.attrib.update(want.attrib)
+    return serialize(root)
+
+
+def detach_vf(xml: str, address: str) -> str:
+    """The domain XML without the VF's hostdev."""
+    root = parse(xml)
+    _take_out([h for h in pci_hostdevs(root) if _pci_address_of(h) == address],
+              f"The domain has no PCI hostdev at {address[:40]}.")
+    return serialize(root)
+
+
+def pci_lint(xml: str, drivers: Mapping[str, str], vfs: Collection[str]) -> list[
+        tuple[str, str, str]]:
+    """lint()'s findings on the PCI hostdevs alone (see lint for drivers and vfs)."""
+    return _pci_lint(root, drivers, vfs) if (root := _read(xml)) is not None else []
+
+
+def _pci_lint(root: ET.Element, drivers: Mapping[str, str], vfs: Collection[str]) -> list[
+        tuple[str, str, str]]:
+    """One whose device exists on a driver other than i915 or xe is someone's passthrough
+    (a NIC, a USB controller) and none of gvtd's business."""
+    out: list[tuple[str, str, str]] = []
+    for address in dict.fromkeys(map(_pci_address_of, pci_hostdevs(root))):
+        driver = drivers.get(address)
+        if not address or (address not in vfs and driver not in (None, *HOST_GPU_DRIVERS)):
+            continue
+        if address not in vfs:
+            why = ("does not exist, so libvirt cannot start the domain" if driver is None
+                   else f"is the host's own device ({driver} drives it): the VM would take "
+                   "it from the host, or fail to start")
+            out.append((f"pci-not-a-vf:{address}", f"the PCI hostdev {address} is not a VF "
+                        f"of any SR-IOV GPU gvtd knows and {why}", "Attach the vGPU "
+                        "(gvt-client attach DOMAIN VGPU writes its VF's address) and remove "
+                        "that hostdev (virsh edit)."))
+        elif driver in HOST_GPU_DRIVERS:
+            out.append((f"vf-host-driver:{address}", f"the VF {address} is bound to "
+                        f"{driver}, a host driver, rather than vfio-pci: libvirt cannot give "
+                        "it to the VM, and the host may be using it",
+                        "gvt-client create VGPU (or start DOMAIN) moves it to vfio-pci; "
+                        "remove whatever binds it to the host driver (a driverctl override, "
+                        "a udev rule)."))
+    return out

@@ -73,6 +73,18 @@ def test_choices_complete(scripts: Path) -> None:
         {"auto", "on-demand", "manual"}
 
 
+def test_a_file_option_completes_file_names(scripts: Path) -> None:
+    """attach --rom FILE: paths, in bash, fish and zsh."""
+    licenses = "/usr/share/common-licenses/GPL-"
+    assert "/usr/share/common-licenses/GPL-3" in bash_complete(
+        scripts, ["gvt-client", "attach", "w", "g", "--rom", licenses])
+    assert "/usr/share/common-licenses/GPL-3" in fish_complete(
+        scripts, f"gvt-client attach w g --rom {licenses}")
+    attach = next(x for x in (scripts / "_gvt-client").read_text().splitlines()
+                  if x.strip().startswith("attach) "))
+    assert "--rom[" in attach and ":rom:_files'" in attach
+
+
 def test_names_come_from_the_running_daemon(scripts: Path, sim: Simulation) -> None:
     sim.gvt_client("define", "win10-gpu", "--min-resolution", "1920x1200", "--domain", "win10",
                    check=True)

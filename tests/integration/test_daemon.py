@@ -62,6 +62,16 @@ def test_define_creates_and_announces(sim: Simulation) -> None:
                         and m.path == names.parent_path(PARENT) and "Types" in m.body[1])
 
 
+def test_an_mdev_vgpu_and_its_parent_show_the_mdev_backend(sim: Simulation) -> None:
+    """The backend properties (docs/backends.md) of an mdev: backend mdev, no address; its
+    parent of kind mdev, without virtual functions."""
+    sim.client.define(name="win10", type="i915-GVTg_V5_4")
+    v = sim.client.vgpus()["win10"]
+    assert (v["State"], v["Backend"], v["Address"]) == ("active", "mdev", "")
+    p = sim.client.props(names.parent_path(PARENT), names.PARENT_IFACE)
+    assert (p["Kind"], p["TotalVFs"], p["NumVFs"]) == ("mdev", 0, 0)
+
+
 def test_reboot_recreates_auto_vgpus_only(sim: Simulation) -> None:
     sim.client.define(name="auto1", type="i915-GVTg_V5_8", uuid=UUID)
     sim.client.define(name="later", type="i915-GVTg_V5_8", start="manual")

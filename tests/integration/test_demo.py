@@ -22,4 +22,8 @@ def test_make_demo_runs_to_its_end() -> None:
     assert "gvt-client --session new win11" in out and "view --print win11" in out
     assert "(monitor) vgpu win10: Health -> failed" in out
     assert "(monitor) domain win10: State -> shut-off" in out
+    # the Alder Lake laptop: a VF on vfio-pci, refused while win10 runs, taken back, rebooted
+    assert "sriov    0000:00:02.1" in out and "<hostdev mode=\"subsystem\" type=\"pci\"" in out
+    assert "would take its VF from the running domain win10" in out
+    assert "(monitor) vgpu win11: State -> active" in out
     assert out.rstrip().endswith("# Done; cleaning up")

@@ -12,12 +12,19 @@ from harness import CallError, DBusDaemon, Simulation, pipelined, plain
 U1 = "fff6f017-3417-4ad3-b05e-17ae3e1a4615"
 UNKNOWN = "0b9a7b35-6f04-4e2c-9f5b-6cf33ac4c3d1"
 ERR = names.ERROR_PREFIX
+IGPU = "0000:00:02.0"  # the emulated Kaby Lake's iGPU, on i915
+NO_DEVICE = "0000:00:02.5"  # nothing there, and no SR-IOV vGPU of gvtd's
 
 
-def domain(name: str, uuid: str | None, display: str = "off") -> str:
+def domain(name: str, uuid: str | None, display: str = "off", pci: tuple[str, ...] = ()) -> str:
     hostdev = (f"<hostdev mode='subsystem' type='mdev' managed='no' model='vfio-pci' "
                f"display='{display}'><source><address uuid='{uuid}'/></source></hostdev>"
                if uuid else "")
+    for address in pci:  # PCI hostdevs, as gvt-client attach writes a VF's
+        d, b, rest = address.split(":")
+        hostdev += (f"<hostdev mode='subsystem' type='pci' managed='no'><source><address "
+                    f"domain='0x{d}' bus='0x{b}' slot='0x{rest[:2]}' function='0x{rest[3]}'/>"
+                    "</source></hostdev>")
     return (f"<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>"
             f"<name>{name}</name><memory>1048576</memory><os><type>hvm</type></os>"
             f"<devices>{hostdev}</devices><test:runstate>5</test:runstate></domain>")
@@ -29,6 +36,8 @@ def virt(dbus: DBusDaemon, tmp_path: Path):  # type: ignore[no-untyped-def]
     node.write_text("<node>" + domain("win10", U1) + domain("stranger", UNKNOWN)
                     + domain("plain", None) + domain("twin", UNKNOWN)
                     + domain("lint", "5a1e7f7c-1c37-4d7a-9d43-2b8c8c1f4e11", display="on")
+                    + domain("passthru", "3c1f0e9a-8b7d-4e6f-a5c4-2d1e0f9a8b7c",
+                             pci=(IGPU, NO_DEVICE))
                     + "</node>")
     (tmp_path / "gvtd.toml").write_text(f'libvirt_uri = "test://{node}"\n')
     sim = Simulation(dbus, config_dir=tmp_path)
@@ -207,6 +216,21 @@ def test_attach_spice_gl_uses_the_render_node_path(virt: Simulation) -> None:
     assert "x-igd-opregion" in p.stdout
 
 
+def test_a_rom_is_a_vfs_alone(virt: Simulation) -> None:
+    """An mdev has no ROM BAR: --rom and --no-rom-bar are refused by name, nothing written;
+    the two together are a usage error."""
+    virt.client.define(name="g", type="i915-GVTg_V5_8", start="manual")
+    for flag in (["--rom", "/usr/share/common-licenses/GPL-3"], ["--no-rom-bar"]):
+        p = virt.gvt_client("attach", "plain", "g", "--display", "vnc", *flag)
+        assert p.returncode == 1 and "rom and rom_bar are for an SR-IOV VF" in p.stderr, flag
+    change = virt.client.call("AttachVGPU", "ssa{sv}", ["plain", "g", {
+        "display": Variant("s", "vnc"), "dry_run": Variant("b", True)}])[0].splitlines()
+    for sign, has in (("-", False), ("+", True)):  # the hostdev is still to be added
+        assert any('type="mdev"' in x for x in change[2:] if x[:1] == sign) == has
+    p = virt.gvt_client("attach", "plain", "g", "--rom", "/x.rom", "--no-rom-bar")
+    assert p.returncode == 2 and "not allowed with" in p.stderr
+
+
 def test_attach_a_second_vgpu_is_busy(virt: Simulation) -> None:
     virt.client.define(name="other", type="i915-GVTg_V5_8", start="manual")
     with pytest.raises(CallError) as e:
@@ -219,6 +243,18 @@ def test_lint_reaches_problems(virt: Simulation) -> None:
     assert "domain:lint:display-no-graphics" in ids
     assert f"vgpu:{UNKNOWN}:shared" in ids  # stranger and twin name the same vGPU
     assert not [i for i in ids if i.startswith("domain:win10:")]
+
+
+def test_doctor_lints_pci_hostdevs_over_sysfs(virt: Simulation) -> None:
+    """A PCI hostdev that is not a VF of gvtd's: the host's own iGPU (i915 drives it, as
+    the emulated sysfs shows) and an address where nothing is."""
+    checks = {c[0]: c for c in virt.client.call("Diagnose")[0]
+              if c[0].startswith("domain:passthru:")}
+    igpu, absent = (checks.pop(f"domain:passthru:pci-not-a-vf:{a}") for a in (IGPU, NO_DEVICE))
+    assert checks == {}
+    assert igpu[1] == absent[1] == "warn"
+    assert "not a VF of any SR-IOV GPU gvtd knows" in igpu[2] and "i915 drives it" in igpu[2]
+    assert "does not exist" in absent[2] and "gvt-client attach" in absent[3]
 
 
 def test_doctor_reports_libvirt(virt: Simulation, dbus: DBusDaemon, tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ import asyncio
 import json
 import subprocess
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -391,6 +393,27 @@ def test_a_stalled_read_of_one_parent_during_create_vgpu_stalls_nothing_else(dbu
         sim.stop()
 
 
+@contextmanager
+def sysfs_on_loop(sim: Simulation, tmp_path: Path) -> Iterator[list[str]]:
+    """The emulated sysfs's files that the daemon's loop thread touched while the block
+    ran (the list is filled when it ends): strace follows that thread alone (no -f), while
+    the worker threads may read and write what they like."""
+    pid = sim.sim_props()["DaemonPid"]
+    log = tmp_path / "loop.strace"
+    strace = subprocess.Popen(["strace", "-p", str(pid), "-o", str(log), "-e", "trace=%file"],
+                              stderr=subprocess.PIPE, text=True)
+    on_loop: list[str] = []
+    try:
+        assert strace.stderr is not None
+        line = strace.stderr.readline()  # "strace: Process N attached": tracing from now
+        assert "attached" in line, line
+        yield on_loop
+    finally:
+        strace.terminate()
+        strace.wait()
+    on_loop += [line for line in log.read_text().splitlines() if f"{sim.root}/sys/" in line]
+
+
 def test_reads_after_a_failed_create_stay_off_the_loop(sim: Simulation, tmp_path: Path) -> None:
     """A create refused for want of room (the sentence re-reads the parent for what still
     fits) and one whose write fails (gvtd then asks whether the mdev exists): neither read
@@ -399,14 +422,7 @@ def test_reads_after_a_failed_create_stay_off_the_loop(sim: Simulation, tmp_path
     sim.client.define(name="small", type="i915-GVTg_V5_8")  # room left for one _8, no _4
     sim.client.define(name="more", type="i915-GVTg_V5_4", start="manual")
     sim.client.define(name="m", type="i915-GVTg_V5_8", uuid=U, start="manual")
-    pid = sim.sim_props()["DaemonPid"]
-    log = tmp_path / "loop.strace"
-    strace = subprocess.Popen(["strace", "-p", str(pid), "-o", str(log), "-e", "trace=%file"],
-                              stderr=subprocess.PIPE, text=True)
-    try:
-        assert strace.stderr is not None
-        line = strace.stderr.readline()  # "strace: Process N attached": tracing from now
-        assert "attached" in line, line
+    with sysfs_on_loop(sim, tmp_path) as on_loop:
         with pytest.raises(CallError) as e:
             sim.client.call("CreateVGPU", "s", ["more"])
         assert e.value.name == names.ERROR_PREFIX + "NoCapacity" and "DVMT" in e.value.text
@@ -417,9 +433,5 @@ def test_reads_after_a_failed_create_stay_off_the_loop(sim: Simulation, tmp_path
         finally:
             sim.sim_call("ReleaseWrites")
         assert e.value.name == names.ERROR_PREFIX + "Failed", e.value
-    finally:
-        strace.terminate()
-        strace.wait()
-    on_loop = [line for line in log.read_text().splitlines() if f"{sim.root}/sys/" in line]
     assert on_loop == []
     assert "m" not in owned(sim).values()  # the mdev was not made: not gvtd's

@@ -17,6 +17,11 @@ XML = """<domain type='kvm'><name>win10</name><devices>
 <source><address uuid='{uuid}'/></source></hostdev></devices></domain>"""
 
 
+VF_XML = """<domain type='kvm'><name>win11</name><devices>
+<hostdev mode='subsystem' type='pci' managed='{}'><source><address domain='0x0000' bus='0x00'
+slot='0x02' function='0x1'/></source></hostdev></devices></domain>"""
+
+
 def hook(address: str, *args: str, xml: str = "") -> subprocess.CompletedProcess[str]:
     """The hook as root, as libvirtd runs it: its methods are root's, not a user's."""
     env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=address)
@@ -60,6 +65,11 @@ def test_other_operations_and_absent_gvtd_never_block_libvirt(dbus: DBusDaemon) 
     assert p.returncode == 0 and "gvtd is not running" in p.stderr
     p = hook(dbus.address, "plain", "prepare", "begin", "-", xml="<domain/>")
     assert (p.returncode, p.stderr) == (0, "")
+    # an SR-IOV VF, as gvt-client attach writes it: gvtd binds it, so its absence is said;
+    # a device libvirt binds itself (managed='yes', its default) is none of gvtd's
+    for managed, said in (("no", True), ("yes", False)):
+        p = hook(dbus.address, "win11", "prepare", "begin", "-", xml=VF_XML.format(managed))
+        assert p.returncode == 0 and ("gvtd is not running" in p.stderr) == said, managed
     assert time.monotonic() - started < 20  # answered at once, no timeout waited out
 
 

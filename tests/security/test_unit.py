@@ -13,6 +13,10 @@ from harness import ROOT
 UNIT = ROOT / "units" / "gvtd.service"
 MAX_EXPOSURE = 2.5
 GPU = "/sys/devices/pci0000:00/0000:00:02.0"  # the iGPU: GVT-g's only parent
+# What binds a VF to vfio-pci, or takes it off the GPU driver that grabbed it: single files
+# (gvtd.sriov writes nothing else outside the PF's directory but the VF's driver_override).
+SRIOV_FILES = ["/sys/bus/pci/drivers_probe", "/sys/bus/pci/drivers/vfio-pci/unbind",
+               "/sys/bus/pci/drivers/i915/unbind", "/sys/bus/pci/drivers/xe/unbind"]
 
 
 def installed_copy(tmp_path: Path) -> Path:
@@ -80,12 +84,14 @@ def test_unit_keeps_what_gvtd_needs() -> None:
 
 def test_unit_writes_in_sys_only_below_the_gvt_g_parent() -> None:
     """What the unit lets gvtd write in /sys: the iGPU's directory (GVT-g's only parent),
-    where its mdev files are, and none of the GPU's own PCI and DRM files there. Every
-    other root-writable file under /sys stays read-only (BindReadOnlyPaths=/sys)."""
+    where its mdev files and its SR-IOV count are, and none of the GPU's own PCI and DRM
+    files there; the PCI bus's drivers_probe and the unbind files of vfio-pci, i915 and xe,
+    one by one (VFs). Every other root-writable file under /sys stays read-only
+    (BindReadOnlyPaths=/sys)."""
     settings = unit_settings()
     writable = [p.lstrip("-") for p in paths(settings, "ReadWritePaths")]
     in_sys = [p for p in writable if p == "/sys" or p.startswith("/sys/")]
-    assert in_sys == [GPU], in_sys
+    assert in_sys == [GPU, *SRIOV_FILES], in_sys
     assert all(p.startswith("-") for p in paths(settings, "ReadWritePaths") if "/sys" in p), \
         "an iGPU-less host must start gvtd (a missing path without '-' fails the unit)"
     protected = paths(settings, "ReadOnlyPaths")
@@ -93,8 +99,10 @@ def test_unit_writes_in_sys_only_below_the_gvt_g_parent() -> None:
     # /sys read-only (seen on systemd 257): a read-only bind mount of /sys does
     assert settings["BindReadOnlyPaths"] == ["/sys", "-/tmp/.X11-unix"]  # and the X sockets
     for name in ("config", "resource0", "resource2", "rom", "remove", "reset", "rescan",
-                 "driver_override", "power", "drm", "i2c-0", "sriov_numvfs"):
+                 "driver_override", "power", "drm", "i2c-0"):
         assert f"-{GPU}/{name}" in protected, name
+    for name in ("sriov_numvfs", "sriov_drivers_autoprobe"):  # the PF's: gvtd makes VFs
+        assert f"-{GPU}/{name}" not in protected, name
     assert not [p for p in protected if not p.startswith(f"-{GPU}/")], protected
     # the mdev files stay writable: nothing re-protects mdev_supported_types or an mdev
     assert not [p for p in protected if "mdev" in p or re.search(r"/[0-9a-f]{8}-", p)]

@@ -16,7 +16,8 @@ from gvtd.sim.host import EmulatedHost
 
 CALLS = {"register_parent", "unregister_parent", "remove_mdev", "add_foreign_mdev",
          "forget_mdevs", "write_log", "mdevs", "hold_remove", "refuse_removes",
-         "wait_stalled", "release_writes"}
+         "wait_stalled", "release_writes", "unbind_driver", "bind_driver", "forget_vfs",
+         "pci_devices"}
 
 
 def main() -> None:

@@ -51,6 +51,24 @@ def test_type_or_resolution_exactly_one() -> None:
         Definition(uuid=UUID, type="x", min_resolution="1920x1080")
 
 
+def test_a_vf_has_no_attrs() -> None:
+    assert Definition(uuid=UUID, type="vf", parent="0000:01:00.0").type == "vf"
+    with pytest.raises(ValidationError, match="a VF .* has no sysfs attributes"):
+        Definition(uuid=UUID, type="vf", attrs=[("a", "1")])
+
+
+def test_vf_counts_per_parent(tmp_path: Path) -> None:
+    (tmp_path / "gvtd.toml").write_text('sriov_vfs = { "0000:00:02.0" = 7 }\n')
+    settings, problems = ConfigDir(tmp_path).load_settings()
+    assert settings.sriov_vfs == {"0000:00:02.0": 7} and problems == []
+    for bad, field in (('{ "0000:00:02.0" = 0 }', "sriov_vfs.0000:00:02.0"),
+                       ('{ "0000:00:02.0" = "7" }', "sriov_vfs.0000:00:02.0"),
+                       ('{ "00:02.0" = 7 }', "sriov_vfs.00:02.0.[key]")):
+        (tmp_path / "gvtd.toml").write_text(f"sriov_vfs = {bad}\n")
+        settings, problems = ConfigDir(tmp_path).load_settings()
+        assert settings == Settings() and [p.field for p in problems] == [field], bad
+
+
 @pytest.mark.parametrize("name", ["a b", "", "../x", ".hidden", "x/y", "a" * 65, "é"])
 def test_bad_names(name: str) -> None:
     with pytest.raises(InvalidArgument, match="not a valid vGPU name"):
