@@ -182,9 +182,9 @@ def test_vgpus_are_back_after_reboot_before_ready(guest: Results) -> None:
     started = int(a["times"]["ExecMainStartTimestamp"].split()[1])
     ready = int(a["times"]["ActiveEnterTimestamp"].split()[1])  # READY=1 received
     created = {e["VGPU_NAME"]: int(e["_SOURCE_REALTIME_TIMESTAMP"]) for e in a["created"]}
-    assert set(created) == {"tty0", "fb0"}, a["created"]
+    assert set(created) == {"tty0", "fb0", *VFS}, a["created"]
     assert all(started < t < ready for t in created.values()), (started, created, ready)
-    assert a["show"]["StatusText"] == "2 vGPUs active on 2 parents"
+    assert a["show"]["StatusText"] == "4 vGPUs active on 3 parents"
 
 
 def test_journal_entries_carry_structured_fields(guest: Results) -> None:
@@ -365,3 +365,74 @@ def test_writing_zero_unbinds_and_removes_every_vf(guest: Results) -> None:
     assert _events(s["disable_events"]["kernel"]) == \
         [e for vf in vfs for e in (("unbind", "pci", vf, None), ("remove", "pci", vf, None))]
     assert s["autoprobe_on"] is None
+
+
+VFS = {"vf0": "0000:01:00.1", "vf1": "0000:01:00.2"}  # guest/scenario.py's, in slot order
+PF = "0000:01:00.0"
+
+
+def _vfs_on_vfio(kernel: dict[str, Any]) -> None:
+    """Both VFs exist, are on vfio-pci through driver_override, and have their VFIO group."""
+    assert kernel["numvfs"] == "2" and kernel["autoprobe"] == "0", kernel
+    assert kernel["virtfn"] == {"0": VFS["vf0"], "1": VFS["vf1"]}, kernel
+    for vf in VFS.values():
+        f = kernel["vfs"][vf]
+        assert (f["driver"], f["driver_override"]) == ("vfio-pci", "vfio-pci"), f
+        assert f["iommu_group"] in kernel["dev_vfio"], kernel
+
+
+def test_the_real_kernels_erange_reaches_the_bus_as_no_capacity(guest: Results) -> None:
+    """gvtd.toml's sriov_vfs above totalvfs: gvtd writes the count, the kernel refuses."""
+    e = guest.step(1, "vf_erange")
+    assert e["reload"]["rc"] == 0 and e["define"]["rc"] == 0, e
+    assert e["create"]["rc"] == 1, e["create"]
+    assert "allows 2 VFs, 3 needed (ERANGE)" in e["create"]["err"], e["create"]
+    assert "Traceback" not in e["create"]["err"]
+    assert e["bus_error"] == names.ERROR_PREFIX + "NoCapacity"
+    assert e["after"]["numvfs"] == "0" and e["after"]["virtfn"] == {}, e["after"]  # nothing
+    assert e["after"]["autoprobe"] == "0"  # set before the count, as it must be
+    vf0 = [v for v in e["list"] if v["name"] == "vf0"]
+    assert vf0 and vf0[0]["state"] != "active" and "ERANGE" in vf0[0]["last_error"], vf0
+    assert e["reload_back"]["rc"] == 0 and e["undefine"]["rc"] == 0, e
+
+
+def test_vf_definitions_get_their_vfs_on_vfio_pci_from_the_real_kernel(guest: Results) -> None:
+    d = guest.step(1, "vf_define")
+    assert [r["rc"] for r in d["defined"]] == [0, 0], d["defined"]
+    assert d["event"], f"the VF vGPUs never became active; states seen: {d['states']}"
+    vgpus = {v["name"]: v for v in d["list"]}
+    for name, address in VFS.items():
+        v = vgpus[name]
+        assert (v["state"], v["backend"], v["address"], v["parent"]) == \
+            ("active", "sriov", address, PF), v
+    _vfs_on_vfio(d["kernel"])
+    # the second definition needed a second VF: the count went from 1 to 2 through 0
+    assert any("from 1 to 2 through 0" in line for line in d["journal"]), d["journal"]
+    assert sum(line.startswith("Created vGPU vf") for line in d["journal"]) >= 2, d["journal"]
+    pf = [p for p in d["parents"] if p["address"] == PF]
+    assert pf and pf[0]["driver"] == "nvme", d["parents"]
+
+
+def test_the_real_kernels_erange_and_ebusy_are_named_errors(guest: Results) -> None:
+    """gvtd's own SR-IOV sysfs code against the real PCI core, and a third VF definition on
+    a PF that allows two, on the bus; nothing of what exists changes."""
+    e = guest.step(1, "vf_errors")
+    assert e["erange"][0] == "NoCapacity" and "(ERANGE)" in e["erange"][1], e["erange"]
+    assert e["ebusy"][0] == "Busy" and "(EBUSY)" in e["ebusy"][1], e["ebusy"]
+    assert e["third_define"]["rc"] == 0 and e["third_create"]["rc"] == 1, e
+    assert "All 2 VFs of the PF" in e["third_create"]["err"], e["third_create"]
+    assert e["third_bus_error"] == names.ERROR_PREFIX + "NoCapacity"
+    assert e["third_undefine"]["rc"] == 0
+    _vfs_on_vfio(e["kernel"])
+    assert {v["name"]: v["state"] for v in e["list"] if v["name"] in VFS} == \
+        {name: "active" for name in VFS}
+
+
+def test_vfs_are_back_on_vfio_pci_after_reboot_and_stay_when_gvtd_stops(guest: Results) -> None:
+    a = guest.step(2, "after_reboot")
+    assert set(a["before"]["vfs"]) == set(VFS)
+    _vfs_on_vfio(a["kernel"])
+    vgpus = {v["name"]: v for v in a["list"]}
+    assert {n: (vgpus[n]["state"], vgpus[n]["address"]) for n in VFS} == \
+        {n: ("active", address) for n, address in VFS.items()}
+    _vfs_on_vfio(guest.step(2, "stop")["kernel"])  # SIGTERM leaves the VFs in place

@@ -144,6 +144,7 @@ mv /tmp/guest/scenario.py /usr/local/lib/gvtd-e2e/
 mv /tmp/guest/gvtd-e2e.service /etc/systemd/system/
 mv /tmp/guest/50-gvtd-e2e.rules /tmp/guest/50-gvtd-alice.rules /etc/polkit-1/rules.d/
 install -D -m 0644 /tmp/guest/gvtd-samples.conf /etc/systemd/system/gvtd.service.d/50-samples.conf
+install -D -m 0644 /tmp/guest/gvtd-sriov.conf /etc/systemd/system/gvtd.service.d/50-sriov.conf
 ln -s /etc/systemd/system/gvtd-e2e.service /etc/systemd/system/multi-user.target.wants/
 rm -rf /tmp/guest /etc/resolv.conf
 """

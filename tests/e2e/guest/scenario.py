@@ -584,13 +584,111 @@ def sriov_kernel() -> None:
     emit("sriov_kernel", **out)
 
 
+PF = "0000:01:00.0"  # the NVMe PF of tests/e2e/vm.py
+VFS = ("vf0", "vf1")  # one VF each: as many as the PF allows
+SETTINGS = Path("/etc/gvtd/gvtd.toml")
+
+
+def all_active(wanted: tuple[str, ...], seen: dict[str, list[str]]
+               ) -> Callable[[dict[str, Any]], bool]:
+    """Monitor events until every vGPU in `wanted` was last seen active; the states on the
+    way are appended to `seen`."""
+    latest: dict[str, str] = {}
+
+    def pred(event: dict[str, Any]) -> bool:
+        state = event.get("properties", {}).get("State")
+        name = event.get("name")
+        if event.get("kind") == "vgpu" and name in wanted and state is not None:
+            seen.setdefault(name, []).append(state)
+            latest[name] = state
+        return all(latest.get(n) == "active" for n in wanted)
+    return pred
+
+
+def vf_state() -> dict[str, Any]:
+    """The PF's count and autoprobe, its VFs (driver, IOMMU group) and /dev/vfio."""
+    pf = PCI / PF
+    vfs = virtfns(pf)
+    return {"numvfs": read(pf / "sriov_numvfs"),
+            "autoprobe": read(pf / "sriov_drivers_autoprobe"), "virtfn": vfs,
+            "vfs": {vf: vf_facts(vf) for vf in vfs.values()},
+            "dev_vfio": sorted(os.listdir("/dev/vfio"))}
+
+
+def vf_erange() -> None:
+    """gvtd.toml asks for more VFs on the PF than it allows: the real kernel's ERANGE on
+    gvtd's write of the count reaches CreateVGPU's caller as NoCapacity, nothing is made.
+    gvtd.toml is then put back."""
+    original = SETTINGS.read_text()
+    SETTINGS.write_text(original + f'\nsriov_vfs = {{ "{PF}" = {len(VFS) + 1} }}\n')
+    out: dict[str, Any] = {"reload": client("reload")}
+    out["define"] = client("define", "vf0", "--type", "vf", "--parent", PF,
+                           "--start", "manual")
+    out["create"] = client("create", "vf0")
+    out["bus_error"] = bus_error("CreateVGPU", "s", "vf0")
+    out["list"] = client_json("list")
+    out["after"] = vf_state()
+    SETTINGS.write_text(original)
+    out["reload_back"] = client("reload")
+    out["undefine"] = client("undefine", "vf0")
+    emit("vf_erange", **out)
+
+
+def vf_define() -> None:
+    """Two auto definitions on the PF: gvtd makes a VF for each (the second changes the
+    count from 1 to 2, through 0) and binds both to vfio-pci."""
+    mon = Monitor()
+    seen: dict[str, list[str]] = {}
+    try:
+        defined = [client("define", name, "--type", "vf", "--parent", PF, "--start", "auto")
+                   for name in VFS]
+        event = mon.until(all_active(VFS, seen))
+    finally:
+        mon.close()
+    log = sh("journalctl", "-b", "-u", "gvtd", "-o", "cat", "--no-pager")["out"]
+    emit("vf_define", defined=defined, event=event, states=seen, list=client_json("list"),
+         parents=client_json("parents"), kernel=vf_state(),
+         journal=[line for line in log.splitlines()
+                  if "through 0" in line or "Created vGPU vf" in line])
+
+
+def vf_errors() -> None:
+    """The real kernel's refusals through gvtd's own SR-IOV sysfs code (as root, beside the
+    daemon): a count above totalvfs (ERANGE) and another count while VFs exist (EBUSY);
+    and a third definition on a PF with two VFs, on the bus."""
+    from gvtd.errors import GvtdError
+    from gvtd.sriov import PciSriov
+
+    pci = PciSriov()
+    pf = pci.physfn(PF)
+    out: dict[str, Any] = {}
+    for key, count in (("erange", len(VFS) + 1), ("ebusy", 1)):
+        try:
+            pci.set_numvfs(pf, count)  # type: ignore[arg-type]
+            out[key] = None
+        except GvtdError as e:
+            out[key] = [type(e).__name__, e.message]
+    out["third_define"] = client("define", "vf2", "--type", "vf", "--parent", PF,
+                                 "--start", "manual")
+    out["third_create"] = client("create", "vf2")
+    out["third_bus_error"] = bus_error("CreateVGPU", "s", "vf2")
+    out["third_undefine"] = client("undefine", "vf2")
+    out["kernel"] = vf_state()
+    out["list"] = client_json("list")
+    emit("vf_errors", **out)
+
+
 def phase1() -> None:
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     for step in (service, define, reads, doctor, health, sandbox, polkit, domains, sysfs_remove,
-                 foreign, reload_module, errors, sriov_kernel):
+                 foreign, reload_module, errors, sriov_kernel, vf_erange, vf_define,
+                 vf_errors):
         run(step)
     STATE.parent.mkdir(parents=True, exist_ok=True)
-    STATE.write_text(json.dumps({"boot_id": boot_id, "uuids": uuids()}))
+    ids = uuids()
+    STATE.write_text(json.dumps({"boot_id": boot_id,
+                                 "uuids": {n: u for n, u in ids.items() if n in DEFINED},
+                                 "vfs": {n: u for n, u in ids.items() if n in VFS}}))
     os.sync()
     emit("rebooting", boot_id=boot_id, list=client_json("list"))
     sh("systemctl", "reboot", "--no-block")
@@ -616,7 +714,7 @@ def after_reboot() -> None:
          boot_id=Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
          show=show("gvtd", "ActiveState", "StatusText"), times=times, created=created,
          sysfs={name: mdev(u) for name, u in before["uuids"].items()},
-         list=client_json("list"))
+         kernel=vf_state(), list=client_json("list"))
 
 
 def journal() -> None:
@@ -630,7 +728,7 @@ def stop() -> None:
     ids = json.loads(STATE.read_text())["uuids"]
     r = sh("systemctl", "stop", "gvtd")
     emit("stop", stop=r, active=sh("systemctl", "is-active", "gvtd")["out"].strip(),
-         sysfs={name: mdev(u) for name, u in ids.items()})
+         sysfs={name: mdev(u) for name, u in ids.items()}, kernel=vf_state())
 
 
 def phase2() -> None:
