@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """The end-to-end VM: a Debian 13 image with gvtd's package, the kernel's sample mdev
-drivers and the scenario under tests/e2e/guest, booted with QEMU.
+drivers and the scenario under tests/e2e/guest, booted with QEMU on a machine with an
+IOMMU and an SR-IOV capable PCI device (QEMU's NVMe controller).
 
 Everything is built from Debian's archive and cached under .cache/ by what went into it:
 the image's root (debroot._tarball: suite and package list), the sample drivers (the guest
@@ -130,7 +131,7 @@ install -d /usr/lib/modules/{abi}/updates/vfio-mdev
 mv /tmp/samples/*.ko /usr/lib/modules/{abi}/updates/vfio-mdev/
 rm -r /tmp/samples
 depmod -a {abi}
-printf 'mtty\\nmdpy\\nmbochs\\ngvtd_e2e_gvt\\n' > /etc/modules-load.d/gvtd-e2e.conf
+printf 'mtty\\nmdpy\\nmbochs\\ngvtd_e2e_gvt\\nvfio-pci\\n' > /etc/modules-load.d/gvtd-e2e.conf
 useradd -m -u 1000 -s /bin/sh alice
 useradd -m -u 1001 -s /bin/sh bob
 getent group libvirt >/dev/null || groupadd -r libvirt
@@ -143,6 +144,7 @@ mv /tmp/guest/scenario.py /usr/local/lib/gvtd-e2e/
 mv /tmp/guest/gvtd-e2e.service /etc/systemd/system/
 mv /tmp/guest/50-gvtd-e2e.rules /tmp/guest/50-gvtd-alice.rules /etc/polkit-1/rules.d/
 install -D -m 0644 /tmp/guest/gvtd-samples.conf /etc/systemd/system/gvtd.service.d/50-samples.conf
+install -D -m 0644 /tmp/guest/gvtd-sriov.conf /etc/systemd/system/gvtd.service.d/50-sriov.conf
 ln -s /etc/systemd/system/gvtd-e2e.service /etc/systemd/system/multi-user.target.wants/
 rm -rf /tmp/guest /etc/resolv.conf
 """
@@ -183,6 +185,24 @@ def image(deb: Path) -> Path:
     return out
 
 
+# A q35 machine with an emulated VT-d IOMMU (the guest's intel_iommu=on gives each VF its
+# own IOMMU group, which vfio-pci needs) and QEMU's NVMe controller as an SR-IOV physical
+# function behind a PCIe root port: the guest's stock nvme driver enables its VFs through
+# the kernel's PCI SR-IOV core (sriov_numvfs). Interrupt remapping (intremap) wants the
+# split irqchip; caching-mode is what lets VFIO use the emulated IOMMU. The PF is at
+# 0000:01:00.0 (bus 1: the root port's), its VFs at 0000:01:00.1 and .2.
+SRIOV_MAX_VFS = 2
+MACHINE = ["-machine", "q35,kernel-irqchip=split",
+           "-device", "intel-iommu,intremap=on,caching-mode=on",
+           "-device", "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1,addr=0x3",
+           "-device", "nvme-subsys,id=ss0",
+           "-device", f"nvme,serial=gvtd-e2e,subsys=ss0,sriov_max_vfs={SRIOV_MAX_VFS},"
+                      "sriov_vq_flexible=4,sriov_vi_flexible=2,bus=rp1"]
+# The disk stays at 0000:00:02.0, the iGPU's address the unit opens, as it was on the pc
+# machine: the sandbox step checks the unit's rules on the device there.
+DISK_SLOT = "0x2"
+
+
 def accel() -> list[str]:
     """KVM where a hardware KVM module is loaded; TCG otherwise (a software /dev/kvm, as
     on these machines, boots QEMU but hangs a stock guest kernel)."""
@@ -211,10 +231,12 @@ def boot(img: Path, run_dir: Path, timeout: float = 600) -> Run:
     disk = run_dir / "disk.img"
     subprocess.run(["cp", "--sparse=always", str(img / "disk.img"), str(disk)], check=True)
     cmd = ["qemu-system-x86_64", *accel(), "-smp", "2", "-m", "1536", "-nodefaults",
-           "-no-user-config", "-display", "none", "-nic", "none",
+           "-no-user-config", "-display", "none", "-nic", "none", *MACHINE,
            "-kernel", str(img / "vmlinuz"), "-initrd", str(img / "initrd.img"),
-           "-append", "root=/dev/vda rw console=ttyS0 panic=-1 systemd.show_status=auto",
-           "-drive", f"file={disk},format=raw,if=virtio,cache=unsafe",
+           "-append", "root=/dev/vda rw console=ttyS0 panic=-1 systemd.show_status=auto "
+                      "intel_iommu=on",
+           "-drive", f"file={disk},format=raw,if=none,id=disk,cache=unsafe",
+           "-device", f"virtio-blk-pci,drive=disk,addr={DISK_SLOT}",
            "-serial", f"file:{run_dir / 'console.log'}",
            "-serial", f"file:{run_dir / 'results.jsonl'}"]
     with open(run_dir / "qemu.log", "w") as log:

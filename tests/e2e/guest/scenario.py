@@ -431,13 +431,264 @@ def errors() -> None:
     emit("errors", **out)
 
 
+PCI = Path("/sys/bus/pci/devices")
+SENTINEL = Path("/sys/devices/virtual/mem/null/uevent")  # a device nothing else touches
+
+
+class Uevents:
+    """The uevents of the real kernel (netlink source "kernel", in the order it sent them)
+    and of udev (source "udev", after its rules: what gvtd listens to, in the order udev
+    finished them, which is not the kernel's). `collect` returns what arrived since the
+    last call: the kernel's up to a synthetic uevent of its own (SYNTH_UUID), which the
+    kernel sends after everything sent before; udev's once `udevadm settle` has seen udev
+    pass all of those on (the mark, then whatever is queued on the socket)."""
+
+    def __init__(self) -> None:
+        import pyudev
+
+        ctx = pyudev.Context()
+        self.monitors = {src: pyudev.Monitor.from_netlink(ctx, source=src)
+                         for src in ("kernel", "udev")}
+        for mon in self.monitors.values():
+            mon.set_receive_buffer_size(4 << 20)
+            mon.start()
+
+    def collect(self) -> dict[str, list[dict[str, Any]]]:
+        mark = str(uuid.uuid4())
+        write(SENTINEL, f"change {mark}")
+        settled = sh("udevadm", "settle", f"--timeout={WAIT}")["rc"]
+        out: dict[str, list[dict[str, Any]]] = {}
+        for src, mon in self.monitors.items():
+            seen: list[dict[str, Any]] = []
+            marked = False
+            while True:
+                dev = mon.poll(timeout=0 if marked else WAIT)
+                if dev is None:
+                    if not marked:
+                        seen.append({"timeout": True, "settled": settled})
+                    break
+                if dev.properties.get("SYNTH_UUID") == mark:
+                    if src == "kernel":
+                        break
+                    marked = True
+                    continue
+                seen.append(_uevent(dev, src))
+            out[src] = seen
+        return out
+
+
+def _uevent(dev: Any, src: str) -> dict[str, Any]:
+    props = dict(dev.properties)
+    out = {"action": dev.action, "subsystem": dev.subsystem, "name": dev.sys_name,
+           "driver": props.get("DRIVER"), "seq": int(props.get("SEQNUM", 0))}
+    if src == "kernel":  # the kernel's own keys (udev's side adds its rules' dozens)
+        out["keys"] = sorted(k for k in props if k not in ("ACTION", "DEVPATH", "SUBSYSTEM",
+                                                            "SEQNUM"))
+    return out
+
+
+def read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError as e:
+        return errno.errorcode.get(e.errno or 0, str(e.errno))
+
+
+def link(path: Path) -> str | None:
+    try:
+        return os.path.basename(os.readlink(path))
+    except OSError:
+        return None
+
+
+def sriov_pf() -> Path | None:
+    """The one PCI device of the VM with SR-IOV: QEMU's NVMe controller (tests/e2e/vm.py)."""
+    for dev in sorted(PCI.iterdir()):
+        total = read(dev / "sriov_totalvfs") or ""
+        if total.isdigit() and int(total) > 0:
+            return dev
+    return None
+
+
+def virtfns(pf: Path) -> dict[str, str]:
+    """The PF's virtfnN links, in N order: N -> the VF's PCI address."""
+    links = sorted(pf.glob("virtfn*"), key=lambda p: int(p.name[len("virtfn"):]))
+    return {p.name[len("virtfn"):]: os.path.basename(os.readlink(p)) for p in links}
+
+
+def vf_facts(vf: str) -> dict[str, Any]:
+    dev = PCI / vf
+    group = link(dev / "iommu_group")
+    members = sorted(p.name for p in Path(f"/sys/kernel/iommu_groups/{group}/devices").iterdir()) \
+        if group else []
+    return {"path": os.path.realpath(dev), "physfn": link(dev / "physfn"),
+            "driver": link(dev / "driver"), "driver_override": read(dev / "driver_override"),
+            "ids": [read(dev / f) for f in ("vendor", "device", "class")],
+            "iommu_group": group, "group_devices": members}
+
+
+def sriov_kernel() -> None:
+    """The PCI SR-IOV core of the real kernel, driven by hand (as root, outside gvtd): the
+    PF's files, the errnos, the uevents in the kernel's order, and a VF bound to vfio-pci
+    with driver_override and drivers_probe. Records only; leaves the PF as it found it."""
+    pf = sriov_pf()
+    if pf is None:
+        emit("sriov_kernel", pf=None, pci=sorted(p.name for p in PCI.iterdir()))
+        return
+    files = ("sriov_totalvfs", "sriov_numvfs", "sriov_offset", "sriov_stride",
+             "sriov_vf_device", "sriov_drivers_autoprobe")
+    out: dict[str, Any] = {
+        "pf": pf.name, "path": os.path.realpath(pf), "driver": link(pf / "driver"),
+        "ids": [read(pf / f) for f in ("vendor", "device", "class")],
+        "iommu_group": link(pf / "iommu_group"), "files": {f: read(pf / f) for f in files},
+        "cmdline": Path("/proc/cmdline").read_text().strip(),
+        "vfio_pci_loaded": Path("/sys/bus/pci/drivers/vfio-pci").is_dir()}
+    total = int(out["files"]["sriov_totalvfs"])
+    numvfs = pf / "sriov_numvfs"
+    ev = Uevents()
+    out["autoprobe_off"] = write(pf / "sriov_drivers_autoprobe", "0")
+    out["over_total"] = write(numvfs, str(total + 1))
+    out["over_total_events"] = ev.collect()
+    out["enable"] = write(numvfs, str(total))
+    out["enable_events"] = ev.collect()
+    out["numvfs_enabled"] = read(numvfs)
+    vfs = virtfns(pf)
+    out["virtfn"] = vfs
+    out["vfs"] = {vf: vf_facts(vf) for vf in vfs.values()}
+    out["other_count"] = write(numvfs, "1")
+    out["same_count"] = write(numvfs, str(total))
+    out["busy_events"] = ev.collect()
+    out["dev_vfio_before"] = sorted(os.listdir("/dev/vfio"))  # the mdevs' groups
+    bound: dict[str, Any] = {}
+    for vf in vfs.values():
+        b = {"override": write(PCI / vf / "driver_override", "vfio-pci"),
+             "probe": write(Path("/sys/bus/pci/drivers_probe"), vf),
+             "driver": link(PCI / vf / "driver")}
+        group = out["vfs"][vf]["iommu_group"]
+        b["dev_wait"] = sh("udevadm", "wait", f"--timeout={WAIT}", f"/dev/vfio/{group}",
+                           timeout=WAIT + 10)["rc"]
+        b["dev"] = os.path.exists(f"/dev/vfio/{group}")
+        bound[vf] = b
+    out["bind"] = bound
+    out["bind_events"] = ev.collect()
+    out["dev_vfio"] = sorted(os.listdir("/dev/vfio"))
+    out["disable"] = write(numvfs, "0")
+    out["disable_events"] = ev.collect()
+    out["after"] = {"numvfs": read(numvfs), "virtfn": virtfns(pf),
+                    "vfs_present": [vf for vf in vfs.values() if (PCI / vf).exists()],
+                    "dev_vfio": sorted(os.listdir("/dev/vfio"))}
+    out["autoprobe_on"] = write(pf / "sriov_drivers_autoprobe", "1")
+    out["kmsg"] = [line for line in sh("dmesg")["out"].splitlines()
+                   if pf.name in line or any(vf in line for vf in vfs.values())
+                   or "vfio" in line][-60:]
+    emit("sriov_kernel", **out)
+
+
+PF = "0000:01:00.0"  # the NVMe PF of tests/e2e/vm.py
+VFS = ("vf0", "vf1")  # one VF each: as many as the PF allows
+SETTINGS = Path("/etc/gvtd/gvtd.toml")
+
+
+def all_active(wanted: tuple[str, ...], seen: dict[str, list[str]]
+               ) -> Callable[[dict[str, Any]], bool]:
+    """Monitor events until every vGPU in `wanted` was last seen active; the states on the
+    way are appended to `seen`."""
+    latest: dict[str, str] = {}
+
+    def pred(event: dict[str, Any]) -> bool:
+        state = event.get("properties", {}).get("State")
+        name = event.get("name")
+        if event.get("kind") == "vgpu" and name in wanted and state is not None:
+            seen.setdefault(name, []).append(state)
+            latest[name] = state
+        return all(latest.get(n) == "active" for n in wanted)
+    return pred
+
+
+def vf_state() -> dict[str, Any]:
+    """The PF's count and autoprobe, its VFs (driver, IOMMU group) and /dev/vfio."""
+    pf = PCI / PF
+    vfs = virtfns(pf)
+    return {"numvfs": read(pf / "sriov_numvfs"),
+            "autoprobe": read(pf / "sriov_drivers_autoprobe"), "virtfn": vfs,
+            "vfs": {vf: vf_facts(vf) for vf in vfs.values()},
+            "dev_vfio": sorted(os.listdir("/dev/vfio"))}
+
+
+def vf_erange() -> None:
+    """gvtd.toml asks for more VFs on the PF than it allows: the real kernel's ERANGE on
+    gvtd's write of the count reaches CreateVGPU's caller as NoCapacity, nothing is made.
+    gvtd.toml is then put back."""
+    original = SETTINGS.read_text()
+    SETTINGS.write_text(original + f'\nsriov_vfs = {{ "{PF}" = {len(VFS) + 1} }}\n')
+    out: dict[str, Any] = {"reload": client("reload")}
+    out["define"] = client("define", "vf0", "--type", "vf", "--parent", PF,
+                           "--start", "manual")
+    out["create"] = client("create", "vf0")
+    out["bus_error"] = bus_error("CreateVGPU", "s", "vf0")
+    out["list"] = client_json("list")
+    out["after"] = vf_state()
+    SETTINGS.write_text(original)
+    out["reload_back"] = client("reload")
+    out["undefine"] = client("undefine", "vf0")
+    emit("vf_erange", **out)
+
+
+def vf_define() -> None:
+    """Two auto definitions on the PF: gvtd makes a VF for each (the second changes the
+    count from 1 to 2, through 0) and binds both to vfio-pci."""
+    mon = Monitor()
+    seen: dict[str, list[str]] = {}
+    try:
+        defined = [client("define", name, "--type", "vf", "--parent", PF, "--start", "auto")
+                   for name in VFS]
+        event = mon.until(all_active(VFS, seen))
+    finally:
+        mon.close()
+    log = sh("journalctl", "-b", "-u", "gvtd", "-o", "cat", "--no-pager")["out"]
+    emit("vf_define", defined=defined, event=event, states=seen, list=client_json("list"),
+         parents=client_json("parents"), kernel=vf_state(),
+         journal=[line for line in log.splitlines()
+                  if "through 0" in line or "Created vGPU vf" in line])
+
+
+def vf_errors() -> None:
+    """The real kernel's refusals through gvtd's own SR-IOV sysfs code (as root, beside the
+    daemon): a count above totalvfs (ERANGE) and another count while VFs exist (EBUSY);
+    and a third definition on a PF with two VFs, on the bus."""
+    from gvtd.errors import GvtdError
+    from gvtd.sriov import PciSriov
+
+    pci = PciSriov()
+    pf = pci.physfn(PF)
+    out: dict[str, Any] = {}
+    for key, count in (("erange", len(VFS) + 1), ("ebusy", 1)):
+        try:
+            pci.set_numvfs(pf, count)  # type: ignore[arg-type]
+            out[key] = None
+        except GvtdError as e:
+            out[key] = [type(e).__name__, e.message]
+    out["third_define"] = client("define", "vf2", "--type", "vf", "--parent", PF,
+                                 "--start", "manual")
+    out["third_create"] = client("create", "vf2")
+    out["third_bus_error"] = bus_error("CreateVGPU", "s", "vf2")
+    out["third_undefine"] = client("undefine", "vf2")
+    out["kernel"] = vf_state()
+    out["list"] = client_json("list")
+    emit("vf_errors", **out)
+
+
 def phase1() -> None:
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     for step in (service, define, reads, doctor, health, sandbox, polkit, domains, sysfs_remove,
-                 foreign, reload_module, errors):
+                 foreign, reload_module, errors, sriov_kernel, vf_erange, vf_define,
+                 vf_errors):
         run(step)
     STATE.parent.mkdir(parents=True, exist_ok=True)
-    STATE.write_text(json.dumps({"boot_id": boot_id, "uuids": uuids()}))
+    ids = uuids()
+    STATE.write_text(json.dumps({"boot_id": boot_id,
+                                 "uuids": {n: u for n, u in ids.items() if n in DEFINED},
+                                 "vfs": {n: u for n, u in ids.items() if n in VFS}}))
     os.sync()
     emit("rebooting", boot_id=boot_id, list=client_json("list"))
     sh("systemctl", "reboot", "--no-block")
@@ -463,7 +714,7 @@ def after_reboot() -> None:
          boot_id=Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
          show=show("gvtd", "ActiveState", "StatusText"), times=times, created=created,
          sysfs={name: mdev(u) for name, u in before["uuids"].items()},
-         list=client_json("list"))
+         kernel=vf_state(), list=client_json("list"))
 
 
 def journal() -> None:
@@ -477,7 +728,7 @@ def stop() -> None:
     ids = json.loads(STATE.read_text())["uuids"]
     r = sh("systemctl", "stop", "gvtd")
     emit("stop", stop=r, active=sh("systemctl", "is-active", "gvtd")["out"].strip(),
-         sysfs={name: mdev(u) for name, u in ids.items()})
+         sysfs={name: mdev(u) for name, u in ids.items()}, kernel=vf_state())
 
 
 def phase2() -> None:
