@@ -276,3 +276,17 @@ def test_a_count_set_in_gvtd_toml_never_changes(adl: Simulation) -> None:
     adl.client.call("RemoveVGPU", "s", ["second"])
     assert vf_driver(adl, "0000:00:02.2") == "" and parent(adl)["NumVFs"] == 7
     assert [w[1] for w in writes(adl) if w[0].endswith("/sriov_numvfs")] == ["7"]
+
+
+def test_a_count_above_the_limit_takes_no_vf_away(adl: Simulation) -> None:
+    """sriov_vfs above what the PF allows, with a VF made already: NoCapacity names the
+    limit (the vGPU's LastError), and the VF that exists stays (no write of 0 before the kernel would refuse)."""
+    adl.client.define(name="win11", type="vf")
+    with (adl.config_dir / "gvtd.toml").open("a") as f:
+        f.write(f'sriov_vfs = {{ "{PF}" = 9 }}\n')
+    adl.client.call("Reload")
+    adl.client.define(name="second", type="vf")
+    second = adl.client.vgpus()["second"]
+    assert second["State"] == "failed" and "allows 7 VFs, 9 needed" in second["LastError"], second
+    assert vf_driver(adl, "0000:00:02.1") == "vfio-pci" and parent(adl)["NumVFs"] == 1
+    assert [w[1] for w in writes(adl) if w[0].endswith("/sriov_numvfs")] == ["1"]
