@@ -14,8 +14,10 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from gvtd import names
 from gvtd.sim.session import DBusDaemon, SimulatedHost
@@ -60,28 +62,35 @@ def simulator(env: dict[str, str], method: str, *args: str) -> None:
         names.SIMULATOR_IFACE, method, *args)
 
 
-def until_active(env: dict[str, str], name: str, act: Callable[[], None]) -> None:
-    """Run act, then wait on gvtd's own signals (gvt-client monitor) until vGPU name is
-    active again: gvtd follows the kernel's events, after act has returned."""
+@contextmanager
+def watching(env: dict[str, str]) -> Iterator[Iterator[dict[str, Any]]]:
+    """gvtd's own signals as gvt-client monitor prints them, from the moment it has
+    subscribed (it has shown what is there): what follows an act, with no polling."""
     watch = subprocess.Popen([sys.executable, "-m", "gvtd.client.main", "--session",
                               "monitor", "--json"], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL, text=True)
     try:
         assert watch.stdout is not None
-        for line in watch.stdout:  # subscribed once it has shown what is there
+        for line in watch.stdout:
             if '"ready"' in line:
                 break
+        yield (json.loads(line) for line in watch.stdout)
+    finally:
+        watch.terminate()
+        watch.wait(10)
+
+
+def until_active(env: dict[str, str], name: str, act: Callable[[], None]) -> None:
+    """Run act, then wait until vGPU name is active again: gvtd follows the kernel's
+    events, after act has returned."""
+    with watching(env) as events:
         act()
-        for line in watch.stdout:
-            event = json.loads(line)
+        for event in events:
             state = event.get("properties", {}).get("State")
             if event.get("kind") == "vgpu" and event.get("name") == name and state:
                 print(f"{DIM}(monitor){RESET} vgpu {name}: State -> {state}", flush=True)
                 if state == "active":
                     break
-    finally:
-        watch.terminate()
-        watch.wait(10)
 
 
 def config_dir(env: dict[str, str]) -> Path:
@@ -189,20 +198,12 @@ def guest_fault_demo(env: dict[str, str]) -> None:
     run(env, "sh", "-c", f"echo 'on_guest_fault = \"shutdown\"' >> {shlex.quote(settings)}")
     client(env, "reload")
     client(env, "start", "win10")
-    watch = subprocess.Popen([sys.executable, "-m", "gvtd.client.main", "--session",
-                              "monitor", "--json"], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True)
-    try:
-        assert watch.stdout is not None
-        for line in watch.stdout:  # subscribed once it has shown what is there
-            if '"ready"' in line:
-                break
+    with watching(env) as events:
         say("Hours later the Windows driver reuses graphics memory behind GVT-g's back: the "
             "emulated kernel prints GVT-g's message into its /dev/kmsg")
         simulator(env, "KernelMessage", "ssuu", "", "gvt: guest page write error, gpa 1f2e3000",
                   "3", "0")
-        for line in watch.stdout:  # gvtd's own signals: no polling
-            event = json.loads(line)
+        for event in events:  # gvtd's own signals: no polling
             if event.get("kind") == "vgpu" and "Health" in event["properties"]:
                 print(f"{DIM}(monitor){RESET} vgpu {event['name']}: Health -> "
                       f"{event['properties']['Health']}", flush=True)
@@ -210,9 +211,6 @@ def guest_fault_demo(env: dict[str, str]) -> None:
                     event["properties"].get("State") == "shut-off":
                 print(f"{DIM}(monitor){RESET} domain win10: State -> shut-off", flush=True)
                 break
-    finally:
-        watch.terminate()
-        watch.wait(10)
     client(env, "status")
     client(env, "list")
 
