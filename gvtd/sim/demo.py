@@ -63,6 +63,21 @@ def simulator(env: dict[str, str], method: str, *args: str) -> None:
 
 
 @contextmanager
+def laptop(profile: str) -> Iterator[dict[str, str]]:
+    """Another emulated laptop, on a bus of its own (one bus holds one gvtd): the
+    environment its gvt-client and busctl commands run in."""
+    bus = DBusDaemon()
+    host = None
+    try:
+        host = SimulatedHost(bus.address, profile, stderr=subprocess.DEVNULL)
+        yield dict(host.env, DBUS_SESSION_BUS_ADDRESS=bus.address)
+    finally:
+        if host is not None:
+            host.stop()
+        bus.stop()
+
+
+@contextmanager
 def watching(env: dict[str, str]) -> Iterator[Iterator[dict[str, Any]]]:
     """gvtd's own signals as gvt-client monitor prints them, from the moment it has
     subscribed (it has shown what is there): what follows an act, with no polling."""
@@ -130,20 +145,12 @@ def doctor_demo(env: dict[str, str]) -> None:
     say("Another laptop, booted with i915.enable_guc=3 after the guide's enable_guc=0 "
         "(gvtd --simulate --simulate-profile guc-enabled): `gvt-client doctor` says why "
         "GVT-g does not work and what to do")
-    bus = DBusDaemon()
-    host = None
-    try:
-        host = SimulatedHost(bus.address, "guc-enabled", stderr=subprocess.DEVNULL)
-        guc_env = dict(host.env, DBUS_SESSION_BUS_ADDRESS=bus.address)
+    with laptop("guc-enabled") as guc_env:
         client(guc_env, "doctor", expect_fail=True)
         say("`gvt-client setup --dry-run` on that laptop (booted through GRUB, its "
             "/etc/default/grub as it booted): the fix through GRUB's own tools, as a diff, "
             "and the command it would run; `sudo gvt-client setup` applies it")
         setup_demo(guc_env)
-    finally:
-        if host is not None:
-            host.stop()
-        bus.stop()
     say("With the fix (enable_guc=3 removed from the kernel command line, rebooted) it is "
         "the first laptop again, and every check passes")
     client(env, "doctor")
@@ -175,16 +182,8 @@ def new_vm_demo(env: dict[str, str]) -> None:
         say("The name is taken now; and the same command on a 7th generation Kaby Lake "
             "laptop (--simulate-profile kabylake-7th), whose CPU Windows 11 Setup refuses")
         client(env, "new", "win11", *isos, expect_fail=True)
-        bus = DBusDaemon()
-        host = None
-        try:
-            host = SimulatedHost(bus.address, "kabylake-7th", stderr=subprocess.DEVNULL)
-            client(dict(host.env, DBUS_SESSION_BUS_ADDRESS=bus.address), "new", "win11",
-                   *isos, expect_fail=True)
-        finally:
-            if host is not None:
-                host.stop()
-            bus.stop()
+        with laptop("kabylake-7th") as old_env:
+            client(old_env, "new", "win11", *isos, expect_fail=True)
     finally:
         shutil.rmtree(media, ignore_errors=True)
 
@@ -221,11 +220,7 @@ def sriov_demo() -> None:
     say("An Alder Lake laptop (gvtd --simulate --simulate-profile alderlake-sriov): no GVT-g "
         "from Tiger Lake on; the i915 SR-IOV module (i915.enable_guc=3 i915.max_vfs=7) splits "
         "its iGPU into PCI virtual functions instead, and doctor checks that side")
-    bus = DBusDaemon()
-    host = None
-    try:
-        host = SimulatedHost(bus.address, "alderlake-sriov", stderr=subprocess.DEVNULL)
-        env = dict(host.env, DBUS_SESSION_BUS_ADDRESS=bus.address)
+    with laptop("alderlake-sriov") as env:
         client(env, "doctor")
         client(env, "parents")
         say("Define a VF for the win10 VM: gvtd gives it a VF of its own (kept across "
@@ -257,10 +252,6 @@ def sriov_demo() -> None:
         simulator(env, "Reboot")
         client(env, "list")
         client(env, "parents")
-    finally:
-        if host is not None:
-            host.stop()
-        bus.stop()
 
 
 def main() -> int:
