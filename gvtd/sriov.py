@@ -502,9 +502,10 @@ class SriovBackend:
     def _count(self, pf: PhysFn, want: int, uuid: str) -> list[int]:
         """Write the VF count, autoprobe off first: the kernel takes a new count only
         through 0 while VFs exist, so Busy names the running domain that would lose its VF;
-        returns the other slots that were on vfio-pci (0 unbound them). A count above the
-        PF's limit is refused before the way through 0 takes the VFs that exist."""
-        if want > pf.total_vfs:
+        returns the other slots that were on vfio-pci (0 unbound them). While VFs exist, a
+        count above the PF's limit is refused here, before the way through 0 would take them
+        only to meet the kernel's ERANGE; with none, the kernel answers for itself."""
+        if pf.num_vfs and want > pf.total_vfs:
             raise numvfs_error(OSError(errno.ERANGE, os.strerror(errno.ERANGE)), pf, want)
         ours = self.slots.on(pf.name)
         bound = sorted(i for u, i in ours.items() if u != uuid and self._bound(pf.name, i))
