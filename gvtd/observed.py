@@ -18,8 +18,8 @@ from gvtd.mdev import ReadFailed
 
 log = logging.getLogger("gvtd.host")  # the lines Host logged before this moved out stay its own
 
-ARRIVING_RETRIES = 10  # re-reads of an mdev still without its type link: 10 ms doubling,
-ARRIVING_MAX_DELAY = 1.0  # at most 1 s apart (about 4 s in all)
+ARRIVING_RETRIES = 14  # re-reads of an mdev still without its type link: 10 ms doubling,
+ARRIVING_MAX_DELAY = 1.0  # at most 1 s apart (about 8 s in all: a loaded host links late)
 
 ProblemRow = tuple[str, str, str, str]  # (id, severity, message, fix), as Manager.Problems
 
